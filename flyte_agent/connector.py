@@ -1,0 +1,1 @@
+"""Placeholder so flytekit's plugin loader finds the entry point while the connector is written."""

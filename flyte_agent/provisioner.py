@@ -1,0 +1,60 @@
+"""The interface both provisioners (local subprocesses, Pulumi stacks) implement for the connector.
+
+The connector is a thin translation between Flyte's create/get/delete and these calls. Every call
+takes only what the `ResourceMeta` carries (`Provision`), so any connector replica, after any
+restart, can answer for any execution: state lives in the world (processes, Pulumi stacks), never in
+connector memory.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from infra.spec import DataServiceSpec
+
+
+class Phase(enum.Enum):
+    QUEUED = "queued"        # accepted, work not started yet (or waiting for a worker)
+    UPDATING = "updating"    # servers starting / `pulumi up` running
+    READY = "ready"          # every endpoint answers gRPC health SERVING
+    FAILED = "failed"        # gave up after bounded retries; `message` says why and what to do
+    ABSENT = "absent"        # nothing exists (never created, or deleted)
+
+
+@dataclass(frozen=True)
+class Provision:
+    """Everything later calls need, recorded at create and carried in the ResourceMeta."""
+
+    name: str                 # deterministic from the task execution identity (DNS-1123)
+    spec: DataServiceSpec     # partitions resolved
+    owner: str                # who asked (project/domain or user)
+    execution: str            # the task execution identity, for tags and logs
+    created_at: float         # epoch seconds; expiry = created_at + spec.ttl_seconds
+
+    @property
+    def expires_at(self) -> float:
+        return self.created_at + self.spec.ttl_seconds
+
+
+@dataclass(frozen=True)
+class Status:
+    phase: Phase
+    endpoints: list[str] = field(default_factory=list)
+    message: str = ""
+
+
+class Provisioner(Protocol):
+    def create(self, provision: Provision) -> None:
+        """Start provisioning and return at once (well under a second). Idempotent: a retried
+        create of the same `provision.name` adopts what exists."""
+
+    def status(self, provision: Provision) -> Status:
+        """Level-triggered: look at what exists, move it toward the spec, report the phase."""
+
+    def delete(self, provision: Provision) -> None:
+        """Tear down and forget. Idempotent: an absent fleet is success. Raises if it cannot."""
+
+    def gc(self, now: float) -> list[str]:
+        """Tear down every fleet whose time-to-live has passed; returns their names."""

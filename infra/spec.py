@@ -1,0 +1,163 @@
+"""The data-service spec: the one model shared by the task DSL, the connector and the Pulumi component.
+
+Everything a user may say about a graph data service lives here, validated once. The task DSL
+(`flyte_agent.DataServiceConfig` is this class) validates it at task definition, the connector
+re-validates what comes back out of the task template (protobuf Structs turn ints into floats), and
+`GraphDataService` renders Kubernetes objects from it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from infra.quantity import parse_cpu, parse_memory
+
+# The environment variable a trainer reads: comma-separated host:port, in ordinal order.
+ENDPOINTS_ENV = "GRAPHFLEET_ENDPOINTS"
+# Label every client pod must carry to pass the data service's NetworkPolicy.
+CLIENT_LABEL = "graphfleet.io/graph-client"
+
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+_GRAPH_URI = re.compile(r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|/.+|file://.+)$")
+
+
+class DataServiceSpec(BaseModel):
+    """One graph-engine fleet: which graph, how many shards, how big, for how long."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    graph_uri: str | None = Field(
+        None, description="Where the converted graph lives: s3://bucket/prefix, file:///path or /volume/path")
+    reuse: str | None = Field(
+        None, description="Name of a long-lived shared graph service in the datacenter to use instead")
+    replicas: int = Field(1, ge=1, le=512, description="Graph-engine servers (StatefulSet replicas)")
+    partitions: int | None = Field(
+        None, ge=1, le=4096, description="Partitions in the graph; default: read from the graph's meta.json")
+    image: str | None = Field(None, description="Graph-engine image; default: the connector's/datacenter's")
+    cpu: str = Field("1", description="CPU request per server (Kubernetes quantity)")
+    memory: str = Field("2Gi", description="Memory request per server (Kubernetes quantity)")
+    cpu_limit: str | None = Field(None, description="CPU limit per server; default: the request")
+    memory_limit: str | None = Field(None, description="Memory limit per server; default: the request")
+    port: int = Field(50051, ge=1024, le=65535, description="gRPC port of every server")
+    ttl_seconds: int = Field(
+        6 * 3600, ge=300, le=14 * 86400, description="The fleet is garbage-collected this long after creation")
+    scratch_size: str = Field("20Gi", description="Writable scratch volume for downloaded partitions")
+    startup_seconds: int = Field(
+        1800, ge=30, le=24 * 3600, description="How long a server may take to load its partitions")
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on every object")
+
+    @field_validator("cpu", "cpu_limit")
+    @classmethod
+    def _cpu(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_cpu(value)
+        return value
+
+    @field_validator("memory", "memory_limit", "scratch_size")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_memory(value)
+        return value
+
+    @field_validator("graph_uri")
+    @classmethod
+    def _uri(cls, value: str | None) -> str | None:
+        if value is not None and not _GRAPH_URI.match(value):
+            raise ValueError(f"must be s3://bucket/prefix, file:///path or an absolute path, got {value!r}")
+        return value
+
+    @field_validator("reuse")
+    @classmethod
+    def _reuse(cls, value: str | None) -> str | None:
+        if value is not None and not _DNS_LABEL.match(value):
+            raise ValueError(f"must be a DNS-1123 label (a-z, 0-9, '-', starting with a letter), got {value!r}")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if not _LABEL_KEY.match(key):
+                raise ValueError(f"label key {key!r} is not a valid Kubernetes label key")
+            if not _LABEL_VALUE.match(val):
+                raise ValueError(f"label {key}={val!r}: value must be <= 63 chars of A-Z, a-z, 0-9, '-', '_', '.'")
+            if key.startswith("graphfleet.io/") or key.startswith("app.kubernetes.io/"):
+                raise ValueError(f"label key {key!r} is reserved for graphfleet")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataServiceSpec:
+        if (self.graph_uri is None) == (self.reuse is None):
+            raise ValueError("set exactly one of graph_uri (provision a fleet) or reuse (use a shared service)")
+        if self.cpu_limit is not None and parse_cpu(self.cpu_limit) < parse_cpu(self.cpu):
+            raise ValueError(f"cpu_limit {self.cpu_limit} is below the request cpu {self.cpu}")
+        if self.memory_limit is not None and parse_memory(self.memory_limit) < parse_memory(self.memory):
+            raise ValueError(f"memory_limit {self.memory_limit} is below the request memory {self.memory}")
+        if self.partitions is not None:
+            check_coverage(self.replicas, self.partitions)
+        return self
+
+    def with_partitions(self, partitions: int) -> DataServiceSpec:
+        """The spec once the graph's partition count is known (read from its meta.json)."""
+        return DataServiceSpec.model_validate({**self.to_custom(), "partitions": partitions})
+
+    def to_custom(self) -> dict[str, Any]:
+        """The exact-typed dict for a task template's `custom`: no None, ints stay ints."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    @classmethod
+    def from_custom(cls, custom: dict[str, Any]) -> DataServiceSpec:
+        """Parse what came back from a protobuf Struct, where every number is a float."""
+        fixed = {k: _int_if_integral(v) for k, v in custom.items()}
+        return cls.model_validate(fixed)
+
+
+def _int_if_integral(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def assign_partitions(replicas: int, partitions: int) -> list[list[int]]:
+    """Partitions served by each ordinal, with DeepGNN's `--server_group i,replicas,partitions` rule."""
+    check_coverage(replicas, partitions)
+    return [list(range(ordinal, partitions, replicas)) for ordinal in range(replicas)]
+
+
+def check_coverage(replicas: int, partitions: int) -> None:
+    """Every partition served by exactly one replica, and no replica idle.
+
+    The DeepGNN client broadcasts to every server and merges: a partition nobody serves silently
+    yields zeros, and an idle server is paid for and serves nothing.
+    """
+    if replicas < 1:
+        raise ValueError(f"replicas must be >= 1, got {replicas}")
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+    if replicas > partitions:
+        raise ValueError(
+            f"replicas ({replicas}) exceeds partitions ({partitions}): ordinals {partitions}..{replicas - 1} "
+            f"would serve no partition; set replicas <= {partitions} or repartition the graph")
+
+
+def describe_error(err: ValidationError, where: str) -> str:
+    """One line per problem: `<where>: <key.path>: <what is wrong>, got <value>`."""
+    lines = []
+    for problem in err.errors():
+        path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in problem["loc"])
+        path = path.replace(".[", "[")
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key; remove it or check its spelling"
+        got = problem.get("input")
+        quiet = problem["type"] in ("extra_forbidden", "missing") or "got" in message or not problem["loc"]
+        suffix = "" if quiet else f", got {got!r}"
+        lines.append(f"{where}: {path + ': ' if path else ''}{message}{suffix}")
+    return "\n".join(lines)

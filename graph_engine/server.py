@@ -1,0 +1,155 @@
+"""The graph-engine entry point: one DeepGNN server holding its share of a graph's partitions.
+
+`python -m graph_engine.server --data-dir URI --port N --ordinal I --replicas S --partitions P`
+serves partitions I, I+S, ... < P (DeepGNN's `--server_group I,S,P`). Pods and the local
+provisioner run this same module. Unlike `deepgnn.graph_engine.snark.server` it exits cleanly on
+SIGTERM (the server is reset and downloaded partitions removed) instead of sleeping forever.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import signal
+import socket
+import sys
+import threading
+from dataclasses import dataclass
+from types import FrameType
+
+from infra.spec import assign_partitions
+
+log = logging.getLogger("graph_engine.server")
+
+
+@dataclass(frozen=True)
+class ServerArgs:
+    data_dir: str
+    port: int
+    ordinal: int
+    replicas: int
+    partitions: int
+    host: str
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def my_partitions(self) -> list[int]:
+        return assign_partitions(self.replicas, self.partitions)[self.ordinal]
+
+
+def loadable_path(uri: str) -> str:
+    """What DeepGNN's loader accepts: it treats `file:///` as HDFS (it wants a Hadoop classpath),
+    so local URIs become plain paths; `s3://` goes through fsspec unchanged."""
+    return uri.removeprefix("file://")
+
+
+def parse_args(argv: list[str] | None = None) -> ServerArgs:
+    parser = argparse.ArgumentParser(prog="python -m graph_engine.server",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True,
+                        help="converted graph: /path, file:///path or s3://bucket/prefix")
+    parser.add_argument("--port", type=int, required=True,
+                        help="gRPC port; opens only once the graph is loaded")
+    parser.add_argument("--ordinal", type=int, required=True,
+                        help="this server's index (StatefulSet ordinal)")
+    parser.add_argument("--replicas", type=int, required=True, help="servers in the fleet")
+    parser.add_argument("--partitions", type=int, required=True, help="partitions in the graph")
+    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    ns = parser.parse_args(argv)
+    args = ServerArgs(ns.data_dir, ns.port, ns.ordinal, ns.replicas, ns.partitions, ns.host)
+    if not 0 <= args.ordinal < args.replicas:
+        parser.error(f"--ordinal must be in 0..{args.replicas - 1} (--replicas is {args.replicas}), "
+                     f"got {args.ordinal}")
+    try:
+        args.my_partitions()
+    except ValueError as err:
+        parser.error(f"--replicas/--partitions: {err}")
+    if not 1 <= args.port <= 65535:
+        parser.error(f"--port must be in 1..65535, got {args.port}")
+    return args
+
+
+class CannotServe(RuntimeError):
+    """A problem found before loading: the message names it and the fix."""
+
+
+def check_graph(args: ServerArgs) -> None:
+    """Fail with a clear message where DeepGNN's native loader would abort the process."""
+    import fsspec
+
+    meta_uri = f"{args.data_dir.rstrip('/')}/meta.json"
+    try:
+        with fsspec.open(meta_uri, "r") as f:
+            meta = json.load(f)
+    except FileNotFoundError as err:
+        raise CannotServe(f"--data-dir: no meta.json at {meta_uri}; point it at a converted graph") from err
+    except (OSError, ValueError) as err:
+        raise CannotServe(f"--data-dir: cannot read {meta_uri}: {err}") from err
+    found = len(meta.get("partitions", {}))
+    if found != args.partitions:
+        raise CannotServe(f"--partitions is {args.partitions} but {meta_uri} lists {found} partitions; "
+                          f"pass --partitions {found}")
+
+
+def check_port_free(args: ServerArgs) -> None:
+    """gRPC binds with SO_REUSEPORT, so a second server on a taken port would silently share it
+    and clients would reach either one. A plain bind fails if anyone holds the port."""
+    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as sock:
+        # SO_REUSEADDR: a restarted server may reuse its port while old connections sit in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((args.host, args.port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise CannotServe(
+                    f"--port {args.port} is already in use on {args.host}; pick a free port") from err
+            raise CannotServe(f"--host/--port: cannot bind {args.address}: {err}") from err
+
+
+def serve(args: ServerArgs, stop: threading.Event) -> None:
+    """Load this ordinal's partitions, serve until `stop` is set, then reset the server."""
+    # Imported here so `--help` and argument errors do not pay for loading the native library.
+    from deepgnn.graph_engine.snark.server import Server
+
+    check_port_free(args)
+    check_graph(args)
+    partitions = args.my_partitions()
+    log.info("loading partitions %s of %d from %s", partitions, args.partitions, args.data_dir)
+    path = loadable_path(args.data_dir)
+    server = Server(path, [(path, p) for p in partitions], args.address)
+    log.info("serving partitions %s of %d from %s on %s",
+             partitions, args.partitions, args.data_dir, args.address)
+    try:
+        stop.wait()
+    finally:
+        log.info("shutting down %s", args.address)
+        server.reset()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    args = parse_args(argv)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    # Installed before loading: a SIGTERM during a long load is honoured as soon as loading returns.
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        serve(args, stop)
+    except Exception as err:  # the native loader raises bare Exceptions; say what failed, not a traceback
+        log.error("cannot serve %s on %s: %s", args.data_dir, args.address, err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

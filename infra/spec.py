@@ -9,6 +9,7 @@ re-validates what comes back out of the task template (protobuf Structs turn int
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -147,17 +148,21 @@ def check_coverage(replicas: int, partitions: int) -> None:
             f"would serve no partition; set replicas <= {partitions} or repartition the graph")
 
 
-def describe_error(err: ValidationError, where: str) -> str:
-    """One line per problem: `<where>: <key.path>: <what is wrong>, got <value>`."""
+def describe_error(err: ValidationError, where: str, key: Callable[[str], str] = str) -> str:
+    """One line per problem: `<where>: <key.path>: <what is wrong>, got <value>`.
+
+    `key` renames each key of the path (a stack file spells the spec's keys in camelCase).
+    """
     lines = []
     for problem in err.errors():
-        path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in problem["loc"])
+        path = ".".join(key(str(p)) if not isinstance(p, int) else f"[{p}]" for p in problem["loc"])
         path = path.replace(".[", "[")
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "unknown key; remove it or check its spelling"
         got = problem.get("input")
-        quiet = problem["type"] in ("extra_forbidden", "missing") or "got" in message or not problem["loc"]
+        quiet = (problem["type"] in ("extra_forbidden", "missing") or "got" in message or not problem["loc"]
+                 or isinstance(got, dict))  # a whole object: the message says what is wrong with it
         suffix = "" if quiet else f", got {got!r}"
         lines.append(f"{where}: {path + ': ' if path else ''}{message}{suffix}")
     return "\n".join(lines)

@@ -1,0 +1,544 @@
+"""What a datacenter stack file (`stacks/Pulumi.<dc>.yaml`) may say under `graphfleet:`, validated once.
+
+`load_stack_config` turns the file into a `StackConfig` or raises a `ConfigError` naming the file,
+the key path as written in the file (camelCase) and the fix; nothing is declared before that.
+Shared graph services reuse `infra.spec.DataServiceSpec`: the same rules as an ephemeral fleet.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from infra import names
+from infra.quantity import parse_cpu, parse_memory
+
+# The label syntax rules live with the spec; node selectors may use reserved prefixes (nvidia.com/...).
+from infra.spec import _LABEL_KEY, _LABEL_VALUE, DataServiceSpec, describe_error
+
+NAMESPACE = "graphfleet"
+GPU_RESOURCE = "nvidia.com/gpu"
+# Node label every GPU pool's nodes carry; training pods select on it.
+POOL_LABEL = "graphfleet.io/gpu-pool"
+GPU_MODEL_LABEL = "nvidia.com/gpu.product"
+
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
+_REPOSITORY = re.compile(r"^[a-z0-9]([a-z0-9.\-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]+([._\-][a-z0-9]+)*)+$")
+_DURATION = re.compile(r"^([0-9]+(ms|s|m|h))+$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
+class ConfigError(ValueError):
+    """A stack file that cannot be deployed; the message names the file, the key and the fix."""
+
+
+def camel(name: str) -> str:
+    """`gpus_per_node` -> `gpusPerNode`: how keys are spelled in a stack file."""
+    return re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), name)
+
+
+def _checked(check: Any) -> AfterValidator:
+    """Adapt an `infra.names` check (whose message starts with a field name) to a pydantic field."""
+
+    def run(value: str) -> str:
+        try:
+            return str(check(value, "value"))
+        except ValueError as exc:
+            raise ValueError(str(exc).removeprefix("value: ")) from None
+
+    return AfterValidator(run)
+
+
+DnsLabel = Annotated[str, _checked(names.check_dns1035_label)]
+Subdomain = Annotated[str, _checked(names.check_subdomain)]
+
+
+def _cpu(value: str) -> str:
+    parse_cpu(value)
+    return value
+
+
+def _memory(value: str) -> str:
+    parse_memory(value)
+    return value
+
+
+Cpu = Annotated[str, AfterValidator(_cpu)]
+Memory = Annotated[str, AfterValidator(_memory)]
+
+
+def parse_duration(value: str) -> float:
+    """A Go duration as FlytePropeller reads it ("10s", "1m30s") in seconds."""
+    if not _DURATION.match(value):
+        raise ValueError(f"must be a duration such as '10s', '1m' or '1m30s', got {value!r}")
+    return sum(int(n) * _DURATION_UNITS[unit] for n, unit in re.findall(r"([0-9]+)(ms|s|m|h)", value))
+
+
+def _duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+Duration = Annotated[str, AfterValidator(_duration)]
+
+
+def split_image(image: str) -> tuple[str, str | None, str | None]:
+    """`registry/repo:tag@sha256:...` -> (repository, tag, digest); raises if it is not pinned."""
+    rest, _, digest = image.partition("@")
+    repository, tag = rest, None
+    head, sep, tail = rest.rpartition(":")
+    if sep and "/" not in tail:
+        repository, tag = head, tail
+    if not _REPOSITORY.match(repository):
+        raise ValueError(f"image {image!r}: {repository!r} is not a registry/repository reference "
+                         f"(write registry.example.com/graphfleet/graph-engine:1.2.0)")
+    if digest and not _DIGEST.match(digest):
+        raise ValueError(f"image {image!r}: digest must be sha256:<64 hex digits>")
+    if tag is not None and not _TAG.match(tag):
+        raise ValueError(f"image {image!r}: {tag!r} is not a valid tag")
+    if not digest and tag in (None, "latest"):
+        raise ValueError(f"image {image!r} is not pinned: add a version tag (:1.2.0) or a digest "
+                         f"(@sha256:...); 'latest' changes under running fleets")
+    return repository, tag, digest or None
+
+
+def check_image(image: str, allow_list: Iterable[str]) -> str:
+    """`image` if its repository is allowed: equal to an entry, or under an entry ending in '/'.
+
+    Exact repository match, so `.../graph-engine-evil` is not allowed by `.../graph-engine`.
+    """
+    repository, _, _ = split_image(image)
+    allowed = list(allow_list)
+    for entry in allowed:
+        if repository == entry or (entry.endswith("/") and repository.startswith(entry)):
+            return image
+    raise ValueError(f"image {image!r} is not in the graph-engine image allow-list {allowed}: use an "
+                     f"allowed repository or add {repository!r} to graphfleet:connector.imageAllowList")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=camel,
+                              validate_by_name=True, validate_by_alias=True)
+
+
+class DatacenterInfo(_Model):
+    name: DnsLabel = Field(description="The datacenter, also the stack name: ltx1, lva1")
+    region: str = Field(min_length=1, description="Where it is, for people and labels")
+
+
+class Namespaces(_Model):
+    data_services: DnsLabel = Field("graphfleet-data", description="Graph-engine fleets")
+    connector: DnsLabel = Field("graphfleet-system", description="The Flyte connector")
+    training: DnsLabel = Field("graphfleet-training", description="Training pods and their Kueue LocalQueues")
+
+    @model_validator(mode="after")
+    def _separate(self) -> Namespaces:
+        if self.connector == self.data_services:
+            raise ValueError(f"connector and dataServices are both {self.connector!r}: the connector may "
+                             f"create and delete StatefulSets in dataServices, so give it its own namespace")
+        return self
+
+
+class Toleration(_Model):
+    key: str = Field(min_length=1)
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Toleration:
+        if self.operator == "Exists" and self.value is not None:
+            raise ValueError("operator Exists takes no value; remove value or use operator Equal")
+        return self
+
+
+class Placement(_Model):
+    """Where pods go: a node selector and the taints they tolerate."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+
+    @field_validator("node_selector")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if not _LABEL_KEY.match(key):
+                raise ValueError(f"label key {key!r} is not a valid Kubernetes label key")
+            if not _LABEL_VALUE.match(val):
+                raise ValueError(f"label {key}={val!r}: value must be <= 63 chars of A-Z, a-z, 0-9, "
+                                 f"'-', '_', '.'")
+        return value
+
+
+class Taint(_Model):
+    """The taint that keeps everything but GPU training off a pool's nodes."""
+
+    key: str = GPU_RESOURCE
+    value: str = "present"
+    effect: Literal["NoSchedule", "NoExecute"] = "NoSchedule"
+
+    def manifest(self) -> dict[str, str]:
+        return {"key": self.key, "value": self.value, "effect": self.effect}
+
+    def toleration(self) -> dict[str, str]:
+        """What a pod (or a Kueue flavor) must carry to land on the tainted nodes."""
+        return {"key": self.key, "operator": "Equal", "value": self.value, "effect": self.effect}
+
+
+class TeamQuota(_Model):
+    """A team's guaranteed share of a pool (Kueue nominal quota); idle quota is lent within the pool."""
+
+    name: DnsLabel
+    gpus: int = Field(ge=0, le=100_000)
+    cpu: Cpu = "64"
+    memory: Memory = "512Gi"
+
+
+class KarpenterProvisioning(_Model):
+    instance_types: list[str] = Field(min_length=1, description="EC2 instance types, e.g. p5.48xlarge")
+    max_nodes: int = Field(ge=1, le=10_000, description="The pool never grows past this many nodes")
+    capacity_types: list[Literal["on-demand", "spot", "reserved"]] = Field(["on-demand"], min_length=1)
+    node_class: DnsLabel = Field("gpu", description="The EC2NodeClass the nodes are built from")
+    consolidate_after: Duration = Field("30m", description="How long a node sits empty before removal")
+
+    @field_validator("instance_types")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        _no_duplicates(value, "instance type")
+        return value
+
+
+class GpuPool(_Model):
+    name: DnsLabel
+    gpu_model: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+                           description=f"The {GPU_MODEL_LABEL} label value, e.g. NVIDIA-A100-SXM4-80GB")
+    gpus_per_node: int
+    kind: Literal["static", "karpenter"]
+    nodes: list[Subdomain] | None = Field(None, description="static: the node names to label and taint")
+    karpenter: KarpenterProvisioning | None = None
+    taint: Taint = Taint()
+    teams: list[TeamQuota] = Field(min_length=1)
+    priority: int = Field(1000, ge=0, le=1_000_000_000, description="PriorityClass value for training pods")
+
+    @field_validator("gpus_per_node", mode="before")
+    @classmethod
+    def _gpus(cls, value: Any) -> Any:
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 16:
+            raise ValueError(f"must be 1-16, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GpuPool:
+        if self.kind == "static":
+            if not self.nodes or self.karpenter is not None:
+                raise ValueError("kind static needs `nodes` (the node names to label), not `karpenter`")
+            _no_duplicates(self.nodes, "node")
+        elif self.karpenter is None or self.nodes is not None:
+            raise ValueError("kind karpenter needs `karpenter` (instanceTypes, maxNodes), not `nodes`")
+        _no_duplicates([t.name for t in self.teams], "team name")
+        quota = sum(t.gpus for t in self.teams)
+        if quota > self.gpu_capacity:
+            raise ValueError(
+                f"teams' GPU quotas add up to {quota} but the pool holds {self.gpu_capacity} "
+                f"({self.node_count} nodes x {self.gpus_per_node} GPUs): lower a team's gpus or add nodes")
+        return self
+
+    @property
+    def node_count(self) -> int:
+        """Nodes the pool has (static) or may grow to (karpenter)."""
+        return len(self.nodes) if self.nodes is not None else self.karpenter.max_nodes  # type: ignore[union-attr]
+
+    @property
+    def gpu_capacity(self) -> int:
+        return self.node_count * self.gpus_per_node
+
+
+class SecretKeyRef(_Model):
+    name: Subdomain
+    key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$")
+
+
+class ConnectorSecrets(_Model):
+    """Kubernetes Secrets the connector reads; their values never appear in the stack file."""
+
+    backend_url: SecretKeyRef = Field(description="PULUMI_BACKEND_URL, e.g. s3://bucket?region=...")
+    passphrase: SecretKeyRef | None = Field(None, description="PULUMI_CONFIG_PASSPHRASE")
+    secrets_provider: str | None = Field(
+        None, pattern=r"^(awskms|gcpkms|azurekeyvault|hashivault)://.+",
+        description="A KMS secrets provider instead of a passphrase, e.g. awskms://alias/graphfleet")
+    aws_credentials: Subdomain | None = Field(
+        None, description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; omit to use the pod's role")
+
+    @model_validator(mode="after")
+    def _one_provider(self) -> ConnectorSecrets:
+        if (self.passphrase is None) == (self.secrets_provider is None):
+            raise ValueError("set exactly one of passphrase (a Secret key) or secretsProvider (a KMS URL): "
+                             "Pulumi needs one to encrypt stack secrets")
+        return self
+
+    def secret_names(self) -> list[str]:
+        """The Secrets the connector reads (and may be granted `get` on, by name)."""
+        found = [self.backend_url.name] + ([self.passphrase.name] if self.passphrase else [])
+        found += [self.aws_credentials] if self.aws_credentials else []
+        return sorted(set(found))
+
+
+class Autoscaling(_Model):
+    min_replicas: int = Field(2, ge=2, le=100)
+    max_replicas: int = Field(ge=2, le=100)
+    target_cpu_percent: int = Field(70, ge=10, le=95)
+
+    @model_validator(mode="after")
+    def _order(self) -> Autoscaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"maxReplicas ({self.max_replicas}) is below minReplicas ({self.min_replicas})")
+        return self
+
+
+class PropellerTimeouts(_Model):
+    """Deadlines FlytePropeller gives each connector call (its default is 10 s each)."""
+
+    create_task: Duration = "30s"
+    get_task: Duration = "10s"
+    delete_task: Duration = "30s"
+
+    @field_validator("create_task", "get_task", "delete_task")
+    @classmethod
+    def _bounded(cls, value: str) -> str:
+        if not 1 <= parse_duration(value) <= 600:
+            raise ValueError(f"must be between 1s and 10m, got {value!r}")
+        return value
+
+
+class ConnectorConfig(_Model):
+    image: str
+    replicas: int = 2
+    autoscaling: Autoscaling | None = None
+    max_concurrent_operations: int = Field(4, ge=1, le=64, description="Pulumi operations per replica")
+    cpu: Cpu = "500m"
+    memory: Memory = "1Gi"
+    cpu_limit: Cpu = "2"
+    memory_limit: Memory = "2Gi"
+    image_allow_list: list[str] = Field(min_length=1, description="Graph-engine repositories fleets may run")
+    secrets: ConnectorSecrets
+    timeouts: PropellerTimeouts = PropellerTimeouts()
+
+    @field_validator("image")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        split_image(value)
+        return value
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(f"must be at least 2 so one pod's restart does not stall every workflow's "
+                             f"data service (or use autoscaling with minReplicas >= 2), got {value}")
+        return value
+
+    @field_validator("image_allow_list")
+    @classmethod
+    def _repositories(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not _REPOSITORY.match(entry.removesuffix("/")):
+                raise ValueError(f"entry {entry!r} must be registry/repository without tag or digest "
+                                 f"(or end with '/' to allow every repository under it)")
+        _no_duplicates(value, "allow-list entry")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ConnectorConfig:
+        if self.autoscaling is not None and "replicas" in self.model_fields_set:
+            raise ValueError("set replicas or autoscaling, not both: the autoscaler owns the replica count")
+        if parse_cpu(self.cpu_limit) < parse_cpu(self.cpu):
+            raise ValueError(f"cpuLimit {self.cpu_limit} is below the request cpu {self.cpu}")
+        if parse_memory(self.memory_limit) < parse_memory(self.memory):
+            raise ValueError(f"memoryLimit {self.memory_limit} is below the request memory {self.memory}")
+        return self
+
+    @property
+    def min_replicas(self) -> int:
+        return self.autoscaling.min_replicas if self.autoscaling else self.replicas
+
+
+class SharedService(_Model):
+    """A long-lived graph service (a popular graph kept loaded); tasks use it with `reuse: <name>`."""
+
+    name: DnsLabel
+    spec: DataServiceSpec
+
+    @field_validator("spec", mode="before")
+    @classmethod
+    def _snake_keys(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {_snake(str(k)): v for k, v in value.items()}
+        return value
+
+    @field_validator("spec")
+    @classmethod
+    def _complete(cls, value: DataServiceSpec) -> DataServiceSpec:
+        if value.graph_uri is None:
+            raise ValueError("a shared service serves its own graph: set graphUri (reuse is for tasks)")
+        if value.partitions is None:
+            raise ValueError("set partitions to the graph's partition count: the plan must check that "
+                             "every partition is served without reading the graph")
+        return value
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
+
+
+def _stack_key(name: str) -> str:
+    return f"{NAMESPACE}:{camel(name)}"
+
+
+class StackConfig(BaseModel):
+    """One datacenter: everything under `graphfleet:` in its stack file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=_stack_key,
+                              validate_by_name=True, validate_by_alias=True)
+
+    datacenter: DatacenterInfo
+    namespaces: Namespaces = Namespaces()
+    graph_service_placement: Placement = Field(
+        Placement(), description="CPU nodes for graph-engine servers: node selector and tolerations")
+    gpu_pools: list[GpuPool] = Field(default_factory=list)
+    connector: ConnectorConfig
+    graph_engine_image: str = Field(description="Default image of every graph-engine fleet")
+    shared_services: list[SharedService] = Field(default_factory=list)
+
+    @field_validator("gpu_pools")
+    @classmethod
+    def _unique_pools(cls, value: list[GpuPool]) -> list[GpuPool]:
+        _no_duplicates([p.name for p in value], "pool name")
+        return value
+
+    @field_validator("graph_engine_image")
+    @classmethod
+    def _allowed_image(cls, value: str, info: ValidationInfo) -> str:
+        connector = info.data.get("connector")
+        return check_image(value, connector.image_allow_list) if connector else value
+
+    @field_validator("shared_services")
+    @classmethod
+    def _shared(cls, value: list[SharedService], info: ValidationInfo) -> list[SharedService]:
+        _no_duplicates([s.name for s in value], "shared service name")
+        connector = info.data.get("connector")
+        for index, service in enumerate(value):
+            if connector and service.spec.image is not None:
+                try:
+                    check_image(service.spec.image, connector.image_allow_list)
+                except ValueError as exc:
+                    raise ValueError(f"[{index}].spec.image: {exc}") from None
+        return value
+
+    def image_of(self, service: SharedService) -> str:
+        return service.spec.image or self.graph_engine_image
+
+
+def _no_duplicates(values: Iterable[str], what: str) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"duplicate {what} {value!r}: each must be unique")
+        seen.add(value)
+
+
+STACKS_DIR = Path(__file__).resolve().parent.parent / "stacks"
+
+
+def stack_path(stack: str) -> Path:
+    """A stack name (`ltx1`) or a path to a stack file -> the stack file's path."""
+    candidate = Path(stack)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        return candidate
+    return STACKS_DIR / f"Pulumi.{stack}.yaml"
+
+
+def stack_name(path: Path) -> str:
+    """`stacks/Pulumi.ltx1.yaml` -> `ltx1`."""
+    return path.name.removeprefix("Pulumi.").rsplit(".", 1)[0]
+
+
+def load_stack_config(path: str | Path) -> StackConfig:
+    """Read a Pulumi stack file and validate its `graphfleet:` keys; raise ConfigError naming the problem."""
+    path = Path(path)
+    where = str(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        known = sorted(stack_name(p) for p in STACKS_DIR.glob("Pulumi.*.yaml"))
+        raise ConfigError(f"{where}: no such stack file; known stacks: {', '.join(known) or 'none'}") \
+            from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("config"), dict):
+        raise ConfigError(f"{where}: a stack file is a mapping with a `config:` mapping of "
+                          f"`graphfleet:<key>` entries")
+    return stack_config_from_mapping(document["config"], where, expected_name=stack_name(path))
+
+
+def stack_config_from_mapping(values: Mapping[str, Any], where: str,
+                              expected_name: str | None = None) -> StackConfig:
+    """Validate config values (a stack file's `config:`, or what `pulumi up` hands the program).
+
+    Keys of other namespaces (`kubernetes:context`) are left to their owners. Values that arrive as
+    JSON text (how the Pulumi engine passes structured config to a program) are decoded first.
+    """
+    ours: dict[str, Any] = {}
+    for key, value in values.items():
+        if ":" not in key:
+            raise ConfigError(f"{where}: {key}: unknown key; stack config keys are namespaced, "
+                              f"write {NAMESPACE}:{key}")
+        if key.startswith(f"{NAMESPACE}:"):
+            ours[key] = _decoded(value)
+    try:
+        config = StackConfig.model_validate(ours)
+    except ValidationError as err:
+        raise ConfigError(describe_error(err, where, key=camel)) from None
+    if expected_name is not None and config.datacenter.name != expected_name:
+        raise ConfigError(f"{where}: {NAMESPACE}:datacenter.name: {config.datacenter.name!r} does not match "
+                          f"the stack {expected_name!r}; a stack file describes its own datacenter")
+    return config
+
+
+def _decoded(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def config_items(config: StackConfig) -> dict[str, Any]:
+    """The stack file's `config:` entries for `config` (camelCase, defaults included)."""
+    dumped = config.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {key: _camel_keys(value) for key, value in dumped.items()}
+
+
+def _camel_keys(value: Any) -> Any:
+    # DataServiceSpec has no aliases: its snake_case keys become the file's camelCase here.
+    if isinstance(value, dict):
+        return {camel(k): _camel_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_camel_keys(v) for v in value]
+    return value

@@ -193,7 +193,9 @@ class _PlanetoidUnpickler(pickle.Unpickler):
                 ("numpy._core.multiarray", "_reconstruct"), ("collections", "defaultdict"),
                 ("collections", "OrderedDict"), ("__builtin__", "list"), ("builtins", "list"),
                 ("__builtin__", "dict"), ("builtins", "dict"), ("copy_reg", "_reconstructor"),
-                ("__builtin__", "object"), ("__builtin__", "set"), ("builtins", "set")}
+                ("__builtin__", "object"), ("__builtin__", "set"), ("builtins", "set"),
+                # Python 3 writes bytes in protocol-2 pickles through codecs.encode (harmless).
+                ("_codecs", "encode")}
 
     def find_class(self, module: str, name: str) -> Any:
         sparse = module.startswith("scipy.sparse") and name.endswith("_matrix")
@@ -238,14 +240,16 @@ def planetoid_files(name: str, data_dir: str | Path) -> dict[str, Path]:
 def load_planetoid(name: str, data_dir: str | Path) -> Graph:
     """Cora, Citeseer or Pubmed from the standard Planetoid files, with the standard split.
 
-    train = the len(y) nodes of x; val = the next 500; test = the ids in test.index. Row i of tx/ty
-    belongs to node test.index[i] (the file is not sorted: every Planetoid loader reorders).
+    train = the len(y) nodes of x (= the first rows of allx); val = the next 500; test = the
+    labelled ids in test.index. Row i of tx/ty belongs to node test.index[i] (the file is not
+    sorted: every Planetoid loader reorders).
     Test ids missing from test.index inside its range (Citeseer's isolated nodes) get zero features
     and no label, as in Kipf's GCN loader. Features are row-normalized (each row sums to 1, zero
     rows stay zero), as GCN preprocesses them.
     """
     files = planetoid_files(name, data_dir)
-    x, y, tx, ty, allx, ally, adjacency = (_read_pickle(files[p]) for p in PLANETOID_PARTS[:7])
+    y, tx, ty, allx, ally, adjacency = (_read_pickle(files[part])
+                                        for part in ("y", "tx", "ty", "allx", "ally", "graph"))
     test_index = np.loadtxt(files["test.index"], dtype=np.int64, ndmin=1)
     allx, tx = _dense(allx), _dense(tx)
     if tx.shape[0] != test_index.shape[0]:
@@ -270,7 +274,8 @@ def load_planetoid(name: str, data_dir: str | Path) -> Graph:
 
     n_train = int(np.asarray(y).shape[0])
     train = np.arange(n_train, dtype=np.int64)
-    val = np.arange(n_train, n_train + VAL_SIZE, dtype=np.int64)
+    # Clamped to the labelled rows (allx) so that graphs smaller than Cora's keep a valid split.
+    val = np.arange(n_train, min(n_train + VAL_SIZE, allx.shape[0]), dtype=np.int64)
     test = np.sort(test_index)
     # Kipf's loader evaluates on every test id; here an unlabelled one would only add noise.
     test = test[labels[test] >= 0]

@@ -1,0 +1,487 @@
+"""One ephemeral Pulumi stack per task execution, driven through the Automation API.
+
+The stack in the self-managed backend is the only record: its name comes from `Provision.name`,
+its tags carry owner, execution, expiry and the number of `up` attempts, its history says whether
+the last `up` succeeded, and its outputs carry the endpoints. So `status()` on any replica, after any
+restart, reads the stack and moves it toward "up succeeded": it starts an `up` when none ran, retries
+a failed one a bounded number of times, and clears a lock left by a dead process (`cancel`, then
+`refresh --clear-pending-creates`, then `up` again).
+
+The only in-memory state is which stacks this process's own workers are busy with, which is a fact
+about this process, not about the fleet.
+
+Every CLI call goes through `TimedPulumiCommand`, the Automation API's `pulumi_command=` seam: it
+bounds each call with a timeout (the API has none) and lets `delete()` interrupt a running `up`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import pkgutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import pulumi
+import pulumi_kubernetes as k8s
+from pulumi import automation as auto
+from pulumi.automation._cmd import CommandResult, _parse_and_validate_pulumi_version
+from pulumi.automation._minimum_version import _MINIMUM_VERSION
+from pulumi.automation.errors import (
+    CommandError,
+    ConcurrentUpdateError,
+    StackAlreadyExistsError,
+    StackNotFoundError,
+    create_command_error,
+)
+
+from flyte_agent import stack_names as names
+from flyte_agent.provisioner import Phase, Provision, Status
+from infra.graph_service import GraphDataService, GraphDataServiceArgs
+
+log = logging.getLogger(__name__)
+
+# CLI subcommands that change a stack and may run as long as Kubernetes takes to converge.
+_LONG_COMMANDS = frozenset({"up", "destroy", "refresh", "preview", "cancel"})
+_ERROR_TEXT_LINES = 4
+# The `passphrase` secrets provider reads one of these; the CLI fails without them non-interactively.
+_PASSPHRASE_ENV = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
+
+
+class PulumiSettings(Protocol):
+    """What the Pulumi provisioner reads from the connector settings."""
+
+    backend_url: str                   # s3://bucket?endpoint=...  or  file:///path
+    namespace: str                     # where fleets are created
+    kubeconfig: str | None             # path or contents; None = in-cluster service account
+    image: str                         # default graph-engine image
+    pulumi_command: str                # the CLI executable ("pulumi" or a path)
+    max_concurrent_operations: int     # Pulumi operations this process runs at once
+    max_attempts: int                  # `up` attempts per stack before FAILED
+    operation_timeout_seconds: float   # bound on up/destroy/refresh; also when a foreign lock is stale
+    command_timeout_seconds: float     # bound on every other CLI call
+    gc_interval_seconds: float         # periodic expiry sweep; 0 disables it
+    check_endpoints: bool              # gRPC-health-check endpoints before READY
+
+
+class TimedPulumiCommand(auto.PulumiCommand):
+    """The seam every CLI call passes through: the real `pulumi` binary (or a fake), with timeouts.
+
+    Each call runs in its own session so a timed-out call is killed with all its plugins; the
+    running calls are tracked per stack so `interrupt(stack)` can stop one (SIGINT = Pulumi's
+    graceful cancel, which releases the lock).
+    """
+
+    def __init__(self, command: str, long_timeout: float, short_timeout: float) -> None:
+        self.command = command
+        self.long_timeout = long_timeout
+        self.short_timeout = short_timeout
+        self._running: dict[str, subprocess.Popen[str]] = {}
+        self._lock = threading.Lock()
+        result = self.run(["version"], os.getcwd(), {})
+        opt_out = os.getenv("PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK") is not None
+        self.version = _parse_and_validate_pulumi_version(
+            _MINIMUM_VERSION, result.stdout.strip().removeprefix("v"), opt_out)
+
+    def run(self, args: list[str], cwd: str, additional_env: Mapping[str, str],
+            on_output: Callable[[str], Any] | None = None,
+            on_error: Callable[[str], Any] | None = None) -> CommandResult:
+        args = args if "--non-interactive" in args else ["--non-interactive", *args]
+        timeout = self.long_timeout if _subcommand(args) in _LONG_COMMANDS else self.short_timeout
+        env = {**os.environ, **additional_env, "PULUMI_AUTOMATION_API": "true",
+               "PULUMI_SKIP_UPDATE_CHECK": "true"}
+        stack = _stack_arg(args)
+        with subprocess.Popen([self.command, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True) as process:
+            if stack:
+                with self._lock:
+                    self._running[stack] = process
+            try:
+                stdout, stderr = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_session(process)
+                stdout, stderr = process.communicate()
+                stderr += (f"\nerror: graphfleet: `pulumi {' '.join(args[1:3])}` timed out after "
+                           f"{timeout:g}s and was killed; raise operation_timeout_seconds if Kubernetes "
+                           "needs longer")
+            finally:
+                if stack:
+                    with self._lock:
+                        self._running.pop(stack, None)
+        for line in stdout.splitlines():
+            if on_output:
+                on_output(line)
+        for line in stderr.splitlines():
+            if on_error:
+                on_error(line)
+        result = CommandResult(stdout=stdout, stderr=stderr, code=process.returncode)
+        if result.code != 0:
+            raise create_command_error(result)
+        return result
+
+    def interrupt(self, stack: str) -> bool:
+        """Ask the CLI working on `stack` to cancel gracefully; False if none is running."""
+        with self._lock:
+            process = self._running.get(stack)
+        if process is None or process.poll() is not None:
+            return False
+        process.send_signal(signal.SIGINT)
+        return True
+
+
+def _subcommand(args: Sequence[str]) -> str:
+    return next((a for a in args if not a.startswith("-")), "")
+
+
+def _stack_arg(args: Sequence[str]) -> str | None:
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag == "--stack":
+            return value
+    return None
+
+
+def _kill_session(process: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def warm_import_kubernetes() -> None:
+    """Import every pulumi_kubernetes module now: concurrent inline programs race on its lazy imports."""
+    for module in pkgutil.walk_packages(k8s.__path__, prefix="pulumi_kubernetes."):
+        importlib.import_module(module.name)
+
+
+def error_text(err: BaseException) -> str:
+    """The lines of a CLI failure a user needs (the `error:` lines), clipped to fit a stack tag."""
+    if isinstance(err, CommandError):
+        text = f"{err.stderr}\n{err.stdout}" if hasattr(err, "stderr") else str(err)
+    else:
+        text = str(err)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()] or lines
+    return names.clip(" | ".join(errors[-_ERROR_TEXT_LINES:]) or type(err).__name__)
+
+
+def fleet_args(provision: Provision, settings: PulumiSettings) -> GraphDataServiceArgs:
+    """The component's arguments; constructing them validates the provision (raises ValueError)."""
+    return GraphDataServiceArgs(name=provision.name, namespace=settings.namespace, spec=provision.spec,
+                                image=settings.image)
+
+
+def fleet_program(provision: Provision, settings: PulumiSettings) -> Callable[[], None]:
+    """The inline program: one GraphDataService on an explicitly configured Kubernetes provider."""
+    args = fleet_args(provision, settings)
+
+    def program() -> None:
+        provider = k8s.Provider("k8s", namespace=settings.namespace, kubeconfig=settings.kubeconfig)
+        service = GraphDataService(provision.name, args, opts=pulumi.ResourceOptions(providers=[provider]))
+        pulumi.export("endpoints", service.endpoints)
+        pulumi.export("endpoints_env", service.endpoints_env)
+        pulumi.export("service_name", service.service_name)
+        pulumi.export("namespace", service.namespace)
+
+    return program
+
+
+class PulumiProvisioner:
+    """`Provisioner` over ephemeral Pulumi stacks; see the module docstring for the state model."""
+
+    def __init__(self, settings: PulumiSettings,
+                 health: Callable[[list[str]], list[str]] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        if not settings.backend_url.startswith(("s3://", "file://")):
+            raise ValueError(f"backend_url: {settings.backend_url!r} is not a self-managed backend; "
+                             "set GRAPHFLEET_BACKEND_URL to s3://bucket?endpoint=... or file:///path")
+        if not any(os.environ.get(var) for var in _PASSPHRASE_ENV):
+            raise ValueError("PULUMI_CONFIG_PASSPHRASE is not set: the ephemeral stacks' secrets provider is "
+                             "`passphrase`; set it (or PULUMI_CONFIG_PASSPHRASE_FILE) in the connector's env")
+        if settings.max_concurrent_operations < 1 or settings.max_attempts < 1:
+            raise ValueError("max_concurrent_operations and max_attempts must be >= 1")
+        warm_import_kubernetes()
+        self.settings = settings
+        self._health = health or _default_health
+        self._clock = clock
+        self._host = socket.gethostname()
+        self._command = TimedPulumiCommand(settings.pulumi_command, settings.operation_timeout_seconds,
+                                           settings.command_timeout_seconds)
+        self._pool = ThreadPoolExecutor(settings.max_concurrent_operations, thread_name_prefix="pulumi")
+        self._jobs: dict[str, Future[None]] = {}
+        self._jobs_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
+        if settings.gc_interval_seconds > 0:
+            self._sweeper = threading.Thread(target=self._sweep, name="graphfleet-gc", daemon=True)
+            self._sweeper.start()
+
+    # -- Provisioner -----------------------------------------------------------------------------
+
+    def create(self, provision: Provision) -> None:
+        fleet_args(provision, self.settings)  # a bad spec fails here, before any stack exists
+        self._enqueue(provision)
+
+    def status(self, provision: Provision) -> Status:
+        name = names.stack_name(provision.name)
+        local = self._local_phase(name)
+        if local is not None:
+            return Status(local, message=f"pulumi {'up running' if local is Phase.UPDATING else 'up queued'} "
+                                         f"for stack {name}")
+        with self._workspace(provision) as ws:
+            try:
+                stack = auto.Stack.select(name, ws)
+            except StackNotFoundError:
+                self._enqueue(provision)
+                return Status(Phase.QUEUED, message=f"stack {name} absent; pulumi up queued")
+            tags = stack.list_tags()
+            tried = names.attempts(tags)
+            last_error = tags.get(names.TAG_LAST_ERROR, "")
+            history = stack.history(page_size=1, show_secrets=False)
+            last = history[0] if history else None
+            if last is not None and last.kind == "update" and last.result == "succeeded":
+                return self._ready(stack)
+            if last is not None and last.result == "in-progress":
+                # Another process holds the stack; the job decides whether that lock is stale.
+                self._enqueue(provision)
+                return Status(Phase.UPDATING, message=f"stack {name} is being updated (attempt {tried})")
+            if last is not None and last.kind == "destroy":
+                return Status(Phase.ABSENT, message=f"stack {name} was destroyed")
+            if tried >= self.settings.max_attempts:
+                return Status(Phase.FAILED, message=(
+                    f"pulumi up failed {tried} times for stack {name}: {last_error or 'no error recorded'}; "
+                    "fix the cause (image, quota, spec) and re-run the task"))
+            self._enqueue(provision)
+            retry = f" after: {last_error}" if last_error else ""
+            attempt = f"attempt {tried + 1} of {self.settings.max_attempts}"
+            return Status(Phase.QUEUED, message=f"pulumi up queued for stack {name} ({attempt}){retry}")
+
+    def delete(self, provision: Provision) -> None:
+        name = names.stack_name(provision.name)
+        self._stop_local_job(name)
+        with self._workspace(provision) as ws:
+            try:
+                stack = auto.Stack.select(name, ws)
+            except StackNotFoundError:
+                return
+            self._destroy(stack)
+
+    def gc(self, now: float) -> list[str]:
+        removed: list[str] = []
+        failures: list[str] = []
+        with self._workspace(None) as ws:
+            for summary in ws.list_stacks():
+                name = names.short_stack_name(summary.name)
+                if self._local_phase(name) is not None:
+                    continue
+                stack = auto.Stack.select(name, ws)
+                tags = stack.list_tags()
+                if not names.is_expired(tags, now):
+                    continue
+                try:
+                    self._destroy(stack)
+                except CommandError as err:
+                    failures.append(f"{name}: {error_text(err)}")
+                else:
+                    removed.append(name)
+        if failures:
+            raise GcError(removed, failures)
+        return removed
+
+    def close(self) -> None:
+        """Stop the sweep thread and wait for running Pulumi operations."""
+        self._stop.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=5)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _local_phase(self, name: str) -> Phase | None:
+        with self._jobs_lock:
+            job = self._jobs.get(name)
+        if job is None or job.done():
+            return None
+        return Phase.UPDATING if job.running() else Phase.QUEUED
+
+    def _enqueue(self, provision: Provision) -> None:
+        name = names.stack_name(provision.name)
+        with self._jobs_lock:
+            job = self._jobs.get(name)
+            if job is not None and not job.done():
+                return
+            self._jobs[name] = self._pool.submit(self._converge, provision)
+
+    def _stop_local_job(self, name: str) -> None:
+        with self._jobs_lock:
+            job = self._jobs.get(name)
+        if job is None or job.cancel() or job.done():
+            return
+        self._command.interrupt(name)
+        try:
+            job.result(timeout=self.settings.command_timeout_seconds)
+        except TimeoutError as err:
+            raise RuntimeError(f"stack {name}: the running pulumi up did not stop within "
+                               f"{self.settings.command_timeout_seconds:g}s; retry the delete") from err
+        except Exception:  # noqa: BLE001 - the interrupted up's own failure is expected here
+            pass
+
+    def _converge(self, provision: Provision) -> None:
+        """One attempt to bring the stack to "up succeeded"; runs on a worker thread."""
+        name = names.stack_name(provision.name)
+        try:
+            with self._workspace(provision) as ws:
+                stack = self._create_or_select(name, ws, provision)
+                tags = stack.list_tags()
+                tried = names.attempts(tags)
+                if tried >= self.settings.max_attempts:
+                    return
+                stack.set_tag(names.TAG_ATTEMPTS, str(tried + 1))
+                try:
+                    self._up(stack)
+                except ConcurrentUpdateError as err:
+                    # Not an attempt of ours: give it back, then see whether the holder is dead.
+                    stack.set_tag(names.TAG_ATTEMPTS, str(tried))
+                    if not self._stale(err):
+                        return
+                    log.warning("stack %s: clearing a stale lock (%s)", name, error_text(err))
+                    stack.cancel()
+                    stack.refresh(clear_pending_creates=True, on_output=_debug)
+                    stack.set_tag(names.TAG_ATTEMPTS, str(tried + 1))
+                    self._up(stack)
+        except CommandError as err:
+            log.warning("stack %s: pulumi up failed: %s", name, error_text(err))
+            self._record_error(provision, error_text(err))
+        except Exception as err:  # noqa: BLE001 - a worker must record every failure on the stack
+            log.exception("stack %s: converge failed", name)
+            self._record_error(provision, names.clip(f"{type(err).__name__}: {err}"))
+
+    def _up(self, stack: auto.Stack) -> None:
+        stack.up(on_output=_debug, on_error=_debug)
+        stack.remove_tag(names.TAG_LAST_ERROR)
+
+    def _record_error(self, provision: Provision, text: str) -> None:
+        try:
+            with self._workspace(provision) as ws:
+                auto.Stack.select(names.stack_name(provision.name), ws).set_tag(names.TAG_LAST_ERROR, text)
+        except CommandError:
+            log.exception("stack %s: could not record the error %r", provision.name, text)
+
+    def _create_or_select(self, name: str, ws: auto.LocalWorkspace, provision: Provision) -> auto.Stack:
+        try:
+            return auto.Stack.select(name, ws)
+        except StackNotFoundError:
+            pass
+        try:
+            stack = auto.Stack.create(name, ws)
+        except StackAlreadyExistsError:  # another replica made it between our select and init
+            return auto.Stack.select(name, ws)
+        for key, value in names.initial_tags(provision.owner, provision.execution,
+                                             provision.expires_at).items():
+            stack.set_tag(key, value)
+        return stack
+
+    def _stale(self, err: CommandError) -> bool:
+        lock = names.parse_lock(f"{err.stderr}\n{err.stdout}" if hasattr(err, "stderr") else str(err))
+        age = None
+        if lock is not None:
+            try:
+                created = datetime.fromisoformat(lock.created)
+                age = self._clock() - created.astimezone(UTC).timestamp()
+            except ValueError:
+                age = None
+        return names.lock_is_stale(lock, self._host, _pid_alive, age, self.settings.operation_timeout_seconds)
+
+    def _destroy(self, stack: auto.Stack) -> None:
+        """Destroy and remove; a stale lock is cleared first. Any other failure raises."""
+        try:
+            stack.destroy(on_output=_debug, on_error=_debug)
+        except ConcurrentUpdateError as err:
+            if not self._stale(err):
+                raise
+            stack.cancel()
+            stack.refresh(clear_pending_creates=True, on_output=_debug)
+            stack.destroy(on_output=_debug, on_error=_debug)
+        stack.workspace.remove_stack(stack.name)
+
+    def _ready(self, stack: auto.Stack) -> Status:
+        outputs = stack.outputs()
+        endpoints = list(outputs["endpoints"].value) if "endpoints" in outputs else []
+        if not endpoints:
+            return Status(Phase.FAILED, message=f"stack {stack.name}: pulumi up succeeded but exported no "
+                                                "endpoints; the fleet program is broken")
+        if self.settings.check_endpoints:
+            down = self._health(endpoints)
+            if down:
+                return Status(Phase.UPDATING, endpoints, message=(
+                    f"stack {stack.name} is up but {len(down)} endpoint(s) do not answer gRPC health "
+                    f"SERVING yet: {', '.join(down)}"))
+        return Status(Phase.READY, endpoints, message=f"stack {stack.name} is up")
+
+    @contextmanager
+    def _workspace(self, provision: Provision | None) -> Iterator[auto.LocalWorkspace]:
+        """A throw-away work dir with explicit project settings (the Python API ignores stackConfigDir)."""
+        with tempfile.TemporaryDirectory(prefix="graphfleet-stack-") as work_dir:
+            yield auto.LocalWorkspace(
+                work_dir=work_dir,
+                program=fleet_program(provision, self.settings) if provision is not None else None,
+                project_settings=auto.ProjectSettings(
+                    name=names.PROJECT, runtime="python",
+                    backend=auto.ProjectBackend(url=self.settings.backend_url)),
+                secrets_provider="passphrase",
+                env_vars={"PULUMI_BACKEND_URL": self.settings.backend_url},
+                pulumi_command=self._command)
+
+    def _sweep(self) -> None:
+        while not self._stop.wait(self.settings.gc_interval_seconds):
+            try:
+                removed = self.gc(self._clock())
+            except GcError as err:
+                log.error("%s", err)
+            except Exception:  # noqa: BLE001 - the sweep must outlive one bad pass
+                log.exception("garbage collection pass failed")
+            else:
+                if removed:
+                    log.info("garbage-collected expired fleets: %s", ", ".join(removed))
+
+
+class GcError(RuntimeError):
+    """Some expired stacks could not be destroyed; `removed` were."""
+
+    def __init__(self, removed: list[str], failures: list[str]) -> None:
+        self.removed = removed
+        self.failures = failures
+        super().__init__(f"garbage collection removed {len(removed)} stack(s) but failed on "
+                         f"{len(failures)}; they are retried on the next pass:\n" + "\n".join(failures))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _default_health(endpoints: list[str]) -> list[str]:
+    from graph_engine.health import not_ready
+
+    return not_ready(endpoints)
+
+
+def _debug(line: str) -> None:
+    log.debug("%s", line)

@@ -1,0 +1,108 @@
+"""Pure facts about the ephemeral Pulumi stacks: names, tags, expiry, retry counts, stale locks.
+
+Everything the Pulumi provisioner decides from what it reads in the backend lives here as plain
+functions, so it is tested without a CLI. The stack is the record: its tags carry who owns it, which
+execution it serves, when it expires and how many `up` attempts were made, so any connector replica
+after any restart reaches the same decision.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from infra.names import shorten
+
+# One Pulumi project holds every ephemeral fleet stack (distinct from the per-datacenter project).
+PROJECT = "graphfleet-fleets"
+# Pulumi stack names: letters, digits, '-', '_', '.'; at most 100 characters.
+STACK_NAME_MAX = 100
+# Pulumi tag values are capped at 256 characters.
+TAG_VALUE_MAX = 256
+
+TAG_MANAGED = "graphfleet:managed"
+TAG_OWNER = "graphfleet:owner"
+TAG_EXECUTION = "graphfleet:execution"
+TAG_EXPIRES = "graphfleet:expires-at"
+TAG_ATTEMPTS = "graphfleet:attempts"
+TAG_LAST_ERROR = "graphfleet:last-error"
+
+_STACK_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
+_LOCK = re.compile(r"created by (?P<who>\S+)@(?P<host>\S+) \(pid (?P<pid>\d+)\) at (?P<when>\S+)")
+
+
+def stack_name(provision_name: str) -> str:
+    """The stack for a provision: the same name always maps to the same stack (a retried create adopts it)."""
+    if not provision_name:
+        raise ValueError("provision name is empty; the connector derives it from the task execution identity")
+    return shorten(_STACK_CHARS.sub("-", provision_name), STACK_NAME_MAX)
+
+
+def short_stack_name(listed: str) -> str:
+    """`stack ls` may print `org/project/name` or `name`; the stack's own name is the last part."""
+    return listed.rsplit("/", 1)[-1]
+
+
+def clip(value: str, limit: int = TAG_VALUE_MAX) -> str:
+    return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+def initial_tags(owner: str, execution: str, expires_at: float) -> dict[str, str]:
+    """Tags set when a stack is first made; `attempts` starts at 0."""
+    return {
+        TAG_MANAGED: "true",
+        TAG_OWNER: clip(owner or "unknown"),
+        TAG_EXECUTION: clip(execution or "unknown"),
+        TAG_EXPIRES: str(int(expires_at)),
+        TAG_ATTEMPTS: "0",
+    }
+
+
+def attempts(tags: Mapping[str, str]) -> int:
+    """`up` attempts recorded on the stack; a missing or garbled tag counts as none."""
+    value = tags.get(TAG_ATTEMPTS, "0")
+    return int(value) if value.isdigit() else 0
+
+
+def expires_at(tags: Mapping[str, str]) -> float | None:
+    value = tags.get(TAG_EXPIRES, "")
+    return float(value) if value.isdigit() else None
+
+
+def is_expired(tags: Mapping[str, str], now: float) -> bool:
+    """Only stacks graphfleet made, with an expiry that has passed; anything else is left alone."""
+    expiry = expires_at(tags)
+    return tags.get(TAG_MANAGED) == "true" and expiry is not None and expiry <= now
+
+
+@dataclass(frozen=True)
+class Lock:
+    """A backend lock as the CLI reports it in a conflict error."""
+
+    host: str
+    pid: int
+    created: str  # RFC 3339, as printed
+
+
+def parse_lock(error_text: str) -> Lock | None:
+    """The lock named in a `the stack is currently locked by ...` error, if any."""
+    match = _LOCK.search(error_text)
+    if match is None:
+        return None
+    return Lock(host=match["host"], pid=int(match["pid"]), created=match["when"])
+
+
+def lock_is_stale(lock: Lock | None, this_host: str, pid_alive: Callable[[int], bool],
+                  age_seconds: float | None, max_operation_seconds: float) -> bool:
+    """A lock nobody will ever release.
+
+    On this host, a lock whose CLI process is gone is stale at once. A lock from another host is
+    stale once it is older than the longest operation any replica allows (every replica kills its CLI
+    at that bound), so a live replica's update is never cancelled.
+    """
+    if lock is None:
+        return False
+    if lock.host == this_host:
+        return not pid_alive(lock.pid)
+    return age_seconds is not None and age_seconds > max_operation_seconds

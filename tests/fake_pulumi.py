@@ -1,0 +1,436 @@
+"""A fake `pulumi` CLI for the Automation API seam: the calls graphfleet makes, over a file-backed state.
+
+It is run as a real executable (through a two-line shell wrapper, see `install()`), so the
+provisioner's `TimedPulumiCommand` starts, times out and kills it like the real binary, and two
+processes (two connector replicas, or a connector and its successor) share one backend.
+
+State lives under the `file://` directory of `PULUMI_BACKEND_URL`, in `fake/state.json`, guarded by
+an flock: per stack its tags, history (newest last), resources, pending operations, outputs and the
+lock (`{user, host, pid, time}`) that `up`/`destroy`/`refresh` hold while running. A process that
+dies while holding it leaves it behind, exactly like the DIY backend, and the conflict error has
+the real CLI's wording (so the Automation API raises `ConcurrentUpdateError`).
+
+`up` with `--client=ADDR` runs the inline program for real: like the CLI, it serves a resource
+monitor and an engine over gRPC and calls the Automation API's language host at ADDR. The monitor
+echoes every resource's inputs as its outputs (what Kubernetes returns for declarative objects), so
+the stack outputs are what GraphDataService computes, not synthesized.
+
+Every call is appended to `fake/calls.jsonl`. Faults are scripted per stack in `fake/faults.json`:
+`{"<stack>": {"up": ["fail:<text>", "hang", "ok"], "destroy": ["fail:<text>"]}}`, consumed in order;
+`hang` registers the resources (as pending creates) and then sleeps until killed, like an `up`
+waiting for a StatefulSet that never becomes ready.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+VERSION = "3.272.0"
+_TIME = "%Y-%m-%dT%H:%M:%S.000Z"
+_EXIT_ERROR = 255
+
+
+class CliError(Exception):
+    pass
+
+
+def install(directory: Path) -> Path:
+    """Write an executable `pulumi` in `directory` that runs this fake; returns its path."""
+    path = directory / "pulumi"
+    path.write_text(f"#!/bin/sh\nexec {sys.executable} {Path(__file__).resolve()} \"$@\"\n")
+    path.chmod(0o755)
+    return path
+
+
+def state_dir(backend_url: str) -> Path:
+    if not backend_url.startswith("file://"):
+        raise CliError(f"the fake CLI supports file:// backends only, got {backend_url!r}")
+    return Path(backend_url.removeprefix("file://")) / "fake"
+
+
+# -- state --------------------------------------------------------------------------------------
+
+class Backend:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def state(self) -> Iterator[dict[str, Any]]:
+        """Read-modify-write of the whole state under an exclusive lock."""
+        with open(self.root / "state.lock", "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            path = self.root / "state.json"
+            data = json.loads(path.read_text()) if path.exists() else {"stacks": {}}
+            yield data
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1))
+            tmp.replace(path)
+
+    def read(self) -> dict[str, Any]:
+        with self.state() as data:
+            return data
+
+    def next_fault(self, stack: str, op: str) -> str:
+        with open(self.root / "state.lock", "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            path = self.root / "faults.json"
+            faults = json.loads(path.read_text()) if path.exists() else {}
+            queue = faults.get(stack, {}).get(op, [])
+            fault = queue.pop(0) if queue else "ok"
+            path.write_text(json.dumps(faults))
+            return fault
+
+    def log_call(self, args: list[str]) -> None:
+        with open(self.root / "calls.jsonl", "a") as out:
+            fcntl.flock(out, fcntl.LOCK_EX)
+            out.write(json.dumps({"pid": os.getpid(), "args": args}) + "\n")
+
+
+def calls(backend_url: str) -> list[list[str]]:
+    """Every CLI call so far, in order, without the global `--non-interactive` flag."""
+    path = state_dir(backend_url) / "calls.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line)["args"] for line in path.read_text().splitlines()]
+
+
+def script_faults(backend_url: str, stack: str, **ops: list[str]) -> None:
+    root = state_dir(backend_url)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "faults.json"
+    faults = json.loads(path.read_text()) if path.exists() else {}
+    faults.setdefault(stack, {}).update(ops)
+    path.write_text(json.dumps(faults))
+
+
+def stacks(backend_url: str) -> dict[str, Any]:
+    path = state_dir(backend_url) / "state.json"
+    return json.loads(path.read_text())["stacks"] if path.exists() else {}
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+def _now() -> str:
+    return datetime.now(UTC).strftime(_TIME)
+
+
+def _flag(args: list[str], name: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _stack_of(args: list[str]) -> str:
+    name = _flag(args, "--stack") or (args[args.index("--") + 1] if "--" in args else None)
+    if not name:
+        raise CliError("no stack selected; pass --stack")
+    return name
+
+
+def _get(data: dict[str, Any], name: str) -> dict[str, Any]:
+    if name not in data["stacks"]:
+        raise CliError(f"no stack named '{name}' found")
+    stack: dict[str, Any] = data["stacks"][name]
+    return stack
+
+
+def _conflict(name: str, lock: dict[str, Any]) -> CliError:
+    return CliError(
+        "the stack is currently locked by 1 lock(s). Either wait for the other process(es) to end or "
+        "delete the lock file with `pulumi cancel`.\n"
+        f"  file://.pulumi/locks/organization/graphfleet/{name}/{lock['id']}.json: created by "
+        f"{lock['user']}@{lock['host']} (pid {lock['pid']}) at {lock['time']}")
+
+
+class Cli:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def run(self, args: list[str]) -> str:
+        words = [a for a in args if not a.startswith("-")]
+        head = words[:3] if words[:1] == ["stack"] else words[:1]
+        if head == ["version"]:
+            return f"v{VERSION}"
+        if head[:2] == ["stack", "select"]:
+            with self.backend.state() as data:
+                _get(data, _stack_of(args))
+            return ""
+        if head[:2] == ["stack", "init"]:
+            return self.init(words[2], args)
+        if head[:2] == ["stack", "ls"]:
+            return self.ls()
+        if head[:2] == ["stack", "rm"]:
+            return self.rm(words[-1], "--force" in args)
+        if head[:2] == ["stack", "tag"]:
+            return self.tag(words[2], words[3:], _stack_of(args))
+        if head[:2] == ["stack", "output"]:
+            with self.backend.state() as data:
+                return json.dumps(_get(data, _stack_of(args))["outputs"])
+        if head[:2] == ["stack", "history"]:
+            return self.history(_stack_of(args), _flag(args, "--page-size"))
+        if head == ["up"]:
+            return self.up(_stack_of(args), _flag(args, "--client"))
+        if head == ["destroy"]:
+            return self.locked_op(_stack_of(args), "destroy", self._destroyed)
+        if head == ["refresh"]:
+            clear = "--clear-pending-creates" in args
+            return self.locked_op(_stack_of(args), "refresh", lambda s: self._refreshed(s, clear))
+        if head == ["cancel"]:
+            with self.backend.state() as data:
+                _get(data, _stack_of(args))["lock"] = None
+            return "The currently running update has been canceled!"
+        raise CliError(f"the fake pulumi does not implement {' '.join(args)!r}; add it to fake_pulumi.py")
+
+    def init(self, name: str, args: list[str]) -> str:
+        has_passphrase = any(os.environ.get(v) for v in ("PULUMI_CONFIG_PASSPHRASE",
+                                                         "PULUMI_CONFIG_PASSPHRASE_FILE"))
+        if _flag(args, "--secrets-provider") == "passphrase" and not has_passphrase:
+            raise CliError("passphrase must be set with PULUMI_CONFIG_PASSPHRASE or "
+                           "PULUMI_CONFIG_PASSPHRASE_FILE environment variables")
+        with self.backend.state() as data:
+            if name in data["stacks"]:
+                raise CliError(f"stack '{name}' already exists")
+            data["stacks"][name] = {"tags": {}, "history": [], "resources": [], "pending": [],
+                                    "outputs": {}, "lock": None}
+        return f"Created stack '{name}'"
+
+    def ls(self) -> str:
+        with self.backend.state() as data:
+            rows = []
+            for name, stack in sorted(data["stacks"].items()):
+                row = {"name": f"organization/graphfleet-fleets/{name}", "current": False,
+                       "updateInProgress": stack["lock"] is not None,
+                       "resourceCount": len(stack["resources"])}
+                if stack["history"]:
+                    row["lastUpdate"] = stack["history"][-1]["startTime"]
+                rows.append(row)
+        return json.dumps(rows)
+
+    def rm(self, name: str, force: bool) -> str:
+        with self.backend.state() as data:
+            stack = _get(data, name)
+            if stack["resources"] and not force:
+                raise CliError(f"'{name}' still has resources; removal rejected. Possible actions:\n"
+                               "- Make sure that 'pulumi destroy' has run successfully")
+            if stack["lock"] is not None:
+                raise _conflict(name, stack["lock"])
+            del data["stacks"][name]
+        return f"Stack '{name}' has been removed!"
+
+    def tag(self, verb: str, rest: list[str], name: str) -> str:
+        with self.backend.state() as data:
+            tags = _get(data, name)["tags"]
+            if verb == "set":
+                tags[rest[0]] = rest[1]
+                return ""
+            if verb == "get":
+                if rest[0] not in tags:
+                    raise CliError(f"stack tag '{rest[0]}' not found for stack '{name}'")
+                return str(tags[rest[0]])
+            if verb == "rm":
+                if rest[0] not in tags:
+                    raise CliError(f"stack tag '{rest[0]}' not found for stack '{name}'")
+                del tags[rest[0]]
+                return ""
+            if verb == "ls":
+                return json.dumps(tags)
+        raise CliError(f"unknown stack tag verb {verb!r}")
+
+    def history(self, name: str, page_size: str | None) -> str:
+        with self.backend.state() as data:
+            entries = list(reversed(_get(data, name)["history"]))
+        return json.dumps(entries[: int(page_size)] if page_size else entries)
+
+    def _begin(self, name: str, kind: str) -> None:
+        """Take the stack's lock and open a history entry, or fail on a held lock."""
+        with self.backend.state() as data:
+            stack = _get(data, name)
+            if stack["lock"] is not None:
+                raise _conflict(name, stack["lock"])
+            stack["lock"] = {"id": f"{os.getpid()}-{time.time_ns()}", "user": "graphfleet",
+                             "host": socket.gethostname(), "pid": os.getpid(), "time": _now()}
+            stack["history"].append({"kind": kind, "startTime": _now(), "message": "", "environment": {},
+                                     "config": {}, "result": "in-progress",
+                                     "version": len(stack["history"]) + 1})
+
+    def _end(self, name: str, ok: bool, change: Any = None) -> None:
+        with self.backend.state() as data:
+            stack = _get(data, name)
+            if change is not None and ok:
+                change(stack)
+            stack["history"][-1].update(result="succeeded" if ok else "failed", endTime=_now())
+            stack["lock"] = None
+
+    def locked_op(self, name: str, kind: str, change: Any) -> str:
+        self._begin(name, kind)
+        fault = self.backend.next_fault(name, kind)
+        if fault.startswith("fail:"):
+            self._end(name, ok=False)
+            raise CliError(fault.removeprefix("fail:"))
+        self._end(name, ok=True, change=change)
+        return f"{kind} complete"
+
+    @staticmethod
+    def _destroyed(stack: dict[str, Any]) -> None:
+        stack.update(resources=[], pending=[], outputs={})
+
+    @staticmethod
+    def _refreshed(stack: dict[str, Any], clear_pending_creates: bool) -> None:
+        if clear_pending_creates:
+            stack["pending"] = []
+
+    def up(self, name: str, client: str | None) -> str:
+        with self.backend.state() as data:
+            pending = _get(data, name)["pending"]
+        if pending:
+            raise CliError(f"the current deployment has {len(pending)} resource(s) with pending operations: "
+                           + ", ".join(pending) + "; run `pulumi refresh --clear-pending-creates`")
+        self._begin(name, "update")
+        fault = self.backend.next_fault(name, "up")
+        try:
+            resources, outputs = run_program(client, name) if client else ([], {})
+        except CliError:
+            self._end(name, ok=False)
+            raise
+        if fault == "hang":
+            with self.backend.state() as data:
+                _get(data, name)["pending"] = [r["urn"] for r in resources if r["custom"]]
+            while True:  # like an up waiting for pods that never become ready: only a kill ends it
+                time.sleep(1)
+        if fault.startswith("fail:"):
+            self._end(name, ok=False)
+            raise CliError(fault.removeprefix("fail:"))
+
+        def commit(stack: dict[str, Any]) -> None:
+            stack.update(resources=resources, outputs=outputs)
+
+        self._end(name, ok=True, change=commit)
+        return f"Update complete: {len(resources)} resources"
+
+
+# -- the engine side of an inline program -------------------------------------------------------
+
+def run_program(client: str, stack: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Serve a resource monitor and engine, have the language host at `client` run the program."""
+    import grpc
+    from google.protobuf import empty_pb2, json_format, struct_pb2
+    from pulumi.runtime.proto import (
+        engine_pb2_grpc,
+        language_pb2,
+        language_pb2_grpc,
+        resource_pb2,
+        resource_pb2_grpc,
+    )
+
+    project = "graphfleet-fleets"
+    stack_type = "pulumi:pulumi:Stack"
+    resources: list[dict[str, Any]] = []
+    outputs: dict[str, Any] = {}
+    root: dict[str, str] = {}
+
+    def make_urn(parent: str, type_: str, name: str) -> str:
+        qualified = type_
+        if parent:
+            parent_type = parent.split("::")[2]
+            if parent_type != stack_type:
+                qualified = f"{parent_type}${type_}"
+        return f"urn:pulumi:{stack}::{project}::{qualified}::{name}"
+
+    class Monitor(resource_pb2_grpc.ResourceMonitorServicer):
+        def SupportsFeature(self, request: Any, context: Any) -> Any:  # noqa: N802
+            # No outputValues: inputs then arrive as plain values, which the echo returns as outputs.
+            supported = request.id in ("secrets", "resourceReferences")
+            return resource_pb2.SupportsFeatureResponse(hasSupport=supported)
+
+        def RegisterResource(self, request: Any, context: Any) -> Any:  # noqa: N802
+            urn = make_urn(request.parent, request.type, request.name)
+            if request.type == stack_type:
+                return resource_pb2.RegisterResourceResponse(urn=urn)
+            inputs = json_format.MessageToDict(request.object)
+            metadata = inputs.get("metadata") or {}
+            if request.custom and "name" in metadata:
+                id_ = f"{metadata.get('namespace', '')}/{metadata['name']}".lstrip("/")
+            else:
+                id_ = f"{request.name}-id" if request.custom else ""
+            resources.append({"urn": urn, "type": request.type, "custom": bool(request.custom),
+                              "inputs": inputs})
+            return resource_pb2.RegisterResourceResponse(urn=urn, id=id_, object=request.object)
+
+        def RegisterResourceOutputs(self, request: Any, context: Any) -> Any:  # noqa: N802
+            if request.urn.split("::")[2] == stack_type:
+                outputs.update(json_format.MessageToDict(request.outputs))
+            return empty_pb2.Empty()
+
+        def Invoke(self, request: Any, context: Any) -> Any:  # noqa: N802
+            return resource_pb2.InvokeResponse(**{"return": struct_pb2.Struct()})
+
+        def RegisterPackage(self, request: Any, context: Any) -> Any:  # noqa: N802
+            return resource_pb2.RegisterPackageResponse(ref=f"{request.name}-{request.version}")
+
+        def SignalAndWaitForShutdown(self, request: Any, context: Any) -> Any:  # noqa: N802
+            return empty_pb2.Empty()
+
+    class Engine(engine_pb2_grpc.EngineServicer):
+        def Log(self, request: Any, context: Any) -> Any:  # noqa: N802
+            print(request.message, file=sys.stderr)
+            return empty_pb2.Empty()
+
+        def GetRootResource(self, request: Any, context: Any) -> Any:  # noqa: N802
+            from pulumi.runtime.proto import engine_pb2
+            return engine_pb2.GetRootResourceResponse(urn=root.get("urn", ""))
+
+        def SetRootResource(self, request: Any, context: Any) -> Any:  # noqa: N802
+            from pulumi.runtime.proto import engine_pb2
+            root["urn"] = request.urn
+            return engine_pb2.SetRootResourceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    resource_pb2_grpc.add_ResourceMonitorServicer_to_server(Monitor(), server)
+    engine_pb2_grpc.add_EngineServicer_to_server(Engine(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(client) as channel:
+            reply = language_pb2_grpc.LanguageRuntimeStub(channel).Run(language_pb2.RunRequest(
+                project=project, stack=stack, monitor_address=f"127.0.0.1:{port}",
+                args=[f"127.0.0.1:{port}"], parallel=4, dryRun=False, organization="organization"))
+    finally:
+        server.stop(0)
+    if reply.error:
+        raise CliError(f"an unhandled error occurred: program failed:\n{reply.error}")
+    return resources, outputs
+
+
+def main(argv: list[str]) -> int:
+    args = [a for a in argv if a != "--non-interactive"]
+    try:
+        if args[:1] == ["version"]:
+            print(f"v{VERSION}")
+            return 0
+        backend = Backend(state_dir(os.environ.get("PULUMI_BACKEND_URL", "")))
+        backend.log_call(args)
+        out = Cli(backend).run(args)
+    except CliError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return _EXIT_ERROR
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

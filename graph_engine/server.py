@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import logging
 import signal
 import socket
@@ -19,6 +18,7 @@ import threading
 from dataclasses import dataclass
 from types import FrameType
 
+from graph_engine import store
 from infra.spec import assign_partitions
 
 log = logging.getLogger("graph_engine.server")
@@ -44,7 +44,7 @@ class ServerArgs:
 def loadable_path(uri: str) -> str:
     """What DeepGNN's loader accepts: it treats `file:///` as HDFS (it wants a Hadoop classpath),
     so local URIs become plain paths; `s3://` goes through fsspec unchanged."""
-    return uri.removeprefix("file://")
+    return uri if store.is_s3(uri) else str(store.local_path(uri))
 
 
 def parse_args(argv: list[str] | None = None) -> ServerArgs:
@@ -79,20 +79,13 @@ class CannotServe(RuntimeError):
 
 def check_graph(args: ServerArgs) -> None:
     """Fail with a clear message where DeepGNN's native loader would abort the process."""
-    import fsspec
-
-    meta_uri = f"{args.data_dir.rstrip('/')}/meta.json"
     try:
-        with fsspec.open(meta_uri, "r") as f:
-            meta = json.load(f)
-    except FileNotFoundError as err:
-        raise CannotServe(f"--data-dir: no meta.json at {meta_uri}; point it at a converted graph") from err
+        found = store.partition_count(args.data_dir)
     except (OSError, ValueError) as err:
-        raise CannotServe(f"--data-dir: cannot read {meta_uri}: {err}") from err
-    found = len(meta.get("partitions", {}))
+        raise CannotServe(f"--data-dir: {err}") from err
     if found != args.partitions:
-        raise CannotServe(f"--partitions is {args.partitions} but {meta_uri} lists {found} partitions; "
-                          f"pass --partitions {found}")
+        raise CannotServe(f"--partitions is {args.partitions} but the graph at {args.data_dir} has {found} "
+                          f"partitions; pass --partitions {found}")
 
 
 def check_port_free(args: ServerArgs) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import subprocess
@@ -14,6 +13,8 @@ import numpy as np
 import pytest
 
 from graph_engine import health
+from graph_engine.convert import convert
+from graph_engine.datasets import Graph, canonical_edges
 
 NODES = 20
 
@@ -34,28 +35,17 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def convert_ring(out: Path, partitions: int) -> Path:
-    """A ring of NODES nodes; node i has feature [i, 1] and edges to i+1, i+2."""
-    from deepgnn.graph_engine.snark.convert import MultiWorkersConverter
-    from deepgnn.graph_engine.snark.decoders import JsonDecoder
-
-    src = out.parent / f"{out.name}.json"
-    with src.open("w") as f:
-        for i in range(NODES):
-            edges = [{"src_id": i, "dst_id": (i + k) % NODES, "edge_type": 0, "weight": 1.0,
-                      "uint64_feature": {}, "float_feature": {}, "binary_feature": {}} for k in (1, 2)]
-            f.write(json.dumps({"node_id": i, "node_type": 0, "node_weight": 1.0, "uint64_feature": {},
-                                "float_feature": {"0": [float(i), 1.0]}, "binary_feature": {},
-                                "edge": edges}) + "\n")
-    out.mkdir()
-    MultiWorkersConverter(graph_path=str(src), output_dir=str(out), partition_count=partitions,
-                          decoder=JsonDecoder(), thread_count=1).convert()
-    return out
+def ring_graph() -> Graph:
+    """NODES nodes in a ring; node i has features [i, 1], so a lookup shows which server answered."""
+    features = np.stack([np.arange(NODES, dtype=np.float32), np.ones(NODES, dtype=np.float32)], axis=1)
+    ids = np.arange(NODES, dtype=np.int64)
+    edges = canonical_edges(np.stack([ids, (ids + 1) % NODES], axis=1), NODES)
+    return Graph("ring", features, (ids % 2).astype(np.int64), edges, ids[:10], ids[10:15], ids[15:], 2)
 
 
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return convert_ring(tmp_path_factory.mktemp("graph") / "ring", partitions=2)
+    return Path(convert(ring_graph(), str(tmp_path_factory.mktemp("graph") / "ring"), partitions=2))
 
 
 def start(graph: Path, port: int, ordinal: int, replicas: int, partitions: int = 2) -> subprocess.Popen[str]:
@@ -115,7 +105,7 @@ def test_a_taken_port_is_refused_instead_of_shared(graph: Path, fleet) -> None:
 
 
 @pytest.mark.parametrize(("args", "expected"), [
-    (["--partitions", "1", "--replicas", "1"], "--partitions is 1 but"),
+    (["--partitions", "1", "--replicas", "1"], "pass --partitions 2"),
     (["--replicas", "3"], "--replicas/--partitions: replicas (3) exceeds partitions (2)"),
     (["--ordinal", "2"], "--ordinal must be in 0..1"),
 ])

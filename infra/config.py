@@ -35,7 +35,8 @@ NAMESPACE = "graphfleet"
 GPU_RESOURCE = "nvidia.com/gpu"
 # Node label every GPU pool's nodes carry; training pods select on it.
 POOL_LABEL = "graphfleet.io/gpu-pool"
-GPU_MODEL_LABEL = "nvidia.com/gpu.product"
+# Our own label: GPU feature discovery owns nvidia.com/gpu.product and would overwrite it.
+GPU_MODEL_LABEL = "graphfleet.io/gpu-model"
 
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
@@ -227,7 +228,7 @@ class KarpenterProvisioning(_Model):
 class GpuPool(_Model):
     name: DnsLabel
     gpu_model: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
-                           description=f"The {GPU_MODEL_LABEL} label value, e.g. NVIDIA-A100-SXM4-80GB")
+                           description="The GPU model (a label value), e.g. NVIDIA-A100-SXM4-80GB")
     gpus_per_node: int
     kind: Literal["static", "karpenter"]
     nodes: list[Subdomain] | None = Field(None, description="static: the node names to label and taint")
@@ -447,7 +448,7 @@ class StackConfig(BaseModel):
                 try:
                     check_image(service.spec.image, connector.image_allow_list)
                 except ValueError as exc:
-                    raise ValueError(f"[{index}].spec.image: {exc}") from None
+                    raise ValueError(f"sharedServices[{index}].spec.image ({service.name}): {exc}") from None
         return value
 
     def image_of(self, service: SharedService) -> str:

@@ -162,7 +162,7 @@ def describe_error(err: ValidationError, where: str, key: Callable[[str], str] =
             message = "unknown key; remove it or check its spelling"
         got = problem.get("input")
         quiet = (problem["type"] in ("extra_forbidden", "missing") or "got" in message or not problem["loc"]
-                 or isinstance(got, dict))  # a whole object: the message says what is wrong with it
+                 or isinstance(got, (dict, list)))  # a whole object: the message says what is wrong
         suffix = "" if quiet else f", got {got!r}"
         lines.append(f"{where}: {path + ': ' if path else ''}{message}{suffix}")
     return "\n".join(lines)

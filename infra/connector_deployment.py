@@ -1,0 +1,310 @@
+"""`FlyteConnector`: the graphfleet Flyte connector as a highly available Deployment.
+
+`pyflyte serve connector` answers FlytePropeller's CreateTask/GetTask/DeleteTask over gRPC. Every
+replica is interchangeable (state lives in the Pulumi backend, not in memory), so the Service is
+headless and propeller's `dns:///` endpoint with round-robin spreads calls over all replicas. The
+connector may manage fleets only in the data-service namespace, through a Role granting exactly
+the kinds `GraphDataService` declares; it reads no Secret through the API (the kubelet injects
+the ones it needs as environment variables).
+
+Manifests are built by plain functions; the component only registers them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import yaml
+
+from flyte_agent.settings import env_name
+from infra import names
+from infra.config import ConnectorConfig, check_image
+
+TYPE_TOKEN = "graphfleet:connector:FlyteConnector"
+NAME = "graphfleet-connector"
+GRPC_PORT = 8000
+METRICS_PORT = 9090
+# The task types the connector serves; propeller routes them to it.
+TASK_TYPES = ("graphfleet_data_service", "graphfleet_data_service_teardown")
+PROPELLER_CONFIG_KEY = "connector.yaml"
+# Plugins propeller keeps enabled next to ours: Flyte's config merge replaces lists, not extends them.
+BASE_PLUGINS = ("container", "sidecar", "k8s-array")
+BASE_TASK_TYPES = {"container": "container", "sidecar": "sidecar", "container_array": "k8s-array"}
+RUN_AS_USER = 1000
+WORK_DIR = "/work"
+
+# What provisioning a GraphDataService needs in the data-service namespace, and nothing else.
+_FULL = ["get", "list", "watch", "create", "update", "patch", "delete"]
+_READ = ["get", "list", "watch"]
+RBAC_RULES: list[dict[str, Any]] = [
+    {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": _FULL},
+    {"apiGroups": [""], "resources": ["services"], "verbs": _FULL},
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": _FULL},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": _FULL},
+    # Pulumi's readiness wait for a StatefulSet watches its pods and the Service's endpoints.
+    {"apiGroups": [""], "resources": ["pods", "endpoints"], "verbs": _READ},
+]
+
+
+@dataclass(frozen=True)
+class FlyteConnectorArgs:
+    config: ConnectorConfig
+    namespace: str                     # where the connector runs
+    data_namespace: str                # where it creates fleets
+    default_image: str                 # graph-engine image when a task names none
+    # Shared services' endpoints by name, for tasks that `reuse` one (GRAPHFLEET_SHARED_SERVICES).
+    shared_services: pulumi.Input[Mapping[str, list[str]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names.check_label(self.namespace, "FlyteConnectorArgs.namespace")
+        names.check_label(self.data_namespace, "FlyteConnectorArgs.data_namespace")
+        if self.namespace == self.data_namespace:
+            raise ValueError("FlyteConnectorArgs.data_namespace: must differ from namespace, or the "
+                             "connector's Role would let it rewrite its own Service")
+        try:
+            check_image(self.default_image, self.config.image_allow_list)
+        except ValueError as exc:
+            raise ValueError(f"FlyteConnectorArgs.default_image: {exc}") from None
+
+
+def labels() -> dict[str, str]:
+    return {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "graphfleet",
+            "app.kubernetes.io/managed-by": "graphfleet"}
+
+
+def selector() -> dict[str, str]:
+    return {"app.kubernetes.io/name": NAME}
+
+
+def endpoint(namespace: str) -> str:
+    """What propeller dials: gRPC DNS resolution over the headless Service's pod addresses."""
+    return f"dns:///{NAME}.{namespace}.svc.cluster.local:{GRPC_PORT}"
+
+
+def _meta(namespace: str, name: str = NAME) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": labels()}
+
+
+def service_account_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
+    # The token is mounted: the Pulumi Kubernetes provider talks to the API as this account.
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(args.namespace),
+            "automountServiceAccountToken": True}
+
+
+def role_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": _meta(args.data_namespace), "rules": RBAC_RULES}
+
+
+def role_binding_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": _meta(args.data_namespace),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
+        "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": args.namespace}],
+    }
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def settings_env(args: FlyteConnectorArgs, shared_services: Mapping[str, list[str]]) -> list[dict[str, Any]]:
+    """The connector's settings (`flyte_agent.settings`), one variable each."""
+    config = args.config
+    values = {
+        "backend": "pulumi",
+        "namespace": args.data_namespace,
+        "image": args.default_image,
+        "image_allowlist": ",".join(config.image_allow_list),
+        "max_concurrent_operations": str(config.max_concurrent_operations),
+        "shared_services": json.dumps(dict(shared_services), sort_keys=True),
+    }
+    return [{"name": env_name(key), "value": value} for key, value in values.items()]
+
+
+def secret_env(args: FlyteConnectorArgs) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(`env`, `envFrom`) that bring the Pulumi backend and cloud credentials in from Secrets."""
+    secrets = args.config.secrets
+    url = secrets.backend_url
+    env = [_secret_env("PULUMI_BACKEND_URL", url.name, url.key)]
+    if secrets.passphrase is not None:
+        env.append(_secret_env("PULUMI_CONFIG_PASSPHRASE", secrets.passphrase.name, secrets.passphrase.key))
+    else:
+        env.append({"name": "PULUMI_SECRETS_PROVIDER", "value": secrets.secrets_provider})
+    env_from = ([{"secretRef": {"name": secrets.aws_credentials}}] if secrets.aws_credentials else [])
+    return env, env_from
+
+
+def deployment_manifest(args: FlyteConnectorArgs, shared_services: Mapping[str, list[str]]) -> dict[str, Any]:
+    config = args.config
+    env, env_from = secret_env(args)
+    grpc_probe = {"grpc": {"port": GRPC_PORT}, "periodSeconds": 10, "timeoutSeconds": 5,
+                  "failureThreshold": 3}
+    container: dict[str, Any] = {
+        "name": "connector",
+        "image": config.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["pyflyte", "serve", "connector", "--port", str(GRPC_PORT),
+                    "--prometheus_port", str(METRICS_PORT)],
+        "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+                  {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "env": [*settings_env(args, shared_services), *env,
+                # Read-only root: Pulumi's plugins, workspaces and caches live on the scratch volume.
+                {"name": "HOME", "value": WORK_DIR}, {"name": "PULUMI_HOME", "value": f"{WORK_DIR}/.pulumi"},
+                {"name": "TMPDIR", "value": WORK_DIR}],
+        "readinessProbe": grpc_probe,
+        "livenessProbe": {**grpc_probe, "periodSeconds": 20, "initialDelaySeconds": 10},
+        "resources": {"requests": {"cpu": config.cpu, "memory": config.memory},
+                      "limits": {"cpu": config.cpu_limit, "memory": config.memory_limit}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": "work", "mountPath": WORK_DIR}],
+    }
+    if env_from:
+        container["envFrom"] = env_from
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": _meta(args.namespace),
+        "spec": {
+            "replicas": config.min_replicas,
+            "selector": {"matchLabels": selector()},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": labels()},
+                "spec": {
+                    "serviceAccountName": NAME,
+                    "containers": [container],
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER,
+                                        "runAsGroup": RUN_AS_USER, "fsGroup": RUN_AS_USER,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "enableServiceLinks": False,
+                    # A `pulumi up` in flight is bounded by the provisioner; give it time to stop cleanly.
+                    "terminationGracePeriodSeconds": 60,
+                    "volumes": [{"name": "work", "emptyDir": {"sizeLimit": "4Gi"}}],
+                    "topologySpreadConstraints": [{
+                        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                        "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": selector()},
+                    }],
+                },
+            },
+        },
+    }
+
+
+def service_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service", "metadata": _meta(args.namespace),
+        "spec": {
+            # Headless: propeller resolves every ready replica and balances calls round-robin.
+            "clusterIP": "None",
+            "selector": selector(),
+            "ports": [{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP",
+                       "appProtocol": "kubernetes.io/h2c"},
+                      {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}],
+        },
+    }
+
+
+def pdb_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(args.namespace),
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": selector()}}}
+
+
+def hpa_manifest(args: FlyteConnectorArgs) -> dict[str, Any] | None:
+    scaling = args.config.autoscaling
+    if scaling is None:
+        return None
+    return {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": _meta(args.namespace),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": NAME},
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+                "type": "Utilization", "averageUtilization": scaling.target_cpu_percent}}}],
+        },
+    }
+
+
+def propeller_fragment(args: FlyteConnectorArgs) -> dict[str, Any]:
+    """The FlytePropeller configuration that routes graphfleet task types to this connector."""
+    timeouts = args.config.timeouts
+    deployment = {
+        "endpoint": endpoint(args.namespace),
+        "insecure": True,
+        "defaultServiceConfig": json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}),
+        "timeouts": {"CreateTask": timeouts.create_task, "GetTask": timeouts.get_task,
+                     "DeleteTask": timeouts.delete_task},
+        # Other calls (metrics, logs) are reads like GetTask.
+        "defaultTimeout": timeouts.get_task,
+    }
+    return {
+        "tasks": {"task-plugins": {
+            "enabled-plugins": [*BASE_PLUGINS, "connector-service"],
+            "default-for-task-types": {**BASE_TASK_TYPES, **{t: "connector-service" for t in TASK_TYPES}},
+        }},
+        "plugins": {"connector-service": {
+            "connectors": {"graphfleet": deployment},
+            "connectorForTaskTypes": {t: "graphfleet" for t in TASK_TYPES},
+        }},
+    }
+
+
+def config_map_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
+    """The fragment, for propeller to mount next to its own configuration files."""
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(args.namespace, f"{NAME}-propeller"),
+            "data": {PROPELLER_CONFIG_KEY: yaml.safe_dump(propeller_fragment(args), sort_keys=False)}}
+
+
+class FlyteConnector(pulumi.ComponentResource):
+    """Outputs: `endpoint` (what propeller dials) and `propeller_config` (the YAML fragment)."""
+
+    endpoint: pulumi.Output[str]
+    propeller_config: pulumi.Output[str]
+
+    def __init__(self, name: str, args: FlyteConnectorArgs,
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TYPE_TOKEN, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        sa = service_account_manifest(args)
+        account = k8s.core.v1.ServiceAccount(
+            f"{name}-sa", metadata=sa["metadata"],
+            automount_service_account_token=sa["automountServiceAccountToken"], opts=child)
+        role = role_manifest(args)
+        k8s.rbac.v1.Role(f"{name}-role", metadata=role["metadata"], rules=role["rules"], opts=child)
+        binding = role_binding_manifest(args)
+        k8s.rbac.v1.RoleBinding(f"{name}-rolebinding", metadata=binding["metadata"],
+                                role_ref=binding["roleRef"], subjects=binding["subjects"], opts=child)
+        config_map = config_map_manifest(args)
+        k8s.core.v1.ConfigMap(f"{name}-propeller", metadata=config_map["metadata"], data=config_map["data"],
+                              opts=child)
+        svc = service_manifest(args)
+        service = k8s.core.v1.Service(f"{name}-service", metadata=svc["metadata"], spec=svc["spec"],
+                                      opts=child)
+        # Endpoints of shared services may be outputs: the Deployment is declared once they resolve.
+        deployment = pulumi.Output.from_input(args.shared_services).apply(
+            lambda shared: deployment_manifest(args, shared))
+        k8s.apps.v1.Deployment(
+            f"{name}-deployment", metadata=deployment["metadata"], spec=deployment["spec"],
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[account])))
+        pdb = pdb_manifest(args)
+        k8s.policy.v1.PodDisruptionBudget(f"{name}-pdb", metadata=pdb["metadata"], spec=pdb["spec"],
+                                          opts=child)
+        hpa = hpa_manifest(args)
+        if hpa is not None:
+            k8s.autoscaling.v2.HorizontalPodAutoscaler(f"{name}-hpa", metadata=hpa["metadata"],
+                                                       spec=hpa["spec"], opts=child)
+        self.endpoint = service.metadata.apply(lambda _: endpoint(args.namespace))
+        self.propeller_config = pulumi.Output.from_input(config_map["data"][PROPELLER_CONFIG_KEY])
+        self.register_outputs({"endpoint": self.endpoint, "propeller_config": self.propeller_config})

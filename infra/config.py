@@ -397,6 +397,9 @@ class SharedService(_Model):
     def _complete(cls, value: DataServiceSpec) -> DataServiceSpec:
         if value.graph_uri is None:
             raise ValueError("a shared service serves its own graph: set graphUri (reuse is for tasks)")
+        if not value.graph_uri.startswith("s3://"):
+            raise ValueError(f"graphUri {value.graph_uri!r} is a local path, which pods cannot read; "
+                             f"upload the graph and use s3://bucket/prefix")
         if value.partitions is None:
             raise ValueError("set partitions to the graph's partition count: the plan must check that "
                              "every partition is served without reading the graph")

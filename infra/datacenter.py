@@ -1,0 +1,139 @@
+"""`Datacenter`: everything one datacenter runs, composed from its `StackConfig`.
+
+Namespaces (Pod Security `restricted` enforced), the GPU pools with their Kueue queues, every
+long-lived shared graph service, and the Flyte connector (told the shared services' endpoints so
+tasks can `reuse` them). Every component's arguments are built and checked before the first
+resource is declared, so a bad stack declares nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+from pulumi.runtime.config import CONFIG, get_config_env
+
+from infra import graph_service
+from infra.config import StackConfig, stack_config_from_mapping
+from infra.connector_deployment import FlyteConnector, FlyteConnectorArgs
+from infra.gpu_pool import GpuNodePool, GpuNodePoolArgs
+from infra.graph_service import GraphDataService, GraphDataServiceArgs
+
+TYPE_TOKEN = "graphfleet:datacenter:Datacenter"
+POD_SECURITY = "restricted"
+
+
+def namespace_manifest(name: str, datacenter: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": {
+            "pod-security.kubernetes.io/enforce": POD_SECURITY,
+            "pod-security.kubernetes.io/enforce-version": "latest",
+            "pod-security.kubernetes.io/warn": POD_SECURITY,
+            "app.kubernetes.io/part-of": "graphfleet",
+            "app.kubernetes.io/managed-by": "graphfleet",
+            "graphfleet.io/datacenter": datacenter,
+        }},
+    }
+
+
+def graph_placement(config: StackConfig) -> graph_service.Placement:
+    placement = config.graph_service_placement
+    return graph_service.Placement(
+        node_selector=dict(placement.node_selector),
+        tolerations=tuple(graph_service.Toleration(key=t.key, operator=t.operator, value=t.value,
+                                                   effect=t.effect) for t in placement.tolerations))
+
+
+@dataclass(frozen=True)
+class DatacenterPlan:
+    """Every component's arguments, checked; nothing declared yet."""
+
+    namespaces: list[str]
+    pools: list[GpuNodePoolArgs]
+    shared: list[GraphDataServiceArgs]
+    connector: FlyteConnectorArgs
+
+
+def plan(config: StackConfig) -> DatacenterPlan:
+    ns = config.namespaces
+    placement = graph_placement(config)
+    shared = [GraphDataServiceArgs(name=s.name, namespace=ns.data_services, spec=s.spec,
+                                   image=config.graph_engine_image, placement=placement)
+              for s in config.shared_services]
+    return DatacenterPlan(
+        namespaces=list(dict.fromkeys([ns.connector, ns.data_services, ns.training])),
+        pools=[GpuNodePoolArgs(pool=p, training_namespace=ns.training) for p in config.gpu_pools],
+        shared=shared,
+        connector=FlyteConnectorArgs(config=config.connector, namespace=ns.connector,
+                                     data_namespace=ns.data_services,
+                                     default_image=config.graph_engine_image))
+
+
+class Datacenter(pulumi.ComponentResource):
+    """Outputs: `connector_endpoint`, `propeller_config`, `namespaces`, `queues` (pool -> team ->
+    LocalQueue), `shared_services` (name -> endpoints)."""
+
+    connector_endpoint: pulumi.Output[str]
+    propeller_config: pulumi.Output[str]
+    namespaces: pulumi.Output[list[str]]
+    queues: pulumi.Output[dict[str, dict[str, str]]]
+    shared_services: pulumi.Output[dict[str, list[str]]]
+
+    def __init__(self, name: str, config: StackConfig, opts: pulumi.ResourceOptions | None = None) -> None:
+        checked = plan(config)
+        super().__init__(TYPE_TOKEN, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        declared: dict[str, k8s.core.v1.Namespace] = {}
+        for namespace in checked.namespaces:
+            manifest = namespace_manifest(namespace, config.datacenter.name)
+            declared[namespace] = k8s.core.v1.Namespace(f"{name}-ns-{namespace}",
+                                                        metadata=manifest["metadata"], opts=child)
+
+        def inside(namespace: str) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(parent=self, depends_on=[declared[namespace]])
+
+        pools = {args.pool.name: GpuNodePool(f"{name}-gpu-{args.pool.name}", args,
+                                             inside(args.training_namespace))
+                 for args in checked.pools}
+        shared = {args.name: GraphDataService(f"{name}-shared-{args.name}", args, inside(args.namespace))
+                  for args in checked.shared}
+        endpoints = pulumi.Output.all(**{n: s.endpoints for n, s in shared.items()}) if shared else {}
+        connector_args = replace(checked.connector, shared_services=endpoints)
+        needs = [declared[connector_args.namespace], declared[connector_args.data_namespace]]
+        connector = FlyteConnector(f"{name}-connector", connector_args,
+                                   pulumi.ResourceOptions(parent=self, depends_on=needs))
+
+        self.connector_endpoint = connector.endpoint
+        self.propeller_config = connector.propeller_config
+        self.namespaces = pulumi.Output.from_input(checked.namespaces)
+        self.queues = pulumi.Output.all(**{n: p.queue_names for n, p in pools.items()}) if pools else \
+            pulumi.Output.from_input({})
+        self.shared_services = pulumi.Output.from_input(endpoints)
+        self.register_outputs({
+            "connector_endpoint": self.connector_endpoint,
+            "propeller_config": self.propeller_config,
+            "namespaces": self.namespaces,
+            "queues": self.queues,
+            "shared_services": self.shared_services,
+        })
+
+
+def program(config: StackConfig) -> Datacenter:
+    """The stack's program: one Datacenter, its outputs exported as stack outputs."""
+    datacenter = Datacenter(config.datacenter.name, config)
+    pulumi.export("connector_endpoint", datacenter.connector_endpoint)
+    pulumi.export("propeller_config", datacenter.propeller_config)
+    pulumi.export("namespaces", datacenter.namespaces)
+    pulumi.export("queues", datacenter.queues)
+    pulumi.export("shared_services", datacenter.shared_services)
+    return datacenter
+
+
+def config_from_pulumi() -> StackConfig:
+    """The running stack's config as the engine hands it to the program, validated."""
+    stack = pulumi.get_stack()
+    values = {**get_config_env(), **CONFIG.get()}
+    return stack_config_from_mapping(values, f"stacks/Pulumi.{stack}.yaml", expected_name=stack)

@@ -199,8 +199,9 @@ def _upload(folder: Path, uri: str, overwrite: bool) -> None:
     fs, path = filesystem(uri)
     if overwrite and fs.exists(f"{path}/{META}"):
         fs.rm(path, recursive=True)
-    # Metadata last: a reader that finds meta.json finds every partition file too.
-    last = [INFO, META]
-    names = sorted(p.name for p in folder.iterdir() if p.name not in last) + last
-    for name in names:
+    # Partition files in one batch (s3fs uploads them concurrently), metadata last: a reader that
+    # finds meta.json finds every partition file too.
+    data = sorted(p.name for p in folder.iterdir() if p.name not in (INFO, META))
+    fs.put([str(folder / name) for name in data], [f"{path}/{name}" for name in data])
+    for name in (INFO, META):
         fs.put_file(str(folder / name), f"{path}/{name}")

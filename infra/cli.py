@@ -1,0 +1,196 @@
+"""`graphfleet`: review a datacenter stack offline before `pulumi up`.
+
+    graphfleet plan ltx1            table of every object, then schema and policy checks
+    graphfleet plan ltx1 --json     the rendered manifests as JSON
+    graphfleet diff A.yaml B.yaml   objects added, removed and fields changed between two stack files
+
+The stack's real program (`infra.datacenter.program`, what `pulumi up` runs) is rendered under
+Pulumi mocks: no CLI, cluster or credentials are needed. Exit status: 0 clean, 1 when any object
+fails the Kubernetes schema or a policy rule (each printed), 2 when the stack file is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from infra.config import GPU_RESOURCE, ConfigError, load_stack_config, stack_name, stack_path
+
+EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_CONFIG = 0, 1, 2
+Manifest = Mapping[str, Any]
+
+
+def render_stack(stack: str) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+    """(stack name, manifests, stack outputs) of a stack name or file; raises ConfigError."""
+    # Imported here: loading Pulumi and pulumi_kubernetes takes a second or two.
+    from infra.datacenter import program
+    from infra.render import render
+
+    path = stack_path(stack)
+    config = load_stack_config(path)
+    name = stack_name(path)
+    rendered = render(lambda: program(config), stack=name)
+    # Sorted: registration order varies from run to run, a review should not.
+    return name, sorted(rendered.manifests(), key=key_of), rendered.outputs
+
+
+def key_of(manifest: Manifest) -> str:
+    meta = manifest.get("metadata") or {}
+    namespace = meta.get("namespace")
+    return f"{manifest.get('kind')}/{namespace + '/' if namespace else ''}{meta.get('name')}"
+
+
+def _pod(manifest: Manifest) -> Mapping[str, Any]:
+    return (manifest.get("spec") or {}).get("template", {}).get("spec", {})
+
+
+def details(manifest: Manifest) -> str:
+    """The fields a reviewer checks first, per kind."""
+    kind, spec = manifest.get("kind"), manifest.get("spec") or {}
+    if kind in ("StatefulSet", "Deployment"):
+        container = (_pod(manifest).get("containers") or [{}])[0]
+        requests = (container.get("resources") or {}).get("requests") or {}
+        command = container.get("command") or []
+        shards = (f" partitions={command[command.index('--partitions') + 1]}"
+                  if "--partitions" in command[:-1] else "")
+        return (f"replicas={spec.get('replicas')}{shards} cpu={requests.get('cpu')} "
+                f"memory={requests.get('memory')} image={container.get('image')}")
+    if kind == "HorizontalPodAutoscaler":
+        return f"replicas={spec.get('minReplicas')}-{spec.get('maxReplicas')}"
+    if kind == "ClusterQueue":
+        quotas = {r["name"]: r["nominalQuota"] for group in spec.get("resourceGroups", [])
+                  for flavor in group.get("flavors", []) for r in flavor.get("resources", [])}
+        return (f"gpus={quotas.get(GPU_RESOURCE)} cpu={quotas.get('cpu')} memory={quotas.get('memory')} "
+                f"cohort={spec.get('cohort')}")
+    if kind == "LocalQueue":
+        return f"clusterQueue={spec.get('clusterQueue')}"
+    if kind == "NodePool":
+        template = spec.get("template", {}).get("spec", {})
+        types = [v for r in template.get("requirements", []) for v in r.get("values", [])
+                 if r.get("key") == "node.kubernetes.io/instance-type"]
+        return f"instanceTypes={','.join(types)} limit gpus={spec.get('limits', {}).get(GPU_RESOURCE)}"
+    if kind == "Node":
+        taints = ",".join(f"{t['key']}={t.get('value')}:{t['effect']}" for t in spec.get("taints", []))
+        return f"labels={json.dumps((manifest.get('metadata') or {}).get('labels'))} taints={taints}"
+    if kind == "ResourceFlavor":
+        return f"nodeLabels={json.dumps(spec.get('nodeLabels'))}"
+    if kind == "PriorityClass":
+        return f"value={manifest.get('value')}"
+    if kind == "Role":
+        return "; ".join(f"{','.join(r.get('resources', []))}: {','.join(r.get('verbs', []))}"
+                         for r in manifest.get("rules", []))
+    if kind == "Service":
+        ports = ",".join(str(p.get("port")) for p in spec.get("ports", []))
+        kind_of = "headless" if spec.get("clusterIP") == "None" else spec.get("type", "ClusterIP")
+        return f"{kind_of} ports={ports}"
+    if kind == "PodDisruptionBudget":
+        return ("maxUnavailable=" + str(spec["maxUnavailable"]) if "maxUnavailable" in spec
+                else f"minAvailable={spec.get('minAvailable')}")
+    return ""
+
+
+def table(manifests: Sequence[Manifest]) -> str:
+    rows = [("KIND", "NAMESPACE", "NAME", "DETAILS")]
+    rows += [(str(m.get("kind")), str((m.get("metadata") or {}).get("namespace") or "-"),
+              str((m.get("metadata") or {}).get("name")), details(m)) for m in manifests]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip()
+                     for r in rows)
+
+
+def problems(manifests: Sequence[Manifest]) -> list[str]:
+    """Schema errors and policy violations, one line each."""
+    from infra import policy
+    from infra.k8s_schema import validate_manifests
+
+    return ([f"schema: {e}" for e in validate_manifests(manifests)]
+            + [f"policy: {v}" for v in policy.check(manifests)])
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    name, manifests, outputs = render_stack(args.stack)
+    found = problems(manifests)
+    if args.json:
+        print(json.dumps(manifests, indent=2, sort_keys=True))
+    else:
+        print(f"stack {name}: {len(manifests)} Kubernetes objects\n")
+        print(table(manifests))
+        print("\noutputs:")
+        for key, value in outputs.items():
+            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            indented = "\n    " + text.rstrip().replace("\n", "\n    ") if "\n" in text else f" {text}"
+            print(f"  {key}:{indented}")
+    for line in found:
+        print(line, file=sys.stderr)
+    status = f"{len(found)} problem(s)" if found else "schema and policy checks passed"
+    print(f"{name}: {len(manifests)} objects, {status}", file=sys.stderr)
+    return EXIT_VIOLATIONS if found else EXIT_OK
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": [1]}}` -> `{"a.b[0]": 1}`: one entry per leaf field."""
+    if isinstance(value, Mapping) and value:
+        return {k: v for key, item in value.items()
+                for k, v in flatten(item, f"{prefix}.{key}" if prefix else str(key)).items()}
+    if isinstance(value, list) and value:
+        return {k: v for i, item in enumerate(value) for k, v in flatten(item, f"{prefix}[{i}]").items()}
+    return {prefix: value}
+
+
+def diff_manifests(old: Sequence[Manifest], new: Sequence[Manifest]) -> list[str]:
+    """`+ key`, `- key`, `~ key: field: old -> new`, in the new stack's order (removed last)."""
+    before, after = {key_of(m): m for m in old}, {key_of(m): m for m in new}
+    lines: list[str] = []
+    for key, manifest in after.items():
+        if key not in before:
+            lines.append(f"+ {key}")
+            continue
+        a, b = flatten(before[key]), flatten(manifest)
+        for field in sorted(a.keys() | b.keys()):
+            if a.get(field, "<absent>") != b.get(field, "<absent>"):
+                lines.append(f"~ {key}: {field}: {json.dumps(a.get(field, '<absent>'))} -> "
+                             f"{json.dumps(b.get(field, '<absent>'))}")
+    lines += [f"- {key}" for key in before if key not in after]
+    return lines
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    _, old, _ = render_stack(args.old)
+    _, new, _ = render_stack(args.new)
+    lines = diff_manifests(old, new)
+    print("\n".join(lines) if lines else "no differences")
+    added, removed = sum(x.startswith("+") for x in lines), sum(x.startswith("-") for x in lines)
+    changed = len({x.split(":", 1)[0] for x in lines if x.startswith("~")})
+    print(f"{added} added, {removed} removed, {changed} changed", file=sys.stderr)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="graphfleet", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    plan = commands.add_parser("plan", help="render a stack offline and check every object")
+    plan.add_argument("stack", help="a stack name (ltx1) or a stack file path")
+    plan.add_argument("--json", action="store_true", help="print the rendered manifests as JSON")
+    plan.set_defaults(run=cmd_plan)
+    diff = commands.add_parser("diff", help="what changes between two stack files")
+    diff.add_argument("old", help="stack name or file: the current state")
+    diff.add_argument("new", help="stack name or file: the proposed state")
+    diff.set_defaults(run=cmd_diff)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,7 +22,11 @@ from typing import Any
 
 import numpy as np
 from deepgnn.graph_engine.snark.convert import MultiWorkersConverter
-from deepgnn.graph_engine.snark.converter.process import FLAG_ALL_DONE, converter_process
+from deepgnn.graph_engine.snark.converter.process import (
+    FLAG_ALL_DONE,
+    FLAG_WORKER_FINISHED_PROCESSING,
+    converter_process,
+)
 from deepgnn.graph_engine.snark.decoders import Decoder
 from deepgnn.graph_engine.snark.dispatcher import PipeDispatcher
 
@@ -96,7 +100,7 @@ def _guarded(errors: list[BaseException]) -> Callable[..., None]:
                      "node_feature_count": 0, "edge_feature_count": 0,
                      "partition": {"id": suffix, "node_weight": [], "node_type_count": [], "edge_weight": [],
                                    "edge_type_count": []}}
-            q_out.put((b"WORKER_FINISHED_PROCESSING", empty))
+            q_out.put((FLAG_WORKER_FINISHED_PROCESSING, empty))
     return process
 
 
@@ -116,8 +120,16 @@ def write_partitions(graph: Graph, folder: Path, partitions: int) -> None:
     dispatcher = PipeDispatcher(str(folder), partitions, decoder, process=_guarded(errors), use_threads=True)
     ids = [str(i) for i in range(graph.num_nodes)]
     batches = [ids[i:i + _BATCH] for i in range(0, len(ids), _BATCH)]
-    MultiWorkersConverter(graph_path=str(folder), output_dir=str(folder), decoder=decoder,
-                          partition_count=partitions, dispatcher=dispatcher, file_iterator=batches).convert()
+    converter = MultiWorkersConverter(graph_path=str(folder), output_dir=str(folder), decoder=decoder,
+                                      partition_count=partitions, dispatcher=dispatcher,
+                                      file_iterator=batches)
+    try:
+        converter.convert()
+    except BaseException:
+        # Release the workers (non-daemon threads waiting on their pipes) or the process never exits.
+        for _, sender in dispatcher.q_in:
+            sender.send(FLAG_ALL_DONE)
+        raise
     if errors:
         raise RuntimeError(f"DeepGNN's converter failed writing to {folder}: {errors[0]!r}") from errors[0]
     (folder / INFO).write_text(json.dumps(graph_info(graph, partitions)))

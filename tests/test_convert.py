@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from deepgnn.graph_engine.snark.client import MemoryGraph
+from deepgnn.graph_engine.snark.dispatcher import PipeDispatcher
 
 from graph_engine import convert as convert_module
 from graph_engine.convert import convert
@@ -145,6 +147,31 @@ def test_converter_failure_raises_and_leaves_nothing(small: Graph, tmp_path: Pat
     failed = r"DeepGNN's converter failed writing to .*: OSError\('disk full'\)"
     with pytest.raises(RuntimeError, match=failed):
         convert(small, str(tmp_path / "g"), 2)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(60)
+def test_dispatch_failure_releases_worker_threads(small: Graph, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    real_dispatch = PipeDispatcher.dispatch
+
+    def dispatch(self: PipeDispatcher, line: str) -> None:
+        if int(line) == 50:
+            raise KeyboardInterrupt
+        real_dispatch(self, line)
+
+    monkeypatch.setattr(PipeDispatcher, "dispatch", dispatch)
+    crashes: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", crashes.append)
+    before = set(threading.enumerate())
+    with pytest.raises(KeyboardInterrupt):
+        convert(small, str(tmp_path / "g"), 3)
+    workers = [t for t in threading.enumerate() if t not in before and not t.daemon]
+    for worker in workers:
+        worker.join(timeout=10)
+    # Not released, the workers die on a broken pipe (a traceback per worker) or wait forever.
+    assert [w for w in workers if w.is_alive()] == []
+    assert [c.exc_type for c in crashes] == []
     assert list(tmp_path.iterdir()) == []
 
 

@@ -55,11 +55,11 @@ class RenderedResource:
 class Rendered:
     """Everything one program run declared."""
 
-    resources: list[RenderedResource]
+    resources: list[RenderedResource]   # sorted by URN
     outputs: dict[str, Any] = field(default_factory=dict)
 
     def manifests(self) -> list[dict[str, Any]]:
-        """The Kubernetes objects, in registration order, as plain manifests."""
+        """The Kubernetes objects, in URN order, as plain manifests."""
         return [r.inputs for r in self.resources if r.is_kubernetes_object]
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
@@ -113,7 +113,8 @@ def _render_isolated(program: Callable[[], None], stack: str, project: str,
             return await _resolve_stack_outputs()
 
         outputs = loop.run_until_complete(run())
-        return Rendered(resources=list(monitor.recorded), outputs=outputs)
+        # Registrations race on the event loop; sorting makes two renders of one program equal.
+        return Rendered(resources=sorted(monitor.recorded, key=lambda r: r.urn), outputs=outputs)
     finally:
         loop.close()
         asyncio.set_event_loop(previous_loop)

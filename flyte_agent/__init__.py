@@ -1,0 +1,5 @@
+"""graphfleet's Flyte side: the data-service task DSL and its connector."""
+
+from flyte_agent.task import DataServiceConfig, DataServiceTask, DataServiceTeardownTask
+
+__all__ = ["DataServiceConfig", "DataServiceTask", "DataServiceTeardownTask"]

@@ -1,1 +1,321 @@
-"""Placeholder so flytekit's plugin loader finds the entry point while the connector is written."""
+"""The Flyte connectors for graph data services, registered through the `flytekit.plugins` entry point.
+
+A thin translation between Flyte's CreateTask/GetTask/DeleteTask and a `Provisioner`:
+
+- create() validates everything it can (spec + run-time inputs, the graph's partition count, the
+  image allow-list, a `reuse` target) and records it in `FleetMeta`; bad input is recorded as an
+  error that get() reports as FAILED, so nothing is created. It then asks the provisioner to start,
+  which returns at once.
+- get() is level-triggered: it asks the provisioner what exists and moves it toward the spec (a
+  fleet that vanished before it was ready is created again, until it expires).
+- delete() (Flyte calls it on abort) tears the fleet down; so does the teardown task.
+
+State lives in `FleetMeta` (handed back by Flyte on every call) and in the world, never in this
+process: any replica, after any restart, answers for any execution.
+
+`reuse=<name>` provisions nothing: the endpoints come from `GRAPHFLEET_SHARED_SERVICES`
+(JSON name -> endpoints, which the connector Deployment fills from the Datacenter stack outputs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from flyteidl.core.execution_pb2 import TaskExecution
+from flytekit.core.context_manager import FlyteContextManager
+from flytekit.core.type_engine import TypeEngine
+from flytekit.extend.backend.base_connector import (
+    AsyncConnectorBase,
+    ConnectorRegistry,
+    Resource,
+    ResourceMeta,
+)
+from flytekit.models.literals import LiteralMap
+from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
+from pydantic import ValidationError
+
+from flyte_agent.provisioner import Phase, Provision, Provisioner
+from flyte_agent.settings import Settings, make_provisioner
+from graph_engine import health, store
+from infra.names import STATEFULSET_NAME_MAX
+from infra.spec import DataServiceSpec, describe_error
+
+log = logging.getLogger(__name__)
+
+DATA_SERVICE_TASK_TYPE = "graphfleet_data_service"
+TEARDOWN_TASK_TYPE = "graphfleet_data_service_teardown"
+# Run-time inputs of a DataServiceTask; the default means "use the config".
+INPUT_DEFAULTS: dict[str, Any] = {"graph_uri": "", "replicas": 0}
+OUTPUT_TYPES: dict[str, type] = {"endpoints": list[str], "endpoints_env": str, "service": str}
+TEARDOWN_INPUT_TYPES: dict[str, type] = {"service": str}
+TEARDOWN_OUTPUT_TYPES: dict[str, type] = {"outcome": str}
+# The `service` output of a `reuse` task: never a provision name (those have no ':'), so teardown
+# knows to leave the shared service alone.
+SHARED_PREFIX = "shared:"
+
+_SLUG = re.compile(r"[^a-z0-9]+")
+_HASH = 8
+
+
+@dataclass
+class FleetMeta(ResourceMeta):
+    """Everything get()/delete() need; JSON round-trippable (Flyte stores it between calls)."""
+
+    name: str = ""
+    spec: dict[str, Any] = field(default_factory=dict)
+    owner: str = ""
+    execution: str = ""
+    created_at: float = 0.0
+    endpoints: list[str] = field(default_factory=list)  # `reuse` only: the shared service's
+    error: str = ""                                     # bad input: reported as FAILED, nothing created
+
+    def provision(self) -> Provision:
+        return Provision(name=self.name, spec=DataServiceSpec.from_custom(self.spec), owner=self.owner,
+                         execution=self.execution, created_at=self.created_at)
+
+
+@dataclass
+class TeardownMeta(ResourceMeta):
+    service: str = ""
+
+
+def provision_name(project: str, domain: str, execution: str, node: str) -> str:
+    """A DNS-1123 name, the same for every retry of one node execution (so a retried create adopts
+    the fleet), distinct across executions: a readable slug plus a hash of the exact identity."""
+    identity = "/".join((project, domain, execution, node))
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:_HASH]
+    slug = _SLUG.sub("-", f"{execution}-{node}".lower()).strip("-")
+    # Fits a StatefulSet name unshortened, so every object of the fleet carries this exact name.
+    slug = slug[: STATEFULSET_NAME_MAX - len("gf--") - _HASH].rstrip("-")
+    return f"gf-{slug}-{digest}" if slug else f"gf-{digest}"
+
+
+def execution_identity(metadata: TaskExecutionMetadata | None, task_name: str) -> tuple[str, str, str]:
+    """(provision name, owner, execution) for a task execution; a local run gets a fresh name."""
+    if metadata is None or metadata.task_execution_id is None:
+        run = uuid.uuid4().hex[:12]
+        return provision_name("local", "local", run, task_name), "local", f"local/{task_name}/{run}"
+    node = metadata.task_execution_id.node_execution_id
+    wf = node.execution_id
+    name = provision_name(wf.project, wf.domain, wf.name, node.node_id)
+    return name, f"{wf.project}/{wf.domain}", f"{wf.project}/{wf.domain}/{wf.name}/{node.node_id}"
+
+
+def merge_inputs(custom: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
+    """The template's `custom` with the run-time inputs that were set laid over it."""
+    merged = dict(custom)
+    for key, default in INPUT_DEFAULTS.items():
+        value = inputs.get(key, default)
+        if value != default:
+            merged[key] = value
+    if inputs.get("graph_uri"):
+        merged.pop("reuse", None)
+    return merged
+
+
+def resolve_spec(custom: dict[str, Any], inputs: dict[str, Any], settings: Settings) -> DataServiceSpec:
+    """The spec a run provisions, every check done; raises ValueError with a message for the user."""
+    merged = merge_inputs(custom, inputs)
+    if merged.get("graph_uri") is None and merged.get("reuse") is None:
+        raise ValueError("graph_uri: no graph given; set graph_uri (or reuse) in the DataServiceConfig "
+                         "or pass the task's graph_uri input")
+    try:
+        spec = DataServiceSpec.from_custom(merged)
+    except ValidationError as err:
+        raise ValueError(describe_error(err, "data service")) from None
+    if spec.image is not None and not settings.allows_image(spec.image):
+        allowed = ", ".join([settings.image, *settings.image_allowlist])
+        raise ValueError(f"image: {spec.image!r} is not allowed by this connector "
+                         f"(GRAPHFLEET_IMAGE_ALLOWLIST); allowed: {allowed}; leave image unset to use "
+                         f"{settings.image}")
+    if spec.reuse is not None:
+        if spec.reuse not in settings.shared_services:
+            known = ", ".join(sorted(settings.shared_services)) or "none configured"
+            raise ValueError(f"reuse: {spec.reuse!r} is not a shared graph service of this datacenter "
+                             f"(known: {known}; GRAPHFLEET_SHARED_SERVICES)")
+        return spec
+    assert spec.graph_uri is not None
+    try:
+        found = store.partition_count(spec.graph_uri)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"graph_uri: cannot read the graph: {err}") from None
+    if spec.partitions is not None and spec.partitions != found:
+        raise ValueError(f"partitions: the config says {spec.partitions} but {spec.graph_uri} has {found}; "
+                         "leave partitions unset to read it from the graph")
+    try:
+        return spec.with_partitions(found)
+    except ValidationError as err:
+        raise ValueError(describe_error(err, "data service")) from None
+
+
+def fleet_outputs(name: str, endpoints: list[str]) -> LiteralMap:
+    # Typed here: flytekit cannot guess the literal type of a bare list.
+    values = {"endpoints": endpoints, "endpoints_env": ",".join(endpoints), "service": name}
+    return TypeEngine.dict_to_literal_map(FlyteContextManager.current_context(), values, OUTPUT_TYPES)
+
+
+_PHASES = {Phase.QUEUED: TaskExecution.QUEUED, Phase.UPDATING: TaskExecution.RUNNING}
+
+
+class _Backend:
+    """The process's settings and provisioner, made on first use (importing flytekit loads this
+    module everywhere, e.g. in training pods, where no connector settings exist)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._made: tuple[Settings, Provisioner] | None = None
+
+    def get(self) -> tuple[Settings, Provisioner]:
+        with self._lock:
+            if self._made is None:
+                settings = Settings.from_env()
+                self._made = (settings, make_provisioner(settings))
+            return self._made
+
+
+backend = _Backend()
+
+
+class DataServiceConnector(AsyncConnectorBase):
+    name = "graphfleet data service"
+
+    def __init__(self) -> None:
+        super().__init__(task_type_name=DATA_SERVICE_TASK_TYPE, metadata_type=FleetMeta)
+
+    def create(self, task_template: TaskTemplate, output_prefix: str, inputs: LiteralMap | None = None,
+               task_execution_metadata: TaskExecutionMetadata | None = None, **kwargs: Any) -> FleetMeta:
+        settings, provisioner = backend.get()
+        name, owner, execution = execution_identity(task_execution_metadata, task_template.id.name)
+        meta = FleetMeta(name=name, owner=owner, execution=execution, created_at=time.time())
+        try:
+            spec = resolve_spec(dict(task_template.custom or {}), _plain_inputs(inputs), settings)
+        except ValueError as err:
+            log.warning("refusing data service %s: %s", name, err)
+            meta.error = str(err)
+            return meta
+        meta.spec = spec.to_custom()
+        if spec.reuse is not None:
+            meta.name = SHARED_PREFIX + spec.reuse
+            meta.endpoints = settings.shared_services[spec.reuse]
+            return meta
+        provisioner.create(meta.provision())
+        return meta
+
+    def get(self, resource_meta: FleetMeta, **kwargs: Any) -> Resource:
+        if resource_meta.error:
+            return Resource(phase=TaskExecution.FAILED, message=resource_meta.error)
+        if resource_meta.endpoints:
+            return self._shared(resource_meta)
+        _, provisioner = backend.get()
+        provision = resource_meta.provision()
+        status = provisioner.status(provision)
+        if status.phase is Phase.READY:
+            return Resource(phase=TaskExecution.SUCCEEDED, message=f"{len(status.endpoints)} servers ready",
+                            outputs=fleet_outputs(provision.name, status.endpoints))
+        if status.phase is Phase.FAILED:
+            return Resource(phase=TaskExecution.FAILED, message=status.message)
+        if status.phase is Phase.ABSENT:
+            if time.time() >= provision.expires_at:
+                return Resource(phase=TaskExecution.FAILED,
+                                message=f"data service {provision.name} expired (ttl_seconds "
+                                        f"{provision.spec.ttl_seconds}) before it was ready")
+            provisioner.create(provision)
+            return Resource(phase=TaskExecution.QUEUED, message=f"data service {provision.name} (re)created")
+        return Resource(phase=_PHASES[status.phase], message=status.message)
+
+    def delete(self, resource_meta: FleetMeta, **kwargs: Any) -> None:
+        if resource_meta.error or resource_meta.endpoints:
+            return
+        _, provisioner = backend.get()
+        provisioner.delete(resource_meta.provision())
+
+    def _shared(self, meta: FleetMeta) -> Resource:
+        down = health.not_ready(meta.endpoints, timeout=1.0)
+        if not down:
+            return Resource(phase=TaskExecution.SUCCEEDED, message=f"shared service {meta.name}",
+                            outputs=fleet_outputs(meta.name, meta.endpoints))
+        spec = DataServiceSpec.from_custom(meta.spec)
+        if time.time() - meta.created_at > spec.startup_seconds:
+            return Resource(phase=TaskExecution.FAILED,
+                            message=f"shared service {spec.reuse}: {', '.join(down)} not SERVING for "
+                                    f"{spec.startup_seconds}s; check the datacenter's graph service")
+        return Resource(phase=TaskExecution.RUNNING, message=f"waiting for {', '.join(down)}")
+
+
+class DataServiceTeardownConnector(AsyncConnectorBase):
+    name = "graphfleet data service teardown"
+
+    def __init__(self) -> None:
+        super().__init__(task_type_name=TEARDOWN_TASK_TYPE, metadata_type=TeardownMeta)
+
+    def create(self, task_template: TaskTemplate, output_prefix: str, inputs: LiteralMap | None = None,
+               **kwargs: Any) -> TeardownMeta:
+        # The teardown itself happens in get(): a destroy may outlast CreateTask's deadline, and
+        # get() is retried until it succeeds, while a timed-out create would only leak.
+        return TeardownMeta(service=str(_plain_inputs(inputs).get("service", "")))
+
+    def get(self, resource_meta: TeardownMeta, **kwargs: Any) -> Resource:
+        service = resource_meta.service
+        if service.startswith(SHARED_PREFIX):
+            return Resource(phase=TaskExecution.SUCCEEDED, outputs={"outcome": f"{service}: left running"})
+        if not service:
+            return Resource(phase=TaskExecution.FAILED,
+                            message="service: empty; pass the DataServiceTask's `service` output")
+        _, provisioner = backend.get()
+        provision = by_name(service)
+        try:
+            provisioner.delete(provision)
+        except Exception as err:  # reported, never swallowed: the fleet may still be running
+            return Resource(phase=TaskExecution.FAILED,
+                            message=f"could not release data service {service}: {err}; run the teardown "
+                                    "again or `graphfleet gc` (it also expires at its ttl_seconds)")
+        return Resource(phase=TaskExecution.SUCCEEDED, outputs={"outcome": f"{service}: released"})
+
+    def delete(self, resource_meta: TeardownMeta, **kwargs: Any) -> None:
+        """Aborting a teardown leaves the fleet to its TTL; there is nothing of its own to delete."""
+
+
+def by_name(name: str) -> Provision:
+    """A Provision that identifies a fleet by name only, for status()/delete(), which key on the
+    name: the teardown task is handed nothing else. The spec is a stand-in and is never applied."""
+    return Provision(name=name, spec=DataServiceSpec(reuse="teardown"), owner="", execution="",
+                     created_at=0.0)
+
+
+def _plain_inputs(inputs: LiteralMap | None) -> dict[str, Any]:
+    """Scalars of the input literals (the DSL's inputs are str and int only)."""
+    if inputs is None:
+        return {}
+    plain: dict[str, Any] = {}
+    for key, literal in inputs.literals.items():
+        primitive = literal.scalar.primitive if literal.scalar is not None else None
+        if primitive is not None:
+            plain[key] = primitive.value
+    return plain
+
+
+def serve_on_loopback(port: int, prometheus_port: int) -> None:
+    """`pyflyte serve connector`, bound to 127.0.0.1 instead of every interface: for tests and
+    benchmarks on a shared machine. The served code is pyflyte's own; only the addresses change."""
+    import functools
+
+    import prometheus_client
+    from flytekit.clis.sdk_in_container.pyflyte import main
+    from grpc.aio._server import Server as server_class
+
+    bind = server_class.add_insecure_port
+    server_class.add_insecure_port = lambda self, address: bind(self, address.replace("[::]", "127.0.0.1"))
+    prometheus_client.start_http_server = functools.partial(prometheus_client.start_http_server,
+                                                            addr="127.0.0.1")
+    main(["serve", "connector", "--port", str(port), "--prometheus_port", str(prometheus_port)])
+
+
+ConnectorRegistry.register(DataServiceConnector())
+ConnectorRegistry.register(DataServiceTeardownConnector())

@@ -1,0 +1,130 @@
+"""Connector settings, read from `GRAPHFLEET_*` environment variables (the connector Deployment sets them).
+
+Every field is one variable: `GRAPHFLEET_<FIELD>` in upper case, except `image`, which is
+`GRAPHFLEET_DEFAULT_IMAGE`, and `backend_url`, which is `GRAPHFLEET_PULUMI_BACKEND_URL` (else
+`PULUMI_BACKEND_URL`). Lists are comma-separated; `shared_services` is JSON. A bad value
+raises `SettingsError` naming the variable and what it should look like.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from flyte_agent.provisioner import Provisioner
+from infra.spec import describe_error
+
+PREFIX = "GRAPHFLEET_"
+_ENV_NAMES = {"image": "GRAPHFLEET_DEFAULT_IMAGE", "backend_url": "GRAPHFLEET_PULUMI_BACKEND_URL"}
+# Read when the graphfleet variable is unset: the Pulumi CLI's own.
+_FALLBACK_ENV = {"backend_url": "PULUMI_BACKEND_URL"}
+_ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+
+class SettingsError(ValueError):
+    """A GRAPHFLEET_* variable has a bad value; the message names it and the fix."""
+
+
+def env_name(field: str) -> str:
+    return _ENV_NAMES.get(field, PREFIX + field.upper())
+
+
+class Settings(BaseModel):
+    """What one connector replica needs; identical on every replica (they share nothing else)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["local", "pulumi"] = Field(
+        "local", description="local: graph-engine subprocesses on loopback; pulumi: Kubernetes fleets")
+    namespace: str = Field("graphfleet", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+                           description="Kubernetes namespace the fleets are created in")
+    image: str = Field("graphfleet/graph-engine:latest",
+                       description="graph-engine image when a task does not name one")
+    image_allowlist: list[str] = Field(
+        default_factory=list,
+        description="images a task may name: `repo` allows every tag of repo, `registry/path/` a whole path; "
+                    "empty allows only the default image")
+    max_concurrent_operations: int = Field(4, ge=1, le=256, description="provisioning operations at once")
+    state_dir: Path = Field(Path(tempfile.gettempdir()) / "graphfleet-local",
+                            description="local backend: where fleets are recorded (pid files, ports)")
+    shared_services: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='`reuse` targets, JSON {"name": ["host:port", ...]} from the Datacenter stack outputs')
+    ready_timeout_seconds: float = Field(
+        5.0, gt=0, le=60, description="local backend: bound on one health probe round")
+    # Pulumi backend (flyte_agent.pulumi_provisioner.PulumiSettings).
+    backend_url: str = Field("file://~/.pulumi-graphfleet", description="self-managed Pulumi backend")
+    kubeconfig: str | None = Field(None, description="kubeconfig path or contents; unset = in-cluster")
+    pulumi_command: str = Field("pulumi", description="the pulumi CLI executable")
+    max_attempts: int = Field(3, ge=1, le=20, description="`pulumi up` attempts per fleet before FAILED")
+    operation_timeout_seconds: float = Field(1800.0, gt=0, description="bound on up/destroy/refresh")
+    command_timeout_seconds: float = Field(60.0, gt=0, description="bound on every other pulumi call")
+    gc_interval_seconds: float = Field(300.0, ge=0, description="expiry sweep period; 0 disables it")
+    check_endpoints: bool = Field(True, description="health-check endpoints before reporting READY")
+
+    @field_validator("shared_services")
+    @classmethod
+    def _endpoints(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, endpoints in value.items():
+            if not endpoints:
+                raise ValueError(f"shared service {name!r} has no endpoints")
+            bad = [e for e in endpoints if not _ENDPOINT.match(e)]
+            if bad:
+                raise ValueError(f"shared service {name!r}: endpoints must be host:port, got {bad}")
+        return value
+
+    def allows_image(self, image: str) -> bool:
+        """The default image, an entry, any tag or digest of an entry, or anything under an entry
+        ending in '/'."""
+        if image == self.image:
+            return True
+        for entry in self.image_allowlist:
+            if image == entry or image.startswith((entry + ":", entry + "@")):
+                return True
+            if entry.endswith("/") and image.startswith(entry):
+                return True
+        return False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        raw: dict[str, Any] = {}
+        for field in cls.model_fields:
+            value = environ.get(env_name(field)) or environ.get(_FALLBACK_ENV.get(field, ""))
+            if value is None or value == "":
+                continue
+            raw[field] = _parse(field, value)
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as err:
+            raise SettingsError(describe_error(err, "connector settings", key=env_name)) from err
+
+
+def _parse(field: str, value: str) -> Any:
+    if field == "image_allowlist":
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if field == "shared_services":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as err:
+            raise SettingsError(f"{env_name(field)}: not JSON ({err.msg}); expected "
+                                '{"name": ["host:port", ...]}') from err
+    return value
+
+
+def make_provisioner(settings: Settings) -> Provisioner:
+    if settings.backend == "pulumi":
+        # Imported only when chosen: it loads all of pulumi_kubernetes (~1.5 s, ~90 MB).
+        from flyte_agent.pulumi_provisioner import PulumiProvisioner
+
+        return PulumiProvisioner(settings)
+    from flyte_agent.local_provisioner import LocalProvisioner
+
+    return LocalProvisioner(settings)

@@ -1,0 +1,231 @@
+"""The connector as FlytePropeller drives it: `pyflyte serve connector` over real gRPC, local fleets.
+
+CreateTask with a TaskTemplate that flytekit serialized from a DataServiceTask, GetTask until
+SUCCEEDED, sample the graph through the returned endpoints, DeleteTask, and the servers are gone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from flyteidl.admin import agent_pb2
+from flyteidl.core import execution_pb2, identifier_pb2
+from flyteidl.service.agent_pb2_grpc import AsyncAgentServiceStub
+from flytekit.configuration import ImageConfig, SerializationSettings
+from flytekit.core.context_manager import FlyteContextManager
+from flytekit.core.type_engine import TypeEngine
+from flytekit.models.literals import LiteralMap
+from flytekit.tools.translator import get_serializable
+
+from flyte_agent import DataServiceConfig, DataServiceTask, DataServiceTeardownTask
+from flyte_agent.connector import DATA_SERVICE_TASK_TYPE, TEARDOWN_TASK_TYPE
+from graph_engine import health
+from graph_engine.convert import convert
+from tests.s3_server import moto_s3, s3_env
+from tests.test_graph_server import NODES, free_port, port_is_free, ring_graph
+
+pytestmark = pytest.mark.slow
+SETTINGS = SerializationSettings(ImageConfig.auto_default_image(), project="proj", domain="dev", version="v1")
+
+
+def serialized(task: Any) -> Any:
+    return get_serializable(OrderedDict(), SETTINGS, task).template.to_flyte_idl()
+
+
+def literal_inputs(task: Any, **values: Any) -> Any:
+    ctx = FlyteContextManager.current_context()
+    return TypeEngine.dict_to_literal_map(ctx, values, task.python_interface.inputs).to_flyte_idl()
+
+
+def execution_metadata(name: str, node: str = "n0", retry: int = 0) -> agent_pb2.TaskExecutionMetadata:
+    wf = identifier_pb2.WorkflowExecutionIdentifier(project="proj", domain="dev", name=name)
+    return agent_pb2.TaskExecutionMetadata(task_execution_id=identifier_pb2.TaskExecutionIdentifier(
+        node_execution_id=identifier_pb2.NodeExecutionIdentifier(node_id=node, execution_id=wf),
+        retry_attempt=retry))
+
+
+class Connector:
+    """A `pyflyte serve connector` subprocess on loopback, and a client for it."""
+
+    def __init__(self, state_dir: Path, env: dict[str, str]) -> None:
+        self.state_dir = state_dir
+        port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from flyte_agent.connector import serve_on_loopback; "
+             f"serve_on_loopback({port}, {free_port()})"],
+            env={**os.environ, **env, "GRAPHFLEET_BACKEND": "local", "GRAPHFLEET_STATE_DIR": str(state_dir)},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.endpoint = f"127.0.0.1:{port}"
+        self.channel = grpc.insecure_channel(self.endpoint)
+        self.stub = AsyncAgentServiceStub(self.channel)
+
+    def wait_serving(self) -> None:
+        try:
+            health.wait_ready([self.endpoint], timeout=90)
+        except TimeoutError:
+            self.proc.kill()
+            raise AssertionError(self.proc.communicate()[0]) from None
+
+    def create(self, template: Any, inputs: Any = None, name: str = "run1") -> bytes:
+        request = agent_pb2.CreateTaskRequest(template=template, inputs=inputs, output_prefix="/tmp/unused",
+                                              task_execution_metadata=execution_metadata(name))
+        # Propeller's deadline for CreateTask.
+        return bytes(self.stub.CreateTask(request, timeout=10).resource_meta)
+
+    def get(self, task_type: str, meta: bytes) -> agent_pb2.Resource:
+        category = agent_pb2.TaskCategory(name=task_type, version=0)
+        return self.stub.GetTask(agent_pb2.GetTaskRequest(task_category=category, resource_meta=meta),
+                                 timeout=10).resource
+
+    def wait_terminal(self, task_type: str, meta: bytes, timeout: float = 120) -> agent_pb2.Resource:
+        deadline = time.monotonic() + timeout
+        while True:
+            resource = self.get(task_type, meta)
+            if resource.phase in (execution_pb2.TaskExecution.SUCCEEDED, execution_pb2.TaskExecution.FAILED):
+                return resource
+            assert time.monotonic() < deadline, f"still {resource.phase}: {resource.message}"
+            time.sleep(0.3)
+
+    def delete(self, task_type: str, meta: bytes) -> None:
+        category = agent_pb2.TaskCategory(name=task_type, version=0)
+        request = agent_pb2.DeleteTaskRequest(task_category=category, resource_meta=meta)
+        self.stub.DeleteTask(request, timeout=30)
+
+    def stop(self) -> str:
+        self.channel.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # like Ctrl-C: the connector stops what it started
+        try:
+            return self.proc.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.communicate()[0]
+
+
+def outputs_of(resource: agent_pb2.Resource) -> dict[str, Any]:
+    ctx = FlyteContextManager.current_context()
+    literals = LiteralMap.from_flyte_idl(resource.outputs)
+    return TypeEngine.literal_map_to_kwargs(ctx, literals, {"endpoints": list[str], "endpoints_env": str,
+                                                            "service": str})
+
+
+def recorded_pids(state_dir: Path) -> list[int]:
+    return [int(p.read_text()) for p in state_dir.glob("*/server-*.pid")]
+
+
+def pid_running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def connector_factory(tmp_path: Path) -> Iterator[Any]:
+    started: list[Connector] = []
+
+    def make(env: dict[str, str] | None = None) -> Connector:
+        connector = Connector(tmp_path / "state", env or {})
+        started.append(connector)
+        connector.wait_serving()
+        return connector
+
+    yield make
+    for connector in started:
+        pids = recorded_pids(connector.state_dir) if connector.state_dir.exists() else []
+        connector.stop()
+        for pid in pids:  # never leave a server behind, even when the test failed
+            if pid_running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def sample_all_nodes(endpoints: list[str]) -> np.ndarray:
+    from deepgnn.graph_engine.snark.client import DistributedGraph
+
+    client = DistributedGraph(endpoints)
+    try:
+        return client.node_features(np.arange(NODES), np.array([[0, 2]]), np.float32)
+    finally:
+        client.reset()
+
+
+def run_fleet_lifecycle(connector: Connector, graph_uri: str, replicas: int) -> None:
+    task = DataServiceTask(name="graph", config={"replicas": 1})
+    meta = connector.create(serialized(task), literal_inputs(task, graph_uri=graph_uri, replicas=replicas))
+    resource = connector.wait_terminal(DATA_SERVICE_TASK_TYPE, meta)
+    assert resource.phase == execution_pb2.TaskExecution.SUCCEEDED, resource.message
+    out = outputs_of(resource)
+    assert len(out["endpoints"]) == replicas
+    assert out["endpoints_env"] == ",".join(out["endpoints"])
+    features = sample_all_nodes(out["endpoints"])
+    assert features[:, 0].tolist() == [float(i) for i in range(NODES)]
+
+    # A retried CreateTask of the same node execution adopts the fleet instead of starting another.
+    again = connector.wait_terminal(DATA_SERVICE_TASK_TYPE, connector.create(
+        serialized(task), literal_inputs(task, graph_uri=graph_uri, replicas=replicas)))
+    assert outputs_of(again)["endpoints"] == out["endpoints"]
+    assert len(recorded_pids(connector.state_dir)) == replicas
+
+    pids = recorded_pids(connector.state_dir)
+    connector.delete(DATA_SERVICE_TASK_TYPE, meta)
+    assert not any(pid_running(pid) for pid in pids)
+    assert all(port_is_free(int(e.rsplit(":", 1)[1])) for e in out["endpoints"])
+    # Level-triggered: after the delete nothing is recorded, and a second delete is fine.
+    assert recorded_pids(connector.state_dir) == []
+    connector.delete(DATA_SERVICE_TASK_TYPE, meta)
+
+
+def test_fleet_on_local_disk_through_pyflyte_serve_connector(connector_factory, tmp_path: Path) -> None:
+    uri = convert(ring_graph(), str(tmp_path / "ring"), partitions=2)
+    run_fleet_lifecycle(connector_factory(), uri, replicas=2)
+
+
+def test_fleet_on_s3_through_pyflyte_serve_connector(connector_factory) -> None:
+    with moto_s3(buckets=["graphs"], set_env=True) as endpoint:
+        uri = convert(ring_graph(), "s3://graphs/ring", partitions=2)
+        run_fleet_lifecycle(connector_factory(s3_env(endpoint)), uri, replicas=1)
+
+
+def test_bad_input_fails_with_a_clear_message_and_creates_nothing(connector_factory, tmp_path: Path) -> None:
+    connector = connector_factory()
+    task = DataServiceTask(name="graph", config=DataServiceConfig(graph_uri=str(tmp_path / "missing")))
+    meta = connector.create(serialized(task))
+    resource = connector.wait_terminal(DATA_SERVICE_TASK_TYPE, meta)
+    assert resource.phase == execution_pb2.TaskExecution.FAILED
+    assert "graph_uri: cannot read the graph: no meta.json" in resource.message
+
+    uri = convert(ring_graph(), str(tmp_path / "ring"), partitions=2)
+    meta = connector.create(serialized(task), literal_inputs(task, graph_uri=uri, replicas=3), name="run2")
+    resource = connector.wait_terminal(DATA_SERVICE_TASK_TYPE, meta)
+    assert resource.phase == execution_pb2.TaskExecution.FAILED
+    assert "replicas (3) exceeds partitions (2)" in resource.message
+    assert recorded_pids(connector.state_dir) == []
+
+
+def test_teardown_task_releases_the_fleet_and_tolerates_absence(connector_factory, tmp_path: Path) -> None:
+    connector = connector_factory()
+    uri = convert(ring_graph(), str(tmp_path / "ring"), partitions=2)
+    task = DataServiceTask(name="graph", config=DataServiceConfig(graph_uri=uri, replicas=2))
+    resource = connector.wait_terminal(DATA_SERVICE_TASK_TYPE, connector.create(serialized(task)))
+    service = outputs_of(resource)["service"]
+    pids = recorded_pids(connector.state_dir)
+
+    teardown = DataServiceTeardownTask(name="release")
+    for expected in ("released", "released"):  # the second finds nothing: still a success
+        meta = connector.create(serialized(teardown), literal_inputs(teardown, service=service))
+        done = connector.wait_terminal(TEARDOWN_TASK_TYPE, meta)
+        assert done.phase == execution_pb2.TaskExecution.SUCCEEDED, done.message
+        assert expected in done.outputs.literals["outcome"].scalar.primitive.string_value
+    assert not any(pid_running(pid) for pid in pids)

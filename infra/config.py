@@ -534,8 +534,8 @@ def _decoded(value: Any) -> Any:
 
 
 def config_items(config: StackConfig) -> dict[str, Any]:
-    """The stack file's `config:` entries for `config` (camelCase, defaults included)."""
-    dumped = config.model_dump(mode="json", by_alias=True, exclude_none=True)
+    """The stack file's `config:` entries that say `config` (camelCase, what was set)."""
+    dumped = config.model_dump(mode="json", by_alias=True, exclude_unset=True)
     return {key: _camel_keys(value) for key, value in dumped.items()}
 
 

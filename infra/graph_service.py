@@ -313,9 +313,13 @@ class GraphDataService(pulumi.ComponentResource):
         service = k8s.core.v1.Service(f"{name}-headless", metadata=svc["metadata"], spec=svc["spec"],
                                       opts=child)
         sts = statefulset_manifest(args)
+        # The provider waits for every pod to be ready; the annotation and customTimeouts (which
+        # the provider prefers) carry the same budget.
+        wait = f"{await_timeout_seconds(args.spec)}s"
         statefulset = k8s.apps.v1.StatefulSet(
             f"{name}-servers", metadata=sts["metadata"], spec=sts["spec"],
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[service])))
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+                depends_on=[service], custom_timeouts=pulumi.CustomTimeouts(create=wait, update=wait))))
         pdb = pdb_manifest(args)
         k8s.policy.v1.PodDisruptionBudget(f"{name}-pdb", metadata=pdb["metadata"], spec=pdb["spec"],
                                           opts=child)

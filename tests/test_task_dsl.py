@@ -1,0 +1,115 @@
+"""The task DSL and the connector's pure logic: validation at definition, exact types, names, settings."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+from flytekit.configuration import ImageConfig, SerializationSettings
+from flytekit.models.task import TaskTemplate
+from flytekit.tools.translator import get_serializable
+
+from flyte_agent import DataServiceConfig, DataServiceTask, DataServiceTeardownTask
+from flyte_agent.connector import (
+    DATA_SERVICE_TASK_TYPE,
+    TEARDOWN_TASK_TYPE,
+    FleetMeta,
+    merge_inputs,
+    provision_name,
+    resolve_spec,
+)
+from flyte_agent.settings import Settings, SettingsError
+from infra.names import STATEFULSET_NAME_MAX, check_label
+from infra.spec import DataServiceSpec
+
+SETTINGS = SerializationSettings(ImageConfig.auto_default_image(), project="p", domain="d", version="v1")
+
+
+def template_of(task: DataServiceTask) -> TaskTemplate:
+    """What the connector receives: the template after a protobuf round trip."""
+    idl = get_serializable(OrderedDict(), SETTINGS, task).template.to_flyte_idl()
+    return TaskTemplate.from_flyte_idl(idl)
+
+
+def test_custom_has_exact_types_and_survives_the_struct_round_trip() -> None:
+    config = DataServiceConfig(graph_uri="s3://graphs/cora", replicas=3, partitions=6, cpu="2",
+                               labels={"team": "gnn"})
+    task = DataServiceTask(name="graph", config=config)
+    custom = task.get_custom(SETTINGS)
+    assert custom["replicas"] == 3 and type(custom["replicas"]) is int
+    assert type(custom["ttl_seconds"]) is int and None not in custom.values()
+    template = template_of(task)
+    assert template.type == DATA_SERVICE_TASK_TYPE
+    assert isinstance(template.custom["replicas"], float)  # what protobuf does to every number
+    assert DataServiceSpec.from_custom(template.custom) == config
+
+
+def test_a_bad_config_fails_at_definition_naming_the_field() -> None:
+    with pytest.raises(ValueError, match=r"DataServiceTask .graph. config: replicas: .*greater than"):
+        DataServiceTask(name="graph", config={"replicas": 0})
+    with pytest.raises(ValueError, match=r"config: cpu"):
+        DataServiceTask(name="graph", config={"cpu": "lots"})
+    with pytest.raises(ValueError, match=r"repliacs: unknown key"):
+        DataServiceTask(name="graph", config={"repliacs": 2})
+
+
+def test_graph_uri_and_replicas_can_come_at_run_time() -> None:
+    task = DataServiceTask(name="graph", config={"replicas": 2, "cpu": "2"})
+    custom = template_of(task).custom
+    assert "graph_uri" not in custom
+    assert set(task.python_interface.inputs) == {"graph_uri", "replicas"}
+    assert merge_inputs(custom, {"graph_uri": "s3://b/g", "replicas": 0})["replicas"] == 2
+    assert merge_inputs(custom, {"graph_uri": "s3://b/g", "replicas": 4})["replicas"] == 4
+    with pytest.raises(ValueError, match="graph_uri: no graph given"):
+        resolve_spec(custom, {}, Settings())
+
+
+def test_resolve_spec_checks_images_and_shared_services() -> None:
+    settings = Settings(image="reg/ge:1", image_allowlist=["reg/ge", "trusted.io/"],
+                        shared_services={"cora": ["ge-0.cora:50051"]})
+    assert resolve_spec({"reuse": "cora", "image": "reg/ge:2"}, {}, settings).reuse == "cora"
+    assert resolve_spec({"reuse": "cora", "image": "trusted.io/x/y:3"}, {}, settings).reuse == "cora"
+    with pytest.raises(ValueError, match=r"image: 'evil/ge:1' is not allowed .*GRAPHFLEET_IMAGE_ALLOWLIST"):
+        resolve_spec({"reuse": "cora", "image": "evil/ge:1"}, {}, settings)
+    with pytest.raises(ValueError, match=r"reuse: 'citeseer' is not a shared graph service .*known: cora"):
+        resolve_spec({"reuse": "citeseer"}, {}, settings)
+
+
+def test_provision_names_are_retry_independent_valid_and_distinct() -> None:
+    name = provision_name("proj", "dev", "f3a1b2c4d5e6f7a8b9c0", "n0")
+    assert name == provision_name("proj", "dev", "f3a1b2c4d5e6f7a8b9c0", "n0")
+    assert name != provision_name("proj", "dev", "f3a1b2c4d5e6f7a8b9c1", "n0")
+    assert name != provision_name("proj", "prod", "f3a1b2c4d5e6f7a8b9c0", "n0")
+    long = provision_name("p", "d", "X" * 200, "dn0.sub_node-3")
+    for candidate in (name, long):
+        check_label(candidate, "name")
+        assert len(candidate) <= STATEFULSET_NAME_MAX
+
+
+def test_fleet_meta_is_json_round_trippable() -> None:
+    meta = FleetMeta(name="gf-x", spec={"graph_uri": "/g", "replicas": 2, "partitions": 2}, owner="p/d",
+                     execution="p/d/e/n0", created_at=12.5)
+    again = FleetMeta.decode(meta.encode())
+    assert again == meta
+    assert again.provision().spec.replicas == 2
+
+
+def test_teardown_task_type_and_interface() -> None:
+    task = DataServiceTeardownTask(name="release")
+    template = template_of(task)
+    assert template.type == TEARDOWN_TASK_TYPE
+    assert set(task.python_interface.inputs) == {"service"}
+
+
+def test_settings_from_env_name_the_variable() -> None:
+    settings = Settings.from_env({"GRAPHFLEET_BACKEND": "pulumi", "GRAPHFLEET_IMAGE_ALLOWLIST": "a/b, c/",
+                                  "GRAPHFLEET_SHARED_SERVICES": '{"cora": ["h:1"]}',
+                                  "GRAPHFLEET_MAX_CONCURRENT_OPERATIONS": "8"})
+    assert (settings.backend, settings.image_allowlist, settings.max_concurrent_operations) == (
+        "pulumi", ["a/b", "c/"], 8)
+    with pytest.raises(SettingsError, match="GRAPHFLEET_BACKEND: Input should be 'local' or 'pulumi'"):
+        Settings.from_env({"GRAPHFLEET_BACKEND": "k8s"})
+    with pytest.raises(SettingsError, match="GRAPHFLEET_MAX_CONCURRENT_OPERATIONS"):
+        Settings.from_env({"GRAPHFLEET_MAX_CONCURRENT_OPERATIONS": "0"})
+    with pytest.raises(SettingsError, match="GRAPHFLEET_SHARED_SERVICES: not JSON"):
+        Settings.from_env({"GRAPHFLEET_SHARED_SERVICES": "cora=h:1"})

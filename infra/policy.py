@@ -148,7 +148,8 @@ def _pool_taints(manifests: list[Manifest]) -> dict[str, list[Mapping[str, Any]]
         else:
             continue
         if POOL_LABEL in labels:
-            taints.setdefault(labels[POOL_LABEL], []).extend(node_taints or [])
+            known = taints.setdefault(labels[POOL_LABEL], [])
+            known.extend(t for t in node_taints or [] if t not in known)
     return taints
 
 

@@ -1,0 +1,96 @@
+"""GpuNodePool under mocks: node labelling or Karpenter, Kueue queues per team, schema-valid."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pulumi
+import pytest
+
+from infra import policy
+from infra.config import POOL_LABEL, GpuPool, load_stack_config, stack_path
+from infra.gpu_pool import GpuNodePool, GpuNodePoolArgs
+from infra.render import Rendered
+
+
+def _pool(stack: str, index: int) -> GpuPool:
+    return load_stack_config(stack_path(stack)).gpu_pools[index]
+
+
+def _render(render_valid: Callable[..., Rendered], pool: GpuPool, namespace: str = "ml-training") -> Rendered:
+    def program() -> None:
+        component = GpuNodePool(pool.name, GpuNodePoolArgs(pool, namespace))
+        pulumi.export("queues", component.queue_names)
+        pulumi.export("tolerations", component.tolerations)
+        pulumi.export("node_selector", component.node_selector)
+
+    return render_valid(program)
+
+
+def test_static_pool_labels_and_taints_each_named_node(render_valid: Callable[..., Rendered]) -> None:
+    pool = _pool("ltx1", 0)
+    rendered = _render(render_valid, pool)
+    nodes = rendered.of_kind("Node")
+    assert sorted(n["metadata"]["name"] for n in nodes) == sorted(pool.nodes or [])
+    for node in nodes:
+        assert node["metadata"]["labels"][POOL_LABEL] == "a100"
+        assert node["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+    assert {r.type for r in rendered.resources if r.custom} >= {"kubernetes:core/v1:NodePatch"}
+    assert not rendered.of_kind("NodePool")
+    assert policy.check(rendered.manifests()) == []
+
+
+def test_karpenter_pool_is_bounded_by_capacity_and_tainted(render_valid: Callable[..., Rendered]) -> None:
+    pool = _pool("lva1", 0)
+    rendered = _render(render_valid, pool)
+    node_pool = rendered.one("NodePool")
+    spec = node_pool["spec"]
+    assert spec["limits"] == {"nvidia.com/gpu": "48"}  # 6 nodes x 8 H100s
+    assert spec["template"]["spec"]["taints"] == [pool.taint.manifest()]
+    assert {"key": "node.kubernetes.io/instance-type", "operator": "In", "values": ["p5.48xlarge"]} in \
+        spec["template"]["spec"]["requirements"]
+    assert spec["disruption"]["consolidationPolicy"] == "WhenEmpty"
+    assert not rendered.of_kind("Node")
+
+
+def test_kueue_queue_per_team_with_the_pools_quota(render_valid: Callable[..., Rendered]) -> None:
+    pool = _pool("ltx1", 0)
+    rendered = _render(render_valid, pool)
+    flavor = rendered.one("ResourceFlavor")
+    assert flavor["spec"]["nodeLabels"] == {POOL_LABEL: "a100"}
+    assert flavor["spec"]["tolerations"] == [pool.taint.toleration()]
+    queues = {q["metadata"]["name"]: q["spec"] for q in rendered.of_kind("ClusterQueue")}
+    assert set(queues) == {"a100-feed-ranking", "a100-people-search", "a100-trust-graph"}
+    resources = queues["a100-feed-ranking"]["resourceGroups"][0]["flavors"][0]["resources"]
+    assert {"name": "nvidia.com/gpu", "nominalQuota": 16} in resources
+    assert {q["cohort"] for q in queues.values()} == {"a100"}
+    assert all(q["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ml-training"}
+               for q in queues.values())
+    local = {q["metadata"]["name"]: q for q in rendered.of_kind("LocalQueue")}
+    assert set(local) == set(queues)
+    assert {q["metadata"]["namespace"] for q in local.values()} == {"ml-training"}
+    assert rendered.one("PriorityClass")["value"] == 1000
+    assert rendered.outputs["queues"] == {"feed-ranking": "a100-feed-ranking",
+                                          "people-search": "a100-people-search", "trust-graph": "a100-trust-graph"}
+    assert rendered.outputs["node_selector"] == {POOL_LABEL: "a100"}
+
+
+def test_every_object_is_a_child_of_the_component(render_valid: Callable[..., Rendered]) -> None:
+    rendered = _render(render_valid, _pool("lva1", 1))
+    component = rendered.of_type("graphfleet:gpu:GpuNodePool")[0]
+    assert all(r.parent_urn == component.urn for r in rendered.resources if r.custom)
+
+
+def test_bad_training_namespace_is_refused_before_anything() -> None:
+    with pytest.raises(ValueError, match="GpuNodePoolArgs.training_namespace"):
+        GpuNodePoolArgs(_pool("ltx1", 0), "ML")
+
+
+def test_policy_catches_a_flavor_that_forgets_the_taint(render_valid: Callable[..., Rendered]) -> None:
+    manifests = _render(render_valid, _pool("ltx1", 1)).manifests()
+    for m in manifests:
+        if m["kind"] == "ResourceFlavor":
+            m["spec"]["tolerations"] = []
+    found = [str(v) for v in policy.check(manifests)]
+    assert found == ["gpu-tolerations: ResourceFlavor/gpu-v100: does not tolerate pool 'v100''s taint "
+                     "nvidia.com/gpu=v100:NoSchedule"]

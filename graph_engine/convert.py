@@ -151,9 +151,9 @@ def convert(graph: Graph, out_uri: str, partitions: int, *, overwrite: bool = Fa
     uri = canonical_uri(out_uri)
     if is_s3(uri):
         _check_s3_target(uri, overwrite)
-        with tempfile.TemporaryDirectory(prefix="graphfleet-convert-") as scratch:
-            write_partitions(graph, Path(scratch), partitions)
-            _upload(Path(scratch), uri, overwrite)
+        with tempfile.TemporaryDirectory(prefix="graphfleet-convert-") as tmp:
+            write_partitions(graph, Path(tmp), partitions)
+            _upload(Path(tmp), uri, overwrite)
         return uri
     target = local_path(uri)
     _check_local_target(target, overwrite)

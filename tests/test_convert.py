@@ -130,7 +130,7 @@ def test_folder_of_other_files_is_never_overwritten(small: Graph, tmp_path: Path
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-def _failing_decode(self: object, line: str) -> Iterator[tuple]:
+def _failing_decode(self: convert_module._GraphDecoder, line: str) -> Iterator[tuple]:
     if int(line) == 7:
         raise OSError("disk full")
     yield from _real_decode(self, line)

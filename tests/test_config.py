@@ -89,7 +89,8 @@ def test_config_items_round_trip_through_the_file_format() -> None:
      "image allow-list"),
     (lambda c: c.update({"graphfleet:graphEngineImage":
                          "docker.ltx1.example.com/graphfleet/graph-engine-fork:0.1.0"}),
-     "graphfleet:graphEngineImage: image 'docker.ltx1.example.com/graphfleet/graph-engine-fork:0.1.0' is not"),
+     "graphfleet:graphEngineImage: image 'docker.ltx1.example.com/graphfleet/graph-engine-fork:0.1.0' is "
+     "not in"),
     (lambda c: c["graphfleet:sharedServices"][0]["spec"].update(image="evil.example.com/graph-engine:1"),
      "graphfleet:sharedServices: sharedServices[0].spec.image (member-graph): image "
      "'evil.example.com/graph-engine:1' is not in the graph-engine image allow-list"),
@@ -98,7 +99,8 @@ def test_config_items_round_trip_through_the_file_format() -> None:
     (lambda c: c["graphfleet:gpuPools"][0].update(kind="karpenter"),
      "graphfleet:gpuPools[0]: kind karpenter needs `karpenter` (instanceTypes, maxNodes), not `nodes`"),
     (lambda c: c["graphfleet:sharedServices"][0]["spec"].update(graphUri="/data/member-graph"),
-     "graphfleet:sharedServices[0].spec: graphUri '/data/member-graph' is a local path, which pods cannot read"),
+     "graphfleet:sharedServices[0].spec: graphUri '/data/member-graph' is a local path, which pods cannot "
+     "read"),
     (lambda c: c["graphfleet:datacenter"].update(name="lva1"),
      "graphfleet:datacenter.name: 'lva1' does not match the stack 'ltx1'"),
     (lambda c: c["graphfleet:connector"]["secrets"].pop("passphrase"),
@@ -109,7 +111,8 @@ def test_config_items_round_trip_through_the_file_format() -> None:
      "graphfleet:connector: Field required"),
 ], ids=["gpus-per-node-0", "replicas-0", "partitions-not-covered", "partitions-unknown", "negative-memory",
         "millibyte-memory", "malformed-quota-memory", "unknown-spec-key", "unknown-top-key",
-        "unknown-connector-key", "invalid-pool-name", "invalid-namespace", "duplicate-pools", "duplicate-teams",
+        "unknown-connector-key", "invalid-pool-name", "invalid-namespace", "duplicate-pools",
+        "duplicate-teams",
         "quota-above-capacity", "image-outside-allow-list", "image-prefix-is-not-a-match",
         "shared-image-outside-allow-list", "image-not-pinned", "kind-mismatch", "local-graph-uri",
         "datacenter-mismatch", "no-secrets-provider", "unnamespaced-key", "missing-connector"])

@@ -34,7 +34,8 @@ def test_static_pool_labels_and_taints_each_named_node(render_valid: Callable[..
     assert sorted(n["metadata"]["name"] for n in nodes) == sorted(pool.nodes or [])
     for node in nodes:
         assert node["metadata"]["labels"][POOL_LABEL] == "a100"
-        assert node["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+        assert node["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present",
+                                           "effect": "NoSchedule"}]
     assert {r.type for r in rendered.resources if r.custom} >= {"kubernetes:core/v1:NodePatch"}
     assert not rendered.of_kind("NodePool")
     assert policy.check(rendered.manifests()) == []
@@ -70,8 +71,8 @@ def test_kueue_queue_per_team_with_the_pools_quota(render_valid: Callable[..., R
     assert set(local) == set(queues)
     assert {q["metadata"]["namespace"] for q in local.values()} == {"ml-training"}
     assert rendered.one("PriorityClass")["value"] == 1000
-    assert rendered.outputs["queues"] == {"feed-ranking": "a100-feed-ranking",
-                                          "people-search": "a100-people-search", "trust-graph": "a100-trust-graph"}
+    assert rendered.outputs["queues"] == {"feed-ranking": "a100-feed-ranking", "people-search":
+                                          "a100-people-search", "trust-graph": "a100-trust-graph"}
     assert rendered.outputs["node_selector"] == {POOL_LABEL: "a100"}
 
 

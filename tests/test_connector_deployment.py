@@ -1,0 +1,130 @@
+"""FlyteConnector under mocks: HA Deployment, namespace-scoped RBAC, settings, the propeller fragment."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pulumi
+import pytest
+import yaml
+
+from flyte_agent.settings import Settings
+from infra import policy
+from infra.config import ConnectorConfig, load_stack_config, stack_path
+from infra.connector_deployment import TASK_TYPES, FlyteConnector, FlyteConnectorArgs
+from infra.render import Rendered
+
+SHARED = {"member-graph": ["member-graph-0.member-graph.graphfleet-data.svc.cluster.local:50051"]}
+
+
+def _args(stack: str = "ltx1", **changes: Any) -> FlyteConnectorArgs:
+    config = load_stack_config(stack_path(stack))
+    connector = config.connector.model_copy(update=changes) if changes else config.connector
+    return FlyteConnectorArgs(connector, config.namespaces.connector, config.namespaces.data_services,
+                              config.graph_engine_image, SHARED)
+
+
+def _render(render_valid: Callable[..., Rendered], args: FlyteConnectorArgs) -> Rendered:
+    def program() -> None:
+        connector = FlyteConnector("connector", args)
+        pulumi.export("endpoint", connector.endpoint)
+        pulumi.export("propeller", connector.propeller_config)
+
+    return render_valid(program)
+
+
+def _env(rendered: Rendered) -> dict[str, Any]:
+    container = rendered.one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_deployment_serves_the_connector_with_health_probes(render_valid: Callable[..., Rendered]) -> None:
+    rendered = _render(render_valid, _args())
+    deployment = rendered.one("Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:5] == ["pyflyte", "serve", "connector", "--port", "8000"]
+    assert container["readinessProbe"]["grpc"] == {"port": 8000}
+    assert {p["containerPort"] for p in container["ports"]} == {8000, 9090}
+    assert container["image"] == "docker.ltx1.example.com/graphfleet/connector:0.1.0"
+    service = rendered.one("Service")
+    assert service["spec"]["clusterIP"] == "None"
+    assert {p["port"] for p in service["spec"]["ports"]} == {8000, 9090}
+    assert rendered.outputs["endpoint"] == "dns:///graphfleet-connector.graphfleet-system.svc.cluster.local:8000"
+    assert policy.check(rendered.manifests()) == []
+
+
+def test_settings_env_is_what_the_connector_reads(render_valid: Callable[..., Rendered]) -> None:
+    env = _env(_render(render_valid, _args()))
+    plain = {k: v for k, v in env.items() if isinstance(v, str) and k.startswith("GRAPHFLEET_")}
+    settings = Settings.from_env(plain)
+    assert settings.backend == "pulumi"
+    assert settings.namespace == "graphfleet-data"
+    assert settings.image == "docker.ltx1.example.com/graphfleet/graph-engine:0.1.0"
+    assert settings.image_allowlist == ["docker.ltx1.example.com/graphfleet/graph-engine"]
+    assert settings.shared_services == SHARED
+    assert env["PULUMI_BACKEND_URL"] == {"secretKeyRef": {"name": "graphfleet-pulumi-backend", "key": "url"}}
+    assert env["PULUMI_CONFIG_PASSPHRASE"] == {"secretKeyRef": {"name": "graphfleet-pulumi-backend",
+                                                                "key": "passphrase"}}
+
+
+def test_rbac_is_exactly_what_provisioning_needs(render_valid: Callable[..., Rendered]) -> None:
+    rendered = _render(render_valid, _args())
+    assert not rendered.of_kind("ClusterRole") and not rendered.of_kind("ClusterRoleBinding")
+    role = rendered.one("Role")
+    assert role["metadata"]["namespace"] == "graphfleet-data"
+    granted = {(r, tuple(rule["verbs"])) for rule in role["rules"] for r in rule["resources"]}
+    full = ("get", "list", "watch", "create", "update", "patch", "delete")
+    assert granted == {("statefulsets", full), ("services", full), ("poddisruptionbudgets", full),
+                       ("networkpolicies", full), ("pods", ("get", "list", "watch")),
+                       ("endpoints", ("get", "list", "watch"))}
+    binding = rendered.one("RoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "graphfleet-connector",
+                                    "namespace": "graphfleet-system"}]
+
+
+def test_policy_flags_wildcards_secrets_and_cluster_roles(render_valid: Callable[..., Rendered]) -> None:
+    manifests = _render(render_valid, _args()).manifests()
+    role = next(m for m in manifests if m["kind"] == "Role")
+    role["rules"].append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["*"]})
+    manifests.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                      "metadata": {"name": "too-much"}, "rules": []})
+    found = sorted(str(v) for v in policy.check(manifests))
+    assert found == [
+        "rbac-scope: ClusterRole/too-much: ClusterRole grants cluster-wide access; use a Role in the "
+        "namespace",
+        "rbac-scope: Role/graphfleet-data/graphfleet-connector: rules[5] grants access to every Secret; "
+        "name them in resourceNames",
+        "rbac-scope: Role/graphfleet-data/graphfleet-connector: rules[5].verbs has a wildcard '*'",
+    ]
+
+
+def test_propeller_fragment_routes_both_task_types(render_valid: Callable[..., Rendered]) -> None:
+    rendered = _render(render_valid, _args("lva1"))
+    fragment = yaml.safe_load(rendered.outputs["propeller"])
+    assert fragment == yaml.safe_load(rendered.one("ConfigMap")["data"]["connector.yaml"])
+    assert "connector-service" in fragment["tasks"]["task-plugins"]["enabled-plugins"]
+    for task_type in TASK_TYPES:
+        assert fragment["tasks"]["task-plugins"]["default-for-task-types"][task_type] == "connector-service"
+    service = fragment["plugins"]["connector-service"]
+    assert service["connectorForTaskTypes"] == {t: "graphfleet" for t in TASK_TYPES}
+    assert service["connectors"]["graphfleet"]["timeouts"] == {"CreateTask": "20s", "GetTask": "10s",
+                                                               "DeleteTask": "30s"}
+
+
+def test_autoscaling_renders_an_hpa(render_valid: Callable[..., Rendered]) -> None:
+    rendered = _render(render_valid, _args("lva1"))
+    hpa = rendered.one("HorizontalPodAutoscaler")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    assert rendered.one("Deployment")["spec"]["replicas"] == 2
+
+
+def test_bad_args_are_refused_before_anything() -> None:
+    with pytest.raises(ValueError, match="FlyteConnectorArgs.data_namespace: must differ"):
+        args = _args()
+        FlyteConnectorArgs(args.config, "same", "same", args.default_image)
+    with pytest.raises(ValueError, match="FlyteConnectorArgs.default_image: image 'docker.io/x/y:1' is not"):
+        FlyteConnectorArgs(_args().config, "a", "b", "docker.io/x/y:1")
+    with pytest.raises(ValueError, match="must be at least 2"):
+        ConnectorConfig.model_validate({**_args().config.model_dump(), "replicas": 1})

@@ -1,0 +1,88 @@
+"""Datacenter under mocks: namespaces, pools, shared services and the connector, composed from config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from infra import policy
+from infra.config import ConfigError, load_stack_config, stack_config_from_mapping, stack_path
+from infra.datacenter import config_from_pulumi, program
+from infra.render import Rendered, render
+
+
+def test_composes_everything_with_restricted_namespaces(render_valid: Callable[..., Rendered]) -> None:
+    config = load_stack_config(stack_path("ltx1"))
+    rendered = render_valid(lambda: program(config), stack="ltx1")
+    namespaces = {n["metadata"]["name"]: n["metadata"]["labels"] for n in rendered.of_kind("Namespace")}
+    assert set(namespaces) == {"graphfleet-system", "graphfleet-data", "ml-training"}
+    assert all(labels["pod-security.kubernetes.io/enforce"] == "restricted" for labels in namespaces.values())
+    sts = rendered.one("StatefulSet")
+    assert sts["metadata"]["namespace"] == "graphfleet-data"
+    assert sts["spec"]["replicas"] == 8
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"node.ltx1.example.com/pool": "highmem"}
+    assert pod["tolerations"] == [{"key": "node.ltx1.example.com/highmem", "operator": "Exists",
+                                   "effect": "NoSchedule"}]
+    outputs = rendered.outputs
+    assert len(outputs["shared_services"]["member-graph"]) == 8
+    assert outputs["shared_services"]["member-graph"][0] == \
+        "member-graph-0.member-graph.graphfleet-data.svc.cluster.local:50051"
+    assert outputs["queues"]["a100"]["feed-ranking"] == "a100-feed-ranking"
+    # The connector is told the shared services' endpoints, for tasks that `reuse` them.
+    env = {e["name"]: e.get("value") for e in
+           rendered.one("Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "member-graph-7.member-graph" in env["GRAPHFLEET_SHARED_SERVICES"]
+    components = {r.type for r in rendered.resources if not r.custom}
+    assert components == {"graphfleet:datacenter:Datacenter", "graphfleet:gpu:GpuNodePool",
+                          "graphfleet:connector:FlyteConnector", "graphfleet:graph:GraphDataService"}
+
+
+def test_policy_catches_an_uncovered_partition(render_valid: Callable[..., Rendered]) -> None:
+    config = load_stack_config(stack_path("lva1"))
+    manifests = render_valid(lambda: program(config), stack="lva1").manifests()
+    sts = next(m for m in manifests if m["kind"] == "StatefulSet" and m["metadata"]["name"] == "job-graph")
+    sts["spec"]["replicas"] = 3
+    assert [str(v) for v in policy.check(manifests)] == [
+        "partition-coverage: StatefulSet/graphfleet-data/job-graph: servers think there are 4 replicas but "
+        "the StatefulSet runs 3: partitions would be missed"]
+
+
+def test_the_pulumi_program_reads_the_engine_config_and_refuses_bad_config() -> None:
+    import json
+
+    import yaml
+
+    raw = yaml.safe_load(stack_path("lva1").read_text())["config"]
+    as_engine = {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
+    rendered = render(lambda: program(config_from_pulumi()), stack="lva1", config=as_engine)
+    assert len(rendered.of_kind("StatefulSet")) == 2
+
+    raw["graphfleet:connector"]["replicas"] = 0
+    bad = {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
+    with pytest.raises(ConfigError, match=r"^stacks/Pulumi.lva1.yaml: graphfleet:connector"):
+        render(lambda: program(config_from_pulumi()), stack="lva1", config=bad)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda c: c["graphfleet:connector"].update(replicas=0),
+     "graphfleet:connector.replicas: must be at least 2"),
+    (lambda c: c["graphfleet:sharedServices"][0]["spec"].update(replicas=33), "exceeds partitions (32)"),
+])
+def test_bad_config_declares_no_resource(change: Callable[[dict], None], message: str) -> None:
+    import yaml
+
+    raw = yaml.safe_load(stack_path("ltx1").read_text())["config"]
+    change(raw)
+    declared: list[str] = []
+
+    def attempt() -> None:
+        try:
+            program(stack_config_from_mapping(raw, "ltx1", "ltx1"))
+        except ConfigError as exc:
+            declared.append(str(exc))
+
+    rendered = render(attempt, stack="ltx1")
+    assert rendered.resources == []
+    assert message in declared[0]

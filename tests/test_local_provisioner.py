@@ -1,0 +1,109 @@
+"""The local provisioner: subprocess fleets on loopback, found through the state dir alone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from flyte_agent.local_provisioner import MAX_RESTARTS, LocalProvisioner
+from flyte_agent.provisioner import Phase, Provision, Status
+from flyte_agent.settings import Settings
+from graph_engine.convert import convert
+from infra.spec import DataServiceSpec
+from tests.test_connector_grpc import pid_running
+from tests.test_graph_server import port_is_free, ring_graph
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def graph_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return convert(ring_graph(), str(tmp_path_factory.mktemp("graph") / "ring"), partitions=2)
+
+
+@pytest.fixture
+def provisioner(tmp_path: Path) -> Iterator[LocalProvisioner]:
+    made = LocalProvisioner(Settings(state_dir=tmp_path / "state"))
+    yield made
+    made.close()
+
+
+def provision(uri: str, name: str = "gf-test", partitions: int = 2, **spec: object) -> Provision:
+    return Provision(name=name, spec=DataServiceSpec(graph_uri=uri, partitions=partitions, **spec),
+                     owner="p/d", execution="p/d/e/n0", created_at=time.time())
+
+
+def wait_for(check: Callable[[], Status], phase: Phase, timeout: float = 60) -> Status:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = check()
+        if status.phase is phase:
+            return status
+        assert status.phase is not Phase.FAILED or phase is Phase.FAILED, status.message
+        assert time.monotonic() < deadline, f"{status.phase}: {status.message}"
+        time.sleep(0.2)
+
+
+def test_lifecycle_crash_restart_and_delete_freeing_ports(provisioner: LocalProvisioner,
+                                                          graph_uri: str) -> None:
+    fleet = provision(graph_uri, replicas=2)
+    assert provisioner.status(fleet).phase is Phase.ABSENT
+    provisioner.create(fleet)
+    provisioner.create(fleet)  # a retried create adopts: still one server per ordinal
+    ready = wait_for(lambda: provisioner.status(fleet), Phase.READY)
+    assert len(ready.endpoints) == 2 and all(e.startswith("127.0.0.1:") for e in ready.endpoints)
+
+    # Like a StatefulSet: a killed server comes back with the same ordinal on the same port.
+    crashed = provisioner.pids(fleet.name)[1]
+    os.kill(crashed, signal.SIGKILL)
+    again = wait_for(lambda: provisioner.status(fleet), Phase.READY)
+    assert again.endpoints == ready.endpoints
+    assert provisioner.pids(fleet.name)[1] != crashed
+
+    pids = provisioner.pids(fleet.name)
+    provisioner.delete(fleet)
+    assert provisioner.status(fleet).phase is Phase.ABSENT
+    assert not any(pid_running(pid) for pid in pids)
+    assert all(port_is_free(int(e.rsplit(":", 1)[1])) for e in ready.endpoints)
+    provisioner.delete(fleet)  # absent is success
+
+
+def test_another_process_finds_and_tears_down_a_fleet(tmp_path: Path, provisioner: LocalProvisioner,
+                                                      graph_uri: str) -> None:
+    fleet = provision(graph_uri)
+    provisioner.create(fleet)
+    wait_for(lambda: provisioner.status(fleet), Phase.READY)
+    pids = provisioner.pids(fleet.name)
+    # A second connector (restart, other replica) knows only the state dir.
+    other = LocalProvisioner(Settings(state_dir=provisioner.state_dir))
+    try:
+        assert other.status(fleet).phase is Phase.READY
+        other.delete(fleet)
+    finally:
+        other.close()
+    assert provisioner.status(fleet).phase is Phase.ABSENT
+    assert not any(pid_running(pid) for pid in pids), [Path(f"/proc/{p}/stat").read_text() for p in pids]
+
+
+def test_gc_deletes_only_expired_fleets(provisioner: LocalProvisioner, graph_uri: str) -> None:
+    young, old = provision(graph_uri, name="gf-young"), provision(graph_uri, name="gf-old", ttl_seconds=300)
+    provisioner.create(young)
+    provisioner.create(old)
+    assert provisioner.gc(time.time()) == []
+    assert provisioner.gc(old.expires_at + 1) == ["gf-old"]
+    assert provisioner.status(old).phase is Phase.ABSENT
+    assert provisioner.status(young).phase is not Phase.ABSENT
+
+
+def test_a_server_that_keeps_crashing_fails_with_its_output(provisioner: LocalProvisioner,
+                                                            graph_uri: str) -> None:
+    broken = provision(graph_uri, partitions=1)  # the graph has 2: every start exits at once
+    provisioner.create(broken)
+    failed = wait_for(lambda: provisioner.status(broken), Phase.FAILED, timeout=120)
+    assert f"exited {MAX_RESTARTS + 1} times" in failed.message
+    assert "pass --partitions 2" in failed.message

@@ -1,0 +1,77 @@
+"""`graphfleet plan` / `graphfleet diff` run as a user runs them: the installed console script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from infra.config import STACKS_DIR
+
+GRAPHFLEET = str(Path(sys.executable).with_name("graphfleet"))
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([GRAPHFLEET, *args], cwd=cwd, capture_output=True, text=True, timeout=180)
+
+
+def test_plan_prints_every_object_and_passes(tmp_path: Path) -> None:
+    result = _run("plan", "ltx1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "StatefulSet" in result.stdout and "member-graph" in result.stdout
+    assert "replicas=8 partitions=32" in result.stdout
+    assert "gpus=16" in result.stdout  # feed-ranking's A100 quota
+    assert "ltx1: 32 objects, schema and policy checks passed" in result.stderr
+
+
+def test_plan_json_emits_the_manifests(tmp_path: Path) -> None:
+    result = _run("plan", str(STACKS_DIR / "Pulumi.lva1.yaml"), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    manifests = json.loads(result.stdout)
+    kinds = [m["kind"] for m in manifests]
+    assert (kinds.count("StatefulSet"), kinds.count("NodePool"), kinds.count("ClusterQueue")) == (2, 2, 4)
+
+
+def test_problems_are_named_one_per_line() -> None:
+    from infra.cli import problems
+
+    found = problems([{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}, "data": {"a": 1}}])
+    assert found == [
+        "schema: ConfigMap/<no metadata.name>: data.a: 1 is not of type 'string', 'null'",
+        "policy: metadata-name: ConfigMap/<no metadata.name>: no metadata.name: a retried create could not "
+        "adopt it",
+    ]
+
+
+def test_plan_of_a_bad_stack_names_the_key_and_exits_2(tmp_path: Path) -> None:
+    document = yaml.safe_load((STACKS_DIR / "Pulumi.lva1.yaml").read_text())
+    document["config"]["graphfleet:gpuPools"][0]["teams"][0]["gpus"] = 100
+    path = tmp_path / "Pulumi.lva1.yaml"
+    path.write_text(yaml.safe_dump(document))
+    result = _run("plan", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.strip() == (
+        f"error: {path}: graphfleet:gpuPools[0]: teams' GPU quotas add up to 116 but the pool holds 48 "
+        "(6 nodes x 8 GPUs): lower a team's gpus or add nodes")
+
+
+def test_diff_shows_added_removed_and_changed_fields(tmp_path: Path) -> None:
+    document = yaml.safe_load((STACKS_DIR / "Pulumi.lva1.yaml").read_text())
+    config = document["config"]
+    config["graphfleet:sharedServices"][0]["spec"]["replicas"] = 8
+    config["graphfleet:sharedServices"].pop(1)
+    config["graphfleet:gpuPools"][1]["teams"].append({"name": "search", "gpus": 4})
+    path = tmp_path / "Pulumi.lva1.yaml"
+    path.write_text(yaml.safe_dump(document))
+    result = _run("diff", "lva1", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "~ StatefulSet/graphfleet-data/job-graph: spec.replicas: 4 -> 8" in lines
+    assert "+ ClusterQueue/l4-search" in lines
+    assert "+ LocalQueue/graphfleet-training/l4-search" in lines
+    assert "- StatefulSet/graphfleet-data/company-graph" in lines
+    assert "- Service/graphfleet-data/company-graph" in lines

@@ -32,7 +32,11 @@ def render_stack(stack: str) -> tuple[str, list[dict[str, Any]], dict[str, Any]]
     path = stack_path(stack)
     config = load_stack_config(path)
     name = stack_name(path)
-    rendered = render(lambda: program(config), stack=name)
+
+    def run() -> None:
+        program(config)
+
+    rendered = render(run, stack=name)
     # Sorted: registration order varies from run to run, a review should not.
     return name, sorted(rendered.manifests(), key=key_of), rendered.outputs
 

@@ -421,7 +421,7 @@ class StackConfig(BaseModel):
                               validate_by_name=True, validate_by_alias=True)
 
     datacenter: DatacenterInfo
-    namespaces: Namespaces = Namespaces()
+    namespaces: Namespaces = Field(default_factory=lambda: Namespaces.model_validate({}))
     graph_service_placement: Placement = Field(
         Placement(), description="CPU nodes for graph-engine servers: node selector and tolerations")
     gpu_pools: list[GpuPool] = Field(default_factory=list)

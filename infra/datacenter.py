@@ -100,7 +100,8 @@ class Datacenter(pulumi.ComponentResource):
                  for args in checked.pools}
         shared = {args.name: GraphDataService(f"{name}-shared-{args.name}", args, inside(args.namespace))
                   for args in checked.shared}
-        endpoints = pulumi.Output.all(**{n: s.endpoints for n, s in shared.items()}) if shared else {}
+        endpoints: pulumi.Input[dict[str, list[str]]] = (
+            pulumi.Output.all(**{n: s.endpoints for n, s in shared.items()}) if shared else {})
         connector_args = replace(checked.connector, shared_services=endpoints)
         needs = [declared[connector_args.namespace], declared[connector_args.data_namespace]]
         connector = FlyteConnector(f"{name}-connector", connector_args,

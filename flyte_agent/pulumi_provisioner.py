@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import pulumi
@@ -47,7 +48,7 @@ from pulumi.automation.errors import (
 
 from flyte_agent import stack_names as names
 from flyte_agent.provisioner import Phase, Provision, Status
-from infra.graph_service import GraphDataService, GraphDataServiceArgs
+from infra.graph_service import GraphDataService, GraphDataServiceArgs, await_timeout_seconds
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ log = logging.getLogger(__name__)
 _LONG_COMMANDS = frozenset({"up", "destroy", "refresh", "preview", "cancel"})
 _ERROR_TEXT_LINES = 4
 # The `passphrase` secrets provider reads one of these; the CLI fails without them non-interactively.
+# Beyond the StatefulSet's await: the provider's other objects, state writes, plugin start-up.
+_CLI_MARGIN_SECONDS = 300
+_PENDING_TEXT = "pending operations"
 _PASSPHRASE_ENV = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
 
 
@@ -87,6 +91,7 @@ class TimedPulumiCommand(auto.PulumiCommand):
         self.long_timeout = long_timeout
         self.short_timeout = short_timeout
         self._running: dict[str, subprocess.Popen[str]] = {}
+        self._stack_timeouts: dict[str, float] = {}
         self._lock = threading.Lock()
         result = self.run(["version"], os.getcwd(), {})
         opt_out = os.getenv("PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK") is not None
@@ -97,10 +102,12 @@ class TimedPulumiCommand(auto.PulumiCommand):
             on_output: Callable[[str], Any] | None = None,
             on_error: Callable[[str], Any] | None = None) -> CommandResult:
         args = args if "--non-interactive" in args else ["--non-interactive", *args]
-        timeout = self.long_timeout if _subcommand(args) in _LONG_COMMANDS else self.short_timeout
+        stack = _stack_arg(args)
+        timeout = self.short_timeout
+        if _subcommand(args) in _LONG_COMMANDS:
+            timeout = self._stack_timeouts.get(stack or "", self.long_timeout)
         env = {**os.environ, **additional_env, "PULUMI_AUTOMATION_API": "true",
                "PULUMI_SKIP_UPDATE_CHECK": "true"}
-        stack = _stack_arg(args)
         with subprocess.Popen([self.command, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, start_new_session=True) as process:
             if stack:
@@ -128,6 +135,11 @@ class TimedPulumiCommand(auto.PulumiCommand):
         if result.code != 0:
             raise create_command_error(result)
         return result
+
+    def set_timeout(self, stack: str, seconds: float) -> None:
+        """Bound long operations on `stack` by `seconds` instead of the default."""
+        with self._lock:
+            self._stack_timeouts[stack] = seconds
 
     def interrupt(self, stack: str) -> bool:
         """Ask the CLI working on `stack` to cancel gracefully; False if none is running."""
@@ -249,21 +261,24 @@ class PulumiProvisioner:
             tags = stack.list_tags()
             tried = names.attempts(tags)
             last_error = tags.get(names.TAG_LAST_ERROR, "")
-            history = stack.history(page_size=1, show_secrets=False)
+            # Self-managed backends record an operation only when it ends: an `up` that is running,
+            # or died with its process, is an attempt counted in the tags with no history entry.
+            history = stack.history(show_secrets=False)
             last = history[0] if history else None
             if last is not None and last.kind == "update" and last.result == "succeeded":
                 return self._ready(stack)
-            if last is not None and last.result == "in-progress":
-                # Another process holds the stack; the job decides whether that lock is stale.
-                self._enqueue(provision)
-                return Status(Phase.UPDATING, message=f"stack {name} is being updated (attempt {tried})")
             if last is not None and last.kind == "destroy":
                 return Status(Phase.ABSENT, message=f"stack {name} was destroyed")
-            if tried >= self.settings.max_attempts:
+            finished = sum(1 for entry in history if entry.kind == "update")
+            if tags.get(names.TAG_GAVE_UP) == "true" or (tried >= self.settings.max_attempts
+                                                           and finished >= tried):
                 return Status(Phase.FAILED, message=(
                     f"pulumi up failed {tried} times for stack {name}: {last_error or 'no error recorded'}; "
                     "fix the cause (image, quota, spec) and re-run the task"))
             self._enqueue(provision)
+            if finished < tried:
+                return Status(Phase.UPDATING, message=f"stack {name}: pulumi up attempt {tried} is running "
+                                                      "elsewhere or was interrupted; checking its lock")
             retry = f" after: {last_error}" if last_error else ""
             attempt = f"attempt {tried + 1} of {self.settings.max_attempts}"
             return Status(Phase.QUEUED, message=f"pulumi up queued for stack {name} ({attempt}){retry}")
@@ -276,7 +291,7 @@ class PulumiProvisioner:
                 stack = auto.Stack.select(name, ws)
             except StackNotFoundError:
                 return
-            self._destroy(stack)
+            self._destroy(stack, provision)
 
     def gc(self, now: float) -> list[str]:
         removed: list[str] = []
@@ -291,7 +306,7 @@ class PulumiProvisioner:
                 if not names.is_expired(tags, now):
                     continue
                 try:
-                    self._destroy(stack)
+                    self._destroy(stack, None)
                 except CommandError as err:
                     failures.append(f"{name}: {error_text(err)}")
                 else:
@@ -344,23 +359,25 @@ class PulumiProvisioner:
         try:
             with self._workspace(provision) as ws:
                 stack = self._create_or_select(name, ws, provision)
+                last = stack.history(page_size=1, show_secrets=False)
+                if last and last[0].kind == "update" and last[0].result == "succeeded":
+                    return
                 tags = stack.list_tags()
                 tried = names.attempts(tags)
                 if tried >= self.settings.max_attempts:
+                    self._settle(stack, provision)
                     return
                 stack.set_tag(names.TAG_ATTEMPTS, str(tried + 1))
                 try:
-                    self._up(stack)
+                    self._up(stack, tags)
                 except ConcurrentUpdateError as err:
                     # Not an attempt of ours: give it back, then see whether the holder is dead.
                     stack.set_tag(names.TAG_ATTEMPTS, str(tried))
-                    if not self._stale(err):
+                    if not self._stale(err, provision):
                         return
-                    log.warning("stack %s: clearing a stale lock (%s)", name, error_text(err))
-                    stack.cancel()
-                    stack.refresh(clear_pending_creates=True, on_output=_debug)
+                    self._clear_stale_lock(stack, err)
                     stack.set_tag(names.TAG_ATTEMPTS, str(tried + 1))
-                    self._up(stack)
+                    self._up(stack, tags)
         except CommandError as err:
             log.warning("stack %s: pulumi up failed: %s", name, error_text(err))
             self._record_error(provision, error_text(err))
@@ -368,9 +385,36 @@ class PulumiProvisioner:
             log.exception("stack %s: converge failed", name)
             self._record_error(provision, names.clip(f"{type(err).__name__}: {err}"))
 
-    def _up(self, stack: auto.Stack) -> None:
-        stack.up(on_output=_debug, on_error=_debug)
-        stack.remove_tag(names.TAG_LAST_ERROR)
+    def _settle(self, stack: auto.Stack, provision: Provision) -> None:
+        """Attempts are used up but the last one has no result: once nobody holds the lock, give up."""
+        try:
+            stack.refresh(clear_pending_creates=True, on_output=_debug)
+        except ConcurrentUpdateError as err:
+            if not self._stale(err, provision):
+                return  # the last attempt is still running on a live replica
+            self._clear_stale_lock(stack, err)
+            stack.set_tag(names.TAG_LAST_ERROR, names.clip(
+                "the process running the last pulumi up died mid-update (connector killed or evicted)"))
+        stack.set_tag(names.TAG_GAVE_UP, "true")
+
+    def _clear_stale_lock(self, stack: auto.Stack, err: CommandError) -> None:
+        log.warning("stack %s: clearing a stale lock (%s)", stack.name, error_text(err))
+        stack.cancel()
+        stack.refresh(clear_pending_creates=True, on_output=_debug)
+
+    def _up(self, stack: auto.Stack, tags: Mapping[str, str]) -> None:
+        try:
+            stack.up(on_output=_debug, on_error=_debug)
+        except ConcurrentUpdateError:
+            raise
+        except CommandError as err:
+            # An interrupted operation (e.g. our own timeout kill) leaves pending creates behind.
+            if _PENDING_TEXT not in str(err):
+                raise
+            stack.refresh(clear_pending_creates=True, on_output=_debug)
+            stack.up(on_output=_debug, on_error=_debug)
+        if names.TAG_LAST_ERROR in tags:
+            stack.remove_tag(names.TAG_LAST_ERROR)
 
     def _record_error(self, provision: Provision, text: str) -> None:
         try:
@@ -393,7 +437,7 @@ class PulumiProvisioner:
             stack.set_tag(key, value)
         return stack
 
-    def _stale(self, err: CommandError) -> bool:
+    def _stale(self, err: CommandError, provision: Provision | None) -> bool:
         lock = names.parse_lock(f"{err.stderr}\n{err.stdout}" if hasattr(err, "stderr") else str(err))
         age = None
         if lock is not None:
@@ -402,14 +446,21 @@ class PulumiProvisioner:
                 age = self._clock() - created.astimezone(UTC).timestamp()
             except ValueError:
                 age = None
-        return names.lock_is_stale(lock, self._host, _pid_alive, age, self.settings.operation_timeout_seconds)
+        return names.lock_is_stale(lock, self._host, _pid_alive, age, self._operation_timeout(provision))
 
-    def _destroy(self, stack: auto.Stack) -> None:
+    def _operation_timeout(self, provision: Provision | None) -> float:
+        """How long an `up` may run: at least pulumi-kubernetes' wait for this fleet, plus a margin."""
+        if provision is None:
+            return self.settings.operation_timeout_seconds
+        return max(self.settings.operation_timeout_seconds,
+                   await_timeout_seconds(provision.spec) + _CLI_MARGIN_SECONDS)
+
+    def _destroy(self, stack: auto.Stack, provision: Provision | None) -> None:
         """Destroy and remove; a stale lock is cleared first. Any other failure raises."""
         try:
             stack.destroy(on_output=_debug, on_error=_debug)
         except ConcurrentUpdateError as err:
-            if not self._stale(err):
+            if not self._stale(err, provision):
                 raise
             stack.cancel()
             stack.refresh(clear_pending_creates=True, on_output=_debug)
@@ -433,10 +484,13 @@ class PulumiProvisioner:
     @contextmanager
     def _workspace(self, provision: Provision | None) -> Iterator[auto.LocalWorkspace]:
         """A throw-away work dir with explicit project settings (the Python API ignores stackConfigDir)."""
+        if provision is not None:
+            self._command.set_timeout(names.stack_name(provision.name), self._operation_timeout(provision))
         with tempfile.TemporaryDirectory(prefix="graphfleet-stack-") as work_dir:
             yield auto.LocalWorkspace(
                 work_dir=work_dir,
-                program=fleet_program(provision, self.settings) if provision is not None else None,
+                # Destroy does not run the program, but an inline workspace needs one to exist.
+                program=fleet_program(provision, self.settings) if provision is not None else _no_program,
                 project_settings=auto.ProjectSettings(
                     name=names.PROJECT, runtime="python",
                     backend=auto.ProjectBackend(url=self.settings.backend_url)),
@@ -468,13 +522,22 @@ class GcError(RuntimeError):
 
 
 def _pid_alive(pid: int) -> bool:
+    """A running process (a zombie, dead but not yet reaped, counts as dead)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _no_program() -> None:
+    pass
 
 
 def _default_health(endpoints: list[str]) -> list[str]:

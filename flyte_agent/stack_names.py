@@ -27,6 +27,7 @@ TAG_EXECUTION = "graphfleet:execution"
 TAG_EXPIRES = "graphfleet:expires-at"
 TAG_ATTEMPTS = "graphfleet:attempts"
 TAG_LAST_ERROR = "graphfleet:last-error"
+TAG_GAVE_UP = "graphfleet:gave-up"
 
 _STACK_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 _LOCK = re.compile(r"created by (?P<who>\S+)@(?P<host>\S+) \(pid (?P<pid>\d+)\) at (?P<when>\S+)")

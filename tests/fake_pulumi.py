@@ -93,9 +93,15 @@ class Backend:
             return fault
 
     def log_call(self, args: list[str]) -> None:
-        with open(self.root / "calls.jsonl", "a") as out:
+        self._append("calls.jsonl", {"pid": os.getpid(), "args": args})
+
+    def log_event(self, event: str, stack: str) -> None:
+        self._append("events.jsonl", {"event": event, "stack": stack})
+
+    def _append(self, file: str, record: dict[str, Any]) -> None:
+        with open(self.root / file, "a") as out:
             fcntl.flock(out, fcntl.LOCK_EX)
-            out.write(json.dumps({"pid": os.getpid(), "args": args}) + "\n")
+            out.write(json.dumps(record) + "\n")
 
 
 def calls(backend_url: str) -> list[list[str]]:
@@ -104,6 +110,14 @@ def calls(backend_url: str) -> list[list[str]]:
     if not path.exists():
         return []
     return [json.loads(line)["args"] for line in path.read_text().splitlines()]
+
+
+def events(backend_url: str) -> list[tuple[str, str]]:
+    """`("lock", stack)` when an operation takes a stack's lock, `("unlock", stack)` when it ends."""
+    path = state_dir(backend_url) / "events.jsonl"
+    if not path.exists():
+        return []
+    return [(r["event"], r["stack"]) for r in map(json.loads, path.read_text().splitlines())]
 
 
 def script_faults(backend_url: str, stack: str, **ops: list[str]) -> None:
@@ -257,24 +271,27 @@ class Cli:
         return json.dumps(entries[: int(page_size)] if page_size else entries)
 
     def _begin(self, name: str, kind: str) -> None:
-        """Take the stack's lock and open a history entry, or fail on a held lock."""
+        """Take the stack's lock, or fail on a held lock."""
         with self.backend.state() as data:
             stack = _get(data, name)
             if stack["lock"] is not None:
                 raise _conflict(name, stack["lock"])
             stack["lock"] = {"id": f"{os.getpid()}-{time.time_ns()}", "user": "graphfleet",
                              "host": socket.gethostname(), "pid": os.getpid(), "time": _now()}
-            stack["history"].append({"kind": kind, "startTime": _now(), "message": "", "environment": {},
-                                     "config": {}, "result": "in-progress",
-                                     "version": len(stack["history"]) + 1})
+            stack["running"] = {"kind": kind, "startTime": _now(), "message": "", "environment": {},
+                                "config": {}, "version": len(stack["history"]) + 1}
+            self.backend.log_event("lock", name)
 
     def _end(self, name: str, ok: bool, change: Any = None) -> None:
         with self.backend.state() as data:
             stack = _get(data, name)
             if change is not None and ok:
                 change(stack)
-            stack["history"][-1].update(result="succeeded" if ok else "failed", endTime=_now())
+            # Like the DIY backend, history records an operation only when it ends.
+            entry = stack.pop("running")
+            stack["history"].append({**entry, "result": "succeeded" if ok else "failed", "endTime": _now()})
             stack["lock"] = None
+            self.backend.log_event("unlock", name)
 
     def locked_op(self, name: str, kind: str, change: Any) -> str:
         self._begin(name, kind)
@@ -295,12 +312,13 @@ class Cli:
             stack["pending"] = []
 
     def up(self, name: str, client: str | None) -> str:
+        self._begin(name, "update")
         with self.backend.state() as data:
             pending = _get(data, name)["pending"]
         if pending:
+            self._end(name, ok=False)
             raise CliError(f"the current deployment has {len(pending)} resource(s) with pending operations: "
                            + ", ".join(pending) + "; run `pulumi refresh --clear-pending-creates`")
-        self._begin(name, "update")
         fault = self.backend.next_fault(name, "up")
         try:
             resources, outputs = run_program(client, name) if client else ([], {})

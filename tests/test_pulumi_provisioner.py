@@ -1,0 +1,367 @@
+"""PulumiProvisioner against the fake CLI (tests/fake_pulumi.py) through the Automation API seam.
+
+The fake is a real executable sharing a file-backed backend, and its `up` runs the inline program
+(GraphDataService) over gRPC, so what is exercised here is the provisioner's real call sequence,
+locking, retry and recovery logic.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pulumi.automation.errors import CommandError
+
+from flyte_agent import stack_names as names
+from flyte_agent.provisioner import Phase, Provision, Status
+from flyte_agent.pulumi_provisioner import PulumiProvisioner, TimedPulumiCommand, _pid_alive
+from flyte_agent.settings import Settings
+from infra.spec import DataServiceSpec
+from tests import fake_pulumi
+
+ROOT = Path(__file__).resolve().parents[1]
+WAIT_LIMIT = 90  # seconds a test may wait for the fake before failing instead of hanging
+
+
+@pytest.fixture
+def backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "test-only")
+    cli = fake_pulumi.install(tmp_path)
+    yield f"file://{tmp_path}/state", cli
+
+
+def settings(backend: tuple[str, Path], **overrides: object) -> Settings:
+    url, cli = backend
+    values: dict[str, object] = dict(
+        backend="pulumi", backend_url=url, pulumi_command=str(cli), gc_interval_seconds=0,
+        check_endpoints=False, max_concurrent_operations=2, max_attempts=2,
+        operation_timeout_seconds=60, command_timeout_seconds=30)
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def make(backend: tuple[str, Path]) -> Iterator[Callable[..., PulumiProvisioner]]:
+    made: list[PulumiProvisioner] = []
+
+    def build(health: Callable[[list[str]], list[str]] | None = None,
+              **overrides: object) -> PulumiProvisioner:
+        provisioner = PulumiProvisioner(settings(backend, **overrides), health=health)
+        made.append(provisioner)
+        return provisioner
+
+    yield build
+    for provisioner in made:
+        provisioner.close()
+
+
+def provision(name: str, created_at: float | None = None, **spec: object) -> Provision:
+    fields: dict[str, object] = {"graph_uri": "s3://graphs/cora", "partitions": 2, "replicas": 2, **spec}
+    return Provision(name=name, spec=DataServiceSpec.model_validate(fields), owner="proj/dev",
+                     execution=f"exec-{name}", created_at=time.time() if created_at is None else created_at)
+
+
+def wait(provisioner: PulumiProvisioner, p: Provision, until: set[Phase],
+         done: Callable[[Status], bool] = lambda status: True) -> Status:
+    deadline = time.monotonic() + WAIT_LIMIT
+    while True:
+        status = provisioner.status(p)
+        if status.phase in until and done(status):
+            return status
+        assert time.monotonic() < deadline, f"still {status} after {WAIT_LIMIT}s"
+        time.sleep(0.2)
+
+
+def calls_for(url: str, stack: str, start: int = 0) -> list[list[str]]:
+    return [c for c in fake_pulumi.calls(url)[start:] if stack in c]
+
+
+def shape(call: list[str]) -> str:
+    """A call without its volatile parts (the language host's port), for sequence comparisons."""
+    return " ".join("--client" if a.startswith("--client=") else a for a in call)
+
+
+# -- pure logic -----------------------------------------------------------------------------------
+
+def test_stack_names_are_deterministic_valid_and_distinct_when_shortened() -> None:
+    long_a, long_b = "run-" + "a" * 120 + "-n0", "run-" + "a" * 120 + "-n1"
+    assert names.stack_name("f-1") == "f-1"
+    assert names.stack_name(long_a) == names.stack_name(long_a)
+    assert names.stack_name(long_a) != names.stack_name(long_b)
+    assert len(names.stack_name(long_a)) <= names.STACK_NAME_MAX
+    assert names.short_stack_name("organization/graphfleet-fleets/f-1") == "f-1"
+
+
+def test_expiry_only_applies_to_graphfleet_stacks() -> None:
+    tags = names.initial_tags("me", "exec", expires_at=1000)
+    assert names.is_expired(tags, now=1000) and not names.is_expired(tags, now=999)
+    assert not names.is_expired({names.TAG_EXPIRES: "1"}, now=5000)  # not ours: never collected
+
+
+def test_a_lock_is_stale_when_its_cli_is_dead_here_or_too_old_elsewhere() -> None:
+    text = ("the stack is currently locked by 1 lock(s). ...\n  file://x.json: created by "
+            "me@node-a (pid 4242) at 2026-01-01T00:00:00Z")
+    lock = names.parse_lock(text)
+    assert lock == names.Lock(host="node-a", pid=4242, created="2026-01-01T00:00:00Z")
+    assert names.lock_is_stale(lock, "node-a", lambda pid: False, 1.0, 600)
+    assert not names.lock_is_stale(lock, "node-a", lambda pid: True, 10_000.0, 600)
+    assert not names.lock_is_stale(lock, "node-b", lambda pid: False, 599.0, 600)
+    assert names.lock_is_stale(lock, "node-b", lambda pid: True, 601.0, 600)
+    assert not names.lock_is_stale(names.parse_lock("some other error"), "node-a", lambda pid: False, 1e9, 1)
+
+
+# -- through the fake CLI -------------------------------------------------------------------------
+
+def test_create_get_delete_call_sequence_and_endpoints(backend: tuple[str, Path], make) -> None:
+    url, _ = backend
+    provisioner = make()
+    p = provision("fleet-a")
+    provisioner.create(p)
+    status = wait(provisioner, p, {Phase.READY, Phase.FAILED})
+
+    assert status.phase is Phase.READY, status.message
+    assert status.endpoints == [f"fleet-a-{i}.fleet-a.graphfleet.svc.cluster.local:50051" for i in range(2)]
+    create_calls = [shape(c) for c in calls_for(url, "fleet-a")]
+    up_index = create_calls.index("up --yes --skip-preview --client --exec-kind auto.inline --stack fleet-a")
+    assert create_calls[:up_index + 1] == [
+        "stack select --stack fleet-a",
+        "stack init fleet-a --secrets-provider passphrase",
+        "stack tag set graphfleet:managed true --stack fleet-a",
+        "stack tag set graphfleet:owner proj/dev --stack fleet-a",
+        "stack tag set graphfleet:execution exec-fleet-a --stack fleet-a",
+        f"stack tag set graphfleet:expires-at {int(p.expires_at)} --stack fleet-a",
+        "stack tag set graphfleet:attempts 0 --stack fleet-a",
+        "stack history --json --page-size 1 --page 1 --stack fleet-a",
+        "stack tag ls --json --stack fleet-a",
+        "stack tag set graphfleet:attempts 1 --stack fleet-a",
+        "up --yes --skip-preview --client --exec-kind auto.inline --stack fleet-a",
+    ]
+    stack = fake_pulumi.stacks(url)["fleet-a"]
+    kinds = sorted(r["type"] for r in stack["resources"])
+    assert kinds == ["graphfleet:graph:GraphDataService", "kubernetes:apps/v1:StatefulSet",
+                     "kubernetes:core/v1:Service", "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+                     "kubernetes:policy/v1:PodDisruptionBudget", "pulumi:providers:kubernetes"]
+    assert stack["tags"][names.TAG_OWNER] == "proj/dev"
+
+    start = len(fake_pulumi.calls(url))
+    assert provisioner.status(p).phase is Phase.READY
+    assert [shape(c) for c in calls_for(url, "fleet-a", start)] == [
+        "stack select --stack fleet-a",
+        "stack tag ls --json --stack fleet-a",
+        "stack history --json --stack fleet-a",
+        "stack output --json --stack fleet-a",
+        "stack output --json --show-secrets --stack fleet-a",
+    ]
+
+    start = len(fake_pulumi.calls(url))
+    provisioner.delete(p)
+    assert [shape(c) for c in calls_for(url, "fleet-a", start)] == [
+        "stack select --stack fleet-a",
+        "destroy --skip-preview --yes --client --exec-kind auto.inline --stack fleet-a",
+        "stack history --json --show-secrets --page-size 1 --page 1 --stack fleet-a",
+        "stack rm --yes fleet-a",
+    ]
+    assert fake_pulumi.stacks(url) == {}
+    provisioner.delete(p)  # absent is success
+    assert fake_pulumi.stacks(url) == {}
+
+
+def test_ready_waits_for_endpoints_to_answer_health(backend: tuple[str, Path], make) -> None:
+    down: list[str] = ["all"]
+    provisioner = make(health=lambda endpoints: endpoints if down else [], check_endpoints=True)
+    p = provision("fleet-h", replicas=1)
+    provisioner.create(p)
+    status = wait(provisioner, p, {Phase.UPDATING, Phase.READY, Phase.FAILED}, lambda s: bool(s.endpoints))
+    assert status.phase is Phase.UPDATING and "do not answer gRPC health SERVING" in status.message
+    down.clear()
+    assert provisioner.status(p).phase is Phase.READY
+
+
+def test_retried_create_adopts_the_existing_stack(backend: tuple[str, Path], make) -> None:
+    url, _ = backend
+    p = provision("fleet-b")
+    first = make()
+    first.create(p)
+    assert wait(first, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+    first.close()
+
+    second = make()  # another replica, or this one after a restart
+    second.create(p)
+    assert wait(second, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+    inits = [c for c in fake_pulumi.calls(url) if c[:2] == ["stack", "init"]]
+    assert len(inits) == 1 and list(fake_pulumi.stacks(url)) == ["fleet-b"]
+
+
+def test_bad_spec_fails_at_create_and_creates_nothing(backend: tuple[str, Path], make) -> None:
+    url, _ = backend
+    provisioner = make()
+    with pytest.raises(ValueError, match="graph_uri.*local path"):
+        provisioner.create(provision("fleet-bad", graph_uri="/data/graph"))
+    assert fake_pulumi.calls(url) == []
+
+
+def test_failed_up_is_retried_then_failed_with_the_error_across_processes(
+        backend: tuple[str, Path], make) -> None:
+    url, _ = backend
+    error = "kubernetes:apps/v1:StatefulSet fleet-c: 0/2 nodes are available: insufficient memory"
+    fake_pulumi.script_faults(url, "fleet-c", up=[f"fail:{error}", f"fail:{error}", f"fail:{error}"])
+    p = provision("fleet-c")
+    first = make()
+    first.create(p)
+    wait(first, p, {Phase.QUEUED})  # the first attempt failed and a retry is due
+    first.close()  # the retry happens on another replica: the count lives in the stack
+
+    second = make()
+    status = wait(second, p, {Phase.READY, Phase.FAILED})
+    assert status.phase is Phase.FAILED
+    assert "failed 2 times" in status.message and "insufficient memory" in status.message
+    ups = [c for c in fake_pulumi.calls(url) if c[0] == "up"]
+    assert len(ups) == 2
+    assert fake_pulumi.stacks(url)["fleet-c"]["tags"][names.TAG_ATTEMPTS] == "2"
+
+
+def test_concurrent_provisions_respect_the_operation_bound(backend: tuple[str, Path], make) -> None:
+    url, _ = backend
+    provisioner = make(max_concurrent_operations=2)
+    fleets = [provision(f"fleet-{i}", replicas=1) for i in range(4)]
+    for p in fleets:
+        provisioner.create(p)
+    assert [provisioner.status(p).phase for p in fleets].count(Phase.QUEUED) >= 2
+    for p in fleets:
+        assert wait(provisioner, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+
+    held: set[str] = set()
+    most = 0
+    for event, stack in fake_pulumi.events(url):
+        (held.add if event == "lock" else held.discard)(stack)
+        most = max(most, len(held))
+    assert most == 2, "four stacks, two workers: exactly two operations should overlap"
+    assert sorted(fake_pulumi.stacks(url)) == [f"fleet-{i}" for i in range(4)]
+
+
+def test_a_hung_cli_call_is_killed_at_its_timeout_and_the_stack_recovers(
+        backend: tuple[str, Path], make) -> None:
+    url, cli = backend
+    provisioner = make()
+    p = provision("fleet-t", replicas=1)
+    provisioner.create(p)
+    wait(provisioner, p, {Phase.READY})
+    fake_pulumi.script_faults(url, "fleet-t", up=["hang"])
+    command = TimedPulumiCommand(str(cli), long_timeout=3, short_timeout=3)
+    env = {"PULUMI_BACKEND_URL": url}
+    with pytest.raises(CommandError, match="timed out after 3s and was killed"):
+        command.run(["up", "--yes", "--skip-preview", "--stack", "fleet-t"], str(cli.parent), env)
+    lock = fake_pulumi.stacks(url)["fleet-t"]["lock"]
+    assert lock is not None and not _pid_alive(lock["pid"])  # the kill leaves a stale lock
+
+    start = len(fake_pulumi.calls(url))
+    provisioner.delete(p)
+    ops = [shape(c) for c in fake_pulumi.calls(url)[start:]
+           if c[0] in ("destroy", "cancel", "refresh", "stack") and c[:2] != ["stack", "history"]]
+    assert ops == [
+        "stack select --stack fleet-t",
+        "destroy --skip-preview --yes --client --exec-kind auto.inline --stack fleet-t",  # locked: stale
+        "cancel --yes --stack fleet-t",
+        "refresh --skip-preview --yes --clear-pending-creates --client --exec-kind auto.inline "
+        "--stack fleet-t",
+        "destroy --skip-preview --yes --client --exec-kind auto.inline --stack fleet-t",
+        "stack rm --yes fleet-t",
+    ]
+    assert fake_pulumi.stacks(url) == {}
+
+
+def test_failing_destroy_raises_and_keeps_the_stack(backend: tuple[str, Path], make) -> None:
+    url, _ = backend
+    provisioner = make()
+    p = provision("fleet-d", replicas=1)
+    provisioner.create(p)
+    wait(provisioner, p, {Phase.READY})
+    fake_pulumi.script_faults(url, "fleet-d", destroy=["fail:deleting StatefulSet: server is unavailable"])
+    with pytest.raises(Exception, match="server is unavailable"):
+        provisioner.delete(p)
+    assert "fleet-d" in fake_pulumi.stacks(url)
+    provisioner.delete(p)  # the caller's retry succeeds
+    assert fake_pulumi.stacks(url) == {}
+
+
+def test_gc_removes_only_expired_graphfleet_stacks(backend: tuple[str, Path], make) -> None:
+    url, _ = backend
+    provisioner = make()
+    now = time.time()
+    old = provision("fleet-old", created_at=now - 7200, ttl_seconds=3600, replicas=1)
+    fresh = provision("fleet-new", created_at=now, ttl_seconds=3600, replicas=1)
+    for p in (old, fresh):
+        provisioner.create(p)
+    for p in (old, fresh):
+        assert wait(provisioner, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+    env = {**os.environ, "PULUMI_BACKEND_URL": url}
+    subprocess.run([*settings(backend).pulumi_command.split(), "stack", "init", "someone-else"], env=env,
+                   check=True, capture_output=True, timeout=30)
+
+    start = len(fake_pulumi.calls(url))
+    assert provisioner.gc(now) == ["fleet-old"]
+    assert sorted(fake_pulumi.stacks(url)) == ["fleet-new", "someone-else"]
+    assert [shape(c) for c in fake_pulumi.calls(url)[start:]] == [
+        "stack ls --json",
+        "stack select --stack fleet-new", "stack tag ls --json --stack fleet-new",
+        "stack select --stack fleet-old", "stack tag ls --json --stack fleet-old",
+        "destroy --skip-preview --yes --client --exec-kind auto.inline --stack fleet-old",
+        "stack history --json --show-secrets --page-size 1 --page 1 --stack fleet-old",
+        "stack rm --yes fleet-old",
+        "stack select --stack someone-else", "stack tag ls --json --stack someone-else",
+    ]
+
+
+_CONNECTOR = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {root!r})
+    from tests.test_pulumi_provisioner import provision
+    from flyte_agent.pulumi_provisioner import PulumiProvisioner
+    from flyte_agent.settings import Settings
+    settings = Settings.model_validate_json({settings!r})
+    provisioner = PulumiProvisioner(settings)
+    provisioner.create(provision("fleet-k"))
+    time.sleep(600)
+""")
+
+
+def test_connector_killed_mid_update_is_finished_by_a_fresh_process(backend: tuple[str, Path], make) -> None:
+    url, _ = backend
+    fake_pulumi.script_faults(url, "fleet-k", up=["hang"])
+    s = settings(backend)
+    script = _CONNECTOR.format(root=str(ROOT), settings=s.model_dump_json())
+    child = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cli_pid = None
+    try:
+        deadline = time.monotonic() + WAIT_LIMIT
+        while cli_pid is None:
+            stack = fake_pulumi.stacks(url).get("fleet-k")
+            if stack and stack["lock"] and stack["pending"]:
+                cli_pid = stack["lock"]["pid"]
+            assert child.poll() is None, child.stderr.read() if child.stderr else ""
+            assert time.monotonic() < deadline, "the child never reached the middle of its update"
+            time.sleep(0.2)
+    finally:
+        # The pod dies: the connector and the CLI it started, with no chance to clean up.
+        os.killpg(child.pid, signal.SIGKILL)
+        if cli_pid is not None:
+            os.kill(cli_pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    assert fake_pulumi.stacks(url)["fleet-k"]["lock"]["pid"] == cli_pid
+
+    fresh = make()
+    p = provision("fleet-k")
+    assert wait(fresh, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+    stack = fake_pulumi.stacks(url)["fleet-k"]
+    assert stack["lock"] is None and stack["pending"] == []
+    fresh.delete(p)
+    assert fake_pulumi.stacks(url) == {}
+    assert not _pid_alive(cli_pid), "the killed CLI is still running"

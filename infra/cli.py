@@ -172,6 +172,18 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Tear down expired ephemeral fleets, with the connector's GRAPHFLEET_* settings."""
+    from flyte_agent.gc import collect
+    from flyte_agent.settings import Settings
+
+    removed = collect(Settings.from_env())
+    for name in removed:
+        print(name)
+    print(f"{len(removed)} expired fleet(s) removed", file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graphfleet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -184,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("old", help="stack name or file: the current state")
     diff.add_argument("new", help="stack name or file: the proposed state")
     diff.set_defaults(run=cmd_diff)
+    gc = commands.add_parser("gc", help="tear down ephemeral fleets whose time-to-live has passed")
+    gc.set_defaults(run=cmd_gc)
     return parser
 
 

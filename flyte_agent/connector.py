@@ -130,11 +130,12 @@ def resolve_spec(custom: dict[str, Any], inputs: dict[str, Any], settings: Setti
         spec = DataServiceSpec.from_custom(merged)
     except ValidationError as err:
         raise ValueError(describe_error(err, "data service")) from None
-    if spec.image is not None and not settings.allows_image(spec.image):
-        allowed = ", ".join([settings.image, *settings.image_allowlist])
-        raise ValueError(f"image: {spec.image!r} is not allowed by this connector "
-                         f"(GRAPHFLEET_IMAGE_ALLOWLIST); allowed: {allowed}; leave image unset to use "
-                         f"{settings.image}")
+    if spec.image is not None:
+        try:
+            settings.check_image(spec.image)
+        except ValueError as err:
+            raise ValueError(f"image: {spec.image!r} is not allowed by this connector: {err}; or leave "
+                             f"image unset to use {settings.image}") from None
     if spec.reuse is not None:
         if spec.reuse not in settings.shared_services:
             known = ", ".join(sorted(settings.shared_services)) or "none configured"

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from flyte_agent.provisioner import Provisioner
+from infra.images import STACK_ALLOW_LIST, check_allow_list_entry, check_image
 from infra.spec import describe_error
 
 PREFIX = "GRAPHFLEET_"
@@ -49,8 +50,8 @@ class Settings(BaseModel):
                        description="graph-engine image when a task does not name one")
     image_allowlist: list[str] = Field(
         default_factory=list,
-        description="images a task may name: `repo` allows every tag of repo, `registry/path/` a whole path; "
-                    "empty allows only the default image")
+        description="repositories a task's image may come from: `registry/repo` allows its pinned tags "
+                    "and digests, `registry/path/` every repository under it; empty: only the default image")
     max_concurrent_operations: int = Field(4, ge=1, le=256, description="provisioning operations at once")
     state_dir: Path = Field(Path(tempfile.gettempdir()) / "graphfleet-local",
                             description="local backend: where fleets are recorded (pid files, ports)")
@@ -80,17 +81,18 @@ class Settings(BaseModel):
                 raise ValueError(f"shared service {name!r}: endpoints must be host:port, got {bad}")
         return value
 
-    def allows_image(self, image: str) -> bool:
-        """The default image, an entry, any tag or digest of an entry, or anything under an entry
-        ending in '/'."""
+    @field_validator("image_allowlist")
+    @classmethod
+    def _allow_list(cls, value: list[str]) -> list[str]:
+        return [check_allow_list_entry(entry) for entry in value]
+
+    def check_image(self, image: str) -> str:
+        """`image` if a task may name it: the default image (checked when the datacenter was
+        deployed), or a pinned image the allow-list admits (`infra.images.check_image`)."""
         if image == self.image:
-            return True
-        for entry in self.image_allowlist:
-            if image == entry or image.startswith((entry + ":", entry + "@")):
-                return True
-            if entry.endswith("/") and image.startswith(entry):
-                return True
-        return False
+            return image
+        return check_image(image, self.image_allowlist,
+                           where=f"{env_name('image_allowlist')} (the stack's {STACK_ALLOW_LIST})")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

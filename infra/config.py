@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from infra import names
+from infra.images import check_allow_list_entry, check_image, split_image
 from infra.quantity import parse_cpu, parse_memory
 
 # The label syntax rules live with the spec; node selectors may use reserved prefixes (nvidia.com/...).
@@ -38,9 +39,6 @@ POOL_LABEL = "graphfleet.io/gpu-pool"
 # Our own label: GPU feature discovery owns nvidia.com/gpu.product and would overwrite it.
 GPU_MODEL_LABEL = "graphfleet.io/gpu-model"
 
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
-_REPOSITORY = re.compile(r"^[a-z0-9]([a-z0-9.\-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]+([._\-][a-z0-9]+)*)+$")
 _DURATION = re.compile(r"^([0-9]+(ms|s|m|h))+$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 
@@ -97,40 +95,6 @@ def _duration(value: str) -> str:
 
 
 Duration = Annotated[str, AfterValidator(_duration)]
-
-
-def split_image(image: str) -> tuple[str, str | None, str | None]:
-    """`registry/repo:tag@sha256:...` -> (repository, tag, digest); raises if it is not pinned."""
-    rest, _, digest = image.partition("@")
-    repository, tag = rest, None
-    head, sep, tail = rest.rpartition(":")
-    if sep and "/" not in tail:
-        repository, tag = head, tail
-    if not _REPOSITORY.match(repository):
-        raise ValueError(f"image {image!r}: {repository!r} is not a registry/repository reference "
-                         f"(write registry.example.com/graphfleet/graph-engine:1.2.0)")
-    if digest and not _DIGEST.match(digest):
-        raise ValueError(f"image {image!r}: digest must be sha256:<64 hex digits>")
-    if tag is not None and not _TAG.match(tag):
-        raise ValueError(f"image {image!r}: {tag!r} is not a valid tag")
-    if not digest and tag in (None, "latest"):
-        raise ValueError(f"image {image!r} is not pinned: add a version tag (:1.2.0) or a digest "
-                         f"(@sha256:...); 'latest' changes under running fleets")
-    return repository, tag, digest or None
-
-
-def check_image(image: str, allow_list: Iterable[str]) -> str:
-    """`image` if its repository is allowed: equal to an entry, or under an entry ending in '/'.
-
-    Exact repository match, so `.../graph-engine-evil` is not allowed by `.../graph-engine`.
-    """
-    repository, _, _ = split_image(image)
-    allowed = list(allow_list)
-    for entry in allowed:
-        if repository == entry or (entry.endswith("/") and repository.startswith(entry)):
-            return image
-    raise ValueError(f"image {image!r} is not in the graph-engine image allow-list {allowed}: use an "
-                     f"allowed repository or add {repository!r} to graphfleet:connector.imageAllowList")
 
 
 class _Model(BaseModel):
@@ -358,9 +322,7 @@ class ConnectorConfig(_Model):
     @classmethod
     def _repositories(cls, value: list[str]) -> list[str]:
         for entry in value:
-            if not _REPOSITORY.match(entry.removesuffix("/")):
-                raise ValueError(f"entry {entry!r} must be registry/repository without tag or digest "
-                                 f"(or end with '/' to allow every repository under it)")
+            check_allow_list_entry(entry)
         _no_duplicates(value, "allow-list entry")
         return value
 

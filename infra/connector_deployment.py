@@ -23,7 +23,8 @@ import yaml
 
 from flyte_agent.settings import env_name
 from infra import names
-from infra.config import ConnectorConfig, check_image
+from infra.config import ConnectorConfig
+from infra.images import check_image
 
 TYPE_TOKEN = "graphfleet:connector:FlyteConnector"
 NAME = "graphfleet-connector"

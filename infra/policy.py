@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from infra.config import GPU_RESOURCE, POOL_LABEL, check_image
+from infra.config import GPU_RESOURCE, POOL_LABEL
+from infra.images import check_image
 from infra.spec import check_coverage
 
 Manifest = Mapping[str, Any]

@@ -1,0 +1,349 @@
+"""GraphSAGE training through the graph data service (DeepGNN `DistributedGraph`).
+
+    GRAPHFLEET_ENDPOINTS=127.0.0.1:50051,127.0.0.1:50052 \\
+        python -m workflows.train --info /path/to/graph --epochs 30 --seed 0 --out runs/cora
+
+The endpoints come only from `GRAPHFLEET_ENDPOINTS` (what the Flyte connector hands a trainer); the
+graph's dims and split come from its `graphfleet.json`. The same `fit`/`evaluate` run on an
+in-process `MemoryGraph` (the benchmark's baseline): one code path, two graph handles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from graph_engine import store
+from infra.spec import ENDPOINTS_ENV
+from workflows.model import GraphSage
+from workflows.report import TrainingReport, plot_curves
+from workflows.sampler import Batch, GraphHandle, Prefetcher, batches_of, sample_batch
+
+log = logging.getLogger("workflows.train")
+# Evaluation batches: 128 seeds x 25 x 25 sampled positions keep the gathered hidden rows ~40 MB.
+EVAL_BATCH = 128
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """What a trainer needs besides the endpoints: the graph's `graphfleet.json`."""
+
+    dataset: str
+    num_nodes: int
+    feature_dim: int
+    num_classes: int
+    partitions: int
+    train_ids: list[int]
+    val_ids: list[int]
+    test_ids: list[int]
+
+    @classmethod
+    def read(cls, uri: str) -> GraphInfo:
+        """From `graphfleet.json` itself or the graph dir/URI that holds it."""
+        uri = uri.rstrip("/").removesuffix("/" + store.INFO)
+        raw = store.read_info(uri)
+        missing = [f for f in cls.__dataclass_fields__ if f not in raw]
+        if missing:
+            raise ValueError(f"{uri}/{store.INFO} lacks {', '.join(missing)}: reconvert the graph with "
+                             "graph_engine.convert")
+        info = cls(**{f: raw[f] for f in cls.__dataclass_fields__})
+        if not info.train_ids or not info.val_ids:
+            raise ValueError(f"{uri}/{store.INFO}: the graph has no training or validation nodes "
+                             f"({len(info.train_ids)} train, {len(info.val_ids)} validation)")
+        return info
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters; the defaults are the ones tuned on Cora (docs/benchmarks.md, "Training")."""
+
+    epochs: int = 30
+    seed: int = 0
+    hidden: int = 128
+    dropout: float = 0.5
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    fanouts: tuple[int, ...] = (10, 10)
+    eval_fanouts: tuple[int, ...] = (25, 25)   # a larger sample at evaluation: a closer neighbourhood mean
+    prefetch: int = 4                          # batches sampled ahead of the training step
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs < 1:
+            problems.append(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.hidden < 1:
+            problems.append(f"hidden must be >= 1, got {self.hidden}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.fanouts or any(f < 0 for f in self.fanouts):
+            problems.append(f"fanouts must be one count >= 0 per layer, got {list(self.fanouts)}")
+        if len(self.eval_fanouts) != len(self.fanouts) or any(f < 0 for f in self.eval_fanouts):
+            problems.append(f"eval_fanouts must have one count >= 0 per layer ({len(self.fanouts)}), "
+                            f"got {list(self.eval_fanouts)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass
+class Trained:
+    """A fitted model and what fitting measured; `report` lacks only the test accuracy."""
+
+    model: GraphSage
+    config: TrainConfig
+    report: TrainingReport
+    info: GraphInfo = field(repr=False)
+
+
+def build_model(info: GraphInfo, config: TrainConfig) -> GraphSage:
+    return GraphSage(info.feature_dim, config.hidden, info.num_classes, len(config.fanouts), config.dropout)
+
+
+class Sampling:
+    """Samples batches through a graph handle; through a data service, rides out server outages.
+
+    The DeepGNN client retries an outage of ~16 s by itself and then raises. A killed server is
+    restarted by its provisioner (a pod by Kubernetes, a process by the local provisioner); until
+    it serves again a batch fails. We then wait for every endpoint's gRPC health and sample that
+    batch again, at most `attempts` times, each wait bounded by `outage_seconds`.
+    """
+
+    def __init__(self, graph: GraphHandle, feature_dim: int, endpoints: Sequence[str] = (),
+                 attempts: int = 3, outage_seconds: float = 120.0) -> None:
+        self.graph = graph
+        self.feature_dim = feature_dim
+        self.endpoints = list(endpoints)
+        self.attempts = attempts
+        self.outage_seconds = outage_seconds
+        self.retried = 0
+
+    def batch(self, seeds: np.ndarray, fanouts: Sequence[int], seed: int) -> Batch:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return sample_batch(self.graph, seeds, fanouts, self.feature_dim, seed)
+            except Exception as err:  # the native client raises bare Exception("Failed to ...")
+                if not self.endpoints or attempt == self.attempts:
+                    raise
+                log.warning("sampling failed (%s); waiting up to %.0fs for %s to serve again",
+                            err, self.outage_seconds, ", ".join(self.endpoints))
+                from graph_engine.health import wait_ready
+
+                wait_ready(self.endpoints, self.outage_seconds)
+                self.retried += 1
+        raise AssertionError("unreachable")
+
+    def stream(self, ids: np.ndarray, batch_size: int, fanouts: Sequence[int], seed: int,
+               depth: int) -> Prefetcher[Batch]:
+        chunks = batches_of(ids, batch_size)
+        return Prefetcher(lambda i: self.batch(chunks[i], fanouts, seed * 7919 + i), len(chunks), depth)
+
+
+def accuracy(model: GraphSage, sampling: Sampling, ids: Sequence[int], config: TrainConfig,
+             seed: int) -> float:
+    """Share of `ids` whose predicted class equals the label, with `config.eval_fanouts` samples."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) == 0:
+        raise ValueError("accuracy of an empty node set: the graph's split has no such nodes")
+    model.eval()
+    correct = 0
+    stream = sampling.stream(ids, EVAL_BATCH, config.eval_fanouts, seed, config.prefetch)
+    with torch.no_grad(), stream as batches:
+        for batch in batches:
+            correct += int((model(batch.features, batch.index, batch.masks).argmax(1) == batch.labels).sum())
+    return correct / len(ids)
+
+
+def fit(graph: GraphHandle, info: GraphInfo, config: TrainConfig, endpoints: Sequence[str] = (),
+        progress: bool = True) -> Trained:
+    """Train on `info.train_ids`, keep the epoch with the best validation accuracy."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    sampling = Sampling(graph, info.feature_dim, endpoints)
+    model = build_model(info, config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    train_ids = np.asarray(info.train_ids, dtype=np.int64)
+    n_batches = -(-len(train_ids) // config.batch_size)
+    report = TrainingReport(dataset=info.dataset, seed=config.seed, epochs=config.epochs,
+                            endpoints=list(endpoints))
+    best_state: dict[str, torch.Tensor] = {}
+    best_val = -1.0
+    for epoch in range(1, config.epochs + 1):
+        order = rng.permutation(train_ids)
+        model.train()
+        total = 0.0
+        started = time.perf_counter()
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{config.epochs}", disable=not progress, file=sys.stderr)
+        with sampling.stream(order, config.batch_size, config.fanouts, config.seed * 100003 + epoch,
+                             config.prefetch) as batches:
+            for batch in batches:
+                optimizer.zero_grad()
+                loss = loss_fn(model(batch.features, batch.index, batch.masks), batch.labels)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(batch.seeds)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        report.train_seconds += time.perf_counter() - started
+        val = accuracy(model, sampling, info.val_ids, config, seed=-epoch)
+        report.train_loss.append(total / len(train_ids))
+        report.val_curve.append(val)
+        bar.set_postfix(loss=f"{report.train_loss[-1]:.3f}", val_acc=f"{val:.3f}")
+        bar.close()
+        if val > best_val:
+            best_val, report.best_epoch = val, epoch
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    report.val_accuracy = best_val
+    report.samples_per_second = len(train_ids) * config.epochs / report.train_seconds
+    report.retried_batches = sampling.retried
+    return Trained(model=model, config=config, report=report, info=info)
+
+
+def evaluate(trained: Trained, graph: GraphHandle, endpoints: Sequence[str] = ()) -> TrainingReport:
+    """The fitting report with the test accuracy of the kept model filled in."""
+    sampling = Sampling(graph, trained.info.feature_dim, endpoints)
+    test = accuracy(trained.model, sampling, trained.info.test_ids, trained.config, seed=1 << 20)
+    report = TrainingReport(**{**asdict(trained.report), "test_accuracy": test})
+    report.retried_batches += sampling.retried
+    return report
+
+
+def save(trained: Trained, path: Path) -> Path:
+    """A checkpoint another process (the evaluation task) can `load` without the training code state."""
+    torch.save({"state": trained.model.state_dict(), "config": asdict(trained.config),
+                "report": asdict(trained.report), "info": asdict(trained.info)}, path)
+    return path
+
+
+def load(path: Path) -> Trained:
+    saved: dict[str, Any] = torch.load(path, weights_only=True)
+    cfg = saved["config"]
+    config = TrainConfig(**{**cfg, "fanouts": tuple(cfg["fanouts"]),
+                            "eval_fanouts": tuple(cfg["eval_fanouts"])})
+    info = GraphInfo(**saved["info"])
+    model = build_model(info, config)
+    model.load_state_dict(saved["state"])
+    return Trained(model=model, config=config, report=TrainingReport(**saved["report"]), info=info)
+
+
+def endpoints_from_env(environ: dict[str, str] | None = None) -> list[str]:
+    """`GRAPHFLEET_ENDPOINTS` as a list of host:port; a clear error when unset or malformed."""
+    value = (os.environ if environ is None else environ).get(ENDPOINTS_ENV, "")
+    endpoints = [e.strip() for e in value.split(",") if e.strip()]
+    if not endpoints:
+        raise ValueError(f"{ENDPOINTS_ENV} is not set: set it to the graph-engine servers as "
+                         "host:port,host:port (in ordinal order), as the data-service task hands them out")
+    for endpoint in endpoints:
+        host, sep, port = endpoint.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"{ENDPOINTS_ENV}: {endpoint!r} is not host:port (e.g. 127.0.0.1:50051)")
+    return endpoints
+
+
+def open_service(endpoints: Sequence[str], ready_seconds: float = 60.0) -> GraphHandle:
+    """A `DistributedGraph` client, opened only once every endpoint answers gRPC health SERVING.
+
+    The client aborts the whole process if its first server is down when it is created, so the
+    check comes first and fails with the names of the endpoints that are not serving.
+    """
+    from deepgnn.graph_engine.snark.client import DistributedGraph
+
+    from graph_engine.health import wait_ready
+
+    wait_ready(endpoints, ready_seconds)
+    return DistributedGraph(list(endpoints), grpc_options=GRPC_OPTIONS)
+
+
+# waitForReady makes a call issued during a short outage wait for the channel instead of failing
+# at once; the retry policy is also what DeepGNN's Python-side retryer reads (it parses whole seconds).
+GRPC_OPTIONS = [("grpc.service_config", json.dumps({"methodConfig": [{
+    "name": [{}],
+    "waitForReady": True,
+    "timeout": "30s",
+    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "1s", "maxBackoff": "4s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"]},
+}]}))]
+
+
+def run(info: GraphInfo, config: TrainConfig, endpoints: Sequence[str], out: Path | None,
+        progress: bool = True) -> TrainingReport:
+    """Fit and test through the service at `endpoints`; write report.json and curves.png to `out`."""
+    print(f"graph data service: {', '.join(endpoints)}", file=sys.stderr)
+    graph = open_service(endpoints)
+    trained = fit(graph, info, config, endpoints, progress)
+    report = evaluate(trained, graph, endpoints)
+    if out is not None:
+        write_outputs(report, out)
+    return report
+
+
+def write_outputs(report: TrainingReport, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(report.to_json())
+    plot_curves(report, out / "curves.png")
+
+
+def _fanouts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected counts like 10,10, got {text!r}") from None
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, TrainConfig]:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m workflows.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--info", required=True, help="graphfleet.json, or the graph dir/URI that holds it")
+    parser.add_argument("--out", type=Path, default=None, help="directory for report.json and curves.png")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--hidden", type=int, default=defaults.hidden)
+    parser.add_argument("--dropout", type=float, default=defaults.dropout)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--fanouts", type=_fanouts, default=defaults.fanouts)
+    parser.add_argument("--eval-fanouts", type=_fanouts, default=defaults.eval_fanouts)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ns = parser.parse_args(argv)
+    try:
+        config = TrainConfig(epochs=ns.epochs, seed=ns.seed, hidden=ns.hidden, dropout=ns.dropout, lr=ns.lr,
+                             weight_decay=ns.weight_decay, batch_size=ns.batch_size, fanouts=ns.fanouts,
+                             eval_fanouts=ns.eval_fanouts)
+    except ValueError as err:
+        parser.error(str(err))
+    return ns, config
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ns, config = parse_args(argv)
+    try:
+        endpoints = endpoints_from_env()
+        info = GraphInfo.read(ns.info)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report = run(info, config, endpoints, ns.out, progress=not ns.no_progress)
+    print(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

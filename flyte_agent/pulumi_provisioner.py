@@ -48,7 +48,7 @@ from pulumi.automation.errors import (
 
 from flyte_agent import stack_names as names
 from flyte_agent.provisioner import Phase, Provision, Status
-from infra.graph_service import GraphDataService, GraphDataServiceArgs, await_timeout_seconds
+from infra.graph_service import GraphDataService, GraphDataServiceArgs, Placement, await_timeout_seconds
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,10 @@ class PulumiSettings(Protocol):
     command_timeout_seconds: float     # bound on every other CLI call
     gc_interval_seconds: float         # periodic expiry sweep; 0 disables it
     check_endpoints: bool              # gRPC-health-check endpoints before READY
+    node_selector: dict[str, str]      # every fleet's pods: where they run...
+    tolerations: list[Any]             # ... (infra.config.Toleration) ...
+    engine_env: dict[str, str]         # ... their environment ...
+    engine_service_account: str | None  # ... and service account
 
 
 class TimedPulumiCommand(auto.PulumiCommand):
@@ -192,7 +196,9 @@ def error_text(err: BaseException) -> str:
 def fleet_args(provision: Provision, settings: PulumiSettings) -> GraphDataServiceArgs:
     """The component's arguments; constructing them validates the provision (raises ValueError)."""
     return GraphDataServiceArgs(name=provision.name, namespace=settings.namespace, spec=provision.spec,
-                                image=settings.image)
+                                image=settings.image,
+                                placement=Placement.of(settings.node_selector, settings.tolerations),
+                                env=settings.engine_env, service_account=settings.engine_service_account)
 
 
 def fleet_program(provision: Provision, settings: PulumiSettings) -> Callable[[], None]:

@@ -2,8 +2,8 @@
 
 Every field is one variable: `GRAPHFLEET_<FIELD>` in upper case, except `image`, which is
 `GRAPHFLEET_DEFAULT_IMAGE`, and `backend_url`, which is `GRAPHFLEET_PULUMI_BACKEND_URL` (else
-`PULUMI_BACKEND_URL`). Lists are comma-separated; `shared_services` is JSON. A bad value
-raises `SettingsError` naming the variable and what it should look like.
+`PULUMI_BACKEND_URL`). Lists are comma-separated; mappings and `tolerations` are JSON. A bad
+value raises `SettingsError` naming the variable and what it should look like.
 """
 
 from __future__ import annotations
@@ -19,13 +19,21 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from flyte_agent.provisioner import Provisioner
+from infra.config import EnvName, Subdomain, Toleration
 from infra.images import STACK_ALLOW_LIST, check_allow_list_entry, check_image
-from infra.spec import describe_error
+from infra.spec import check_labels, describe_error
 
 PREFIX = "GRAPHFLEET_"
 _ENV_NAMES = {"image": "GRAPHFLEET_DEFAULT_IMAGE", "backend_url": "GRAPHFLEET_PULUMI_BACKEND_URL"}
 # Read when the graphfleet variable is unset: the Pulumi CLI's own.
 _FALLBACK_ENV = {"backend_url": "PULUMI_BACKEND_URL"}
+# Variables holding JSON, with what the value looks like (for the error message).
+_JSON = {
+    "shared_services": '{"name": ["host:port", ...]}',
+    "node_selector": '{"label": "value", ...}',
+    "tolerations": '[{"key": "k", "operator": "Exists", "effect": "NoSchedule"}, ...]',
+    "engine_env": '{"NAME": "value", ...}',
+}
 _ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
 
@@ -69,6 +77,13 @@ class Settings(BaseModel):
     command_timeout_seconds: float = Field(60.0, gt=0, description="bound on every other pulumi call")
     gc_interval_seconds: float = Field(300.0, ge=0, description="expiry sweep period; 0 disables it")
     check_endpoints: bool = Field(True, description="health-check endpoints before reporting READY")
+    # Every fleet's pods (the Datacenter sets these from the stack, like its shared services).
+    node_selector: dict[str, str] = Field(default_factory=dict, description="graph-engine node selector")
+    tolerations: list[Toleration] = Field(default_factory=list, description="graph-engine tolerations")
+    engine_env: dict[EnvName, str] = Field(
+        default_factory=dict, description="graph-engine environment, e.g. AWS_ENDPOINT_URL, AWS_REGION")
+    engine_service_account: Subdomain | None = Field(
+        None, description="graph-engine service account (e.g. S3 through workload identity)")
 
     @field_validator("shared_services")
     @classmethod
@@ -79,6 +94,12 @@ class Settings(BaseModel):
             bad = [e for e in endpoints if not _ENDPOINT.match(e)]
             if bad:
                 raise ValueError(f"shared service {name!r}: endpoints must be host:port, got {bad}")
+        return value
+
+    @field_validator("node_selector")
+    @classmethod
+    def _node_selector(cls, value: dict[str, str]) -> dict[str, str]:
+        check_labels(value)
         return value
 
     @field_validator("image_allowlist")
@@ -106,18 +127,22 @@ class Settings(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as err:
-            raise SettingsError(describe_error(err, "connector settings", key=env_name)) from err
+            raise SettingsError(describe_error(err, "connector settings", key=_env_key)) from err
+
+
+def _env_key(key: str) -> str:
+    """A path part of a validation error: fields by their variable, keys inside a value as they are."""
+    return env_name(key) if key in Settings.model_fields else key
 
 
 def _parse(field: str, value: str) -> Any:
     if field == "image_allowlist":
         return [item.strip() for item in value.split(",") if item.strip()]
-    if field == "shared_services":
+    if field in _JSON:
         try:
             return json.loads(value)
         except json.JSONDecodeError as err:
-            raise SettingsError(f"{env_name(field)}: not JSON ({err.msg}); expected "
-                                '{"name": ["host:port", ...]}') from err
+            raise SettingsError(f"{env_name(field)}: not JSON ({err.msg}); expected {_JSON[field]}") from err
     return value
 
 

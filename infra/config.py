@@ -28,9 +28,7 @@ from pydantic import (
 from infra import names
 from infra.images import check_allow_list_entry, check_image, split_image
 from infra.quantity import parse_cpu, parse_memory
-
-# The label syntax rules live with the spec; node selectors may use reserved prefixes (nvidia.com/...).
-from infra.spec import _LABEL_KEY, _LABEL_VALUE, DataServiceSpec, describe_error
+from infra.spec import DataServiceSpec, check_labels, describe_error
 
 NAMESPACE = "graphfleet"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -66,6 +64,7 @@ def _checked(check: Any) -> AfterValidator:
 
 DnsLabel = Annotated[str, _checked(names.check_dns1035_label)]
 Subdomain = Annotated[str, _checked(names.check_subdomain)]
+EnvName = Annotated[str, _checked(names.check_env_name)]
 
 
 def _cpu(value: str) -> str:
@@ -142,12 +141,8 @@ class Placement(_Model):
     @field_validator("node_selector")
     @classmethod
     def _labels(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, val in value.items():
-            if not _LABEL_KEY.match(key):
-                raise ValueError(f"label key {key!r} is not a valid Kubernetes label key")
-            if not _LABEL_VALUE.match(val):
-                raise ValueError(f"label {key}={val!r}: value must be <= 63 chars of A-Z, a-z, 0-9, "
-                                 f"'-', '_', '.'")
+        # Label syntax only: node selectors may use prefixes reserved in fleet labels (nvidia.com/...).
+        check_labels(value)
         return value
 
 
@@ -389,6 +384,12 @@ class StackConfig(BaseModel):
     gpu_pools: list[GpuPool] = Field(default_factory=list)
     connector: ConnectorConfig
     graph_engine_image: str = Field(description="Default image of every graph-engine fleet")
+    graph_engine_env: dict[EnvName, str] = Field(
+        default_factory=dict, description="Environment of every graph-engine server (shared and ephemeral), "
+                                          "e.g. AWS_ENDPOINT_URL of an on-prem object store, AWS_REGION")
+    graph_engine_service_account: Subdomain | None = Field(
+        None, description="Service account of every graph-engine server, e.g. for S3 through workload "
+                          "identity; unset: the namespace's default, with no API token mounted")
     shared_services: list[SharedService] = Field(default_factory=list)
 
     @field_validator("gpu_pools")

@@ -23,7 +23,7 @@ import yaml
 
 from flyte_agent.settings import env_name
 from infra import names
-from infra.config import ConnectorConfig
+from infra.config import ConnectorConfig, Placement
 from infra.images import check_image
 
 TYPE_TOKEN = "graphfleet:connector:FlyteConnector"
@@ -60,6 +60,10 @@ class FlyteConnectorArgs:
     default_image: str                 # graph-engine image when a task names none
     # Shared services' endpoints by name, for tasks that `reuse` one (GRAPHFLEET_SHARED_SERVICES).
     shared_services: pulumi.Input[Mapping[str, list[str]]] = field(default_factory=dict)
+    # Every ephemeral fleet's pods: the stack's graph-service placement, environment and account.
+    placement: Placement = field(default_factory=Placement)
+    engine_env: Mapping[str, str] = field(default_factory=dict)
+    engine_service_account: str | None = None
 
     def __post_init__(self) -> None:
         names.check_label(self.namespace, "FlyteConnectorArgs.namespace")
@@ -125,8 +129,13 @@ def settings_env(args: FlyteConnectorArgs, shared_services: Mapping[str, list[st
         "image_allowlist": ",".join(config.image_allow_list),
         "max_concurrent_operations": str(config.max_concurrent_operations),
         "shared_services": json.dumps(dict(shared_services), sort_keys=True),
+        "node_selector": json.dumps(dict(args.placement.node_selector), sort_keys=True),
+        "tolerations": json.dumps(args.placement.model_dump(mode="json", by_alias=True,
+                                                            exclude_none=True)["tolerations"]),
+        "engine_env": json.dumps(dict(args.engine_env), sort_keys=True),
+        "engine_service_account": args.engine_service_account,
     }
-    return [{"name": env_name(key), "value": value} for key, value in values.items()]
+    return [{"name": env_name(key), "value": value} for key, value in values.items() if value is not None]
 
 
 def secret_env(args: FlyteConnectorArgs) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

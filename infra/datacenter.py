@@ -15,11 +15,10 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi.runtime.config import CONFIG, get_config_env
 
-from infra import graph_service
 from infra.config import StackConfig, stack_config_from_mapping
 from infra.connector_deployment import FlyteConnector, FlyteConnectorArgs
 from infra.gpu_pool import GpuNodePool, GpuNodePoolArgs
-from infra.graph_service import GraphDataService, GraphDataServiceArgs
+from infra.graph_service import GraphDataService, GraphDataServiceArgs, Placement
 
 TYPE_TOKEN = "graphfleet:datacenter:Datacenter"
 POD_SECURITY = "restricted"
@@ -39,14 +38,6 @@ def namespace_manifest(name: str, datacenter: str) -> dict[str, Any]:
     }
 
 
-def graph_placement(config: StackConfig) -> graph_service.Placement:
-    placement = config.graph_service_placement
-    return graph_service.Placement(
-        node_selector=dict(placement.node_selector),
-        tolerations=tuple(graph_service.Toleration(key=t.key, operator=t.operator, value=t.value,
-                                                   effect=t.effect) for t in placement.tolerations))
-
-
 @dataclass(frozen=True)
 class DatacenterPlan:
     """Every component's arguments, checked; nothing declared yet."""
@@ -59,9 +50,12 @@ class DatacenterPlan:
 
 def plan(config: StackConfig) -> DatacenterPlan:
     ns = config.namespaces
-    placement = graph_placement(config)
+    placement = config.graph_service_placement
     shared = [GraphDataServiceArgs(name=s.name, namespace=ns.data_services, spec=s.spec,
-                                   image=config.graph_engine_image, placement=placement)
+                                   image=config.graph_engine_image,
+                                   placement=Placement.of(placement.node_selector, placement.tolerations),
+                                   env=config.graph_engine_env,
+                                   service_account=config.graph_engine_service_account)
               for s in config.shared_services]
     return DatacenterPlan(
         namespaces=list(dict.fromkeys([ns.connector, ns.data_services, ns.training])),
@@ -69,7 +63,10 @@ def plan(config: StackConfig) -> DatacenterPlan:
         shared=shared,
         connector=FlyteConnectorArgs(config=config.connector, namespace=ns.connector,
                                      data_namespace=ns.data_services,
-                                     default_image=config.graph_engine_image))
+                                     default_image=config.graph_engine_image,
+                                     # Ephemeral fleets land where the shared ones do, with their env.
+                                     placement=placement, engine_env=config.graph_engine_env,
+                                     engine_service_account=config.graph_engine_service_account))
 
 
 class Datacenter(pulumi.ComponentResource):

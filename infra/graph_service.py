@@ -13,8 +13,7 @@ registers them. The number of objects does not depend on the replica count.
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,7 +38,6 @@ TERMINATION_GRACE_SECONDS = 30
 STARTUP_PROBE_PERIOD_SECONDS = 10
 # Scheduling, image pull and node start-up come on top of loading the graph when `pulumi up` waits.
 AWAIT_MARGIN_SECONDS = 600
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -71,6 +69,14 @@ class Placement:
 
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
+
+    @classmethod
+    def of(cls, node_selector: Mapping[str, str], tolerations: Iterable[Any]) -> Placement:
+        """From a stack's or the connector settings' placement: tolerations with key, operator,
+        value and effect attributes (`infra.config.Toleration`)."""
+        return cls(node_selector=dict(node_selector),
+                   tolerations=tuple(Toleration(key=t.key, operator=t.operator, value=t.value,
+                                                effect=t.effect) for t in tolerations))
 
 
 @dataclass(frozen=True)
@@ -112,9 +118,7 @@ class GraphDataServiceArgs:
         except ValidationError as err:
             raise ValueError(describe_error(err, "GraphDataServiceArgs.labels")) from None
         for key in self.env:
-            if not _ENV_NAME.match(key):
-                raise ValueError(f"GraphDataServiceArgs.env: {key!r} is not an environment variable name "
-                                 "(letters, digits, '_', not starting with a digit)")
+            names.check_env_name(key, "GraphDataServiceArgs.env")
         if self.service_account is not None:
             names.check_subdomain(self.service_account, "GraphDataServiceArgs.service_account")
         if self.run_as_user < 1:

@@ -21,6 +21,7 @@ CLUSTER_DOMAIN = "cluster.local"
 
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FIX = "use lowercase letters, digits and '-', starting and ending with a letter or digit"
 
 
@@ -45,6 +46,14 @@ def check_subdomain(value: str, field: str) -> str:
     if len(value) > SUBDOMAIN_MAX or not all(_LABEL.match(part) for part in value.split(".")):
         raise ValueError(f"{field}: {value!r} is not a DNS-1123 subdomain: dot-separated parts where each "
                          f"part may {_FIX}; at most {SUBDOMAIN_MAX} characters")
+    return value
+
+
+def check_env_name(value: str, field: str) -> str:
+    """An environment variable name a pod may set: letters, digits, '_', not starting with a digit."""
+    if not _ENV_NAME.match(value):
+        raise ValueError(f"{field}: {value!r} is not an environment variable name (letters, digits, '_', "
+                         "not starting with a digit)")
     return value
 
 

@@ -9,7 +9,7 @@ re-validates what comes back out of the task template (protobuf Structs turn int
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -47,7 +47,8 @@ class DataServiceSpec(BaseModel):
     memory_limit: str | None = Field(None, description="Memory limit per server; default: the request")
     port: int = Field(50051, ge=1024, le=65535, description="gRPC port of every server")
     ttl_seconds: int = Field(
-        6 * 3600, ge=300, le=14 * 86400, description="The fleet is garbage-collected this long after creation")
+        6 * 3600, ge=300, le=14 * 86400,
+        description="The fleet is garbage-collected this long after creation")
     scratch_size: str = Field("20Gi", description="Writable scratch volume for downloaded partitions")
     startup_seconds: int = Field(
         1800, ge=30, le=24 * 3600, description="How long a server may take to load its partitions")
@@ -78,17 +79,15 @@ class DataServiceSpec(BaseModel):
     @classmethod
     def _reuse(cls, value: str | None) -> str | None:
         if value is not None and not _DNS_LABEL.match(value):
-            raise ValueError(f"must be a DNS-1123 label (a-z, 0-9, '-', starting with a letter), got {value!r}")
+            raise ValueError(f"must be a DNS-1123 label (a-z, 0-9, '-', starting with a letter), "
+                             f"got {value!r}")
         return value
 
     @field_validator("labels")
     @classmethod
     def _labels(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, val in value.items():
-            if not _LABEL_KEY.match(key):
-                raise ValueError(f"label key {key!r} is not a valid Kubernetes label key")
-            if not _LABEL_VALUE.match(val):
-                raise ValueError(f"label {key}={val!r}: value must be <= 63 chars of A-Z, a-z, 0-9, '-', '_', '.'")
+        check_labels(value)
+        for key in value:
             if key.startswith("graphfleet.io/") or key.startswith("app.kubernetes.io/"):
                 raise ValueError(f"label key {key!r} is reserved for graphfleet")
         return value
@@ -96,7 +95,8 @@ class DataServiceSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> DataServiceSpec:
         if (self.graph_uri is None) == (self.reuse is None):
-            raise ValueError("set exactly one of graph_uri (provision a fleet) or reuse (use a shared service)")
+            raise ValueError("set exactly one of graph_uri (provision a fleet) or reuse "
+                             "(use a shared service)")
         if self.cpu_limit is not None and parse_cpu(self.cpu_limit) < parse_cpu(self.cpu):
             raise ValueError(f"cpu_limit {self.cpu_limit} is below the request cpu {self.cpu}")
         if self.memory_limit is not None and parse_memory(self.memory_limit) < parse_memory(self.memory):
@@ -124,6 +124,17 @@ def _int_if_integral(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+def check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
+    """Kubernetes label syntax (keys and values), for labels and node selectors alike."""
+    for key, val in labels.items():
+        if not _LABEL_KEY.match(key):
+            raise ValueError(f"label key {key!r} is not a valid Kubernetes label key")
+        if not _LABEL_VALUE.match(val):
+            raise ValueError(f"label {key}={val!r}: value must be <= 63 chars of A-Z, a-z, 0-9, "
+                             "'-', '_', '.'")
+    return labels
 
 
 def assign_partitions(replicas: int, partitions: int) -> list[list[int]]:

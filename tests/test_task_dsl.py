@@ -113,3 +113,28 @@ def test_settings_from_env_name_the_variable() -> None:
         Settings.from_env({"GRAPHFLEET_MAX_CONCURRENT_OPERATIONS": "0"})
     with pytest.raises(SettingsError, match="GRAPHFLEET_SHARED_SERVICES: not JSON"):
         Settings.from_env({"GRAPHFLEET_SHARED_SERVICES": "cora=h:1"})
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"GRAPHFLEET_NODE_SELECTOR": "pool=cpu"},
+     'GRAPHFLEET_NODE_SELECTOR: not JSON (Expecting value); expected {"label": "value", ...}'),
+    ({"GRAPHFLEET_NODE_SELECTOR": '{"bad key!": "x"}'},
+     "connector settings: GRAPHFLEET_NODE_SELECTOR: label key 'bad key!' is not a valid Kubernetes "
+     "label key"),
+    ({"GRAPHFLEET_TOLERATIONS": '[{"key": "pool", "operator": "Exists", "value": "cpu"}]'},
+     "connector settings: GRAPHFLEET_TOLERATIONS[0]: operator Exists takes no value; remove value or use "
+     "operator Equal"),
+    ({"GRAPHFLEET_TOLERATIONS": '[{"key": "pool", "effect": "NoRun"}]'},
+     "connector settings: GRAPHFLEET_TOLERATIONS[0].effect: Input should be 'NoSchedule', "
+     "'PreferNoSchedule' or 'NoExecute'"),
+    ({"GRAPHFLEET_ENGINE_ENV": '{"AWS-REGION": "x"}'},
+     "connector settings: GRAPHFLEET_ENGINE_ENV.AWS-REGION[key]: 'AWS-REGION' is not an environment variable "
+     "name"),
+    ({"GRAPHFLEET_ENGINE_SERVICE_ACCOUNT": "Graph_Reader"},
+     "connector settings: GRAPHFLEET_ENGINE_SERVICE_ACCOUNT: 'Graph_Reader' is not a DNS-1123 subdomain"),
+], ids=["selector-not-json", "selector-bad-key", "toleration-exists-value", "toleration-effect",
+        "env-name", "service-account"])
+def test_fleet_pod_settings_name_the_variable_and_the_fix(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env(env)
+    assert str(err.value).startswith(message), str(err.value)

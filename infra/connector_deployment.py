@@ -25,6 +25,7 @@ from flyte_agent.settings import env_name
 from infra import names
 from infra.config import ConnectorConfig, Placement
 from infra.images import check_image
+from infra.spec import CLIENT_LABEL
 
 TYPE_TOKEN = "graphfleet:connector:FlyteConnector"
 NAME = "graphfleet-connector"
@@ -191,7 +192,9 @@ def deployment_manifest(args: FlyteConnectorArgs, shared_services: Mapping[str, 
             "selector": {"matchLabels": selector()},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
-                "metadata": {"labels": labels()},
+                # A graph client: before READY the provisioner health-checks the fleet's endpoints,
+                # and the fleet's NetworkPolicy admits only labelled pods.
+                "metadata": {"labels": {**labels(), CLIENT_LABEL: "true"}},
                 "spec": {
                     "serviceAccountName": NAME,
                     "containers": [container],

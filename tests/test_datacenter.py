@@ -86,3 +86,17 @@ def test_bad_config_declares_no_resource(change: Callable[[dict], None], message
     rendered = render(attempt, stack="ltx1")
     assert rendered.resources == []
     assert message in declared[0]
+
+
+def test_the_connector_may_reach_the_fleets_it_health_checks(render_valid: Callable[..., Rendered]) -> None:
+    """The provisioner checks every endpoint before READY; each fleet's NetworkPolicy admits only
+    pods matching its selector, so the connector's pods must match every ingress rule's."""
+    config = load_stack_config(stack_path("lva1"))
+    rendered = render_valid(lambda: program(config), stack="lva1")
+    connector_pods = rendered.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    policies = rendered.of_kind("NetworkPolicy")
+    assert len(policies) == len(config.shared_services)
+    for policy_ in policies:
+        for source in policy_["spec"]["ingress"][0]["from"]:
+            required = source["podSelector"]["matchLabels"]
+            assert required.items() <= connector_pods.items(), (policy_["metadata"]["name"], required)

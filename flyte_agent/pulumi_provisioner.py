@@ -55,10 +55,10 @@ log = logging.getLogger(__name__)
 # CLI subcommands that change a stack and may run as long as Kubernetes takes to converge.
 _LONG_COMMANDS = frozenset({"up", "destroy", "refresh", "preview", "cancel"})
 _ERROR_TEXT_LINES = 4
-# The `passphrase` secrets provider reads one of these; the CLI fails without them non-interactively.
 # Beyond the StatefulSet's await: the provider's other objects, state writes, plugin start-up.
 _CLI_MARGIN_SECONDS = 300
 _PENDING_TEXT = "pending operations"
+# The `passphrase` secrets provider reads one of these; the CLI fails without them non-interactively.
 _PASSPHRASE_ENV = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
 
 
@@ -70,6 +70,7 @@ class PulumiSettings(Protocol):
     kubeconfig: str | None             # path or contents; None = in-cluster service account
     image: str                         # default graph-engine image
     pulumi_command: str                # the CLI executable ("pulumi" or a path)
+    secrets_provider: str | None       # KMS URL for new stacks; None = passphrase
     max_concurrent_operations: int     # Pulumi operations this process runs at once
     max_attempts: int                  # `up` attempts per stack before FAILED
     operation_timeout_seconds: float   # bound on up/destroy/refresh; also when a foreign lock is stale
@@ -225,9 +226,11 @@ class PulumiProvisioner:
         if not settings.backend_url.startswith(("s3://", "file://")):
             raise ValueError(f"backend_url: {settings.backend_url!r} is not a self-managed backend; "
                              "set GRAPHFLEET_BACKEND_URL to s3://bucket?endpoint=... or file:///path")
-        if not any(os.environ.get(var) for var in _PASSPHRASE_ENV):
-            raise ValueError("PULUMI_CONFIG_PASSPHRASE is not set: the ephemeral stacks' secrets provider is "
-                             "`passphrase`; set it (or PULUMI_CONFIG_PASSPHRASE_FILE) in the connector's env")
+        passphrase = any(os.environ.get(var) for var in _PASSPHRASE_ENV)
+        if settings.secrets_provider is None and not passphrase:
+            raise ValueError("PULUMI_CONFIG_PASSPHRASE is not set: without GRAPHFLEET_SECRETS_PROVIDER "
+                             "(a KMS URL) the ephemeral stacks' secrets provider is `passphrase`; set one of "
+                             "them (or PULUMI_CONFIG_PASSPHRASE_FILE) in the connector's env")
         if settings.max_concurrent_operations < 1 or settings.max_attempts < 1:
             raise ValueError("max_concurrent_operations and max_attempts must be >= 1")
         warm_import_kubernetes()
@@ -500,7 +503,7 @@ class PulumiProvisioner:
                 project_settings=auto.ProjectSettings(
                     name=names.PROJECT, runtime="python",
                     backend=auto.ProjectBackend(url=self.settings.backend_url)),
-                secrets_provider="passphrase",
+                secrets_provider=self.settings.secrets_provider or "passphrase",
                 env_vars={"PULUMI_BACKEND_URL": self.settings.backend_url},
                 pulumi_command=self._command)
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from flyte_agent.provisioner import Provisioner
-from infra.config import EnvName, Subdomain, Toleration
+from infra.config import SECRETS_PROVIDER_URL, EnvName, Subdomain, Toleration
 from infra.images import STACK_ALLOW_LIST, check_allow_list_entry, check_image
 from infra.spec import check_labels, describe_error
 
@@ -72,6 +72,9 @@ class Settings(BaseModel):
     backend_url: str = Field("file://~/.pulumi-graphfleet", description="self-managed Pulumi backend")
     kubeconfig: str | None = Field(None, description="kubeconfig path or contents; unset = in-cluster")
     pulumi_command: str = Field("pulumi", description="the pulumi CLI executable")
+    secrets_provider: str | None = Field(
+        None, pattern=SECRETS_PROVIDER_URL,
+        description="KMS secrets provider of the fleet stacks (awskms://alias/...); unset: passphrase")
     max_attempts: int = Field(3, ge=1, le=20, description="`pulumi up` attempts per fleet before FAILED")
     operation_timeout_seconds: float = Field(1800.0, gt=0, description="bound on up/destroy/refresh")
     command_timeout_seconds: float = Field(60.0, gt=0, description="bound on every other pulumi call")

@@ -37,6 +37,8 @@ POOL_LABEL = "graphfleet.io/gpu-pool"
 # Our own label: GPU feature discovery owns nvidia.com/gpu.product and would overwrite it.
 GPU_MODEL_LABEL = "graphfleet.io/gpu-model"
 
+# Pulumi's KMS secrets providers (the alternative to a passphrase).
+SECRETS_PROVIDER_URL = r"^(awskms|gcpkms|azurekeyvault|hashivault)://.+"
 _DURATION = re.compile(r"^([0-9]+(ms|s|m|h))+$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 
@@ -240,7 +242,7 @@ class ConnectorSecrets(_Model):
     backend_url: SecretKeyRef = Field(description="PULUMI_BACKEND_URL, e.g. s3://bucket?region=...")
     passphrase: SecretKeyRef | None = Field(None, description="PULUMI_CONFIG_PASSPHRASE")
     secrets_provider: str | None = Field(
-        None, pattern=r"^(awskms|gcpkms|azurekeyvault|hashivault)://.+",
+        None, pattern=SECRETS_PROVIDER_URL,
         description="A KMS secrets provider instead of a passphrase, e.g. awskms://alias/graphfleet")
     aws_credentials: Subdomain | None = Field(
         None, description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; omit to use the pod's role")

@@ -135,6 +135,7 @@ def settings_env(args: FlyteConnectorArgs, shared_services: Mapping[str, list[st
                                                             exclude_none=True)["tolerations"]),
         "engine_env": json.dumps(dict(args.engine_env), sort_keys=True),
         "engine_service_account": args.engine_service_account,
+        "secrets_provider": config.secrets.secrets_provider,
     }
     return [{"name": env_name(key), "value": value} for key, value in values.items() if value is not None]
 
@@ -144,10 +145,9 @@ def secret_env(args: FlyteConnectorArgs) -> tuple[list[dict[str, Any]], list[dic
     secrets = args.config.secrets
     url = secrets.backend_url
     env = [_secret_env("PULUMI_BACKEND_URL", url.name, url.key)]
+    # With KMS instead, the provisioner is told the provider URL (GRAPHFLEET_SECRETS_PROVIDER).
     if secrets.passphrase is not None:
         env.append(_secret_env("PULUMI_CONFIG_PASSPHRASE", secrets.passphrase.name, secrets.passphrase.key))
-    else:
-        env.append({"name": "PULUMI_SECRETS_PROVIDER", "value": secrets.secrets_provider})
     env_from = ([{"secretRef": {"name": secrets.aws_credentials}}] if secrets.aws_credentials else [])
     return env, env_from
 

@@ -11,7 +11,7 @@ import yaml
 
 from flyte_agent.settings import Settings
 from infra import policy
-from infra.config import ConnectorConfig, load_stack_config, stack_path
+from infra.config import ConnectorConfig, ConnectorSecrets, load_stack_config, stack_path
 from infra.connector_deployment import TASK_TYPES, FlyteConnector, FlyteConnectorArgs
 from infra.render import Rendered
 
@@ -39,6 +39,12 @@ def _env(rendered: Rendered) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
 
+def _settings(rendered: Rendered) -> Settings:
+    """What the connector reads from its plain (not Secret-sourced) GRAPHFLEET_* variables."""
+    return Settings.from_env({k: v for k, v in _env(rendered).items()
+                              if isinstance(v, str) and k.startswith("GRAPHFLEET_")})
+
+
 def test_deployment_serves_the_connector_with_health_probes(render_valid: Callable[..., Rendered]) -> None:
     rendered = _render(render_valid, _args())
     deployment = rendered.one("Deployment")
@@ -56,9 +62,8 @@ def test_deployment_serves_the_connector_with_health_probes(render_valid: Callab
 
 
 def test_settings_env_is_what_the_connector_reads(render_valid: Callable[..., Rendered]) -> None:
-    env = _env(_render(render_valid, _args()))
-    plain = {k: v for k, v in env.items() if isinstance(v, str) and k.startswith("GRAPHFLEET_")}
-    settings = Settings.from_env(plain)
+    rendered = _render(render_valid, _args())
+    env, settings = _env(rendered), _settings(rendered)
     assert settings.backend == "pulumi"
     assert settings.namespace == "graphfleet-data"
     assert settings.image == "docker.ltx1.example.com/graphfleet/graph-engine:0.1.0"
@@ -67,6 +72,15 @@ def test_settings_env_is_what_the_connector_reads(render_valid: Callable[..., Re
     assert env["PULUMI_BACKEND_URL"] == {"secretKeyRef": {"name": "graphfleet-pulumi-backend", "key": "url"}}
     assert env["PULUMI_CONFIG_PASSPHRASE"] == {"secretKeyRef": {"name": "graphfleet-pulumi-backend",
                                                                 "key": "passphrase"}}
+
+
+def test_a_kms_stack_tells_the_connector_its_secrets_provider(render_valid: Callable[..., Rendered]) -> None:
+    secrets = ConnectorSecrets.model_validate({"backendUrl": {"name": "pulumi", "key": "url"},
+                                               "secretsProvider": "awskms://alias/graphfleet"})
+    kms = _render(render_valid, _args(secrets=secrets))
+    assert _settings(kms).secrets_provider == "awskms://alias/graphfleet"
+    assert "PULUMI_CONFIG_PASSPHRASE" not in _env(kms)
+    assert _settings(_render(render_valid, _args())).secrets_provider is None  # passphrase
 
 
 def test_rbac_is_exactly_what_provisioning_needs(render_valid: Callable[..., Rendered]) -> None:

@@ -173,6 +173,20 @@ def test_create_get_delete_call_sequence_and_endpoints(backend: tuple[str, Path]
     assert fake_pulumi.stacks(url) == {}
 
 
+def test_a_kms_secrets_provider_replaces_the_passphrase(backend: tuple[str, Path], make,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    url, _ = backend
+    monkeypatch.delenv("PULUMI_CONFIG_PASSPHRASE")
+    with pytest.raises(ValueError, match="PASSPHRASE is not set: without GRAPHFLEET_SECRETS_PROVIDER"):
+        make()
+    provisioner = make(secrets_provider="awskms://alias/graphfleet")
+    p = provision("fleet-kms", replicas=1)
+    provisioner.create(p)
+    assert wait(provisioner, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+    inits = [c for c in fake_pulumi.calls(url) if c[:2] == ["stack", "init"]]
+    assert inits == [["stack", "init", "fleet-kms", "--secrets-provider", "awskms://alias/graphfleet"]]
+
+
 def test_ready_waits_for_endpoints_to_answer_health(backend: tuple[str, Path], make) -> None:
     down: list[str] = ["all"]
     provisioner = make(health=lambda endpoints: endpoints if down else [], check_endpoints=True)

@@ -4,7 +4,10 @@ One `python -m graph_engine.server` per ordinal on its own free 127.0.0.1 port. 
 only record, so any process can answer for any fleet:
 
     <state_dir>/<name>/fleet.json        the provision and the ports (written once, at create)
+    <state_dir>/<name>/deleting.json     fleet.json renamed by delete: a tombstone (see below)
     <state_dir>/<name>/server-<i>.pid    "<pid>" of ordinal i's current process
+    <state_dir>/<name>/server-<i>.start  its start time (/proc/<pid>/stat field 22): pid + start
+                                         name one process for its whole life, exit included
     <state_dir>/<name>/server-<i>.restarts  how often ordinal i was restarted
     <state_dir>/<name>/server-<i>.log    its output
     <state_dir>/.<name>.lock             flock: one create, reconcile or delete of a fleet at a time
@@ -14,6 +17,12 @@ only record, so any process can answer for any fleet:
 a StatefulSet would, up to `MAX_RESTARTS`. A background thread reconciles every fleet the same way
 (Flyte stops polling once the fleet is ready) and deletes expired ones. When this process exits
 (Ctrl-C, atexit) it deletes the fleets it started: nothing outlives the run.
+
+Delete first renames fleet.json to deleting.json under the fleet's lock, then stops the servers, then
+removes the dir. From the rename on, the fleet is ABSENT to every process and no reconciler restarts
+its servers (they reconcile only fleets with a fleet.json); a delete that died half-way is finished by
+the next delete, create or reconcile round that finds the tombstone. Delete returns only once every
+server has exited (a pidfd says so), so its ports and files are released when it returns.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import fcntl
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -50,6 +60,7 @@ MAX_RESTARTS = 5
 RECONCILE_SECONDS = 2.0
 STOP_SECONDS = 10.0
 _LOG_TAIL_LINES = 5
+_TOMBSTONE = "deleting.json"
 # Importable `graph_engine` for the servers, wherever the connector runs from.
 _PROJECT_ROOT = str(Path(graph_engine.__file__).resolve().parent.parent)
 
@@ -72,6 +83,9 @@ class LocalProvisioner:
 
     def create(self, provision: Provision) -> None:
         with self._locked(provision.name):
+            if self._tombstone(provision.name).exists():
+                # A delete died half-way: finish it, or its servers would outlive the new pid files.
+                self._delete_locked(provision.name)
             if self._record(provision.name) is None:
                 ports = self._free_ports(provision.spec.replicas)
                 self._dir(provision.name).mkdir(parents=True, exist_ok=True)
@@ -86,6 +100,7 @@ class LocalProvisioner:
         self._ensure_reconciler()
 
     def status(self, provision: Provision) -> Status:
+        # A tombstoned fleet has no fleet.json: ABSENT at once, even while another process deletes it.
         if self._record(provision.name) is None:
             return Status(Phase.ABSENT)
         with self._locked(provision.name):
@@ -127,13 +142,29 @@ class LocalProvisioner:
                 self._delete(name)
             except OSError as err:
                 log.error("could not delete local fleet %s at exit: %s", name, err)
+        self._reap()
+
+    def reconcile_once(self) -> None:
+        """One round of the background reconciler: finish abandoned deletes, delete expired fleets,
+        restart crashed servers. Public so tests can run a round deterministically."""
+        self._reap()
+        for tombstone in sorted(self.state_dir.glob(f"*/{_TOMBSTONE}")):
+            self._delete(tombstone.parent.name)
+        self.gc(time.time())
+        for name in sorted(r["name"] for r in self._records()):
+            with self._locked(name):
+                # Re-read under the lock: the listing above may predate a delete by another process,
+                # and a fleet without fleet.json (deleted or being deleted) must never be restarted.
+                record = self._record(name)
+                if record is not None:
+                    self._reconcile(record)
 
     def _reconcile(self, record: dict[str, Any]) -> Status:
         name = record["name"]
         spec = DataServiceSpec.from_custom(record["spec"])
         endpoints = [f"{HOST}:{p}" for p in record["ports"]]
         for ordinal in range(len(endpoints)):
-            if self._alive(self._pid(name, ordinal), record["ports"][ordinal]):
+            if self._alive(name, ordinal, record["ports"][ordinal]):
                 continue
             restarts = self._restarts(name, ordinal)
             if restarts >= MAX_RESTARTS:
@@ -158,16 +189,28 @@ class LocalProvisioner:
         return Status(Phase.UPDATING, endpoints, f"loading: {', '.join(down)} not serving yet")
 
     def _delete(self, name: str) -> None:
-        if not self._dir(name).exists():
-            return
-        with self._locked(name):
-            record = self._record(name)
-            if record is not None:
-                for ordinal, port in enumerate(record["ports"]):
-                    self._stop_server(self._pid(name, ordinal), port)
-            shutil.rmtree(self._dir(name), ignore_errors=True)
+        if self._dir(name).exists():
+            with self._locked(name):
+                self._delete_locked(name)
         with self._mutex:
             self._started.discard(name)
+
+    def _delete_locked(self, name: str) -> None:
+        """Tombstone, stop every server, remove the dir. Caller holds the fleet's lock."""
+        fleet, tombstone = self._dir(name) / "fleet.json", self._tombstone(name)
+        with contextlib.suppress(FileNotFoundError):  # already tombstoned by a delete that died
+            os.replace(fleet, tombstone)
+        try:
+            record: dict[str, Any] | None = dict(json.loads(tombstone.read_text()))
+        except FileNotFoundError:
+            record = None  # a create that died before writing fleet.json: no server was started
+        if record is not None:
+            for ordinal, port in enumerate(record["ports"]):
+                self._stop_server(name, ordinal, port)
+        # Not ignore_errors: a dir left behind must make delete raise (the caller retries), and the
+        # tombstone keeps the fleet ABSENT and unrestarted meanwhile.
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self._dir(name))
 
     def _spawn(self, record: dict[str, Any], ordinal: int) -> None:
         name = record["name"]
@@ -183,40 +226,81 @@ class LocalProvisioner:
                                     env=env, start_new_session=True)
         with self._mutex:
             self._children[proc.pid] = proc
+        # The start time is set at fork, so it is already final; our unreaped child cannot be gone.
+        started = _proc_stat(proc.pid)
+        (self._dir(name) / f"server-{ordinal}.start").write_text(str(started[1] if started else 0))
         (self._dir(name) / f"server-{ordinal}.pid").write_text(str(proc.pid))
 
-    def _stop_server(self, pid: int, port: int) -> None:
-        if not self._alive(pid, port):
+    def _stop_server(self, name: str, ordinal: int, port: int) -> None:
+        """SIGTERM ordinal's server, SIGKILL after STOP_SECONDS; return once it has exited."""
+        pid = self._pid(name, ordinal)
+        if pid <= 0:
             return
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_SECONDS
-        while self._alive(pid, port) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self._alive(pid, port):
-            os.kill(pid, signal.SIGKILL)
-            while self._alive(pid, port):
-                time.sleep(0.05)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return
+        try:
+            # Checked after opening: if the pid was reused before pidfd_open, this says no; if it
+            # says yes, the pidfd names our server and no later reuse can redirect the signals.
+            if not self._alive(name, ordinal, port):
+                return
+            for sig, timeout in ((signal.SIGTERM, STOP_SECONDS), (signal.SIGKILL, None)):
+                try:
+                    signal.pidfd_send_signal(pidfd, sig)
+                except ProcessLookupError:
+                    break  # exited already (a zombie or reaped)
+                # A pidfd polls readable only when the whole process has exited (exit_state set),
+                # after the kernel closed its files and sockets: the port is free again.
+                poller = select.poll()
+                poller.register(pidfd, select.POLLIN)
+                if poller.poll(None if timeout is None else int(timeout * 1000)):
+                    break
+                log.warning("local fleet %s: server %s (pid %s) ignored SIGTERM for %ss; killing it",
+                            name, ordinal, pid, timeout)
+        finally:
+            os.close(pidfd)
+        self._reap()
 
-    def _alive(self, pid: int, port: int) -> bool:
-        """Is `pid` still our server on `port`? Checks the command line, so a reused pid is not mistaken."""
+    def _alive(self, name: str, ordinal: int, port: int) -> bool:
+        """Is ordinal's recorded server still running (exiting counts: it still holds its port)?
+
+        Not by its command line: the kernel empties /proc/<pid>/cmdline once an exiting process has
+        released its memory, while it still holds its files and port; a delete that waited on that
+        returned before the server had exited. The recorded start time identifies the process (and
+        rules out a reused pid) until it is a zombie."""
+        pid = self._pid(name, ordinal)
         if pid <= 0:
             return False
         with self._mutex:
             child = self._children.get(pid)
-        if child is not None:
+        if child is not None:  # our unreaped child: the pid cannot have been reused
             if child.poll() is None:
                 return True
             with self._mutex:
                 self._children.pop(pid, None)
             return False
+        stat = _proc_stat(pid)
+        if stat is None or stat[0] in ("Z", "X"):
+            return False
+        start = self._start(name, ordinal)
+        if start:
+            return stat[1] == start
+        # Recorded before start times were: the command line, good while the server is not exiting.
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return False
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
         return b"graph_engine.server" in cmdline and str(port).encode() in cmdline
+
+    def _reap(self) -> None:
+        """Collect exited children, e.g. servers another process stopped: no zombies accumulate."""
+        with self._mutex:
+            children = list(self._children.items())
+        for pid, child in children:
+            if child.poll() is not None:
+                with self._mutex:
+                    self._children.pop(pid, None)
 
     def _free_ports(self, count: int) -> list[int]:
         taken = {p for record in self._records() for p in record["ports"]}
@@ -246,16 +330,15 @@ class LocalProvisioner:
     def _reconcile_forever(self) -> None:
         while not self._stop.wait(RECONCILE_SECONDS):
             try:
-                self.gc(time.time())
-                for record in self._records():
-                    with self._locked(record["name"]):
-                        if self._record(record["name"]) is not None:
-                            self._reconcile(record)
+                self.reconcile_once()
             except Exception:  # the loop must survive one bad fleet; the next round tries again
                 log.exception("local fleet reconcile failed")
 
     def _dir(self, name: str) -> Path:
         return self.state_dir / name
+
+    def _tombstone(self, name: str) -> Path:
+        return self._dir(name) / _TOMBSTONE
 
     def _record(self, name: str) -> dict[str, Any] | None:
         try:
@@ -270,6 +353,12 @@ class LocalProvisioner:
     def _pid(self, name: str, ordinal: int) -> int:
         try:
             return int((self._dir(name) / f"server-{ordinal}.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _start(self, name: str, ordinal: int) -> int:
+        try:
+            return int((self._dir(name) / f"server-{ordinal}.start").read_text())
         except (FileNotFoundError, ValueError):
             return 0
 
@@ -294,6 +383,16 @@ class LocalProvisioner:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) of `pid`, None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": field 3 is fields[0]
+    return fields[0], int(fields[19])
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

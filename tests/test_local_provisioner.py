@@ -73,21 +73,75 @@ def test_lifecycle_crash_restart_and_delete_freeing_ports(provisioner: LocalProv
     provisioner.delete(fleet)  # absent is success
 
 
-def test_another_process_finds_and_tears_down_a_fleet(tmp_path: Path, provisioner: LocalProvisioner,
-                                                      graph_uri: str) -> None:
-    fleet = provision(graph_uri)
+def servers_on(ports: list[int]) -> list[str]:
+    """Every running graph-engine server on one of `ports`, whoever started it (restarts included)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"graph_engine.server" in cmdline and any(str(p).encode() in cmdline for p in ports):
+            found.append(f"{proc.name}: {b' '.join(cmdline).decode(errors='replace')}")
+    return found
+
+
+def test_another_process_finds_and_tears_down_a_fleet(provisioner: LocalProvisioner, graph_uri: str) -> None:
+    fleet = provision(graph_uri, replicas=2)
     provisioner.create(fleet)
-    wait_for(lambda: provisioner.status(fleet), Phase.READY)
+    ready = wait_for(lambda: provisioner.status(fleet), Phase.READY)
+    ports = [int(e.rsplit(":", 1)[1]) for e in ready.endpoints]
     pids = provisioner.pids(fleet.name)
     # A second connector (restart, other replica) knows only the state dir.
     other = LocalProvisioner(Settings(state_dir=provisioner.state_dir))
     try:
         assert other.status(fleet).phase is Phase.READY
         other.delete(fleet)
+        # delete returns once the servers have exited, not merely started exiting: their ports are free.
+        assert not any(pid_running(pid) for pid in pids), [Path(f"/proc/{p}/stat").read_text() for p in pids]
+        assert all(port_is_free(port) for port in ports)
+        assert other.status(fleet).phase is Phase.ABSENT
     finally:
         other.close()
     assert provisioner.status(fleet).phase is Phase.ABSENT
-    assert not any(pid_running(pid) for pid in pids), [Path(f"/proc/{p}/stat").read_text() for p in pids]
+    # The original's supervisor sees its servers gone; a round of it must not take that for a crash.
+    provisioner.reconcile_once()
+    assert provisioner.status(fleet).phase is Phase.ABSENT
+    assert servers_on(ports) == []
+    assert not (provisioner.state_dir / fleet.name).exists()
+
+
+def test_a_half_done_delete_is_never_undone_and_is_finished(provisioner: LocalProvisioner, graph_uri: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet = provision(graph_uri, replicas=2)
+    provisioner.create(fleet)
+    ready = wait_for(lambda: provisioner.status(fleet), Phase.READY)
+    ports = [int(e.rsplit(":", 1)[1]) for e in ready.endpoints]
+    pids = provisioner.pids(fleet.name)
+
+    # Another process's delete stops server 0, then dies before it stops server 1.
+    other = LocalProvisioner(Settings(state_dir=provisioner.state_dir))
+    stop_server = other._stop_server
+
+    def stop_one_then_die(name: str, ordinal: int, port: int) -> None:
+        if ordinal == 1:
+            raise OSError("the deleting process died here")
+        stop_server(name, ordinal, port)
+
+    monkeypatch.setattr(other, "_stop_server", stop_one_then_die)
+    with pytest.raises(OSError, match="died here"):
+        other.delete(fleet)
+    other.close()
+    assert not pid_running(pids[0]) and pid_running(pids[1])
+
+    # Being deleted is gone for everyone, and the stopped server is not a crash to restart.
+    assert provisioner.status(fleet).phase is Phase.ABSENT
+    assert servers_on(ports[:1]) == []
+    # The next reconcile round finishes the delete.
+    provisioner.reconcile_once()
+    assert not pid_running(pids[1])
+    assert servers_on(ports) == []
+    assert not (provisioner.state_dir / fleet.name).exists()
 
 
 def test_gc_deletes_only_expired_fleets(provisioner: LocalProvisioner, graph_uri: str) -> None:

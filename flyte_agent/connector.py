@@ -41,7 +41,7 @@ from flytekit.models.literals import LiteralMap
 from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
 from pydantic import ValidationError
 
-from flyte_agent.provisioner import Phase, Provision, Provisioner
+from flyte_agent.provisioner import DestroyInProgress, Phase, Provision, Provisioner
 from flyte_agent.settings import Settings, make_provisioner
 from graph_engine import health, store
 from infra.names import STATEFULSET_NAME_MAX
@@ -273,6 +273,8 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
         provision = by_name(service)
         try:
             provisioner.delete(provision)
+        except DestroyInProgress as err:  # get() is polled: a later one sees the outcome
+            return Resource(phase=TaskExecution.RUNNING, message=str(err))
         except Exception as err:  # reported, never swallowed: the fleet may still be running
             return Resource(phase=TaskExecution.FAILED,
                             message=f"could not release data service {service}: {err}; run the teardown "

@@ -45,6 +45,11 @@ class Status:
     message: str = ""
 
 
+class DestroyInProgress(RuntimeError):
+    """delete() is still tearing the fleet down (or another process is operating on it): a
+    retryable answer; a later delete() reports the outcome."""
+
+
 class Provisioner(Protocol):
     def create(self, provision: Provision) -> None:
         """Start provisioning and return at once (well under a second). Idempotent: a retried
@@ -54,7 +59,8 @@ class Provisioner(Protocol):
         """Level-triggered: look at what exists, move it toward the spec, report the phase."""
 
     def delete(self, provision: Provision) -> None:
-        """Tear down and forget. Idempotent: an absent fleet is success. Raises if it cannot."""
+        """Tear down and forget, within a bounded wait. Idempotent: an absent fleet is success.
+        Raises `DestroyInProgress` while the teardown goes on, anything else if it failed."""
 
     def gc(self, now: float) -> list[str]:
         """Tear down every fleet whose time-to-live has passed; returns their names."""

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +47,7 @@ from pulumi.automation.errors import (
 )
 
 from flyte_agent import stack_names as names
-from flyte_agent.provisioner import Phase, Provision, Status
+from flyte_agent.provisioner import DestroyInProgress, Phase, Provision, Status
 from infra.graph_service import GraphDataService, GraphDataServiceArgs, Placement, await_timeout_seconds
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ class PulumiSettings(Protocol):
     max_attempts: int                  # `up` attempts per stack before FAILED
     operation_timeout_seconds: float   # bound on up/destroy/refresh; also when a foreign lock is stale
     command_timeout_seconds: float     # bound on every other CLI call
+    delete_wait_seconds: float         # delete() answers "in progress" after this long
     gc_interval_seconds: float         # periodic expiry sweep; 0 disables it
     check_endpoints: bool              # gRPC-health-check endpoints before READY
     node_selector: dict[str, str]      # every fleet's pods: where they run...
@@ -177,6 +178,12 @@ def _kill_session(process: subprocess.Popen[str]) -> None:
         pass
 
 
+def _cli_output(err: CommandError) -> str:
+    """What the CLI printed (the Automation API's errors keep it; others have only a message)."""
+    stderr, stdout = getattr(err, "stderr", None), getattr(err, "stdout", None)
+    return f"{stderr}\n{stdout}" if stderr is not None else str(err)
+
+
 def warm_import_kubernetes() -> None:
     """Import every pulumi_kubernetes module now: concurrent inline programs race on its lazy imports."""
     for module in pkgutil.walk_packages(k8s.__path__, prefix="pulumi_kubernetes."):
@@ -185,10 +192,7 @@ def warm_import_kubernetes() -> None:
 
 def error_text(err: BaseException) -> str:
     """The lines of a CLI failure a user needs (the `error:` lines), clipped to fit a stack tag."""
-    if isinstance(err, CommandError):
-        text = f"{err.stderr}\n{err.stdout}" if hasattr(err, "stderr") else str(err)
-    else:
-        text = str(err)
+    text = _cli_output(err) if isinstance(err, CommandError) else str(err)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if "error" in line.lower()] or lines
     return names.clip(" | ".join(errors[-_ERROR_TEXT_LINES:]) or type(err).__name__)
@@ -241,7 +245,8 @@ class PulumiProvisioner:
         self._command = TimedPulumiCommand(settings.pulumi_command, settings.operation_timeout_seconds,
                                            settings.command_timeout_seconds)
         self._pool = ThreadPoolExecutor(settings.max_concurrent_operations, thread_name_prefix="pulumi")
-        self._jobs: dict[str, Future[None]] = {}
+        self._jobs: dict[str, Future[None]] = {}      # `up` attempts
+        self._destroys: dict[str, Future[None]] = {}  # delete()s, kept until a caller sees the outcome
         self._jobs_lock = threading.Lock()
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -257,10 +262,9 @@ class PulumiProvisioner:
 
     def status(self, provision: Provision) -> Status:
         name = names.stack_name(provision.name)
-        local = self._local_phase(name)
+        local = self._local_status(name)
         if local is not None:
-            return Status(local, message=f"pulumi {'up running' if local is Phase.UPDATING else 'up queued'} "
-                                         f"for stack {name}")
+            return local
         with self._workspace(provision) as ws:
             try:
                 stack = auto.Stack.select(name, ws)
@@ -293,14 +297,34 @@ class PulumiProvisioner:
             return Status(Phase.QUEUED, message=f"pulumi up queued for stack {name} ({attempt}){retry}")
 
     def delete(self, provision: Provision) -> None:
+        """Start (or rejoin) the destroy on a worker and wait `delete_wait_seconds` for it.
+
+        Propeller gives DeleteTask a deadline and retries a call that misses it while the server
+        side keeps running; so the destroy outlives the call, and a later call reports its outcome.
+        """
         name = names.stack_name(provision.name)
-        self._stop_local_job(name)
-        with self._workspace(provision) as ws:
-            try:
-                stack = auto.Stack.select(name, ws)
-            except StackNotFoundError:
-                return
-            self._destroy(stack, provision)
+        job = self._start_destroy(provision)
+        wait([job], timeout=self.settings.delete_wait_seconds)
+        if not job.done():
+            raise DestroyInProgress(
+                f"stack {name}: pulumi destroy is still running after "
+                f"{self.settings.delete_wait_seconds:g}s; it goes on in the background, and deleting again "
+                "reports its outcome")
+        with self._jobs_lock:
+            if self._destroys.get(name) is job:
+                del self._destroys[name]  # seen: the next delete starts afresh (e.g. after a failure)
+        err = job.exception()
+        if isinstance(err, ConcurrentUpdateError):
+            # A live process holds the lock: this stack's destroy or up, on another replica or by a
+            # CLI that outlived its connector. Level-triggered: ask again until it is gone.
+            lock = names.parse_lock(_cli_output(err))
+            holder = f" (pid {lock.pid} on {lock.host} since {lock.created})" if lock else ""
+            raise DestroyInProgress(f"stack {name} is locked by another running pulumi operation{holder}; "
+                                    "deleting again after it ends destroys the stack") from err
+        if isinstance(err, CommandError):
+            raise RuntimeError(f"stack {name}: pulumi destroy failed: {error_text(err)}") from err
+        if err is not None:
+            raise err
 
     def gc(self, now: float) -> list[str]:
         removed: list[str] = []
@@ -308,7 +332,7 @@ class PulumiProvisioner:
         with self._workspace(None) as ws:
             for summary in ws.list_stacks():
                 name = names.short_stack_name(summary.name)
-                if self._local_phase(name) is not None:
+                if self._local_status(name) is not None:
                     continue
                 stack = auto.Stack.select(name, ws)
                 tags = stack.list_tags()
@@ -333,34 +357,57 @@ class PulumiProvisioner:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _local_phase(self, name: str) -> Phase | None:
+    def _local_status(self, name: str) -> Status | None:
+        """What this process's own workers are doing with the stack, if anything."""
         with self._jobs_lock:
-            job = self._jobs.get(name)
-        if job is None or job.done():
+            busy = [(operation, job) for operation, job in (("destroy", self._destroys.get(name)),
+                                                             ("up", self._jobs.get(name)))
+                    if job is not None and not job.done()]
+        if not busy:
             return None
-        return Phase.UPDATING if job.running() else Phase.QUEUED
+        operation, job = busy[0]
+        if job.running():
+            return Status(Phase.UPDATING, message=f"pulumi {operation} running for stack {name}")
+        return Status(Phase.QUEUED, message=f"pulumi {operation} queued for stack {name}")
 
     def _enqueue(self, provision: Provision) -> None:
         name = names.stack_name(provision.name)
         with self._jobs_lock:
-            job = self._jobs.get(name)
-            if job is not None and not job.done():
-                return
+            busy = [self._jobs.get(name), self._destroys.get(name)]
+            if any(job is not None and not job.done() for job in busy):
+                return  # no new `up` while one runs, nor while the stack is being destroyed
             self._jobs[name] = self._pool.submit(self._converge, provision)
 
-    def _stop_local_job(self, name: str) -> None:
+    def _start_destroy(self, provision: Provision) -> Future[None]:
+        """The destroy of this stack that this process runs, started now unless one is under way."""
+        name = names.stack_name(provision.name)
         with self._jobs_lock:
-            job = self._jobs.get(name)
-        if job is None or job.cancel() or job.done():
-            return
-        self._command.interrupt(name)
-        try:
-            job.result(timeout=self.settings.command_timeout_seconds)
-        except TimeoutError as err:
-            raise RuntimeError(f"stack {name}: the running pulumi up did not stop within "
-                               f"{self.settings.command_timeout_seconds:g}s; retry the delete") from err
-        except Exception:  # noqa: BLE001 - the interrupted up's own failure is expected here
-            pass
+            job = self._destroys.get(name)
+            if job is None:
+                up = self._jobs.get(name)
+                # Stop our own `up` now, not from the queue: on a full pool the destroy would wait
+                # behind it. SIGINT is Pulumi's graceful cancel, which releases the lock.
+                if up is not None and not up.cancel() and not up.done():
+                    self._command.interrupt(name)
+                job = self._destroys[name] = self._pool.submit(self._teardown, provision, up)
+        return job
+
+    def _teardown(self, provision: Provision, up: Future[None] | None) -> None:
+        name = names.stack_name(provision.name)
+        if up is not None and not up.cancelled():
+            try:
+                up.result(timeout=self.settings.command_timeout_seconds)
+            except TimeoutError as err:
+                raise RuntimeError(f"stack {name}: the running pulumi up did not stop within "
+                                   f"{self.settings.command_timeout_seconds:g}s; retry the delete") from err
+            except Exception:  # noqa: BLE001 - the interrupted up's own failure is expected here
+                pass
+        with self._workspace(provision) as ws:
+            try:
+                stack = auto.Stack.select(name, ws)
+            except StackNotFoundError:
+                return
+            self._destroy(stack, provision)
 
     def _converge(self, provision: Provision) -> None:
         """One attempt to bring the stack to "up succeeded"; runs on a worker thread."""
@@ -447,7 +494,7 @@ class PulumiProvisioner:
         return stack
 
     def _stale(self, err: CommandError, provision: Provision | None) -> bool:
-        lock = names.parse_lock(f"{err.stderr}\n{err.stdout}" if hasattr(err, "stderr") else str(err))
+        lock = names.parse_lock(_cli_output(err))
         age = None
         if lock is not None:
             try:

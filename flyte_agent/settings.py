@@ -78,6 +78,10 @@ class Settings(BaseModel):
     max_attempts: int = Field(3, ge=1, le=20, description="`pulumi up` attempts per fleet before FAILED")
     operation_timeout_seconds: float = Field(1800.0, gt=0, description="bound on up/destroy/refresh")
     command_timeout_seconds: float = Field(60.0, gt=0, description="bound on every other pulumi call")
+    delete_wait_seconds: float = Field(
+        7.0, gt=0, le=600,
+        description="how long delete() waits for a destroy before answering 'in progress'; keep it under "
+                    "Propeller's DeleteTask deadline")
     gc_interval_seconds: float = Field(300.0, ge=0, description="expiry sweep period; 0 disables it")
     check_endpoints: bool = Field(True, description="health-check endpoints before reporting READY")
     # Every fleet's pods (the Datacenter sets these from the stack, like its shared services).

@@ -23,7 +23,7 @@ import yaml
 
 from flyte_agent.settings import env_name
 from infra import names
-from infra.config import ConnectorConfig, Placement
+from infra.config import ConnectorConfig, Placement, parse_duration
 from infra.images import check_image
 from infra.spec import CLIENT_LABEL
 
@@ -37,6 +37,8 @@ PROPELLER_CONFIG_KEY = "connector.yaml"
 # Plugins propeller keeps enabled next to ours: Flyte's config merge replaces lists, not extends them.
 BASE_PLUGINS = ("container", "sidecar", "k8s-array")
 BASE_TASK_TYPES = {"container": "container", "sidecar": "sidecar", "container_array": "k8s-array"}
+# The share of DeleteTask's deadline delete() may wait for a destroy (7 s of propeller's default 10 s).
+DELETE_WAIT_SHARE = 0.7
 RUN_AS_USER = 1000
 WORK_DIR = "/work"
 
@@ -136,6 +138,8 @@ def settings_env(args: FlyteConnectorArgs, shared_services: Mapping[str, list[st
         "engine_env": json.dumps(dict(args.engine_env), sort_keys=True),
         "engine_service_account": args.engine_service_account,
         "secrets_provider": config.secrets.secrets_provider,
+        # delete() must answer before propeller's DeleteTask deadline, with room for the call itself.
+        "delete_wait_seconds": f"{DELETE_WAIT_SHARE * parse_duration(config.timeouts.delete_task):g}",
     }
     return [{"name": env_name(key), "value": value} for key, value in values.items() if value is not None]
 

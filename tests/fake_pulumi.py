@@ -18,7 +18,8 @@ the stack outputs are what GraphDataService computes, not synthesized.
 Every call is appended to `fake/calls.jsonl`. Faults are scripted per stack in `fake/faults.json`:
 `{"<stack>": {"up": ["fail:<text>", "hang", "ok"], "destroy": ["fail:<text>"]}}`, consumed in order;
 `hang` registers the resources (as pending creates) and then sleeps until killed, like an `up`
-waiting for a StatefulSet that never becomes ready.
+waiting for a StatefulSet that never becomes ready. `sleep:<seconds>;<fault>` holds the stack's
+lock that long first, like a destroy waiting for pods to terminate (`sleep:5;ok`, `sleep:5;fail:...`).
 """
 
 from __future__ import annotations
@@ -83,6 +84,14 @@ class Backend:
             return data
 
     def next_fault(self, stack: str, op: str) -> str:
+        """The op's next scripted fault, after its scripted delay (`sleep:<seconds>;`) has passed."""
+        fault = self._pop_fault(stack, op)
+        if fault.startswith("sleep:"):
+            seconds, _, fault = fault.removeprefix("sleep:").partition(";")
+            time.sleep(float(seconds))
+        return fault or "ok"
+
+    def _pop_fault(self, stack: str, op: str) -> str:
         with open(self.root / "state.lock", "a") as guard:
             fcntl.flock(guard, fcntl.LOCK_EX)
             path = self.root / "faults.json"

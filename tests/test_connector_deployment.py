@@ -69,6 +69,7 @@ def test_settings_env_is_what_the_connector_reads(render_valid: Callable[..., Re
     assert settings.image == "docker.ltx1.example.com/graphfleet/graph-engine:0.1.0"
     assert settings.image_allowlist == ["docker.ltx1.example.com/graphfleet/graph-engine"]
     assert settings.shared_services == SHARED
+    assert settings.delete_wait_seconds == 42  # 0.7 of the stack's 1m DeleteTask deadline
     assert env["PULUMI_BACKEND_URL"] == {"secretKeyRef": {"name": "graphfleet-pulumi-backend", "key": "url"}}
     assert env["PULUMI_CONFIG_PASSPHRASE"] == {"secretKeyRef": {"name": "graphfleet-pulumi-backend",
                                                                 "key": "passphrase"}}

@@ -20,7 +20,7 @@ import pytest
 from pulumi.automation.errors import CommandError
 
 from flyte_agent import stack_names as names
-from flyte_agent.provisioner import Phase, Provision, Status
+from flyte_agent.provisioner import DestroyInProgress, Phase, Provision, Status
 from flyte_agent.pulumi_provisioner import PulumiProvisioner, TimedPulumiCommand, _pid_alive
 from flyte_agent.settings import Settings
 from infra.spec import DataServiceSpec
@@ -42,7 +42,7 @@ def settings(backend: tuple[str, Path], **overrides: object) -> Settings:
     values: dict[str, object] = dict(
         backend="pulumi", backend_url=url, pulumi_command=str(cli), gc_interval_seconds=0,
         check_endpoints=False, max_concurrent_operations=2, max_attempts=2,
-        operation_timeout_seconds=60, command_timeout_seconds=30)
+        operation_timeout_seconds=60, command_timeout_seconds=30, delete_wait_seconds=WAIT_LIMIT)
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
@@ -302,6 +302,62 @@ def test_failing_destroy_raises_and_keeps_the_stack(backend: tuple[str, Path], m
         provisioner.delete(p)
     assert "fleet-d" in fake_pulumi.stacks(url)
     provisioner.delete(p)  # the caller's retry succeeds
+    assert fake_pulumi.stacks(url) == {}
+
+
+def delete_until_settled(provisioner: PulumiProvisioner, p: Provision) -> Exception | None:
+    """Call delete() as Propeller does until it stops answering "in progress": None on success."""
+    deadline = time.monotonic() + WAIT_LIMIT
+    while True:
+        try:
+            provisioner.delete(p)
+        except DestroyInProgress:
+            assert time.monotonic() < deadline, f"the destroy did not end within {WAIT_LIMIT}s"
+            time.sleep(0.2)
+        except Exception as err:  # noqa: BLE001 - returned for the test to check
+            return err
+        else:
+            return None
+
+
+def test_delete_returns_in_progress_within_its_budget_and_later_reports_success(
+        backend: tuple[str, Path], make) -> None:
+    url, _ = backend
+    provisioner = make(delete_wait_seconds=0.5)
+    p = provision("fleet-slow", replicas=1)
+    provisioner.create(p)
+    assert wait(provisioner, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+    fake_pulumi.script_faults(url, "fleet-slow", destroy=["sleep:8;ok"])
+
+    with pytest.raises(DestroyInProgress, match="pulumi destroy is still running after 0.5s"):
+        provisioner.delete(p)
+    # Another replica (or this one after a restart) finds the destroy by its lock, held by a live CLI.
+    with pytest.raises(DestroyInProgress, match=r"locked by another running pulumi operation \(pid \d+"):
+        make().delete(p)
+
+    assert delete_until_settled(provisioner, p) is None
+    assert fake_pulumi.stacks(url) == {}
+    destroys = [c for c in calls_for(url, "fleet-slow") if c[0] == "destroy"]
+    assert len(destroys) == 2, "repeated deletes must rejoin the running destroy, not start new ones"
+    make().delete(p)  # absent is success
+
+
+def test_a_slow_destroy_that_fails_is_reported_by_a_later_delete(backend: tuple[str, Path], make) -> None:
+    url, _ = backend
+    provisioner = make(delete_wait_seconds=0.3)
+    p = provision("fleet-sf", replicas=1)
+    provisioner.create(p)
+    assert wait(provisioner, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+    fake_pulumi.script_faults(url, "fleet-sf",
+                              destroy=["sleep:3;fail:deleting StatefulSet: server is unavailable"])
+
+    with pytest.raises(DestroyInProgress):
+        provisioner.delete(p)
+    err = delete_until_settled(provisioner, p)
+    assert isinstance(err, RuntimeError)
+    assert "stack fleet-sf: pulumi destroy failed" in str(err) and "server is unavailable" in str(err)
+    assert "fleet-sf" in fake_pulumi.stacks(url)
+    assert delete_until_settled(provisioner, p) is None  # the next call starts a fresh destroy
     assert fake_pulumi.stacks(url) == {}
 
 

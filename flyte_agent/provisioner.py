@@ -50,6 +50,16 @@ class DestroyInProgress(RuntimeError):
     retryable answer; a later delete() reports the outcome."""
 
 
+class GcError(RuntimeError):
+    """Some expired stacks could not be destroyed; `removed` were."""
+
+    def __init__(self, removed: list[str], failures: list[str]) -> None:
+        self.removed = removed
+        self.failures = failures
+        super().__init__(f"garbage collection removed {len(removed)} stack(s) but failed on "
+                         f"{len(failures)}; they are retried on the next pass:\n" + "\n".join(failures))
+
+
 class Provisioner(Protocol):
     def create(self, provision: Provision) -> None:
         """Start provisioning and return at once (well under a second). Idempotent: a retried

@@ -47,7 +47,7 @@ from pulumi.automation.errors import (
 )
 
 from flyte_agent import stack_names as names
-from flyte_agent.provisioner import DestroyInProgress, Phase, Provision, Status
+from flyte_agent.provisioner import DestroyInProgress, GcError, Phase, Provision, Status
 from infra.graph_service import GraphDataService, GraphDataServiceArgs, Placement, await_timeout_seconds
 
 log = logging.getLogger(__name__)
@@ -565,16 +565,6 @@ class PulumiProvisioner:
             else:
                 if removed:
                     log.info("garbage-collected expired fleets: %s", ", ".join(removed))
-
-
-class GcError(RuntimeError):
-    """Some expired stacks could not be destroyed; `removed` were."""
-
-    def __init__(self, removed: list[str], failures: list[str]) -> None:
-        self.removed = removed
-        self.failures = failures
-        super().__init__(f"garbage collection removed {len(removed)} stack(s) but failed on "
-                         f"{len(failures)}; they are retried on the next pass:\n" + "\n".join(failures))
 
 
 def _pid_alive(pid: int) -> bool:

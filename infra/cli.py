@@ -3,10 +3,12 @@
     graphfleet plan ltx1            table of every object, then schema and policy checks
     graphfleet plan ltx1 --json     the rendered manifests as JSON
     graphfleet diff A.yaml B.yaml   objects added, removed and fields changed between two stack files
+    graphfleet gc                   tear down expired ephemeral fleets (the connector's GRAPHFLEET_* env)
 
 The stack's real program (`infra.datacenter.program`, what `pulumi up` runs) is rendered under
 Pulumi mocks: no CLI, cluster or credentials are needed. Exit status: 0 clean, 1 when any object
-fails the Kubernetes schema or a policy rule (each printed), 2 when the stack file is invalid.
+fails the Kubernetes schema or a policy rule (each printed) or gc could not remove a fleet, 2 when
+the stack file or the settings are invalid.
 """
 
 from __future__ import annotations
@@ -175,9 +177,20 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     """Tear down expired ephemeral fleets, with the connector's GRAPHFLEET_* settings."""
     from flyte_agent.gc import collect
-    from flyte_agent.settings import Settings
+    from flyte_agent.provisioner import GcError
+    from flyte_agent.settings import Settings, SettingsError
 
-    removed = collect(Settings.from_env())
+    try:
+        removed = collect(Settings.from_env())
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except GcError as exc:
+        # What was removed is still reported: a cron job's log should say both.
+        for name in exc.removed:
+            print(name)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_VIOLATIONS
     for name in removed:
         print(name)
     print(f"{len(removed)} expired fleet(s) removed", file=sys.stderr)

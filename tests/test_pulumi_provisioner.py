@@ -20,6 +20,7 @@ import pytest
 from pulumi.automation.errors import CommandError
 
 from flyte_agent import stack_names as names
+from flyte_agent.gc import collect
 from flyte_agent.provisioner import DestroyInProgress, Phase, Provision, Status
 from flyte_agent.pulumi_provisioner import PulumiProvisioner, TimedPulumiCommand, _pid_alive
 from flyte_agent.settings import Settings
@@ -387,6 +388,80 @@ def test_gc_removes_only_expired_graphfleet_stacks(backend: tuple[str, Path], ma
         "stack rm --yes fleet-old",
         "stack select --stack someone-else", "stack tag ls --json --stack someone-else",
     ]
+
+
+# -- garbage collection: `graphfleet gc`, flyte_agent.gc.collect and the connector's sweep ---------
+
+GRAPHFLEET = str(Path(sys.executable).with_name("graphfleet"))
+
+
+def seed_stack(backend: tuple[str, Path], name: str, expires_at: float) -> None:
+    """A fleet stack as the provisioner leaves it (tags only: gc never runs the program)."""
+    url, cli = backend
+    env = {**os.environ, "PULUMI_BACKEND_URL": url}
+    tags = names.initial_tags("proj/dev", f"exec-{name}", expires_at)
+    tagging = (["stack", "tag", "set", key, value, "--stack", name] for key, value in tags.items())
+    for args in [["stack", "init", name], *tagging]:
+        subprocess.run([str(cli), *args], env=env, check=True, capture_output=True, timeout=30)
+
+
+def test_collect_tears_down_expired_fleets_only(backend: tuple[str, Path]) -> None:
+    url, _ = backend
+    now = time.time()
+    seed_stack(backend, "fleet-expired", now - 1)
+    seed_stack(backend, "fleet-live", now + 3600)
+
+    assert collect(settings(backend), now) == ["fleet-expired"]
+    assert list(fake_pulumi.stacks(url)) == ["fleet-live"]
+    assert collect(settings(backend), now) == []
+
+
+def test_graphfleet_gc_as_an_operator_runs_it(backend: tuple[str, Path], tmp_path: Path) -> None:
+    url, cli = backend
+    now = time.time()
+    for name in ("fleet-old-a", "fleet-old-b"):
+        seed_stack(backend, name, now - 60)
+    seed_stack(backend, "fleet-live", now + 3600)
+    fake_pulumi.script_faults(url, "fleet-old-b", destroy=["fail:deleting Service: connection refused"])
+    env = {**os.environ, "GRAPHFLEET_BACKEND": "pulumi", "GRAPHFLEET_PULUMI_BACKEND_URL": url,
+           "GRAPHFLEET_PULUMI_COMMAND": str(cli), "PULUMI_CONFIG_PASSPHRASE": "test-only"}
+
+    def gc(**extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([GRAPHFLEET, "gc"], env={**env, **extra}, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=180)
+
+    failed = gc()
+    assert failed.returncode == 1, failed.stderr
+    assert failed.stdout.splitlines() == ["fleet-old-a"]
+    assert "error: garbage collection removed 1 stack(s) but failed on 1" in failed.stderr
+    assert "fleet-old-b: " in failed.stderr and "connection refused" in failed.stderr
+    assert sorted(fake_pulumi.stacks(url)) == ["fleet-live", "fleet-old-b"]
+
+    retried = gc()  # the next run (cron) retries what failed
+    assert retried.returncode == 0, retried.stderr
+    assert retried.stdout.splitlines() == ["fleet-old-b"]
+    assert "1 expired fleet(s) removed" in retried.stderr
+    assert list(fake_pulumi.stacks(url)) == ["fleet-live"]
+
+    bad = gc(GRAPHFLEET_BACKEND="k8s")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: connector settings: GRAPHFLEET_BACKEND: Input should be 'local' or "
+                                 "'pulumi'")
+
+
+def test_the_connector_sweeps_expired_fleets_on_its_own(backend: tuple[str, Path], make) -> None:
+    url, _ = backend
+    now = time.time()
+    seed_stack(backend, "fleet-expired", now - 1)
+    seed_stack(backend, "fleet-live", now + 3600)
+
+    make(gc_interval_seconds=0.2)  # no gc() call from here on: only the sweep thread acts
+
+    deadline = time.monotonic() + WAIT_LIMIT
+    while "fleet-expired" in fake_pulumi.stacks(url):
+        assert time.monotonic() < deadline, f"the sweep did not remove the expired fleet in {WAIT_LIMIT}s"
+        time.sleep(0.2)
+    assert list(fake_pulumi.stacks(url)) == ["fleet-live"]
 
 
 _CONNECTOR = textwrap.dedent("""

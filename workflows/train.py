@@ -33,6 +33,8 @@ from workflows.report import TrainingReport, plot_curves
 from workflows.sampler import Batch, GraphHandle, Prefetcher, batches_of, sample_batch
 
 log = logging.getLogger("workflows.train")
+# The model and its batches live here; sampling stays on the CPU.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # Evaluation batches: 128 seeds x 25 x 25 sampled positions keep the gathered hidden rows ~40 MB.
 EVAL_BATCH = 128
 
@@ -70,7 +72,7 @@ class GraphInfo:
 class TrainConfig:
     """Hyper-parameters; the defaults are the ones tuned on Cora (docs/benchmarks.md, "Training")."""
 
-    epochs: int = 30
+    epochs: int = 20
     seed: int = 0
     hidden: int = 128
     dropout: float = 0.5
@@ -153,6 +155,11 @@ class Sampling:
         return Prefetcher(lambda i: self.batch(chunks[i], fanouts, seed * 7919 + i), len(chunks), depth)
 
 
+def logits(model: GraphSage, batch: Batch) -> torch.Tensor:
+    return model(batch.features.to(DEVICE), [i.to(DEVICE) for i in batch.index],
+                 [m.to(DEVICE) for m in batch.masks])
+
+
 def accuracy(model: GraphSage, sampling: Sampling, ids: Sequence[int], config: TrainConfig,
              seed: int) -> float:
     """Share of `ids` whose predicted class equals the label, with `config.eval_fanouts` samples."""
@@ -164,7 +171,7 @@ def accuracy(model: GraphSage, sampling: Sampling, ids: Sequence[int], config: T
     stream = sampling.stream(ids, EVAL_BATCH, config.eval_fanouts, seed, config.prefetch)
     with torch.no_grad(), stream as batches:
         for batch in batches:
-            correct += int((model(batch.features, batch.index, batch.masks).argmax(1) == batch.labels).sum())
+            correct += int((logits(model, batch).argmax(1) == batch.labels.to(DEVICE)).sum())
     return correct / len(ids)
 
 
@@ -174,7 +181,7 @@ def fit(graph: GraphHandle, info: GraphInfo, config: TrainConfig, endpoints: Seq
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     sampling = Sampling(graph, info.feature_dim, endpoints)
-    model = build_model(info, config)
+    model = build_model(info, config).to(DEVICE)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     train_ids = np.asarray(info.train_ids, dtype=np.int64)
@@ -188,12 +195,13 @@ def fit(graph: GraphHandle, info: GraphInfo, config: TrainConfig, endpoints: Seq
         model.train()
         total = 0.0
         started = time.perf_counter()
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{config.epochs}", disable=not progress, file=sys.stderr)
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
+                   file=sys.stderr)
         with sampling.stream(order, config.batch_size, config.fanouts, config.seed * 100003 + epoch,
                              config.prefetch) as batches:
             for batch in batches:
                 optimizer.zero_grad()
-                loss = loss_fn(model(batch.features, batch.index, batch.masks), batch.labels)
+                loss = loss_fn(logits(model, batch), batch.labels.to(DEVICE))
                 loss.backward()
                 optimizer.step()
                 total += loss.item() * len(batch.seeds)
@@ -226,7 +234,8 @@ def evaluate(trained: Trained, graph: GraphHandle, endpoints: Sequence[str] = ()
 
 def save(trained: Trained, path: Path) -> Path:
     """A checkpoint another process (the evaluation task) can `load` without the training code state."""
-    torch.save({"state": trained.model.state_dict(), "config": asdict(trained.config),
+    state = {k: v.cpu() for k, v in trained.model.state_dict().items()}
+    torch.save({"state": state, "config": asdict(trained.config),
                 "report": asdict(trained.report), "info": asdict(trained.info)}, path)
     return path
 
@@ -239,6 +248,7 @@ def load(path: Path) -> Trained:
     info = GraphInfo(**saved["info"])
     model = build_model(info, config)
     model.load_state_dict(saved["state"])
+    model.to(DEVICE)
     return Trained(model=model, config=config, report=TrainingReport(**saved["report"]), info=info)
 
 
@@ -332,7 +342,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, TrainConfig]
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
     ns, config = parse_args(argv)
     try:
         endpoints = endpoints_from_env()

@@ -1,0 +1,214 @@
+"""The main job: train GraphSAGE on a graph served by an ephemeral graph-engine fleet.
+
+    pyflyte run workflows/gnn_training.py gnn_training                     # synthetic graph, defaults
+    pyflyte run workflows/gnn_training.py gnn_training --dataset cora \\
+        --data_dir /path/to/planetoid --epochs 30
+
+prepare (load + convert into the graph store) -> provision (DataServiceTask, one server per
+partition) -> train -> evaluate on the test nodes -> release (DataServiceTeardownTask) -> finish.
+
+Release runs whether training succeeded or failed: `train` and `evaluate` hand a failure on as
+`TrainOutcome.error` instead of failing their node, the fleet is released, and `finish` fails the
+run with that error. A node that fails outright (a pod killed, provisioning failed) triggers the
+`on_failure` handler, which releases the fleet by its name if there is one; whatever escapes both
+expires at its ttl_seconds (`graphfleet gc`).
+
+Configuration (environment, read when this module is imported, i.e. at `pyflyte run`/register):
+- `GRAPHFLEET_GRAPH_STORE`: where converted graphs go, a local dir or s3://bucket/prefix; default
+  the execution's raw output prefix (a temp dir locally, the blob store on a cluster).
+- `GRAPHFLEET_TRAINER`: `local` (default) trains in the task's own process; `pytorchjob` makes the
+  train task a Kubeflow PyTorchJob on the GPU pool: one GPU, the pool's toleration, the Kueue queue
+  `GRAPHFLEET_TRAINING_QUEUE` and the label that lets it reach the data service.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flytekit import PodTemplate, Resources, current_context, dynamic, task, workflow
+from flytekit.types.error import FlyteError
+from flytekit.types.file import FlyteFile
+
+from flyte_agent import DataServiceTask, DataServiceTeardownTask
+from flyte_agent.connector import provision_name
+from infra.spec import CLIENT_LABEL, ENDPOINTS_ENV
+from workflows import train as trainer
+from workflows.report import TrainingReport
+
+log = logging.getLogger("workflows.gnn_training")
+
+GRAPH_STORE_ENV = "GRAPHFLEET_GRAPH_STORE"
+TRAINER_ENV = "GRAPHFLEET_TRAINER"
+QUEUE_ENV = "GRAPHFLEET_TRAINING_QUEUE"
+TRAINERS = ("local", "pytorchjob")
+DEFAULT_EPOCHS = trainer.TrainConfig.epochs
+# The provisioning node's id: on a cluster the fleet's name derives from it (flyte_agent.connector).
+SERVICE_NODE = "graph-service"
+
+
+@dataclass
+class TrainOutcome:
+    """What train/evaluate pass on: the report so far, the model, or why it failed."""
+
+    report: TrainingReport = field(default_factory=TrainingReport)
+    checkpoint: FlyteFile | None = None
+    error: str = ""
+
+
+def check_inputs(dataset: str, data_dir: str, partitions: int, epochs: int) -> None:
+    """Every input problem at once, before anything is loaded or created."""
+    from graph_engine.datasets import DATASETS, PLANETOID
+
+    problems = []
+    if dataset not in DATASETS:
+        problems.append(f"dataset: unknown {dataset!r}; choose one of {', '.join(DATASETS)}")
+    elif dataset in PLANETOID and not data_dir:
+        problems.append(f"data_dir: dataset {dataset!r} needs the folder holding its ind.{dataset}.* files")
+    if partitions < 1:
+        problems.append(f"partitions: must be >= 1 (one graph-engine server each), got {partitions}")
+    if epochs < 1:
+        problems.append(f"epochs: must be >= 1, got {epochs}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def graph_store() -> str:
+    return os.environ.get(GRAPH_STORE_ENV) or f"{current_context().raw_output_prefix.rstrip('/')}/graphs"
+
+
+@task
+def prepare(dataset: str, data_dir: str, partitions: int, epochs: int) -> str:
+    """Load the dataset and convert it into the graph store in `partitions` partitions; its URI."""
+    from graph_engine import datasets
+    from graph_engine.convert import convert
+
+    check_inputs(dataset, data_dir, partitions, epochs)
+    graph = datasets.load(dataset, data_dir or None)
+    # One folder per run: servers of another run may still be reading an older conversion.
+    target = f"{graph_store().rstrip('/')}/{graph.name}-p{partitions}-{uuid.uuid4().hex[:8]}"
+    return convert(graph, target, partitions)
+
+
+def guarded(step: str, body: Callable[[], TrainOutcome]) -> TrainOutcome:
+    """Run `body`; a failure becomes the outcome's error, so the fleet is still released."""
+    try:
+        return body()
+    except Exception as err:
+        log.error("%s failed:\n%s", step, traceback.format_exc())
+        return TrainOutcome(error=f"{step}: {type(err).__name__}: {err}")
+
+
+def _trainer_task(fn: Callable[..., Any]) -> Any:
+    """`task` for the train step: in-process locally, a PyTorchJob on the GPU pool on a cluster."""
+    trainer = os.environ.get(TRAINER_ENV, "local")
+    if trainer not in TRAINERS:
+        raise ValueError(f"{TRAINER_ENV}={trainer!r}: choose one of {', '.join(TRAINERS)}")
+    if trainer == "local":
+        return task(fn)
+    from flytekitplugins.kfpytorch import Master, PyTorch, Worker
+    from kubernetes.client import V1PodSpec, V1Toleration
+
+    from infra.config import Taint
+    from infra.gpu_pool import QUEUE_LABEL
+
+    labels = {CLIENT_LABEL: "true"}
+    queue = os.environ.get(QUEUE_ENV, "")
+    if queue:
+        labels[QUEUE_LABEL] = queue
+    toleration = V1Toleration(**Taint().toleration())
+    pod = PodTemplate(pod_spec=V1PodSpec(containers=[], tolerations=[toleration]), labels=labels)
+    # One process: the trainer does not shard batches across ranks, so workers would repeat it.
+    config = PyTorch(master=Master(), worker=Worker(replicas=0))
+    gpu = Resources(gpu="1")
+    return task(task_config=config, pod_template=pod, requests=gpu, limits=gpu)(fn)
+
+
+@_trainer_task
+def train(graph_uri: str, endpoints: str, epochs: int, seed: int) -> TrainOutcome:
+    """Fit GraphSAGE through the fleet; the model with the best validation accuracy is kept."""
+    def body() -> TrainOutcome:
+        os.environ[ENDPOINTS_ENV] = endpoints  # the trainer reads its endpoints from here only
+        info = trainer.GraphInfo.read(graph_uri)
+        config = trainer.TrainConfig(epochs=epochs, seed=seed)
+        used = trainer.endpoints_from_env()
+        print(f"graph data service: {', '.join(used)}")
+        fitted = trainer.fit(trainer.open_service(used), info, config, used)
+        out = Path(tempfile.mkdtemp(prefix="gnn-train-"))
+        trainer.write_outputs(fitted.report, out)
+        checkpoint = trainer.save(fitted, out / "model.pt")
+        return TrainOutcome(report=fitted.report, checkpoint=FlyteFile(str(checkpoint)))
+
+    return guarded("train", body)
+
+
+@task
+def evaluate(graph_uri: str, endpoints: str, trained: TrainOutcome) -> TrainOutcome:
+    """Test accuracy of the kept model, through the same fleet."""
+    if trained.error:
+        return trained
+
+    def body() -> TrainOutcome:
+        assert trained.checkpoint is not None
+        os.environ[ENDPOINTS_ENV] = endpoints
+        used = trainer.endpoints_from_env()
+        fitted = trainer.load(Path(trained.checkpoint.download()))
+        report = trainer.evaluate(fitted, trainer.open_service(used), used)
+        return TrainOutcome(report=report, checkpoint=trained.checkpoint)
+
+    return guarded("evaluate", body)
+
+
+@task
+def finish(outcome: TrainOutcome, released: str) -> TrainingReport:
+    """The run's result; fails the run (after the fleet was released) if training failed."""
+    if outcome.error:
+        raise RuntimeError(f"{outcome.error} (data service: {released})")
+    print(outcome.report.summary())
+    return outcome.report
+
+
+graph_service = DataServiceTask(name="gnn_training.graph_service")
+release = DataServiceTeardownTask(name="gnn_training.release_graph_service")
+
+
+def fleet_of_this_run() -> str:
+    """The name of this run's fleet, "" if it has none yet.
+
+    On a cluster the connector names it after the execution and the provisioning node. A local run
+    provisions in this very process with a random name, which the task object keeps from create().
+    """
+    run = current_context().execution_id
+    if run.project and run.project != "local" and run.name and run.name != "local":
+        return provision_name(run.project, run.domain, run.name, SERVICE_NODE)
+    meta = getattr(graph_service, "resource_meta", None)
+    return str(getattr(meta, "name", ""))
+
+
+@dynamic
+def release_on_failure(dataset: str = "synthetic", data_dir: str = "", partitions: int = 2,
+                       epochs: int = DEFAULT_EPOCHS, seed: int = 0, err: FlyteError | None = None) -> str:
+    """The on_failure handler: release the fleet if one was provisioned (a no-op release is fine)."""
+    name = fleet_of_this_run()
+    if not name:
+        return "no data service was provisioned"
+    return release(service=name)
+
+
+@workflow(on_failure=release_on_failure)
+def gnn_training(dataset: str = "synthetic", data_dir: str = "", partitions: int = 2,
+                 epochs: int = DEFAULT_EPOCHS, seed: int = 0) -> TrainingReport:
+    graph_uri = prepare(dataset=dataset, data_dir=data_dir, partitions=partitions, epochs=epochs)
+    fleet = graph_service(graph_uri=graph_uri, replicas=partitions).with_overrides(node_name=SERVICE_NODE)
+    trained = train(graph_uri=graph_uri, endpoints=fleet.endpoints_env, epochs=epochs, seed=seed)
+    tested = evaluate(graph_uri=graph_uri, endpoints=fleet.endpoints_env, trained=trained)
+    released = release(service=fleet.service)
+    tested >> released
+    return finish(outcome=tested, released=released)

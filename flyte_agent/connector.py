@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 DATA_SERVICE_TASK_TYPE = "graphfleet_data_service"
 TEARDOWN_TASK_TYPE = "graphfleet_data_service_teardown"
+# Every task type this connector serves: the connector Deployment routes them all to it in propeller.
+TASK_TYPES = (DATA_SERVICE_TASK_TYPE, TEARDOWN_TASK_TYPE)
 # Run-time inputs of a DataServiceTask; the default means "use the config".
 INPUT_DEFAULTS: dict[str, Any] = {"graph_uri": "", "replicas": 0}
 OUTPUT_TYPES: dict[str, type] = {"endpoints": list[str], "endpoints_env": str, "service": str}

@@ -21,18 +21,18 @@ import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
+from flyte_agent.connector import TASK_TYPES
 from flyte_agent.settings import env_name
 from infra import names
 from infra.config import ConnectorConfig, Placement, parse_duration
 from infra.images import check_image
+from infra.pod_security import container_security_context, pod_security_context
 from infra.spec import CLIENT_LABEL
 
 TYPE_TOKEN = "graphfleet:connector:FlyteConnector"
 NAME = "graphfleet-connector"
 GRPC_PORT = 8000
 METRICS_PORT = 9090
-# The task types the connector serves; propeller routes them to it.
-TASK_TYPES = ("graphfleet_data_service", "graphfleet_data_service_teardown")
 PROPELLER_CONFIG_KEY = "connector.yaml"
 # Plugins propeller keeps enabled next to ours: Flyte's config merge replaces lists, not extends them.
 BASE_PLUGINS = ("container", "sidecar", "k8s-array")
@@ -177,13 +177,7 @@ def deployment_manifest(args: FlyteConnectorArgs, shared_services: Mapping[str, 
         "livenessProbe": {**grpc_probe, "periodSeconds": 20, "initialDelaySeconds": 10},
         "resources": {"requests": {"cpu": config.cpu, "memory": config.memory},
                       "limits": {"cpu": config.cpu_limit, "memory": config.memory_limit}},
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": container_security_context(),
         "volumeMounts": [{"name": "work", "mountPath": WORK_DIR}],
     }
     if env_from:
@@ -202,9 +196,7 @@ def deployment_manifest(args: FlyteConnectorArgs, shared_services: Mapping[str, 
                 "spec": {
                     "serviceAccountName": NAME,
                     "containers": [container],
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER,
-                                        "runAsGroup": RUN_AS_USER, "fsGroup": RUN_AS_USER,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "securityContext": pod_security_context(RUN_AS_USER),
                     "enableServiceLinks": False,
                     # A `pulumi up` in flight is bounded by the provisioner; give it time to stop cleanly.
                     "terminationGracePeriodSeconds": 60,

@@ -22,6 +22,7 @@ import pulumi_kubernetes as k8s
 from pydantic import ValidationError
 
 from infra import names
+from infra.pod_security import container_security_context, pod_security_context
 from infra.spec import CLIENT_LABEL, DataServiceSpec, describe_error
 
 TYPE_TOKEN = "graphfleet:graph:GraphDataService"
@@ -234,21 +235,12 @@ def statefulset_manifest(args: GraphDataServiceArgs) -> dict[str, Any]:
         "ports": [{"name": PORT_NAME, "containerPort": spec.port, "protocol": "TCP"}],
         "resources": {"requests": requests, "limits": limits},
         **probes(spec),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": container_security_context(),
         "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH_DIR}],
     }
     pod_spec: dict[str, Any] = {
         "containers": [container],
-        "securityContext": {
-            "runAsNonRoot": True, "runAsUser": args.run_as_user, "runAsGroup": args.run_as_user,
-            "fsGroup": args.run_as_user, "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(args.run_as_user),
         # The servers never call the Kubernetes API.
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,

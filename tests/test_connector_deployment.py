@@ -9,10 +9,11 @@ import pulumi
 import pytest
 import yaml
 
+from flyte_agent.connector import DataServiceConnector, DataServiceTeardownConnector
 from flyte_agent.settings import Settings
 from infra import policy
 from infra.config import ConnectorConfig, ConnectorSecrets, load_stack_config, stack_path
-from infra.connector_deployment import TASK_TYPES, FlyteConnector, FlyteConnectorArgs
+from infra.connector_deployment import FlyteConnector, FlyteConnectorArgs
 from infra.render import Rendered
 
 SHARED = {"member-graph": ["member-graph-0.member-graph.graphfleet-data.svc.cluster.local:50051"]}
@@ -120,10 +121,13 @@ def test_propeller_fragment_routes_both_task_types(render_valid: Callable[..., R
     fragment = yaml.safe_load(rendered.outputs["propeller"])
     assert fragment == yaml.safe_load(rendered.one("ConfigMap")["data"]["connector.yaml"])
     assert "connector-service" in fragment["tasks"]["task-plugins"]["enabled-plugins"]
-    for task_type in TASK_TYPES:
+    # What the registered connectors actually serve, not a copy of the list.
+    served = {c().task_category.name for c in (DataServiceConnector, DataServiceTeardownConnector)}
+    assert len(served) == 2
+    for task_type in served:
         assert fragment["tasks"]["task-plugins"]["default-for-task-types"][task_type] == "connector-service"
     service = fragment["plugins"]["connector-service"]
-    assert service["connectorForTaskTypes"] == {t: "graphfleet" for t in TASK_TYPES}
+    assert service["connectorForTaskTypes"] == {t: "graphfleet" for t in served}
     assert service["connectors"]["graphfleet"]["timeouts"] == {"CreateTask": "20s", "GetTask": "10s",
                                                                "DeleteTask": "30s"}
 

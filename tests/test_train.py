@@ -141,7 +141,8 @@ def test_a_server_that_is_down_is_named_instead_of_aborting_the_process() -> Non
 
 
 @pytest.mark.parametrize("bad, field", [({"epochs": 0}, "epochs"), ({"fanouts": ()}, "fanouts"),
-                                        ({"eval_fanouts": (5,)}, "eval_fanouts"), ({"dropout": 1.0}, "dropout")])
+                                        ({"eval_fanouts": (5,)}, "eval_fanouts"),
+                                        ({"dropout": 1.0}, "dropout")])
 def test_bad_hyperparameters_name_the_field(bad: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         TrainConfig(**bad)  # type: ignore[arg-type]

@@ -6,7 +6,15 @@
 2. CreateTask -> SUCCEEDED for a fresh local fleet of 1, 2 and 4 servers on Cora, next to loading
    the same graph in-process.
 
-    .venv/bin/python -m bench.connector_latency [--backend local] [--concurrency 1,16,64] [--fleets 1,2,4]
+`--backend pulumi` instead runs the Pulumi provisioner through the Automation API seam: every
+execution is a fresh fleet (one ephemeral stack each), the CLI is the fake from tests/fake_pulumi.py
+over a file:// backend (its `up` runs the real inline program), the graph sits in moto's S3. It
+times CreateTask, the first GetTask, DeleteTask and CreateTask -> SUCCEEDED (polling every second)
+at each concurrency: the connector's own cost per Pulumi call, not Kubernetes' (endpoints are not
+health-checked: nothing serves them).
+
+    .venv/bin/python -m bench.connector_latency [--backend local|pulumi] [--concurrency 1,16,64] \
+        [--fleets 1,2,4]
 """
 
 from __future__ import annotations
@@ -125,6 +133,91 @@ def time_to_ready(stub: AsyncAgentServiceStub, uri: str, replicas: int) -> float
     return elapsed
 
 
+class Retrying:
+    """Calls as propeller makes them: one that misses its 10 s deadline is retried (the call is
+    idempotent), so is a DeleteTask answered "in progress"; misses are counted, not fatal."""
+
+    def __init__(self) -> None:
+        self.misses = 0
+
+    def __call__(self, method: Any, request: Any) -> Any:
+        while True:
+            try:
+                return method(request, timeout=10)
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    self.misses += 1
+                elif not any(text in str(err.details()) for text in ("in progress", "still running")):
+                    raise
+                time.sleep(1.0)
+
+
+def pulumi_fleet_latency(stub: AsyncAgentServiceStub, template: Any, inputs: Any,
+                         concurrency: int, run: str) -> dict[str, float]:
+    """`concurrency` fresh fleets at once: create, get until SUCCEEDED, delete until deleted."""
+    def one(i: int) -> tuple[float, float, float, float, int]:
+        call = Retrying()
+        t0 = time.perf_counter()
+        meta = call(stub.CreateTask, agent_pb2.CreateTaskRequest(
+            template=template, inputs=inputs, output_prefix="/tmp/unused",
+            task_execution_metadata=metadata(f"{run}{concurrency}x{i}"))).resource_meta
+        created = time.perf_counter() - t0
+        first_get = None
+        while True:
+            t1 = time.perf_counter()
+            resource = call(stub.GetTask, agent_pb2.GetTaskRequest(task_category=CATEGORY,
+                                                                   resource_meta=meta)).resource
+            first_get = time.perf_counter() - t1 if first_get is None else first_get
+            if resource.phase == execution_pb2.TaskExecution.SUCCEEDED:
+                ready = time.perf_counter() - t0
+                break
+            if resource.phase == execution_pb2.TaskExecution.FAILED or time.perf_counter() - t0 > 900:
+                raise RuntimeError(resource.message or "not ready after 900 s")
+            time.sleep(1.0)
+        t2 = time.perf_counter()
+        call(stub.DeleteTask, agent_pb2.DeleteTaskRequest(task_category=CATEGORY, resource_meta=meta))
+        return created, first_get, ready, time.perf_counter() - t2, call.misses
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(one, range(concurrency)))
+    wall = time.perf_counter() - t0
+    creates, gets, readies, deletes = ([r[k] * 1000 for r in results] for k in range(4))
+    return {"create_p50_ms": statistics.median(creates), "create_p99_ms": percentile(creates, 0.99),
+            "first_get_p50_ms": statistics.median(gets), "first_get_p99_ms": percentile(gets, 0.99),
+            "ready_p50_s": statistics.median(readies) / 1000, "ready_max_s": max(readies) / 1000,
+            "deleted_p50_ms": statistics.median(deletes), "deleted_p99_ms": percentile(deletes, 0.99),
+            "deadline_misses": sum(r[4] for r in results), "wall_s": wall}
+
+
+def pulumi_main(args: argparse.Namespace, scratch: str) -> dict[str, Any]:
+    # Test helpers, used here as the stand-ins for a cluster's S3 and the pulumi CLI.
+    from tests import fake_pulumi
+    from tests.s3_server import moto_s3, s3_env
+
+    with moto_s3(buckets=["graphs"], set_env=True) as endpoint:
+        uri = convert(load_planetoid("cora", PLANETOID), "s3://graphs/cora", partitions=4)
+        cli = fake_pulumi.install(Path(scratch))
+        env = {**s3_env(endpoint), "GRAPHFLEET_PULUMI_BACKEND_URL": f"file://{scratch}/backend",
+               "GRAPHFLEET_PULUMI_COMMAND": str(cli), "PULUMI_CONFIG_PASSPHRASE": "bench-only",
+               "GRAPHFLEET_CHECK_ENDPOINTS": "false", "GRAPHFLEET_GC_INTERVAL_SECONDS": "0"}
+        connector, endpoint_ = start_connector("pulumi", f"{scratch}/state", env)
+        try:
+            with grpc.insecure_channel(endpoint_) as channel:
+                stub = AsyncAgentServiceStub(channel)
+                task = DataServiceTask(name="bench_fleet", config={"replicas": 1})
+                template, inputs = template_and_inputs(task, graph_uri=uri, replicas=2)
+                # The first execution builds the provisioner (imports pulumi_kubernetes, runs
+                # `pulumi version`) and the S3 client: reported apart from the steady state.
+                first = pulumi_fleet_latency(stub, template, inputs, 1, "cold")
+                return {"backend": "pulumi", "first_execution": first, "fleets": {
+                    concurrency: pulumi_fleet_latency(stub, template, inputs, concurrency, "warm")
+                    for concurrency in (int(c) for c in args.concurrency.split(","))}}
+        finally:
+            connector.send_signal(2)
+            connector.wait(timeout=60)
+
+
 def in_process_load_seconds(uri: str) -> float:
     from deepgnn.graph_engine.snark.local import Client
 
@@ -137,13 +230,17 @@ def in_process_load_seconds(uri: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", default="local", help="GRAPHFLEET_BACKEND of the served connector")
+    parser.add_argument("--backend", default="local", choices=["local", "pulumi"],
+                        help="GRAPHFLEET_BACKEND of the served connector")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--rounds", type=int, default=3, help="executions per concurrent caller")
     parser.add_argument("--fleets", default="1,2,4", help="fleet sizes for time-to-ready")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="graphfleet-bench-") as scratch:
+        if args.backend == "pulumi":
+            print(json.dumps(pulumi_main(args, scratch), indent=2))
+            return
         uri = convert(load_planetoid("cora", PLANETOID), f"{scratch}/cora", partitions=4)
         shared_port = free_port()
         shared = subprocess.Popen(

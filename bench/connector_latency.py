@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,21 @@ def concurrent_latency(stub: AsyncAgentServiceStub, template: Any, concurrency: 
             "get_p50_ms": statistics.median(gets), "get_p99_ms": percentile(gets, 0.99)}
 
 
+def until_succeeded(get_task: Callable[[Any], Any], meta: bytes, t0: float, poll: float,
+                    limit: float) -> tuple[float, float]:
+    """Poll GetTask until SUCCEEDED: (the first call's latency, seconds from `t0` to SUCCEEDED)."""
+    first = None
+    while True:
+        t1 = time.perf_counter()
+        resource = get_task(agent_pb2.GetTaskRequest(task_category=CATEGORY, resource_meta=meta)).resource
+        first = time.perf_counter() - t1 if first is None else first
+        if resource.phase == execution_pb2.TaskExecution.SUCCEEDED:
+            return first, time.perf_counter() - t0
+        if resource.phase == execution_pb2.TaskExecution.FAILED or time.perf_counter() - t0 > limit:
+            raise RuntimeError(resource.message or f"not ready after {limit:g} s")
+        time.sleep(poll)
+
+
 def time_to_ready(stub: AsyncAgentServiceStub, uri: str, replicas: int) -> float:
     task = DataServiceTask(name="bench_graph", config={"replicas": 1})
     template, inputs = template_and_inputs(task, graph_uri=uri, replicas=replicas)
@@ -120,15 +136,7 @@ def time_to_ready(stub: AsyncAgentServiceStub, uri: str, replicas: int) -> float
     meta = stub.CreateTask(agent_pb2.CreateTaskRequest(
         template=template, inputs=inputs, output_prefix="/tmp/unused",
         task_execution_metadata=metadata(f"ready{replicas}")), timeout=10).resource_meta
-    while True:
-        resource = stub.GetTask(agent_pb2.GetTaskRequest(task_category=CATEGORY, resource_meta=meta),
-                                timeout=10).resource
-        if resource.phase == execution_pb2.TaskExecution.SUCCEEDED:
-            elapsed = time.perf_counter() - t0
-            break
-        if resource.phase == execution_pb2.TaskExecution.FAILED or time.perf_counter() - t0 > 300:
-            raise RuntimeError(resource.message or "not ready after 300 s")
-        time.sleep(0.05)
+    _, elapsed = until_succeeded(lambda request: stub.GetTask(request, timeout=10), meta, t0, 0.05, 300)
     stub.DeleteTask(agent_pb2.DeleteTaskRequest(task_category=CATEGORY, resource_meta=meta), timeout=30)
     return elapsed
 
@@ -162,18 +170,7 @@ def pulumi_fleet_latency(stub: AsyncAgentServiceStub, template: Any, inputs: Any
             template=template, inputs=inputs, output_prefix="/tmp/unused",
             task_execution_metadata=metadata(f"{run}{concurrency}x{i}"))).resource_meta
         created = time.perf_counter() - t0
-        first_get = None
-        while True:
-            t1 = time.perf_counter()
-            resource = call(stub.GetTask, agent_pb2.GetTaskRequest(task_category=CATEGORY,
-                                                                   resource_meta=meta)).resource
-            first_get = time.perf_counter() - t1 if first_get is None else first_get
-            if resource.phase == execution_pb2.TaskExecution.SUCCEEDED:
-                ready = time.perf_counter() - t0
-                break
-            if resource.phase == execution_pb2.TaskExecution.FAILED or time.perf_counter() - t0 > 900:
-                raise RuntimeError(resource.message or "not ready after 900 s")
-            time.sleep(1.0)
+        first_get, ready = until_succeeded(lambda request: call(stub.GetTask, request), meta, t0, 1.0, 900)
         t2 = time.perf_counter()
         call(stub.DeleteTask, agent_pb2.DeleteTaskRequest(task_category=CATEGORY, resource_meta=meta))
         return created, first_get, ready, time.perf_counter() - t2, call.misses

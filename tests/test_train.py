@@ -41,9 +41,20 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> MemoryGraph:
     return MemoryGraph(uri, [0, 1])
 
 
-def test_prefetcher_yields_every_item_in_order() -> None:
-    with Prefetcher(lambda i: i * i, count=7, depth=2) as items:
+def test_prefetcher_yields_every_item_in_order_from_a_producer_thread() -> None:
+    threads: set[int] = set()
+
+    def make(i: int) -> int:
+        threads.add(threading.get_ident())
+        return i * i
+
+    with Prefetcher(make, count=7, depth=2) as items:
         assert list(items) == [i * i for i in range(7)]
+    assert threads and threading.get_ident() not in threads
+    threads.clear()
+    with Prefetcher(make, count=3, depth=0) as items:  # no overlap: made on demand, here
+        assert list(items) == [0, 1, 4]
+    assert threads == {threading.get_ident()}
 
 
 def test_prefetcher_raises_the_producer_error_at_its_item_and_stops() -> None:

@@ -1,0 +1,175 @@
+"""GraphSAGE training through the graph data service next to the same model on an in-process graph.
+
+1. Throughput: training epoch time and samples/s through 1, 2 and 4 graph-engine servers (loopback
+   subprocesses) vs an in-process `MemoryGraph`, with the prefetching sampler and without it
+   (prefetch=0: sample, then train). Configurations are interleaved round by round and each
+   ratio is taken from medians of the same run, since the machine is shared and noisy.
+2. Accuracy: Cora (standard split, 2 partitions, 2 servers) over 3 seeds, and the synthetic default
+   graph, each next to the feature-only baseline (the same model with fanouts 0: no neighbours).
+
+    .venv/bin/python -m bench.training_throughput [--servers 1,2,4] [--rounds 3] [--epochs 2] \
+        [--seeds 0,1,2] [--skip-accuracy] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from deepgnn.graph_engine.snark.client import MemoryGraph
+
+from graph_engine import datasets, health
+from graph_engine.convert import convert
+from workflows.train import GraphInfo, TrainConfig, evaluate, fit, open_service
+
+PLANETOID = Path("/work/shared/data/planetoid")
+BASELINE = {"fanouts": (0, 0), "eval_fanouts": (0, 0)}
+
+
+def throughput_graph() -> datasets.Graph:
+    """The synthetic model at 20k nodes, 64-d features, 60% of the nodes to train on (many batches)."""
+    graph = datasets.synthetic(num_nodes=20_000, feature_dim=64, avg_degree=10.0)
+    order = np.random.default_rng(1).permutation(graph.num_nodes)
+    cut = graph.num_nodes * 6 // 10
+    return dataclasses.replace(graph, train_ids=np.sort(order[:cut]), val_ids=np.sort(order[cut:cut + 256]),
+                               test_ids=np.sort(order[cut + 256:cut + 512]))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def fleet(uri: str, replicas: int, partitions: int) -> Iterator[list[str]]:
+    """`replicas` graph-engine servers on loopback, ready; stopped (SIGTERM, then SIGKILL) on exit."""
+    ports = [free_port() for _ in range(replicas)]
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "graph_engine.server", "--data-dir", uri, "--port", str(port),
+         "--ordinal", str(i), "--replicas", str(replicas), "--partitions", str(partitions),
+         "--host", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i, port in enumerate(ports)]
+    endpoints = [f"127.0.0.1:{p}" for p in ports]
+    try:
+        health.wait_ready(endpoints, timeout=120)
+        yield endpoints
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=20)
+
+
+def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    partitions = max(args.servers)
+    uri = convert(throughput_graph(), str(work / "throughput"), partitions)
+    info = GraphInfo.read(uri)
+    handles: dict[str, tuple[Any, list[str]]] = {
+        "in-process": (MemoryGraph(uri, list(range(partitions))), [])}
+    with contextlib.ExitStack() as stack:
+        for n in args.servers:
+            endpoints = stack.enter_context(fleet(uri, n, partitions))
+            handles[f"{n} server{'s' if n > 1 else ''}"] = (open_service(endpoints), endpoints)
+        seconds: dict[tuple[str, int], list[float]] = {(name, p): [] for name in handles for p in (4, 0)}
+        for round_ in range(args.rounds):
+            for name, (graph, endpoints) in handles.items():
+                for prefetch in (4, 0):
+                    config = TrainConfig(epochs=args.epochs, seed=round_, prefetch=prefetch)
+                    report = fit(graph, info, config, endpoints, progress=False).report
+                    seconds[(name, prefetch)].append(report.train_seconds / args.epochs)
+                    print(f"round {round_ + 1}/{args.rounds} {name:>10} prefetch={prefetch}: "
+                          f"{seconds[(name, prefetch)][-1]:.2f}s/epoch", file=sys.stderr, flush=True)
+    samples = len(info.train_ids)
+    base = statistics.median(seconds[("in-process", 4)])
+    rows = []
+    for (name, prefetch), values in seconds.items():
+        epoch = statistics.median(values)
+        rows.append({"graph": name, "prefetch": prefetch, "epoch_seconds": round(epoch, 3),
+                     "samples_per_second": round(samples / epoch),
+                     "ratio_vs_in_process": round(base / epoch, 3)})
+    return {"train_nodes": samples, "batches_per_epoch": -(-samples // TrainConfig().batch_size),
+            "fanouts": ",".join(map(str, TrainConfig().fanouts)), "rounds": args.rounds,
+            "epochs_per_round": args.epochs, "rows": rows}
+
+
+def accuracy(name: str, graph: datasets.Graph, seeds: list[int], work: Path) -> dict[str, Any]:
+    """Test accuracy per seed through 2 servers, GraphSAGE and the feature-only baseline."""
+    uri = convert(graph, str(work / name), 2)
+    info = GraphInfo.read(uri)
+    result: dict[str, Any] = {}
+    with fleet(uri, 2, 2) as endpoints:
+        service = open_service(endpoints)
+        for model, extra in (("graphsage", {}), ("feature-only", BASELINE)):
+            scores = []
+            for seed in seeds:
+                config = TrainConfig(seed=seed, **extra)  # type: ignore[arg-type]
+                trained = fit(service, info, config, endpoints, progress=False)
+                scores.append(round(evaluate(trained, service, endpoints).test_accuracy, 4))
+                print(f"{name} {model} seed {seed}: {scores[-1]}", file=sys.stderr, flush=True)
+            result[model] = {"per_seed": scores, "median": statistics.median(scores)}
+    return result
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = []
+    if "throughput" in results:
+        t = results["throughput"]
+        lines += [f"Throughput: {t['train_nodes']} training nodes, {t['batches_per_epoch']} batches of 64 "
+                  f"per epoch, fanouts {t['fanouts']}, 64-d features; median of {t['rounds']} interleaved rounds "
+                  f"of {t['epochs_per_round']} epochs.", "",
+                  "| graph | prefetch | s/epoch | samples/s | vs in-process (prefetch 4) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['graph']} | {r['prefetch']} | {r['epoch_seconds']} | {r['samples_per_second']} | "
+                  f"{r['ratio_vs_in_process']} |" for r in t["rows"]]
+        lines.append("")
+    for name in ("cora", "synthetic"):
+        if name in results:
+            r = results[name]
+            lines.append(f"{name}: GraphSAGE test accuracy {r['graphsage']['per_seed']} (median "
+                         f"{r['graphsage']['median']}); feature-only {r['feature-only']['per_seed']} "
+                         f"(median {r['feature-only']['median']})")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--servers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
+        work = Path(tmp)
+        if not args.skip_throughput:
+            results["throughput"] = throughput(args, work)
+        if not args.skip_accuracy:
+            results["cora"] = accuracy("cora", datasets.load("cora", PLANETOID), args.seeds, work)
+            results["synthetic"] = accuracy("synthetic", datasets.load("synthetic"), args.seeds, work)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,33 @@ def fleet(uri: str, replicas: int, partitions: int) -> Iterator[list[str]]:
                 proc.wait(timeout=20)
 
 
+def gil_release(graph: Any, info: GraphInfo, calls: int = 50) -> dict[str, Any]:
+    """Does a DeepGNN client call let other Python threads run? A counter thread's count is read
+    before and after each sampling call: had the call held the GIL, it could not move while it ran.
+    Calls are large (2048 nodes x 400 samples, ~0.1 s) so that the OS schedules the counter within
+    one even on busy cores."""
+    ids = np.asarray(info.train_ids[:2048], dtype=np.int64)
+    count = [0]
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            count[0] += 1
+
+    moved = 0
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        for i in range(calls):
+            before = count[0]
+            graph.weighted_sample_neighbors(ids, 0, count=400, seed=i)
+            moved += count[0] > before
+    finally:
+        stop.set()
+        spinner.join()
+    return {"calls": calls, "share_of_calls_other_threads_ran_during": round(moved / calls, 3)}
+
+
 def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     partitions = max(args.servers)
     uri = convert(throughput_graph(), str(work / "throughput"), partitions)
@@ -87,6 +115,7 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for n in args.servers:
             endpoints = stack.enter_context(fleet(uri, n, partitions))
             handles[f"{n} server{'s' if n > 1 else ''}"] = (open_service(endpoints), endpoints)
+        gil = {name: gil_release(graph, info) for name, (graph, _) in handles.items()}
         seconds: dict[tuple[str, int], list[float]] = {(name, p): [] for name in handles for p in (4, 0)}
         for round_ in range(args.rounds):
             for name, (graph, endpoints) in handles.items():
@@ -106,7 +135,7 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                      "ratio_vs_in_process": round(base / epoch, 3)})
     return {"train_nodes": samples, "batches_per_epoch": -(-samples // TrainConfig().batch_size),
             "fanouts": ",".join(map(str, TrainConfig().fanouts)), "rounds": args.rounds,
-            "epochs_per_round": args.epochs, "rows": rows}
+            "epochs_per_round": args.epochs, "rows": rows, "gil": gil}
 
 
 def accuracy(name: str, graph: datasets.Graph, seeds: list[int], work: Path) -> dict[str, Any]:
@@ -132,12 +161,16 @@ def markdown(results: dict[str, Any]) -> str:
     if "throughput" in results:
         t = results["throughput"]
         lines += [f"Throughput: {t['train_nodes']} training nodes, {t['batches_per_epoch']} batches of 64 "
-                  f"per epoch, fanouts {t['fanouts']}, 64-d features; median of {t['rounds']} interleaved rounds "
-                  f"of {t['epochs_per_round']} epochs.", "",
+                  f"per epoch, fanouts {t['fanouts']}, 64-d features; median of {t['rounds']} interleaved "
+                  f"rounds of {t['epochs_per_round']} epochs.", "",
                   "| graph | prefetch | s/epoch | samples/s | vs in-process (prefetch 4) |",
                   "|---|---|---|---|---|"]
         lines += [f"| {r['graph']} | {r['prefetch']} | {r['epoch_seconds']} | {r['samples_per_second']} | "
                   f"{r['ratio_vs_in_process']} |" for r in t["rows"]]
+        lines.append("")
+        lines += [f"GIL: another Python thread ran during "
+                  f"{g['share_of_calls_other_threads_ran_during']:.0%} of {g['calls']} sampling calls "
+                  f"through {name}" for name, g in t["gil"].items()]
         lines.append("")
     for name in ("cora", "synthetic"):
         if name in results:

@@ -20,7 +20,7 @@ from graph_engine.health import EndpointsNotReady
 from infra.spec import ENDPOINTS_ENV
 from tests.test_graph_server import free_port, start
 from workflows.sampler import Prefetcher, sample_batch
-from workflows.train import GraphInfo, TrainConfig, evaluate, fit, open_service
+from workflows.train import GraphInfo, TrainConfig, endpoints_from_env, evaluate, fit, open_service
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,16 +133,20 @@ def test_cli_trains_through_servers_named_by_the_env_var(synthetic_uri: str, fle
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_says_what_is_missing(synthetic_uri: str, tmp_path: Path) -> None:
+def test_cli_says_what_is_missing(synthetic_uri: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != ENDPOINTS_ENV}
     done = run_cli(["--info", synthetic_uri], env)
     assert done.returncode == 2 and f"{ENDPOINTS_ENV} is not set" in done.stderr
-    done = run_cli(["--info", str(tmp_path)], {**env, ENDPOINTS_ENV: "127.0.0.1:1"})
-    assert done.returncode == 2 and "no graphfleet.json at" in done.stderr
-    done = run_cli(["--info", synthetic_uri], {**env, ENDPOINTS_ENV: "localhost"})
-    assert done.returncode == 2 and "'localhost' is not host:port" in done.stderr
     done = run_cli(["--info", synthetic_uri, "--fanouts", "10,x"], env)
     assert done.returncode == 2 and "--fanouts" in done.stderr
+
+
+def test_endpoints_and_graph_info_errors_name_the_fix(tmp_path: Path) -> None:
+    assert endpoints_from_env({ENDPOINTS_ENV: "a:1, b:2"}) == ["a:1", "b:2"]
+    with pytest.raises(ValueError, match="'localhost' is not host:port"):
+        endpoints_from_env({ENDPOINTS_ENV: "localhost"})
+    with pytest.raises(FileNotFoundError, match=f"no graphfleet.json at {tmp_path}"):
+        GraphInfo.read(f"{tmp_path}/graphfleet.json")
 
 
 def test_a_server_that_is_down_is_named_instead_of_aborting_the_process() -> None:

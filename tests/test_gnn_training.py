@@ -8,6 +8,7 @@ median-of-3 >= 0.80 target is measured by bench/training_throughput.py.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -155,3 +156,41 @@ def wait_for(check: Any, run: subprocess.Popen[str], timeout: float = 300) -> An
             pytest.fail(f"the run exited ({run.returncode}) before the condition held")
         time.sleep(0.2)
     pytest.fail(f"condition not met within {timeout}s")
+
+
+SERIALIZE_TRAIN = """
+import json
+from collections import OrderedDict
+from flytekit.configuration import Image, ImageConfig, SerializationSettings
+from flytekit.tools.translator import get_serializable
+import workflows.gnn_training as job
+image = ImageConfig(default_image=Image(name="default", fqn="registry.example/gnn", tag="1"))
+template = get_serializable(OrderedDict(), SerializationSettings(image_config=image), job.train).template
+pod = template.k8s_pod
+print(json.dumps({"type": template.type, "custom": template.custom, "labels": pod.metadata.labels,
+                  "spec": pod.pod_spec}))
+"""
+
+
+def serialize_train(trainer: str) -> subprocess.CompletedProcess[str]:
+    """The train task as it would be registered, with GRAPHFLEET_TRAINER read at import."""
+    env = {**os.environ, job.TRAINER_ENV: trainer, job.QUEUE_ENV: "team-a"}
+    return subprocess.run([sys.executable, "-c", SERIALIZE_TRAIN], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_on_a_cluster_the_train_task_is_a_pytorchjob_on_the_gpu_pool() -> None:
+    done = serialize_train("pytorchjob")
+    assert done.returncode == 0, done.stderr[-2000:]
+    task = json.loads(done.stdout.strip().splitlines()[-1])
+    assert task["type"] == "pytorch" and task["custom"]["masterReplicas"]["replicas"] == 1
+    assert task["labels"] == {"graphfleet.io/graph-client": "true", "kueue.x-k8s.io/queue-name": "team-a"}
+    assert {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present",
+            "effect": "NoSchedule"} in task["spec"]["tolerations"]
+    assert task["spec"]["containers"][0]["resources"]["limits"] == {"gpu": "1"}
+
+
+def test_an_unknown_trainer_switch_is_named() -> None:
+    done = serialize_train("slurm")
+    assert done.returncode != 0
+    assert "GRAPHFLEET_TRAINER='slurm': choose one of local, pytorchjob" in done.stderr

@@ -11,7 +11,9 @@ execution is a fresh fleet (one ephemeral stack each), the CLI is the fake from 
 over a file:// backend (its `up` runs the real inline program), the graph sits in moto's S3. It
 times CreateTask, the first GetTask, DeleteTask and CreateTask -> SUCCEEDED (polling every second)
 at each concurrency: the connector's own cost per Pulumi call, not Kubernetes' (endpoints are not
-health-checked: nothing serves them).
+health-checked: nothing serves them). It also reports the CPU seconds spent in the connector process
+and in the CLI processes it started, and one fake CLI call's latency: the fake is a Python process
+per call, far heavier than the Go CLI, and its cost must not be mistaken for ours.
 
     .venv/bin/python -m bench.connector_latency [--backend local|pulumi] [--concurrency 1,16,64] \
         [--fleets 1,2,4]
@@ -160,9 +162,28 @@ class Retrying:
                 time.sleep(1.0)
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time of process `pid` itself and of its reaped children (here: the CLI processes)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(f) / os.sysconf("SC_CLK_TCK") for f in fields[11:15])
+    return utime + stime, cutime + cstime
+
+
+def cli_call_seconds(cli: Path, backend_url: str) -> float:
+    """Median wall time of one fake CLI call on an idle connector: what each call costs before ours."""
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        subprocess.run([str(cli), "stack", "ls", "--json"], check=True, capture_output=True, timeout=60,
+                       env={**os.environ, "PULUMI_BACKEND_URL": backend_url})
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def pulumi_fleet_latency(stub: AsyncAgentServiceStub, template: Any, inputs: Any,
-                         concurrency: int, run: str) -> dict[str, float]:
-    """`concurrency` fresh fleets at once: create, get until SUCCEEDED, delete until deleted."""
+                         concurrency: int, run: str, connector_pid: int) -> dict[str, float]:
+    """`concurrency` fresh fleets at once: create, get until SUCCEEDED, delete until deleted; and the
+    CPU seconds this took in the connector process and in the CLI processes it started."""
     def one(i: int) -> tuple[float, float, float, float, int]:
         call = Retrying()
         t0 = time.perf_counter()
@@ -175,16 +196,19 @@ def pulumi_fleet_latency(stub: AsyncAgentServiceStub, template: Any, inputs: Any
         call(stub.DeleteTask, agent_pb2.DeleteTaskRequest(task_category=CATEGORY, resource_meta=meta))
         return created, first_get, ready, time.perf_counter() - t2, call.misses
 
+    cpu_before = cpu_seconds(connector_pid)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(one, range(concurrency)))
     wall = time.perf_counter() - t0
+    own, clis = (after - before for after, before in zip(cpu_seconds(connector_pid), cpu_before, strict=True))
     creates, gets, readies, deletes = ([r[k] * 1000 for r in results] for k in range(4))
     return {"create_p50_ms": statistics.median(creates), "create_p99_ms": percentile(creates, 0.99),
             "first_get_p50_ms": statistics.median(gets), "first_get_p99_ms": percentile(gets, 0.99),
             "ready_p50_s": statistics.median(readies) / 1000, "ready_max_s": max(readies) / 1000,
             "deleted_p50_ms": statistics.median(deletes), "deleted_p99_ms": percentile(deletes, 0.99),
-            "deadline_misses": sum(r[4] for r in results), "wall_s": wall}
+            "deadline_misses": sum(r[4] for r in results), "wall_s": wall,
+            "connector_cpu_s": own, "cli_cpu_s": clis}
 
 
 def pulumi_main(args: argparse.Namespace, scratch: str) -> dict[str, Any]:
@@ -206,10 +230,12 @@ def pulumi_main(args: argparse.Namespace, scratch: str) -> dict[str, Any]:
                 template, inputs = template_and_inputs(task, graph_uri=uri, replicas=2)
                 # The first execution builds the provisioner (imports pulumi_kubernetes, runs
                 # `pulumi version`) and the S3 client: reported apart from the steady state.
-                first = pulumi_fleet_latency(stub, template, inputs, 1, "cold")
-                return {"backend": "pulumi", "first_execution": first, "fleets": {
-                    concurrency: pulumi_fleet_latency(stub, template, inputs, concurrency, "warm")
-                    for concurrency in (int(c) for c in args.concurrency.split(","))}}
+                first = pulumi_fleet_latency(stub, template, inputs, 1, "cold", connector.pid)
+                return {"backend": "pulumi", "fake_cli_call_s": cli_call_seconds(cli, f"file://{scratch}/backend"),
+                        "first_execution": first, "fleets": {
+                            concurrency: pulumi_fleet_latency(stub, template, inputs, concurrency, "warm",
+                                                              connector.pid)
+                            for concurrency in (int(c) for c in args.concurrency.split(","))}}
         finally:
             connector.send_signal(2)
             connector.wait(timeout=60)

@@ -19,14 +19,18 @@ process: any replica, after any restart, answers for any execution.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import logging
 import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from flyteidl.core.execution_pb2 import TaskExecution
 from flytekit.core.context_manager import FlyteContextManager
@@ -41,9 +45,10 @@ from flytekit.models.literals import LiteralMap
 from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
 from pydantic import ValidationError
 
+from flyte_agent import graph_meta
 from flyte_agent.provisioner import DestroyInProgress, Phase, Provision, Provisioner
 from flyte_agent.settings import Settings, make_provisioner
-from graph_engine import health, store
+from graph_engine import health
 from infra.names import STATEFULSET_NAME_MAX
 from infra.spec import DataServiceSpec, describe_error
 
@@ -146,7 +151,7 @@ def resolve_spec(custom: dict[str, Any], inputs: dict[str, Any], settings: Setti
         return spec
     assert spec.graph_uri is not None
     try:
-        found = store.partition_count(spec.graph_uri)
+        found = graph_meta.partition_count(spec.graph_uri)
     except (OSError, ValueError) as err:
         raise ValueError(f"graph_uri: cannot read the graph: {err}") from None
     if spec.partitions is not None and spec.partitions != found:
@@ -185,6 +190,22 @@ class _Backend:
 
 backend = _Backend()
 
+# flytekit runs a connector's plain methods on asyncio's default executor: min(32, cores + 4)
+# threads, 6 on 2 cores, shared by every call. A delete waits up to GRAPHFLEET_DELETE_WAIT_SECONDS
+# for its destroy, so a few aborts held most of those threads and CreateTask/GetTask queued past
+# propeller's 10 s deadline (docs/benchmarks.md). The methods are coroutines instead, each running
+# its blocking part on a pool of ours: calls that wait for a destroy on their own, so they never
+# hold a thread that a create or a status read needs. Threads of both mostly wait (on S3, on a CLI
+# process, on a destroy) and cost no CPU then; the CPU-heavy Pulumi work is the provisioner's,
+# bounded by its own max_concurrent_operations.
+_CALLS = ThreadPoolExecutor(32, thread_name_prefix="graphfleet-call")
+_DESTROY_WAITS = ThreadPoolExecutor(64, thread_name_prefix="graphfleet-delete")
+_T = TypeVar("_T")
+
+
+async def _off_loop(pool: ThreadPoolExecutor, call: Callable[..., _T], *args: Any) -> _T:
+    return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(call, *args))
+
 
 class DataServiceConnector(AsyncConnectorBase):
     name = "graphfleet data service"
@@ -192,8 +213,19 @@ class DataServiceConnector(AsyncConnectorBase):
     def __init__(self) -> None:
         super().__init__(task_type_name=DATA_SERVICE_TASK_TYPE, metadata_type=FleetMeta)
 
-    def create(self, task_template: TaskTemplate, output_prefix: str, inputs: LiteralMap | None = None,
-               task_execution_metadata: TaskExecutionMetadata | None = None, **kwargs: Any) -> FleetMeta:
+    async def create(self, task_template: TaskTemplate, output_prefix: str, inputs: LiteralMap | None = None,
+                     task_execution_metadata: TaskExecutionMetadata | None = None,
+                     **kwargs: Any) -> FleetMeta:
+        return await _off_loop(_CALLS, self._create, task_template, inputs, task_execution_metadata)
+
+    async def get(self, resource_meta: FleetMeta, **kwargs: Any) -> Resource:
+        return await _off_loop(_CALLS, self._get, resource_meta)
+
+    async def delete(self, resource_meta: FleetMeta, **kwargs: Any) -> None:
+        await _off_loop(_DESTROY_WAITS, self._delete, resource_meta)
+
+    def _create(self, task_template: TaskTemplate, inputs: LiteralMap | None,
+                task_execution_metadata: TaskExecutionMetadata | None) -> FleetMeta:
         settings, provisioner = backend.get()
         name, owner, execution = execution_identity(task_execution_metadata, task_template.id.name)
         meta = FleetMeta(name=name, owner=owner, execution=execution, created_at=time.time())
@@ -211,7 +243,7 @@ class DataServiceConnector(AsyncConnectorBase):
         provisioner.create(meta.provision())
         return meta
 
-    def get(self, resource_meta: FleetMeta, **kwargs: Any) -> Resource:
+    def _get(self, resource_meta: FleetMeta) -> Resource:
         if resource_meta.error:
             return Resource(phase=TaskExecution.FAILED, message=resource_meta.error)
         if resource_meta.endpoints:
@@ -233,7 +265,7 @@ class DataServiceConnector(AsyncConnectorBase):
             return Resource(phase=TaskExecution.QUEUED, message=f"data service {provision.name} (re)created")
         return Resource(phase=_PHASES[status.phase], message=status.message)
 
-    def delete(self, resource_meta: FleetMeta, **kwargs: Any) -> None:
+    def _delete(self, resource_meta: FleetMeta) -> None:
         if resource_meta.error or resource_meta.endpoints:
             return
         _, provisioner = backend.get()
@@ -264,7 +296,11 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
         # get() is retried until it succeeds, while a timed-out create would only leak.
         return TeardownMeta(service=str(_plain_inputs(inputs).get("service", "")))
 
-    def get(self, resource_meta: TeardownMeta, **kwargs: Any) -> Resource:
+    async def get(self, resource_meta: TeardownMeta, **kwargs: Any) -> Resource:
+        # The teardown waits for the destroy like a delete does.
+        return await _off_loop(_DESTROY_WAITS, self._get, resource_meta)
+
+    def _get(self, resource_meta: TeardownMeta) -> Resource:
         service = resource_meta.service
         if service.startswith(SHARED_PREFIX):
             return Resource(phase=TaskExecution.SUCCEEDED, outputs={"outcome": f"{service}: left running"})

@@ -17,6 +17,7 @@ bounds each call with a timeout (the API has none) and lets `delete()` interrupt
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import pkgutil
@@ -185,9 +186,14 @@ def _cli_output(err: CommandError) -> str:
 
 
 def warm_import_kubernetes() -> None:
-    """Import every pulumi_kubernetes module now: concurrent inline programs race on its lazy imports."""
+    """Import every pulumi_kubernetes package now: concurrent inline programs race on its lazy imports.
+
+    Packages only: each imports its own modules (`from .CustomResource import *`), and importing a
+    module by name again would rebind the package attribute of the same name (the class
+    `apiextensions.CustomResource`) to the module."""
     for module in pkgutil.walk_packages(k8s.__path__, prefix="pulumi_kubernetes."):
-        importlib.import_module(module.name)
+        if module.ispkg:
+            importlib.import_module(module.name)
 
 
 def error_text(err: BaseException) -> str:
@@ -265,23 +271,25 @@ class PulumiProvisioner:
         local = self._local_status(name)
         if local is not None:
             return local
-        with self._workspace(provision) as ws:
+        # Polled by every GetTask, so as few CLI processes as the answer needs: the history (which
+        # also tells an absent stack), then the outputs of a stack that is up, else the tags.
+        with self._workspace(provision, workspace=_UnselectedWorkspace) as ws:
+            stack = auto.Stack.select(name, ws)
             try:
-                stack = auto.Stack.select(name, ws)
+                # Self-managed backends record an operation only when it ends: an `up` that is running,
+                # or died with its process, is an attempt counted in the tags with no history entry.
+                history = stack.history(show_secrets=False)
             except StackNotFoundError:
                 self._enqueue(provision)
                 return Status(Phase.QUEUED, message=f"stack {name} absent; pulumi up queued")
-            tags = stack.list_tags()
-            tried = names.attempts(tags)
-            last_error = tags.get(names.TAG_LAST_ERROR, "")
-            # Self-managed backends record an operation only when it ends: an `up` that is running,
-            # or died with its process, is an attempt counted in the tags with no history entry.
-            history = stack.history(show_secrets=False)
             last = history[0] if history else None
             if last is not None and last.kind == "update" and last.result == "succeeded":
                 return self._ready(stack)
             if last is not None and last.kind == "destroy":
                 return Status(Phase.ABSENT, message=f"stack {name} was destroyed")
+            tags = stack.list_tags()
+            tried = names.attempts(tags)
+            last_error = tags.get(names.TAG_LAST_ERROR, "")
             finished = sum(1 for entry in history if entry.kind == "update")
             if tags.get(names.TAG_GAVE_UP) == "true" or (tried >= self.settings.max_attempts
                                                            and finished >= tried):
@@ -524,8 +532,12 @@ class PulumiProvisioner:
         stack.workspace.remove_stack(stack.name)
 
     def _ready(self, stack: auto.Stack) -> Status:
-        outputs = stack.outputs()
-        endpoints = list(outputs["endpoints"].value) if "endpoints" in outputs else []
+        # One `stack output` call, where the API's outputs() makes two (masked and plain, to flag
+        # secrets): the endpoints are never secret.
+        ws = stack.workspace
+        shown = self._command.run(["stack", "output", "--json", "--stack", stack.name], ws.work_dir,
+                                  ws.env_vars)
+        endpoints = list(json.loads(shown.stdout).get("endpoints") or [])
         if not endpoints:
             return Status(Phase.FAILED, message=f"stack {stack.name}: pulumi up succeeded but exported no "
                                                 "endpoints; the fleet program is broken")
@@ -538,12 +550,14 @@ class PulumiProvisioner:
         return Status(Phase.READY, endpoints, message=f"stack {stack.name} is up")
 
     @contextmanager
-    def _workspace(self, provision: Provision | None) -> Iterator[auto.LocalWorkspace]:
+    def _workspace(self, provision: Provision | None,
+                   workspace: type[auto.LocalWorkspace] = auto.LocalWorkspace,
+                   ) -> Iterator[auto.LocalWorkspace]:
         """A throw-away work dir with explicit project settings (the Python API ignores stackConfigDir)."""
         if provision is not None:
             self._command.set_timeout(names.stack_name(provision.name), self._operation_timeout(provision))
         with tempfile.TemporaryDirectory(prefix="graphfleet-stack-") as work_dir:
-            yield auto.LocalWorkspace(
+            yield workspace(
                 work_dir=work_dir,
                 # Destroy does not run the program, but an inline workspace needs one to exist.
                 program=fleet_program(provision, self.settings) if provision is not None else _no_program,
@@ -565,6 +579,15 @@ class PulumiProvisioner:
             else:
                 if removed:
                     log.info("garbage-collected expired fleets: %s", ", ".join(removed))
+
+
+class _UnselectedWorkspace(auto.LocalWorkspace):
+    """A workspace for reads: every Stack call names its stack (`--stack`), so `pulumi stack select`
+    would only check that the stack exists, one more CLI process per status read; the first read
+    raises StackNotFoundError instead."""
+
+    def select_stack(self, stack_name: str) -> None:
+        pass
 
 
 def _pid_alive(pid: int) -> bool:

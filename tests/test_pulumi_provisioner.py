@@ -153,12 +153,9 @@ def test_create_get_delete_call_sequence_and_endpoints(backend: tuple[str, Path]
 
     start = len(fake_pulumi.calls(url))
     assert provisioner.status(p).phase is Phase.READY
-    assert [shape(c) for c in calls_for(url, "fleet-a", start)] == [
-        "stack select --stack fleet-a",
-        "stack tag ls --json --stack fleet-a",
+    assert [shape(c) for c in calls_for(url, "fleet-a", start)] == [  # polled: two CLI calls per read
         "stack history --json --stack fleet-a",
         "stack output --json --stack fleet-a",
-        "stack output --json --show-secrets --stack fleet-a",
     ]
 
     start = len(fake_pulumi.calls(url))

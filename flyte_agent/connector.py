@@ -45,10 +45,9 @@ from flytekit.models.literals import LiteralMap
 from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
 from pydantic import ValidationError
 
-from flyte_agent import graph_meta
 from flyte_agent.provisioner import DestroyInProgress, Phase, Provision, Provisioner
 from flyte_agent.settings import Settings, make_provisioner
-from graph_engine import health
+from graph_engine import health, store
 from infra.names import STATEFULSET_NAME_MAX
 from infra.spec import DataServiceSpec, describe_error
 
@@ -151,7 +150,7 @@ def resolve_spec(custom: dict[str, Any], inputs: dict[str, Any], settings: Setti
         return spec
     assert spec.graph_uri is not None
     try:
-        found = graph_meta.partition_count(spec.graph_uri)
+        found = store.partition_count(spec.graph_uri)
     except (OSError, ValueError) as err:
         raise ValueError(f"graph_uri: cannot read the graph: {err}") from None
     if spec.partitions is not None and spec.partitions != found:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,38 @@ def s3_endpoint() -> str | None:
     return next((os.environ[name] for name in ENDPOINT_ENVS if os.environ.get(name)), None)
 
 
+def _s3_configuration() -> tuple[int, tuple[tuple[str, str], ...]]:
+    """What an S3 client is made from: the endpoint overrides and botocore's own `AWS_*` settings
+    (credentials, profile, region, config files), and the process (a forked child cannot use its
+    parent's client, which is bound to the parent's event loop)."""
+    return os.getpid(), tuple(sorted((name, value) for name, value in os.environ.items()
+                                     if name.startswith("AWS_") or name in ENDPOINT_ENVS))
+
+
+_s3_lock = threading.Lock()
+_s3_client: tuple[tuple[int, tuple[tuple[str, str], ...]], fsspec.AbstractFileSystem] | None = None
+
+
+def _s3_filesystem() -> fsspec.AbstractFileSystem:
+    """One S3 filesystem per configuration, made again when the environment changes.
+
+    Making one builds a botocore client, ~0.2 s of CPU on fsspec's single IO thread, which serialised
+    concurrent CreateTasks (docs/benchmarks.md, "Connector"); one instance serves every thread, as
+    its calls all run on that IO thread's event loop. Reuse hides no writes: the listings cache is
+    off and reads fetch the object, so the next read sees a rewritten file. Only the latest
+    configuration is kept: a process has one at a time, and the old client is closed when dropped.
+    """
+    global _s3_client
+    configuration = _s3_configuration()
+    with _s3_lock:
+        if _s3_client is None or _s3_client[0] != configuration:
+            # Our own instance, not fsspec's cache, which keys on the calling thread (one client each).
+            fs = fsspec.filesystem("s3", endpoint_url=s3_endpoint(), skip_instance_cache=True,
+                                   use_listings_cache=False)
+            _s3_client = (configuration, fs)
+        return _s3_client[1]
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem holding `uri` and the path within it.
 
@@ -43,10 +76,7 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     own config does), so a test or a pod can point at any S3-compatible store.
     """
     if is_s3(uri):
-        # A fresh instance: fsspec's instance and listing caches would hide objects another process wrote.
-        fs = fsspec.filesystem("s3", endpoint_url=s3_endpoint(), skip_instance_cache=True,
-                               use_listings_cache=False)
-        return fs, uri.removeprefix("s3://").rstrip("/")
+        return _s3_filesystem(), uri.removeprefix("s3://").rstrip("/")
     if "://" in uri and not uri.startswith("file://"):
         raise ValueError(f"graph URI {uri!r}: expected s3://bucket/prefix, file:///path or a local path")
     return LocalFileSystem(), str(local_path(uri))
@@ -64,8 +94,8 @@ def _read_json(uri: str, name: str, hint: str) -> dict[str, Any]:
     fs, path = filesystem(uri)
     target = f"{path}/{name}"
     try:
-        with fs.open(target, "r") as f:
-            return json.load(f)
+        # One GET; an opened S3 file would first ask for the object's size.
+        return json.loads(fs.cat_file(target))
     except FileNotFoundError:
         raise FileNotFoundError(f"no {name} at {uri}: {hint}") from None
     except json.JSONDecodeError as err:

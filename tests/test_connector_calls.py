@@ -1,17 +1,19 @@
-"""How the connector serves calls: the threads its calls run on, and create()'s read of the graph."""
+"""How the connector serves calls: the threads its calls run on, and create()'s read of the graph
+(`graph_engine.store`, through one reused S3 client)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import fsspec
 import pytest
 from flyteidl.core.execution_pb2 import TaskExecution
 from flytekit.extend.backend.utils import mirror_async_methods
 
-from flyte_agent import connector, graph_meta
+from flyte_agent import connector
 from flyte_agent.connector import DataServiceConnector, FleetMeta
 from flyte_agent.provisioner import Phase, Provision, Status
 from flyte_agent.settings import Settings
@@ -69,11 +71,25 @@ def partitions(count: int) -> dict[str, object]:
 def test_the_reused_s3_client_sees_a_rewritten_graph_and_reports_a_missing_one() -> None:
     with moto_s3(buckets=["graphs"], set_env=True):
         write_meta("s3://graphs/g", partitions(4))
-        assert graph_meta.partition_count("s3://graphs/g/") == 4
+        assert store.partition_count("s3://graphs/g/") == 4
         write_meta("s3://graphs/g", partitions(2))  # reconverted in place: the next create must see it
-        assert graph_meta.partition_count("s3://graphs/g") == 2
+        assert store.partition_count("s3://graphs/g") == 2
         with pytest.raises(FileNotFoundError, match="no meta.json at s3://graphs/nothing"):
-            graph_meta.partition_count("s3://graphs/nothing")
+            store.partition_count("s3://graphs/nothing")
         write_meta("s3://graphs/broken", {})
         with pytest.raises(ValueError, match="has no 'partitions' table"):
-            graph_meta.partition_count("s3://graphs/broken")
+            store.partition_count("s3://graphs/broken")
+
+
+def test_one_s3_client_serves_every_thread_until_the_endpoint_or_credentials_change(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FSSPEC_S3_ENDPOINT_URL", "http://127.0.0.1:9001")
+    first, _ = store.filesystem("s3://graphs/g")
+    with ThreadPoolExecutor(1) as other_thread:
+        assert other_thread.submit(store.filesystem, "s3://other/h").result()[0] is first
+    monkeypatch.setenv("FSSPEC_S3_ENDPOINT_URL", "http://127.0.0.1:9002")
+    moved, _ = store.filesystem("s3://graphs/g")
+    assert moved is not first
+    assert moved.endpoint_url == "http://127.0.0.1:9002"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "rotated")
+    assert store.filesystem("s3://graphs/g")[0] is not moved

@@ -11,6 +11,8 @@ the same depth and width).
 
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import nn
 
@@ -31,6 +33,10 @@ class SageLayer(nn.Module):
         self.self_lin = nn.Linear(in_dim, out_dim)
         self.neigh_lin = nn.Linear(in_dim, out_dim, bias=False)
 
+    def combine(self, own: torch.Tensor, neighbours: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """own (N, D); neighbours (N * fanout, D) with mask (N, fanout) -> (N, out_dim)."""
+        return self.self_lin(own) + masked_mean(self.neigh_lin(neighbours), mask)
+
 
 class GraphSage(nn.Module):
     """`num_layers` SAGE layers (one per sampled hop); the last one outputs class logits for the seeds."""
@@ -50,12 +56,11 @@ class GraphSage(nn.Module):
         if len(index) != len(self.layers) + 1 or len(masks) != len(self.layers):
             raise ValueError(f"the batch has {len(index) - 1} hops but the model has "
                              f"{len(self.layers)} layers: sample one hop per layer")
-        first = self.layers[0]
+        first, *rest = typing.cast(list[SageLayer], list(self.layers))
         x = self.dropout(features)
         own, neigh = first.self_lin(x), first.neigh_lin(x)
         h = [own[index[k]] + masked_mean(neigh[index[k + 1]], masks[k]) for k in range(len(masks))]
-        for layer in self.layers[1:]:
+        for layer in rest:
             h = [self.dropout(torch.relu(t)) for t in h]
-            h = [layer.self_lin(h[k]) + masked_mean(layer.neigh_lin(h[k + 1]), masks[k])
-                 for k in range(len(h) - 1)]
+            h = [layer.combine(h[k], h[k + 1], masks[k]) for k in range(len(h) - 1)]
         return h[0]

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -32,7 +32,8 @@ class GraphHandle(Protocol):
         default_weight: float = ..., default_edge_type: int = ..., seed: int | None = ...,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
-    def node_features(self, nodes: np.ndarray, features: np.ndarray, dtype: np.dtype) -> np.ndarray: ...
+    def node_features(self, nodes: np.ndarray, features: np.ndarray,
+                      dtype: type[np.generic] | np.dtype[Any]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)

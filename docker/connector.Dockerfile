@@ -31,4 +31,5 @@ RUN pip install --no-deps --no-build-isolation . \
 
 USER 1001:1001
 EXPOSE 8000 9090
-CMD ["pyflyte", "serve", "connector", "--port", "8000"]
+# --modules flyte_agent.serve builds the provisioner before serving (flyte_agent/serve.py).
+CMD ["pyflyte", "serve", "connector", "--port", "8000", "--modules", "flyte_agent.serve"]

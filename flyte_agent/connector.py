@@ -65,6 +65,8 @@ TEARDOWN_OUTPUT_TYPES: dict[str, type] = {"outcome": str}
 # The `service` output of a `reuse` task: never a provision name (those have no ':'), so teardown
 # knows to leave the shared service alone.
 SHARED_PREFIX = "shared:"
+# `pyflyte serve connector` arguments that build the settings and provisioner before serving.
+SERVE_MODULES = ("--modules", "flyte_agent.serve")
 
 _SLUG = re.compile(r"[^a-z0-9]+")
 _HASH = 8
@@ -173,7 +175,8 @@ _PHASES = {Phase.QUEUED: TaskExecution.QUEUED, Phase.UPDATING: TaskExecution.RUN
 
 class _Backend:
     """The process's settings and provisioner, made on first use (importing flytekit loads this
-    module everywhere, e.g. in training pods, where no connector settings exist)."""
+    module everywhere, e.g. in training pods, where no connector settings exist). A served connector
+    makes them at start instead, through `SERVE_MODULES` (flyte_agent/serve.py)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -354,7 +357,8 @@ def serve_on_loopback(port: int, prometheus_port: int) -> None:
     server_class.add_insecure_port = lambda self, address: bind(self, address.replace("[::]", "127.0.0.1"))
     prometheus_client.start_http_server = functools.partial(prometheus_client.start_http_server,
                                                             addr="127.0.0.1")
-    main(["serve", "connector", "--port", str(port), "--prometheus_port", str(prometheus_port)])
+    main(["serve", "connector", "--port", str(port), "--prometheus_port", str(prometheus_port),
+          *SERVE_MODULES])
 
 
 ConnectorRegistry.register(DataServiceConnector())

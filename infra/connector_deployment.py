@@ -21,7 +21,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
-from flyte_agent.connector import TASK_TYPES
+from flyte_agent.connector import SERVE_MODULES, TASK_TYPES
 from flyte_agent.settings import env_name
 from infra import names
 from infra.config import ConnectorConfig, Placement, parse_duration
@@ -166,7 +166,7 @@ def deployment_manifest(args: FlyteConnectorArgs, shared_services: Mapping[str, 
         "image": config.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["pyflyte", "serve", "connector", "--port", str(GRPC_PORT),
-                    "--prometheus_port", str(METRICS_PORT)],
+                    "--prometheus_port", str(METRICS_PORT), *SERVE_MODULES],
         "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "env": [*settings_env(args, shared_services), *env,

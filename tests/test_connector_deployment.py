@@ -9,7 +9,7 @@ import pulumi
 import pytest
 import yaml
 
-from flyte_agent.connector import DataServiceConnector, DataServiceTeardownConnector
+from flyte_agent.connector import SERVE_MODULES, DataServiceConnector, DataServiceTeardownConnector
 from flyte_agent.settings import Settings
 from infra import policy
 from infra.config import ConnectorConfig, ConnectorSecrets, load_stack_config, stack_path
@@ -52,6 +52,7 @@ def test_deployment_serves_the_connector_with_health_probes(render_valid: Callab
     assert deployment["spec"]["replicas"] == 2
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["command"][:5] == ["pyflyte", "serve", "connector", "--port", "8000"]
+    assert container["command"][-2:] == list(SERVE_MODULES)  # the provisioner is built before serving
     assert container["readinessProbe"]["grpc"] == {"port": 8000}
     assert {p["containerPort"] for p in container["ports"]} == {8000, 9090}
     assert container["image"] == "docker.ltx1.example.com/graphfleet/connector:0.1.0"

@@ -229,3 +229,29 @@ def test_teardown_task_releases_the_fleet_and_tolerates_absence(connector_factor
         assert done.phase == execution_pb2.TaskExecution.SUCCEEDED, done.message
         assert expected in done.outputs.literals["outcome"].scalar.primitive.string_value
     assert not any(pid_running(pid) for pid in pids)
+
+
+def test_the_served_connector_builds_its_provisioner_before_the_first_call(connector_factory) -> None:
+    connector = connector_factory()
+    # The local provisioner makes its state dir when built; no call has been made.
+    assert connector.state_dir.is_dir()
+
+
+def test_a_bad_setting_stops_the_served_connector_at_start(tmp_path: Path) -> None:
+    connector = Connector(tmp_path / "state", {"GRAPHFLEET_MAX_CONCURRENT_OPERATIONS": "0"})
+    try:
+        returncode = connector.proc.wait(timeout=90)  # hang guard: a connector that serves never exits
+    finally:
+        output = connector.stop()
+    assert returncode != 0
+    assert "SettingsError" in output and "GRAPHFLEET_MAX_CONCURRENT_OPERATIONS" in output
+
+
+def test_importing_flytekit_leaves_the_connector_unbuilt() -> None:
+    # What a training pod or `pyflyte run` does (the flytekit.plugins entry point loads the
+    # connector module): no connector settings there, so nothing may be read or built.
+    check = ("import flytekit\nfrom flyte_agent import connector\n"
+             "assert connector.backend._made is None, 'connector backend built on import'")
+    env = {**os.environ, "GRAPHFLEET_MAX_CONCURRENT_OPERATIONS": "0"}
+    run = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr

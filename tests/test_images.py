@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from flyte_agent.connector import SERVE_MODULES
 from infra.graph_service import GraphDataServiceArgs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +70,8 @@ def test_entry_points_exist() -> None:
     assert entrypoint == '["python", "-m", "graph_engine.server"]'
     assert importlib.util.find_spec("graph_engine.server") is not None
     (cmd,) = instruction("connector.Dockerfile", "CMD")
-    assert cmd == '["pyflyte", "serve", "connector", "--port", "8000"]'
+    assert json.loads(cmd) == ["pyflyte", "serve", "connector", "--port", "8000", *SERVE_MODULES]
+    assert importlib.util.find_spec(SERVE_MODULES[-1]) is not None
     assert (Path(sys.executable).parent / "pyflyte").exists()
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'graphfleet = "flyte_agent.connector"' in pyproject  # how `pyflyte serve connector` finds it

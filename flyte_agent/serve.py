@@ -1,0 +1,14 @@
+"""Imported by `pyflyte serve connector --modules flyte_agent.serve` (the connector Deployment's
+command): builds the connector's settings and provisioner before the server takes any call.
+
+Building the Pulumi provisioner imports all of pulumi_kubernetes and runs `pulumi version` (~3.4 s);
+built on first use, the first CreateTask paid for it. `flyte_agent.connector` cannot build it when
+imported: importing flytekit loads that module everywhere (training pods, `pyflyte run`) through the
+`flytekit.plugins` entry point, where no connector settings exist. Only the serve command names
+this module, so only a serving connector builds at start, and a bad `GRAPHFLEET_*` setting stops it
+there with the `SettingsError` that names the variable.
+"""
+
+from flyte_agent.connector import backend
+
+backend.get()

@@ -80,6 +80,14 @@ def wait(provisioner: PulumiProvisioner, p: Provision, until: set[Phase],
         time.sleep(0.2)
 
 
+def ready_fleet(provisioner: PulumiProvisioner, name: str) -> Provision:
+    """A one-server fleet, created and READY."""
+    p = provision(name, replicas=1)
+    provisioner.create(p)
+    assert wait(provisioner, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+    return p
+
+
 def calls_for(url: str, stack: str, start: int = 0) -> list[list[str]]:
     return [c for c in fake_pulumi.calls(url)[start:] if stack in c]
 
@@ -258,6 +266,31 @@ def test_concurrent_provisions_respect_the_operation_bound(backend: tuple[str, P
     assert sorted(fake_pulumi.stacks(url)) == [f"fleet-{i}" for i in range(4)]
 
 
+def test_a_delete_starts_before_the_ups_queued_on_a_full_pool(backend: tuple[str, Path], make) -> None:
+    url, _ = backend
+    provisioner = make(max_concurrent_operations=1)
+    done = ready_fleet(provisioner, "fleet-done")
+    # The one worker is busy with fleet-busy's `up` (it holds the lock while it sleeps), two more queue.
+    fake_pulumi.script_faults(url, "fleet-busy", up=["sleep:5;ok"])
+    busy = provision("fleet-busy", replicas=1)
+    queued = [provision(f"fleet-q{i}", replicas=1) for i in range(2)]
+    start = len(fake_pulumi.events(url))
+    for p in (busy, *queued):
+        provisioner.create(p)
+    deadline = time.monotonic() + WAIT_LIMIT
+    while (fake_pulumi.stacks(url).get("fleet-busy") or {}).get("lock") is None:
+        assert time.monotonic() < deadline, "fleet-busy's up never took its lock"
+        time.sleep(0.1)
+
+    provisioner.delete(done)  # waits for its destroy, which must not wait for the queued ups
+
+    locks = [stack for event, stack in fake_pulumi.events(url)[start:] if event == "lock"]
+    assert locks[:2] == ["fleet-busy", "fleet-done"], f"operations in order: {locks}"
+    assert "fleet-done" not in fake_pulumi.stacks(url)
+    for p in queued:
+        assert wait(provisioner, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+
+
 def test_a_hung_cli_call_is_killed_at_its_timeout_and_the_stack_recovers(
         backend: tuple[str, Path], make) -> None:
     url, cli = backend
@@ -322,9 +355,7 @@ def test_delete_returns_in_progress_within_its_budget_and_later_reports_success(
         backend: tuple[str, Path], make) -> None:
     url, _ = backend
     provisioner = make(delete_wait_seconds=0.5)
-    p = provision("fleet-slow", replicas=1)
-    provisioner.create(p)
-    assert wait(provisioner, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+    p = ready_fleet(provisioner, "fleet-slow")
     fake_pulumi.script_faults(url, "fleet-slow", destroy=["sleep:8;ok"])
 
     with pytest.raises(DestroyInProgress, match="pulumi destroy is still running after 0.5s"):
@@ -343,9 +374,7 @@ def test_delete_returns_in_progress_within_its_budget_and_later_reports_success(
 def test_a_slow_destroy_that_fails_is_reported_by_a_later_delete(backend: tuple[str, Path], make) -> None:
     url, _ = backend
     provisioner = make(delete_wait_seconds=0.3)
-    p = provision("fleet-sf", replicas=1)
-    provisioner.create(p)
-    assert wait(provisioner, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+    p = ready_fleet(provisioner, "fleet-sf")
     fake_pulumi.script_faults(url, "fleet-sf",
                               destroy=["sleep:3;fail:deleting StatefulSet: server is unavailable"])
 

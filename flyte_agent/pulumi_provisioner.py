@@ -35,7 +35,7 @@ from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -52,6 +52,7 @@ from pulumi.automation.errors import (
 
 from flyte_agent import stack_names as names
 from flyte_agent.provisioner import DestroyInProgress, GcError, Phase, Provision, Status
+from flyte_agent.settings import Settings
 from infra.graph_service import GraphDataService, GraphDataServiceArgs, Placement, await_timeout_seconds
 
 log = logging.getLogger(__name__)
@@ -67,28 +68,6 @@ _PASSPHRASE_ENV = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
 # Worker pool priorities, most urgent first: a destroy frees capacity, an `up` takes it.
 _DESTROY, _UP, _STOP = 0, 1, 2
 _Job = tuple[Future[None], Callable[[], None]]
-
-
-class PulumiSettings(Protocol):
-    """What the Pulumi provisioner reads from the connector settings."""
-
-    backend_url: str                   # s3://bucket?endpoint=...  or  file:///path
-    namespace: str                     # where fleets are created
-    kubeconfig: str | None             # path or contents; None = in-cluster service account
-    image: str                         # default graph-engine image
-    pulumi_command: str                # the CLI executable ("pulumi" or a path)
-    secrets_provider: str | None       # KMS URL for new stacks; None = passphrase
-    max_concurrent_operations: int     # Pulumi operations this process runs at once
-    max_attempts: int                  # `up` attempts per stack before FAILED
-    operation_timeout_seconds: float   # bound on up/destroy/refresh; also when a foreign lock is stale
-    command_timeout_seconds: float     # bound on every other CLI call
-    delete_wait_seconds: float         # delete() answers "in progress" after this long
-    gc_interval_seconds: float         # periodic expiry sweep; 0 disables it
-    check_endpoints: bool              # gRPC-health-check endpoints before READY
-    node_selector: dict[str, str]      # every fleet's pods: where they run...
-    tolerations: list[Any]             # ... (infra.config.Toleration) ...
-    engine_env: dict[str, str]         # ... their environment ...
-    engine_service_account: str | None  # ... and service account
 
 
 class TimedPulumiCommand(auto.PulumiCommand):
@@ -268,7 +247,7 @@ def error_text(err: BaseException) -> str:
     return names.clip(" | ".join(errors[-_ERROR_TEXT_LINES:]) or type(err).__name__)
 
 
-def fleet_args(provision: Provision, settings: PulumiSettings) -> GraphDataServiceArgs:
+def fleet_args(provision: Provision, settings: Settings) -> GraphDataServiceArgs:
     """The component's arguments; constructing them validates the provision (raises ValueError)."""
     return GraphDataServiceArgs(name=provision.name, namespace=settings.namespace, spec=provision.spec,
                                 image=settings.image,
@@ -276,7 +255,7 @@ def fleet_args(provision: Provision, settings: PulumiSettings) -> GraphDataServi
                                 env=settings.engine_env, service_account=settings.engine_service_account)
 
 
-def fleet_program(provision: Provision, settings: PulumiSettings) -> Callable[[], None]:
+def fleet_program(provision: Provision, settings: Settings) -> Callable[[], None]:
     """The inline program: one GraphDataService on an explicitly configured Kubernetes provider."""
     args = fleet_args(provision, settings)
 
@@ -294,7 +273,7 @@ def fleet_program(provision: Provision, settings: PulumiSettings) -> Callable[[]
 class PulumiProvisioner:
     """`Provisioner` over ephemeral Pulumi stacks; see the module docstring for the state model."""
 
-    def __init__(self, settings: PulumiSettings,
+    def __init__(self, settings: Settings,
                  health: Callable[[list[str]], list[str]] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         if not settings.backend_url.startswith(("s3://", "file://")):
@@ -305,8 +284,6 @@ class PulumiProvisioner:
             raise ValueError("PULUMI_CONFIG_PASSPHRASE is not set: without GRAPHFLEET_SECRETS_PROVIDER "
                              "(a KMS URL) the ephemeral stacks' secrets provider is `passphrase`; set one of "
                              "them (or PULUMI_CONFIG_PASSPHRASE_FILE) in the connector's env")
-        if settings.max_concurrent_operations < 1 or settings.max_attempts < 1:
-            raise ValueError("max_concurrent_operations and max_attempts must be >= 1")
         warm_import_kubernetes()
         self.settings = settings
         self._health = health or _default_health

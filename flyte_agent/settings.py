@@ -68,7 +68,7 @@ class Settings(BaseModel):
         description='`reuse` targets, JSON {"name": ["host:port", ...]} from the Datacenter stack outputs')
     ready_timeout_seconds: float = Field(
         5.0, gt=0, le=60, description="local backend: bound on one health probe round")
-    # Pulumi backend (flyte_agent.pulumi_provisioner.PulumiSettings).
+    # Pulumi backend (flyte_agent.pulumi_provisioner).
     backend_url: str = Field("file://~/.pulumi-graphfleet", description="self-managed Pulumi backend")
     kubeconfig: str | None = Field(None, description="kubeconfig path or contents; unset = in-cluster")
     pulumi_command: str = Field("pulumi", description="the pulumi CLI executable")

@@ -8,7 +8,9 @@ A thin translation between Flyte's CreateTask/GetTask/DeleteTask and a `Provisio
   which returns at once.
 - get() is level-triggered: it asks the provisioner what exists and moves it toward the spec (a
   fleet that vanished before it was ready is created again, until it expires).
-- delete() (Flyte calls it on abort) tears the fleet down; so does the teardown task.
+- delete() (Flyte calls it on abort) tears the fleet down; so does the teardown task, given the
+  fleet's `service`, or with `RELEASE_EXECUTION` every fleet of the workflow execution it runs in
+  (what an on_failure handler needs: it is not handed the `service` output).
 
 State lives in `FleetMeta` (handed back by Flyte on every call) and in the world, never in this
 process: any replica, after any restart, answers for any execution.
@@ -23,6 +25,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+import os
 import re
 import threading
 import time
@@ -62,6 +65,8 @@ INPUT_DEFAULTS: dict[str, Any] = {"graph_uri": "", "replicas": 0}
 OUTPUT_TYPES: dict[str, type] = {"endpoints": list[str], "endpoints_env": str, "service": str}
 TEARDOWN_INPUT_TYPES: dict[str, type] = {"service": str}
 TEARDOWN_OUTPUT_TYPES: dict[str, type] = {"outcome": str}
+# The teardown template's `custom` that releases every fleet of the workflow execution (no input).
+RELEASE_EXECUTION: dict[str, Any] = {"release": "execution"}
 # The `service` output of a `reuse` task: never a provision name (those have no ':'), so teardown
 # knows to leave the shared service alone.
 SHARED_PREFIX = "shared:"
@@ -70,6 +75,13 @@ SERVE_MODULES = ("--modules", "flyte_agent.serve")
 
 _SLUG = re.compile(r"[^a-z0-9]+")
 _HASH = 8
+# A local run (`pyflyte run`, or calling the workflow in Python) hands connectors no execution
+# metadata (flytekit's AsyncConnectorExecutorMixin passes none), and flytekit names every local
+# execution local/local/local. Its connector tasks run in its own process, so locally the workflow
+# execution is this process: every fleet it provisions is recorded under local/local/<LOCAL_RUN>,
+# which a RELEASE_EXECUTION teardown of the same process releases. One process, one identity; the
+# random part keeps a later process that reuses the pid from matching a dead one's fleets.
+LOCAL_RUN = f"pid{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass
@@ -91,7 +103,8 @@ class FleetMeta(ResourceMeta):
 
 @dataclass
 class TeardownMeta(ResourceMeta):
-    service: str = ""
+    service: str = ""    # the fleet to release, or
+    execution: str = ""  # with RELEASE_EXECUTION: every fleet of this workflow execution
 
 
 def provision_name(project: str, domain: str, execution: str, node: str) -> str:
@@ -105,15 +118,24 @@ def provision_name(project: str, domain: str, execution: str, node: str) -> str:
     return f"gf-{slug}-{digest}" if slug else f"gf-{digest}"
 
 
-def execution_identity(metadata: TaskExecutionMetadata | None, task_name: str) -> tuple[str, str, str]:
-    """(provision name, owner, execution) for a task execution; a local run gets a fresh name."""
+def workflow_execution_id(metadata: TaskExecutionMetadata | None) -> tuple[str, str, str]:
+    """(project, domain, name) of the workflow execution a task runs in; see LOCAL_RUN for local runs."""
     if metadata is None or metadata.task_execution_id is None:
-        run = uuid.uuid4().hex[:12]
-        return provision_name("local", "local", run, task_name), "local", f"local/{task_name}/{run}"
-    node = metadata.task_execution_id.node_execution_id
-    wf = node.execution_id
-    name = provision_name(wf.project, wf.domain, wf.name, node.node_id)
-    return name, f"{wf.project}/{wf.domain}", f"{wf.project}/{wf.domain}/{wf.name}/{node.node_id}"
+        return "local", "local", LOCAL_RUN
+    wf = metadata.task_execution_id.node_execution_id.execution_id
+    return wf.project, wf.domain, wf.name
+
+
+def execution_identity(metadata: TaskExecutionMetadata | None, task_name: str) -> tuple[str, str, str]:
+    """(provision name, owner, execution) for a task execution; every local create gets a fresh node,
+    as nothing tells a local retry from another call."""
+    project, domain, name = workflow_execution_id(metadata)
+    if metadata is None or metadata.task_execution_id is None:
+        node = f"{task_name}-{uuid.uuid4().hex[:8]}"
+    else:
+        node = metadata.task_execution_id.node_execution_id.node_id
+    return (provision_name(project, domain, name, node), f"{project}/{domain}",
+            "/".join((project, domain, name, node)))
 
 
 def merge_inputs(custom: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
@@ -293,9 +315,12 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
         super().__init__(task_type_name=TEARDOWN_TASK_TYPE, metadata_type=TeardownMeta)
 
     def create(self, task_template: TaskTemplate, output_prefix: str, inputs: LiteralMap | None = None,
-               **kwargs: Any) -> TeardownMeta:
+               task_execution_metadata: TaskExecutionMetadata | None = None, **kwargs: Any) -> TeardownMeta:
         # The teardown itself happens in get(): a destroy may outlast CreateTask's deadline, and
         # get() is retried until it succeeds, while a timed-out create would only leak.
+        if dict(task_template.custom or {}) == RELEASE_EXECUTION:
+            # Its own execution: the one whose nodes provisioned (an on_failure node runs in it too).
+            return TeardownMeta(execution="/".join(workflow_execution_id(task_execution_metadata)))
         return TeardownMeta(service=str(_plain_inputs(inputs).get("service", "")))
 
     async def get(self, resource_meta: TeardownMeta, **kwargs: Any) -> Resource:
@@ -303,23 +328,28 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
         return await _off_loop(_DESTROY_WAITS, self._get, resource_meta)
 
     def _get(self, resource_meta: TeardownMeta) -> Resource:
-        service = resource_meta.service
+        service, execution = resource_meta.service, resource_meta.execution
         if service.startswith(SHARED_PREFIX):
             return Resource(phase=TaskExecution.SUCCEEDED, outputs={"outcome": f"{service}: left running"})
-        if not service:
+        if not service and not execution:
             return Resource(phase=TaskExecution.FAILED,
                             message="service: empty; pass the DataServiceTask's `service` output")
         _, provisioner = backend.get()
-        provision = by_name(service)
         try:
-            provisioner.delete(provision)
+            if execution:
+                released = provisioner.release_execution(execution)
+                outcome = f"{execution}: released {', '.join(released) or 'nothing (none found)'}"
+            else:
+                provisioner.delete(by_name(service))
+                outcome = f"{service}: released"
         except DestroyInProgress as err:  # get() is polled: a later one sees the outcome
             return Resource(phase=TaskExecution.RUNNING, message=str(err))
         except Exception as err:  # reported, never swallowed: the fleet may still be running
+            what = f"the data services of {execution}" if execution else f"data service {service}"
             return Resource(phase=TaskExecution.FAILED,
-                            message=f"could not release data service {service}: {err}; run the teardown "
-                                    "again or `graphfleet gc` (it also expires at its ttl_seconds)")
-        return Resource(phase=TaskExecution.SUCCEEDED, outputs={"outcome": f"{service}: released"})
+                            message=f"could not release {what}: {err}; run the teardown again or "
+                                    "`graphfleet gc` (fleets also expire at their ttl_seconds)")
+        return Resource(phase=TaskExecution.SUCCEEDED, outputs={"outcome": outcome})
 
     def delete(self, resource_meta: TeardownMeta, **kwargs: Any) -> None:
         """Aborting a teardown leaves the fleet to its TTL; there is nothing of its own to delete."""

@@ -46,7 +46,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import graph_engine
-from flyte_agent.provisioner import Phase, Provision, Status
+from flyte_agent.provisioner import Phase, Provision, Status, check_workflow_execution
+from flyte_agent.provisioner import workflow_execution as workflow_execution_of
 from graph_engine import health
 from infra.spec import DataServiceSpec
 
@@ -111,6 +112,24 @@ class LocalProvisioner:
 
     def delete(self, provision: Provision) -> None:
         self._delete(provision.name)
+
+    def release_execution(self, workflow_execution: str) -> list[str]:
+        check_workflow_execution(workflow_execution)
+        released, failures = [], []
+        # Tombstoned fleets too: a delete that died half-way is finished here, not left to a reconciler.
+        for record in self._records(include_deleting=True):
+            if workflow_execution_of(record["execution"]) != workflow_execution:
+                continue
+            try:
+                self._delete(record["name"])
+            except OSError as err:  # the others are still released; this one is reported below
+                failures.append(f"{record['name']}: {err}")
+            else:
+                released.append(record["name"])
+        if failures:
+            raise RuntimeError(f"released {len(released)} local fleet(s) of {workflow_execution} but "
+                               f"failed on {len(failures)}; release again to retry:\n" + "\n".join(failures))
+        return released
 
     def gc(self, now: float) -> list[str]:
         expired = []
@@ -346,9 +365,17 @@ class LocalProvisioner:
         except FileNotFoundError:
             return None
 
-    def _records(self) -> list[dict[str, Any]]:
-        found = (self._record(d.name) for d in sorted(self.state_dir.iterdir()) if d.is_dir())
-        return [r for r in found if r is not None]
+    def _records(self, include_deleting: bool = False) -> list[dict[str, Any]]:
+        """Every fleet's record; with `include_deleting`, also those a delete has tombstoned."""
+        found = []
+        for fleet in sorted(d for d in self.state_dir.iterdir() if d.is_dir()):
+            record = self._record(fleet.name)
+            if record is None and include_deleting:
+                with contextlib.suppress(FileNotFoundError):
+                    record = dict(json.loads(self._tombstone(fleet.name).read_text()))
+            if record is not None:
+                found.append(record)
+        return found
 
     def _pid(self, name: str, ordinal: int) -> int:
         try:

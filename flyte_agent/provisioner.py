@@ -30,7 +30,7 @@ class Provision:
     name: str                 # deterministic from the task execution identity (DNS-1123)
     spec: DataServiceSpec     # partitions resolved
     owner: str                # who asked (project/domain or user)
-    execution: str            # the task execution identity, for tags and logs
+    execution: str            # `project/domain/execution-name/node`: tags, logs, release_execution()
     created_at: float         # epoch seconds; expiry = created_at + spec.ttl_seconds
 
     @property
@@ -43,6 +43,20 @@ class Status:
     phase: Phase
     endpoints: list[str] = field(default_factory=list)
     message: str = ""
+
+
+def workflow_execution(execution: str) -> str:
+    """The workflow execution (`project/domain/name`) of a task execution identity
+    (`project/domain/name/node`, `Provision.execution`); "" for anything else, which no release matches."""
+    parts = execution.split("/", 3)
+    return "/".join(parts[:3]) if len(parts) == 4 and all(parts) else ""
+
+
+def check_workflow_execution(value: str) -> None:
+    """Refuse anything but `project/domain/name`: an empty or partial one must never match every fleet."""
+    parts = value.split("/")
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f"workflow execution {value!r} is not project/domain/name; nothing was released")
 
 
 class DestroyInProgress(RuntimeError):
@@ -71,6 +85,12 @@ class Provisioner(Protocol):
     def delete(self, provision: Provision) -> None:
         """Tear down and forget, within a bounded wait. Idempotent: an absent fleet is success.
         Raises `DestroyInProgress` while the teardown goes on, anything else if it failed."""
+
+    def release_execution(self, workflow_execution: str) -> list[str]:
+        """Tear down every fleet of the workflow execution `project/domain/name` (whichever node made
+        it), within delete()'s bounded wait; returns their names. Level-triggered and idempotent:
+        none found is success. Raises ValueError for an ill-formed execution, `DestroyInProgress`
+        while teardowns go on, anything else, naming each fleet that failed, once they have ended."""
 
     def gc(self, now: float) -> list[str]:
         """Tear down every fleet whose time-to-live has passed; returns their names."""

@@ -7,8 +7,8 @@ restart, reads the stack and moves it toward "up succeeded": it starts an `up` w
 a failed one a bounded number of times, and clears a lock left by a dead process (`cancel`, then
 `refresh --clear-pending-creates`, then `up` again).
 
-The only in-memory state is which stacks this process's own workers are busy with, which is a fact
-about this process, not about the fleet.
+The only in-memory state is which stacks this process's own workers are busy with (and which of
+those a release of an execution started), facts about this process, not about the fleets.
 
 Every CLI call goes through `TimedPulumiCommand`, the Automation API's `pulumi_command=` seam: it
 bounds each call with a timeout (the API has none) and lets `delete()` interrupt a running `up`.
@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,7 +51,15 @@ from pulumi.automation.errors import (
 )
 
 from flyte_agent import stack_names as names
-from flyte_agent.provisioner import DestroyInProgress, GcError, Phase, Provision, Status
+from flyte_agent.provisioner import (
+    DestroyInProgress,
+    GcError,
+    Phase,
+    Provision,
+    Status,
+    check_workflow_execution,
+)
+from flyte_agent.provisioner import workflow_execution as workflow_execution_of
 from flyte_agent.settings import Settings
 from infra.graph_service import GraphDataService, GraphDataServiceArgs, Placement, await_timeout_seconds
 
@@ -294,6 +302,13 @@ class PulumiProvisioner:
         self._pool = _PriorityPool(settings.max_concurrent_operations, name="pulumi")
         self._jobs: dict[str, Future[None]] = {}      # `up` attempts
         self._destroys: dict[str, Future[None]] = {}  # delete()s, kept until a caller sees the outcome
+        # release_execution()'s stack listings, by workflow execution: reads, off the operation pool.
+        self._listings: dict[str, Future[list[str]]] = {}
+        # ...and the stacks it is destroying, until a call has seen each outcome: a stack removed
+        # before the next listing is still reported (and its destroy forgotten) by that call.
+        self._releasing: dict[str, set[str]] = {}
+        self._lister = ThreadPoolExecutor(settings.max_concurrent_operations,
+                                          thread_name_prefix="pulumi-list")
         self._jobs_lock = threading.Lock()
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -352,28 +367,73 @@ class PulumiProvisioner:
         side keeps running; so the destroy outlives the call, and a later call reports its outcome.
         """
         name = names.stack_name(provision.name)
-        job = self._start_destroy(provision)
+        job = self._start_destroy(name, provision)
         wait([job], timeout=self.settings.delete_wait_seconds)
         if not job.done():
             raise DestroyInProgress(
                 f"stack {name}: pulumi destroy is still running after "
                 f"{self.settings.delete_wait_seconds:g}s; it goes on in the background, and deleting again "
                 "reports its outcome")
-        with self._jobs_lock:
-            if self._destroys.get(name) is job:
-                del self._destroys[name]  # seen: the next delete starts afresh (e.g. after a failure)
-        err = job.exception()
-        if isinstance(err, ConcurrentUpdateError):
-            # A live process holds the lock: this stack's destroy or up, on another replica or by a
-            # CLI that outlived its connector. Level-triggered: ask again until it is gone.
-            lock = names.parse_lock(_cli_output(err))
-            holder = f" (pid {lock.pid} on {lock.host} since {lock.created})" if lock else ""
-            raise DestroyInProgress(f"stack {name} is locked by another running pulumi operation{holder}; "
-                                    "deleting again after it ends destroys the stack") from err
-        if isinstance(err, CommandError):
-            raise RuntimeError(f"stack {name}: pulumi destroy failed: {error_text(err)}") from err
+        err = self._destroy_outcome(name, job)
         if err is not None:
             raise err
+
+    def release_execution(self, workflow_execution: str) -> list[str]:
+        """Find the execution's stacks by their execution tag, then destroy them as delete() does.
+
+        Both steps go on in the background past `delete_wait_seconds` (listing reads every stack's
+        tags, one CLI call each); a later call rejoins them. Outcomes are kept until every destroy
+        of the execution has ended, so the call that settles it reports them all.
+        """
+        check_workflow_execution(workflow_execution)
+        deadline = time.monotonic() + self.settings.delete_wait_seconds
+        with self._jobs_lock:
+            listing = self._listings.get(workflow_execution)
+            if listing is None:
+                listing = self._listings[workflow_execution] = self._lister.submit(
+                    self._stacks_of, workflow_execution)
+        wait([listing], timeout=self.settings.delete_wait_seconds)
+        if not listing.done():
+            raise DestroyInProgress(f"listing the stacks of {workflow_execution} is still running after "
+                                    f"{self.settings.delete_wait_seconds:g}s; releasing again rejoins it")
+        with self._jobs_lock:
+            self._listings.pop(workflow_execution, None)
+        try:
+            stacks = listing.result()
+        except CommandError as err:
+            raise RuntimeError(f"could not list the stacks of {workflow_execution}: "
+                               f"{error_text(err)}") from err
+        with self._jobs_lock:
+            started = self._releasing.get(workflow_execution, set())
+        jobs = {name: self._start_destroy(name, None) for name in sorted(started.union(stacks))}
+        try:
+            return self._settle_release(workflow_execution, jobs, deadline)
+        finally:
+            with self._jobs_lock:
+                unseen = {name for name, job in jobs.items() if self._destroys.get(name) is job}
+                if unseen:
+                    self._releasing[workflow_execution] = unseen
+                else:
+                    self._releasing.pop(workflow_execution, None)
+
+    def _settle_release(self, workflow_execution: str, jobs: dict[str, Future[None]],
+                        deadline: float) -> list[str]:
+        """Wait for the destroys until `deadline`; report them once all have ended."""
+        wait(jobs.values(), timeout=max(0.0, deadline - time.monotonic()))
+        running = [f"stack {name}: pulumi destroy is still running" for name, job in jobs.items()
+                   if not job.done()]
+        # A lock held by another process is no outcome: forgotten, so the next call destroys again.
+        running += [str(self._destroy_outcome(name, job)) for name, job in jobs.items()
+                    if job.done() and isinstance(job.exception(), ConcurrentUpdateError)]
+        if running:
+            raise DestroyInProgress(f"releasing {workflow_execution} has not ended after "
+                                    f"{self.settings.delete_wait_seconds:g}s; it goes on in the background, "
+                                    "and releasing again reports the outcome:\n" + "\n".join(running))
+        failures = [str(err) for name, job in jobs.items() if (err := self._destroy_outcome(name, job))]
+        if failures:
+            raise RuntimeError(f"could not release {len(failures)} of the {len(jobs)} fleet(s) of "
+                               f"{workflow_execution}; release again to retry:\n" + "\n".join(failures))
+        return sorted(jobs)
 
     def gc(self, now: float) -> list[str]:
         removed: list[str] = []
@@ -403,8 +463,46 @@ class PulumiProvisioner:
         if self._sweeper is not None:
             self._sweeper.join(timeout=5)
         self._pool.close()
+        self._lister.shutdown(cancel_futures=True)
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _destroy_outcome(self, name: str, job: Future[None]) -> BaseException | None:
+        """An ended destroy's outcome as the error to raise (None: destroyed), and forget the destroy:
+        the next delete of the stack starts afresh (e.g. after a failure)."""
+        with self._jobs_lock:
+            if self._destroys.get(name) is job:
+                del self._destroys[name]
+        err = job.exception()
+        if isinstance(err, ConcurrentUpdateError):
+            # A live process holds the lock: this stack's destroy or up, on another replica or by a
+            # CLI that outlived its connector. Level-triggered: ask again until it is gone.
+            lock = names.parse_lock(_cli_output(err))
+            holder = f" (pid {lock.pid} on {lock.host} since {lock.created})" if lock else ""
+            outcome: BaseException = DestroyInProgress(
+                f"stack {name} is locked by another running pulumi operation{holder}; deleting again after "
+                "it ends destroys the stack")
+        elif isinstance(err, CommandError):
+            outcome = RuntimeError(f"stack {name}: pulumi destroy failed: {error_text(err)}")
+        else:
+            return err
+        outcome.__cause__ = err
+        return outcome
+
+    def _stacks_of(self, workflow_execution: str) -> list[str]:
+        """The stacks graphfleet made for the workflow execution, by their execution tag."""
+        found = []
+        with self._workspace(None, workspace=_UnselectedWorkspace) as ws:
+            for summary in ws.list_stacks():
+                name = names.short_stack_name(summary.name)
+                try:
+                    tags = auto.Stack.select(name, ws).list_tags()
+                except StackNotFoundError:
+                    continue  # removed since the listing
+                if (tags.get(names.TAG_MANAGED) == "true"
+                        and workflow_execution_of(tags.get(names.TAG_EXECUTION, "")) == workflow_execution):
+                    found.append(name)
+        return found
 
     def _local_status(self, name: str) -> Status | None:
         """What this process's own workers are doing with the stack, if anything."""
@@ -427,9 +525,9 @@ class PulumiProvisioner:
                 return  # no new `up` while one runs, nor while the stack is being destroyed
             self._jobs[name] = self._pool.submit(_UP, self._converge, provision)
 
-    def _start_destroy(self, provision: Provision) -> Future[None]:
-        """The destroy of this stack that this process runs, started now unless one is under way."""
-        name = names.stack_name(provision.name)
+    def _start_destroy(self, name: str, provision: Provision | None) -> Future[None]:
+        """The destroy of stack `name` that this process runs, started now unless one is under way.
+        `provision` (None when only the stack is known) bounds how long a lock may be live."""
         with self._jobs_lock:
             job = self._destroys.get(name)
             if job is None:
@@ -438,11 +536,10 @@ class PulumiProvisioner:
                 # behind it. SIGINT is Pulumi's graceful cancel, which releases the lock.
                 if up is not None and not up.cancel() and not up.done():
                     self._command.interrupt(name)
-                job = self._destroys[name] = self._pool.submit(_DESTROY, self._teardown, provision, up)
+                job = self._destroys[name] = self._pool.submit(_DESTROY, self._teardown, name, provision, up)
         return job
 
-    def _teardown(self, provision: Provision, up: Future[None] | None) -> None:
-        name = names.stack_name(provision.name)
+    def _teardown(self, name: str, provision: Provision | None, up: Future[None] | None) -> None:
         if up is not None and not up.cancelled():
             try:
                 up.result(timeout=self.settings.command_timeout_seconds)
@@ -451,7 +548,11 @@ class PulumiProvisioner:
                                    f"{self.settings.command_timeout_seconds:g}s; retry the delete") from err
             except Exception:  # noqa: BLE001 - the interrupted up's own failure is expected here
                 pass
-        with self._workspace(provision) as ws:
+        if provision is not None:
+            self._command.set_timeout(name, self._operation_timeout(provision))
+        # Without the fleet's program: destroy never runs it, and the teardown task's name-only
+        # provision has no spec to build one from.
+        with self._workspace(None) as ws:
             try:
                 stack = auto.Stack.select(name, ws)
             except StackNotFoundError:

@@ -1,4 +1,5 @@
-"""The task DSL: `DataServiceTask` brings up a graph-engine fleet, `DataServiceTeardownTask` releases it.
+"""The task DSL: `DataServiceTask` brings up a graph-engine fleet, `DataServiceTeardownTask` releases it,
+`DataServiceReleaseAllTask` releases every fleet of the workflow execution it runs in.
 
     graph = DataServiceTask(name="cora_graph", config=DataServiceConfig(replicas=2, cpu="2"))
     release = DataServiceTeardownTask(name="release_graph")
@@ -8,6 +9,9 @@
         fleet = graph(graph_uri=uri)                 # graph_uri / replicas may come at run time
         out = train(endpoints=fleet.endpoints_env)
         out >> release(service=fleet.service)
+
+An `on_failure` handler is not handed the `service` output; it runs in the same execution, so it
+calls a `DataServiceReleaseAllTask` (see workflows/gnn_training.py).
 
 The config is validated here, at definition, so a typo fails `pyflyte run`/`register`, not a run
 hours later. The connector validates again after merging the run-time inputs.
@@ -27,6 +31,7 @@ from flyte_agent.connector import (
     DATA_SERVICE_TASK_TYPE,
     INPUT_DEFAULTS,
     OUTPUT_TYPES,
+    RELEASE_EXECUTION,
     TEARDOWN_INPUT_TYPES,
     TEARDOWN_OUTPUT_TYPES,
     TEARDOWN_TASK_TYPE,
@@ -94,3 +99,20 @@ class DataServiceTeardownTask(AsyncConnectorExecutorMixin, PythonTask[None]):
             interface=Interface(inputs=TEARDOWN_INPUT_TYPES, outputs=TEARDOWN_OUTPUT_TYPES),
             **kwargs,
         )
+
+
+class DataServiceReleaseAllTask(AsyncConnectorExecutorMixin, PythonTask[dict[str, Any]]):
+    """Release every fleet of the workflow execution this task runs in (no input; a run with none
+    succeeds); outputs what happened. Locally the execution is the process (connector.LOCAL_RUN)."""
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        super().__init__(
+            name=name,
+            task_config=dict(RELEASE_EXECUTION),
+            task_type=TEARDOWN_TASK_TYPE,
+            interface=Interface(inputs={}, outputs=TEARDOWN_OUTPUT_TYPES),
+            **kwargs,
+        )
+
+    def get_custom(self, settings: SerializationSettings) -> dict[str, Any]:
+        return dict(self.task_config)

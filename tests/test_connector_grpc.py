@@ -28,7 +28,7 @@ from flytekit.core.type_engine import TypeEngine
 from flytekit.models.literals import LiteralMap
 from flytekit.tools.translator import get_serializable
 
-from flyte_agent import DataServiceConfig, DataServiceTask, DataServiceTeardownTask
+from flyte_agent import DataServiceConfig, DataServiceReleaseAllTask, DataServiceTask, DataServiceTeardownTask
 from flyte_agent.connector import DATA_SERVICE_TASK_TYPE, TEARDOWN_TASK_TYPE
 from graph_engine import health
 from graph_engine.convert import convert
@@ -77,9 +77,9 @@ class Connector:
             self.proc.kill()
             raise AssertionError(self.proc.communicate()[0]) from None
 
-    def create(self, template: Any, inputs: Any = None, name: str = "run1") -> bytes:
+    def create(self, template: Any, inputs: Any = None, name: str = "run1", node: str = "n0") -> bytes:
         request = agent_pb2.CreateTaskRequest(template=template, inputs=inputs, output_prefix="/tmp/unused",
-                                              task_execution_metadata=execution_metadata(name))
+                                              task_execution_metadata=execution_metadata(name, node))
         # Propeller's deadline for CreateTask.
         return bytes(self.stub.CreateTask(request, timeout=10).resource_meta)
 
@@ -229,6 +229,30 @@ def test_teardown_task_releases_the_fleet_and_tolerates_absence(connector_factor
         assert done.phase == execution_pb2.TaskExecution.SUCCEEDED, done.message
         assert expected in done.outputs.literals["outcome"].scalar.primitive.string_value
     assert not any(pid_running(pid) for pid in pids)
+
+
+def test_release_all_frees_the_fleets_of_its_own_execution_only(connector_factory, tmp_path: Path) -> None:
+    """What an on_failure handler does: it runs in the failed execution, with no `service` input."""
+    connector = connector_factory()
+    uri = convert(ring_graph(), str(tmp_path / "ring"), partitions=2)
+    task = DataServiceTask(name="graph", config=DataServiceConfig(graph_uri=uri, replicas=1))
+    pids: dict[str, list[int]] = {}
+    for run, node in (("run-a", "n0"), ("run-a", "n1"), ("run-b", "n0")):
+        before = set(recorded_pids(connector.state_dir))
+        done = connector.wait_terminal(DATA_SERVICE_TASK_TYPE, connector.create(serialized(task), name=run,
+                                                                                node=node))
+        assert done.phase == execution_pb2.TaskExecution.SUCCEEDED, done.message
+        pids.setdefault(run, []).extend(set(recorded_pids(connector.state_dir)) - before)
+
+    release_all = DataServiceReleaseAllTask(name="release_all")
+    for expected in ("released gf-run-a-n0-", "released nothing (none found)"):  # level-triggered
+        meta = connector.create(serialized(release_all), name="run-a", node="fn0-n0")
+        done = connector.wait_terminal(TEARDOWN_TASK_TYPE, meta)
+        assert done.phase == execution_pb2.TaskExecution.SUCCEEDED, done.message
+        outcome = done.outputs.literals["outcome"].scalar.primitive.string_value
+        assert outcome.startswith("proj/dev/run-a: ") and expected in outcome, outcome
+    assert len(pids["run-a"]) == 2 and not any(pid_running(pid) for pid in pids["run-a"])
+    assert len(pids["run-b"]) == 1 and all(pid_running(pid) for pid in pids["run-b"])
 
 
 def test_the_served_connector_builds_its_provisioner_before_the_first_call(connector_factory) -> None:

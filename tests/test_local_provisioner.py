@@ -161,3 +161,48 @@ def test_a_server_that_keeps_crashing_fails_with_its_output(provisioner: LocalPr
     failed = wait_for(lambda: provisioner.status(broken), Phase.FAILED, timeout=120)
     assert f"exited {MAX_RESTARTS + 1} times" in failed.message
     assert "pass --partitions 2" in failed.message
+
+
+def test_releasing_an_execution_leaves_the_other_executions_fleets(provisioner: LocalProvisioner,
+                                                                   graph_uri: str) -> None:
+    def of(execution: str, name: str) -> Provision:
+        return Provision(name=name, spec=DataServiceSpec(graph_uri=graph_uri, partitions=2),
+                         owner="p/d", execution=execution, created_at=time.time())
+
+    fleets = [of("p/d/run1/n0", "gf-run1-a"), of("p/d/run1/dn0-n2", "gf-run1-b"),
+              of("p/d/run10/n0", "gf-run10"), of("p/prod/run1/n0", "gf-prod-run1")]
+    for fleet in fleets:
+        provisioner.create(fleet)
+    pids = provisioner.pids("gf-run1-a") + provisioner.pids("gf-run1-b")
+
+    assert sorted(provisioner.release_execution("p/d/run1")) == ["gf-run1-a", "gf-run1-b"]
+    assert [provisioner.status(f).phase is Phase.ABSENT for f in fleets] == [True, True, False, False]
+    assert not any(pid_running(pid) for pid in pids)
+    assert provisioner.release_execution("p/d/run1") == []  # none left: still a success
+    for partial in ("", "p/d", "p/d/", "p/d/run1/n0"):
+        with pytest.raises(ValueError, match="is not project/domain/name; nothing was released"):
+            provisioner.release_execution(partial)
+    assert [provisioner.status(f).phase is Phase.ABSENT for f in fleets[2:]] == [False, False]
+
+
+def test_a_failed_release_names_the_fleet_and_the_next_one_finishes(provisioner: LocalProvisioner,
+                                                                    graph_uri: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    stuck, other = provision(graph_uri, name="gf-stuck"), provision(graph_uri, name="gf-other")
+    for fleet in (stuck, other):
+        provisioner.create(fleet)
+    delete = provisioner._delete_locked
+
+    def fail_on_stuck(name: str) -> None:
+        if name == "gf-stuck":
+            raise OSError("server 1 would not stop")
+        delete(name)
+
+    monkeypatch.setattr(provisioner, "_delete_locked", fail_on_stuck)
+    with pytest.raises(RuntimeError, match=r"(?s)released 1 local fleet\(s\) of p/d/e but failed on 1.*"
+                                           r"gf-stuck: server 1 would not stop"):
+        provisioner.release_execution("p/d/e")
+    assert provisioner.status(other).phase is Phase.ABSENT
+    monkeypatch.setattr(provisioner, "_delete_locked", delete)
+    assert provisioner.release_execution("p/d/e") == ["gf-stuck"]
+    assert provisioner.status(stuck).phase is Phase.ABSENT

@@ -20,6 +20,7 @@ import pytest
 from pulumi.automation.errors import CommandError
 
 from flyte_agent import stack_names as names
+from flyte_agent.connector import by_name
 from flyte_agent.gc import collect
 from flyte_agent.provisioner import DestroyInProgress, Phase, Provision, Status
 from flyte_agent.pulumi_provisioner import PulumiProvisioner, TimedPulumiCommand, _pid_alive
@@ -536,3 +537,73 @@ def test_connector_killed_mid_update_is_finished_by_a_fresh_process(backend: tup
     fresh.delete(p)
     assert fake_pulumi.stacks(url) == {}
     assert not _pid_alive(cli_pid), "the killed CLI is still running"
+
+
+# -- releasing a workflow execution: the teardown of an on_failure handler ------------------------
+
+def fleet_of(provisioner: PulumiProvisioner, name: str, execution: str) -> Provision:
+    """A one-server fleet of the task execution `execution`, created and READY."""
+    p = Provision(name=name, spec=provision(name, replicas=1).spec, owner="proj/dev", execution=execution,
+                  created_at=time.time())
+    provisioner.create(p)
+    assert wait(provisioner, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+    return p
+
+
+def test_releasing_an_execution_destroys_its_stacks_only(backend: tuple[str, Path], make) -> None:
+    url, _ = backend
+    provisioner = make()
+    fleet_of(provisioner, "fleet-r1-a", "proj/dev/run1/n0")
+    fleet_of(provisioner, "fleet-r1-b", "proj/dev/run1/dn1-n0")
+    fleet_of(provisioner, "fleet-r2", "proj/dev/run2/n0")
+    seed_stack(backend, "fleet-untagged", time.time() + 3600)  # execution tag "exec-fleet-untagged"
+
+    other = make()  # any replica finds them: the stack tags are the record
+    assert other.release_execution("proj/dev/run1") == ["fleet-r1-a", "fleet-r1-b"]
+    assert sorted(fake_pulumi.stacks(url)) == ["fleet-r2", "fleet-untagged"]
+    assert other.release_execution("proj/dev/run1") == []  # none left: still a success
+    with pytest.raises(ValueError, match="'proj/dev' is not project/domain/name"):
+        other.release_execution("proj/dev")
+    assert sorted(fake_pulumi.stacks(url)) == ["fleet-r2", "fleet-untagged"]
+
+
+def release_until_settled(provisioner: PulumiProvisioner, execution: str) -> list[str] | Exception:
+    """Release as a polled teardown task does until it stops answering "in progress"."""
+    deadline = time.monotonic() + WAIT_LIMIT
+    while True:
+        try:
+            return provisioner.release_execution(execution)
+        except DestroyInProgress:
+            assert time.monotonic() < deadline, f"the release did not end within {WAIT_LIMIT}s"
+            time.sleep(0.2)
+        except Exception as err:  # noqa: BLE001 - returned for the test to check
+            return err
+
+
+def test_a_release_answers_in_progress_then_reports_a_failed_destroy(backend: tuple[str, Path],
+                                                                      make) -> None:
+    url, _ = backend
+    provisioner = make(delete_wait_seconds=0.5)
+    fleet_of(provisioner, "fleet-ok", "proj/dev/run3/n0")
+    fleet_of(provisioner, "fleet-slow", "proj/dev/run3/n1")
+    fake_pulumi.script_faults(url, "fleet-slow",
+                              destroy=["sleep:4;fail:deleting StatefulSet: server is unavailable"])
+
+    with pytest.raises(DestroyInProgress, match="releasing proj/dev/run3 has not ended after 0.5s"):
+        provisioner.release_execution("proj/dev/run3")
+    failed = release_until_settled(provisioner, "proj/dev/run3")
+    assert isinstance(failed, RuntimeError), failed
+    assert "could not release 1 of the 2 fleet(s) of proj/dev/run3" in str(failed)
+    assert "stack fleet-slow: pulumi destroy failed" in str(failed) and "server is unavailable" in str(failed)
+    assert list(fake_pulumi.stacks(url)) == ["fleet-slow"]
+    assert release_until_settled(provisioner, "proj/dev/run3") == ["fleet-slow"]  # a retry finishes it
+    assert fake_pulumi.stacks(url) == {}
+
+
+def test_the_teardown_tasks_name_only_provision_destroys_a_stack(backend: tuple[str, Path], make) -> None:
+    url, _ = backend
+    provisioner = make()
+    fleet = fleet_of(provisioner, "fleet-named", "proj/dev/run4/n0")
+    # All the teardown task knows is the name: no spec to build the fleet's program from.
+    provisioner.delete(by_name(fleet.name))
+    assert fake_pulumi.stacks(url) == {}

@@ -6,18 +6,31 @@ from collections import OrderedDict
 
 import pytest
 from flytekit.configuration import ImageConfig, SerializationSettings
-from flytekit.models.task import TaskTemplate
+from flytekit.models.core.identifier import (
+    Identifier,
+    NodeExecutionIdentifier,
+    ResourceType,
+    TaskExecutionIdentifier,
+    WorkflowExecutionIdentifier,
+)
+from flytekit.models.security import Identity
+from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
 from flytekit.tools.translator import get_serializable
 
-from flyte_agent import DataServiceConfig, DataServiceTask, DataServiceTeardownTask
+from flyte_agent import DataServiceConfig, DataServiceReleaseAllTask, DataServiceTask, DataServiceTeardownTask
 from flyte_agent.connector import (
     DATA_SERVICE_TASK_TYPE,
+    LOCAL_RUN,
     TEARDOWN_TASK_TYPE,
+    DataServiceTeardownConnector,
     FleetMeta,
+    TeardownMeta,
+    execution_identity,
     merge_inputs,
     provision_name,
     resolve_spec,
 )
+from flyte_agent.provisioner import workflow_execution
 from flyte_agent.settings import Settings, SettingsError
 from infra.names import STATEFULSET_NAME_MAX, check_label
 from infra.spec import DataServiceSpec
@@ -99,6 +112,48 @@ def test_teardown_task_type_and_interface() -> None:
     template = template_of(task)
     assert template.type == TEARDOWN_TASK_TYPE
     assert set(task.python_interface.inputs) == {"service"}
+
+
+def execution_metadata(run: str, node: str) -> TaskExecutionMetadata:
+    wf = WorkflowExecutionIdentifier(project="proj", domain="dev", name=run)
+    return TaskExecutionMetadata(task_execution_id=TaskExecutionIdentifier(
+        task_id=Identifier(ResourceType.TASK, "proj", "dev", "t", "v1"), retry_attempt=0,
+        node_execution_id=NodeExecutionIdentifier(node_id=node, execution_id=wf)),
+        namespace="", labels={}, annotations={}, k8s_service_account="", environment_variables={},
+        identity=Identity())
+
+
+def test_release_all_targets_the_execution_its_fleets_were_recorded_under() -> None:
+    task = DataServiceReleaseAllTask(name="release_all")
+    template = template_of(task)
+    assert template.type == TEARDOWN_TASK_TYPE and task.python_interface.inputs == {}
+    teardown = DataServiceTeardownConnector()
+
+    # On a cluster: the workflow execution of its own metadata, whichever node provisioned.
+    _, _, provisioned = execution_identity(execution_metadata("run7", "n0"), "graph")
+    meta = teardown.create(template, "", task_execution_metadata=execution_metadata("run7", "fn0-n0"))
+    assert meta == TeardownMeta(execution="proj/dev/run7")
+    assert workflow_execution(provisioned) == meta.execution
+
+    # Locally there is no metadata: the process is the execution, for both tasks.
+    _, owner, provisioned = execution_identity(None, "graph")
+    _, _, again = execution_identity(None, "graph")
+    assert provisioned != again  # every local create is a fleet of its own
+    meta = teardown.create(template, "")
+    assert meta == TeardownMeta(execution=f"local/local/{LOCAL_RUN}")
+    assert workflow_execution(provisioned) == workflow_execution(again) == meta.execution
+    assert owner == "local/local"
+
+    # The by-name teardown is unchanged.
+    release = template_of(DataServiceTeardownTask(name="release"))
+    assert teardown.create(release, "").execution == ""
+
+
+def test_only_a_whole_task_execution_identity_has_a_workflow_execution() -> None:
+    assert workflow_execution("p/d/run/n0") == "p/d/run"
+    assert workflow_execution("p/d/run/dn0/n1") == "p/d/run"
+    for partial in ("", "p/d/run", "p//run/n0", "local/graph/abc"):
+        assert workflow_execution(partial) == ""
 
 
 def test_settings_from_env_name_the_variable() -> None:

@@ -10,8 +10,8 @@ partition) -> train -> evaluate on the test nodes -> release (DataServiceTeardow
 Release runs whether training succeeded or failed: `train` and `evaluate` hand a failure on as
 `TrainOutcome.error` instead of failing their node, the fleet is released, and `finish` fails the
 run with that error. A node that fails outright (a pod killed, provisioning failed) triggers the
-`on_failure` handler, which releases the fleet by its name if there is one; whatever escapes both
-expires at its ttl_seconds (`graphfleet gc`).
+`on_failure` handler, which releases every fleet of this execution (none is fine); whatever escapes
+both expires at its ttl_seconds (`graphfleet gc`).
 
 Configuration (environment, read when this module is imported, i.e. at `pyflyte run`/register):
 - `GRAPHFLEET_GRAPH_STORE`: where converted graphs go, a local dir or s3://bucket/prefix; default
@@ -33,12 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flytekit import PodTemplate, Resources, current_context, dynamic, task, workflow
+from flytekit import PodTemplate, Resources, current_context, task, workflow
 from flytekit.types.error import FlyteError
 from flytekit.types.file import FlyteFile
 
-from flyte_agent import DataServiceTask, DataServiceTeardownTask
-from flyte_agent.connector import provision_name
+from flyte_agent import DataServiceReleaseAllTask, DataServiceTask, DataServiceTeardownTask
 from infra.spec import CLIENT_LABEL, ENDPOINTS_ENV
 from workflows import train as trainer
 from workflows.report import TrainingReport
@@ -50,8 +49,6 @@ TRAINER_ENV = "GRAPHFLEET_TRAINER"
 QUEUE_ENV = "GRAPHFLEET_TRAINING_QUEUE"
 TRAINERS = ("local", "pytorchjob")
 DEFAULT_EPOCHS = trainer.TrainConfig.epochs
-# The provisioning node's id: on a cluster the fleet's name derives from it (flyte_agent.connector).
-SERVICE_NODE = "graph-service"
 
 
 @dataclass
@@ -177,36 +174,22 @@ def finish(outcome: TrainOutcome, released: str) -> TrainingReport:
 
 graph_service = DataServiceTask(name="gnn_training.graph_service")
 release = DataServiceTeardownTask(name="gnn_training.release_graph_service")
+release_all = DataServiceReleaseAllTask(name="gnn_training.release_all_graph_services")
 
 
-def fleet_of_this_run() -> str:
-    """The name of this run's fleet, "" if it has none yet.
-
-    On a cluster the connector names it after the execution and the provisioning node. A local run
-    provisions in this very process with a random name, which the task object keeps from create().
-    """
-    run = current_context().execution_id
-    if run.project and run.project != "local" and run.name and run.name != "local":
-        return provision_name(run.project, run.domain, run.name, SERVICE_NODE)
-    meta = getattr(graph_service, "resource_meta", None)
-    return str(getattr(meta, "name", ""))
-
-
-@dynamic
+@workflow
 def release_on_failure(dataset: str = "synthetic", data_dir: str = "", partitions: int = 2,
                        epochs: int = DEFAULT_EPOCHS, seed: int = 0, err: FlyteError | None = None) -> str:
-    """The on_failure handler: release the fleet if one was provisioned (a no-op release is fine)."""
-    name = fleet_of_this_run()
-    if not name:
-        return "no data service was provisioned"
-    return release(service=name)
+    """The on_failure handler (it must take the workflow's inputs): the failed node's outputs never
+    reach it, so it releases every fleet of this execution rather than one by name."""
+    return release_all()
 
 
 @workflow(on_failure=release_on_failure)
 def gnn_training(dataset: str = "synthetic", data_dir: str = "", partitions: int = 2,
                  epochs: int = DEFAULT_EPOCHS, seed: int = 0) -> TrainingReport:
     graph_uri = prepare(dataset=dataset, data_dir=data_dir, partitions=partitions, epochs=epochs)
-    fleet = graph_service(graph_uri=graph_uri, replicas=partitions).with_overrides(node_name=SERVICE_NODE)
+    fleet = graph_service(graph_uri=graph_uri, replicas=partitions)
     trained = train(graph_uri=graph_uri, endpoints=fleet.endpoints_env, epochs=epochs, seed=seed)
     tested = evaluate(graph_uri=graph_uri, endpoints=fleet.endpoints_env, trained=trained)
     released = release(service=fleet.service)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from deepgnn.graph_engine.snark.client import MemoryGraph
 
 from graph_engine import datasets
@@ -20,7 +21,16 @@ from graph_engine.health import EndpointsNotReady
 from infra.spec import ENDPOINTS_ENV
 from tests.test_graph_server import free_port, start
 from workflows.sampler import Prefetcher, sample_batch
-from workflows.train import GraphInfo, TrainConfig, endpoints_from_env, evaluate, fit, open_service
+from workflows.train import (
+    GraphInfo,
+    TrainConfig,
+    endpoints_from_env,
+    evaluate,
+    fit,
+    open_service,
+    torch_threads,
+    usable_cores,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +73,7 @@ def test_prefetcher_raises_the_producer_error_at_its_item_and_stops() -> None:
             raise RuntimeError("sampling failed at 3")
         return i
 
-    seen = []
+    seen: list[int] = []
     with pytest.raises(RuntimeError, match="sampling failed at 3"), Prefetcher(make, count=10) as items:
         seen.extend(items)
     assert seen == [0, 1, 2]
@@ -100,6 +110,30 @@ def test_neighbours_beat_a_feature_only_model(synthetic_uri: str) -> None:
     assert sage.test_accuracy > alone.test_accuracy + 0.2, (sage.test_accuracy, alone.test_accuracy)
     assert len(sage.train_loss) == len(sage.val_curve) == 12
     assert sage.val_accuracy == max(sage.val_curve) == sage.val_curve[sage.best_epoch - 1]
+
+
+def test_fit_runs_torch_at_the_configured_threads_and_gives_the_old_setting_back(synthetic_uri: str) -> None:
+    info = GraphInfo.read(synthetic_uri)
+    graph = MemoryGraph(synthetic_uri, [0, 1])
+    seen: set[int] = set()
+
+    class Recording:
+        """With prefetch 0 the batches are sampled in the training thread: what torch runs there."""
+
+        def weighted_sample_neighbors(self, *args: object, **kwargs: object) -> object:
+            seen.add(torch.get_num_threads())
+            return graph.weighted_sample_neighbors(*args, **kwargs)
+
+        def node_features(self, *args: object, **kwargs: object) -> object:
+            return graph.node_features(*args, **kwargs)
+
+    before = torch.get_num_threads()
+    wanted = 1 if before > 1 else 2
+    config = TrainConfig(epochs=1, prefetch=0, torch_threads=wanted)
+    fit(Recording(), info, config, progress=False)  # type: ignore[arg-type]
+    assert seen == {wanted} and torch.get_num_threads() == before
+    with torch_threads(TrainConfig()) as default:  # a core left for the sampler and loopback servers
+        assert default == torch.get_num_threads() == max(1, usable_cores() - 1)
 
 
 @pytest.fixture
@@ -157,7 +191,8 @@ def test_a_server_that_is_down_is_named_instead_of_aborting_the_process() -> Non
 
 @pytest.mark.parametrize("bad, field", [({"epochs": 0}, "epochs"), ({"fanouts": ()}, "fanouts"),
                                         ({"eval_fanouts": (5,)}, "eval_fanouts"),
-                                        ({"dropout": 1.0}, "dropout")])
+                                        ({"dropout": 1.0}, "dropout"),
+                                        ({"torch_threads": -1}, "torch_threads")])
 def test_bad_hyperparameters_name_the_field(bad: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         TrainConfig(**bad)  # type: ignore[arg-type]

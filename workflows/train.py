@@ -11,12 +11,13 @@ in-process `MemoryGraph` (the benchmark's baseline): one code path, two graph ha
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,9 @@ class TrainConfig:
     fanouts: tuple[int, ...] = (25, 10)        # GraphSAGE's own; tuned on Cora
     eval_fanouts: tuple[int, ...] = (40, 25)   # a larger sample at evaluation: a closer neighbourhood mean
     prefetch: int = 4                          # batches sampled ahead of the training step; 0: no overlap
+    # torch intra-op threads; 0: one fewer than this process's cores (at least 1). On 2 shared cores,
+    # 2 threads made a step 2-7x slower whenever the sampler or a server took a core (docs/benchmarks.md).
+    torch_threads: int = 0
 
     def __post_init__(self) -> None:
         problems = []
@@ -91,6 +95,8 @@ class TrainConfig:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if self.prefetch < 0:
             problems.append(f"prefetch must be >= 0 batches, got {self.prefetch}")
+        if self.torch_threads < 0:
+            problems.append(f"torch_threads must be >= 0 (0: cores - 1), got {self.torch_threads}")
         if self.hidden < 1:
             problems.append(f"hidden must be >= 1, got {self.hidden}")
         if not 0.0 <= self.dropout < 1.0:
@@ -112,6 +118,26 @@ class Trained:
     config: TrainConfig
     report: TrainingReport
     info: GraphInfo = field(repr=False)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its cpuset, in a container); macOS has no affinity call."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def torch_threads(config: TrainConfig) -> Iterator[int]:
+    """torch's intra-op threads set for a fit or evaluation, and restored after: the setting is
+    process-wide and the caller's other work should not inherit it."""
+    count = config.torch_threads or max(1, usable_cores() - 1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(previous)
 
 
 def build_model(info: GraphInfo, config: TrainConfig) -> GraphSage:
@@ -180,55 +206,57 @@ def accuracy(model: GraphSage, sampling: Sampling, ids: Sequence[int], config: T
 def fit(graph: GraphHandle, info: GraphInfo, config: TrainConfig, endpoints: Sequence[str] = (),
         progress: bool = True) -> Trained:
     """Train on `info.train_ids`, keep the epoch with the best validation accuracy."""
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    sampling = Sampling(graph, info.feature_dim, endpoints)
-    model = build_model(info, config).to(DEVICE)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
-    train_ids = np.asarray(info.train_ids, dtype=np.int64)
-    n_batches = -(-len(train_ids) // config.batch_size)
-    report = TrainingReport(dataset=info.dataset, seed=config.seed, epochs=config.epochs,
-                            endpoints=list(endpoints))
-    best_state: dict[str, torch.Tensor] = {}
-    best_val = -1.0
-    for epoch in range(1, config.epochs + 1):
-        order = rng.permutation(train_ids)
-        model.train()
-        total = 0.0
-        started = time.perf_counter()
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
-                   file=sys.stderr)
-        with sampling.stream(order, config.batch_size, config.fanouts, config.seed * 100003 + epoch,
-                             config.prefetch) as batches:
-            for batch in batches:
-                optimizer.zero_grad()
-                loss = loss_fn(logits(model, batch), batch.labels.to(DEVICE))
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(batch.seeds)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        report.train_seconds += time.perf_counter() - started
-        val = accuracy(model, sampling, info.val_ids, config, seed=-epoch)
-        report.train_loss.append(total / len(train_ids))
-        report.val_curve.append(val)
-        bar.set_postfix(loss=f"{report.train_loss[-1]:.3f}", val_acc=f"{val:.3f}")
-        bar.close()
-        if val > best_val:
-            best_val, report.best_epoch = val, epoch
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(best_state)
-    report.val_accuracy = best_val
-    report.samples_per_second = len(train_ids) * config.epochs / report.train_seconds
-    report.retried_batches = sampling.retried
-    return Trained(model=model, config=config, report=report, info=info)
+    with torch_threads(config):
+        torch.manual_seed(config.seed)
+        rng = np.random.default_rng(config.seed)
+        sampling = Sampling(graph, info.feature_dim, endpoints)
+        model = build_model(info, config).to(DEVICE)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        loss_fn = nn.CrossEntropyLoss()
+        train_ids = np.asarray(info.train_ids, dtype=np.int64)
+        n_batches = -(-len(train_ids) // config.batch_size)
+        report = TrainingReport(dataset=info.dataset, seed=config.seed, epochs=config.epochs,
+                                endpoints=list(endpoints))
+        best_state: dict[str, torch.Tensor] = {}
+        best_val = -1.0
+        for epoch in range(1, config.epochs + 1):
+            order = rng.permutation(train_ids)
+            model.train()
+            total = 0.0
+            started = time.perf_counter()
+            bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
+                       file=sys.stderr)
+            with sampling.stream(order, config.batch_size, config.fanouts, config.seed * 100003 + epoch,
+                                 config.prefetch) as batches:
+                for batch in batches:
+                    optimizer.zero_grad()
+                    loss = loss_fn(logits(model, batch), batch.labels.to(DEVICE))
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.item() * len(batch.seeds)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+            report.train_seconds += time.perf_counter() - started
+            val = accuracy(model, sampling, info.val_ids, config, seed=-epoch)
+            report.train_loss.append(total / len(train_ids))
+            report.val_curve.append(val)
+            bar.set_postfix(loss=f"{report.train_loss[-1]:.3f}", val_acc=f"{val:.3f}")
+            bar.close()
+            if val > best_val:
+                best_val, report.best_epoch = val, epoch
+                best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(best_state)
+        report.val_accuracy = best_val
+        report.samples_per_second = len(train_ids) * config.epochs / report.train_seconds
+        report.retried_batches = sampling.retried
+        return Trained(model=model, config=config, report=report, info=info)
 
 
 def evaluate(trained: Trained, graph: GraphHandle, endpoints: Sequence[str] = ()) -> TrainingReport:
     """The fitting report with the test accuracy of the kept model filled in."""
     sampling = Sampling(graph, trained.info.feature_dim, endpoints)
-    test = accuracy(trained.model, sampling, trained.info.test_ids, trained.config, seed=1 << 20)
+    with torch_threads(trained.config):
+        test = accuracy(trained.model, sampling, trained.info.test_ids, trained.config, seed=1 << 20)
     report = TrainingReport(**{**asdict(trained.report), "test_accuracy": test})
     report.retried_batches += sampling.retried
     return report

@@ -49,8 +49,8 @@ from flyte_agent.connector import DATA_SERVICE_TASK_TYPE
 from graph_engine import health
 from graph_engine.convert import convert
 from graph_engine.datasets import load_planetoid
+from tests.shared_data import PLANETOID_DIR as PLANETOID
 
-PLANETOID = Path("/work/shared/data/planetoid")
 SETTINGS = SerializationSettings(ImageConfig.auto_default_image(), project="bench", domain="dev",
                                  version="v1")
 CATEGORY = agent_pb2.TaskCategory(name=DATA_SERVICE_TASK_TYPE, version=0)

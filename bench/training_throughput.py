@@ -32,9 +32,9 @@ from deepgnn.graph_engine.snark.client import MemoryGraph
 
 from graph_engine import datasets, health
 from graph_engine.convert import convert
+from tests.shared_data import PLANETOID_DIR as PLANETOID
 from workflows.train import GraphInfo, TrainConfig, evaluate, fit, open_service, usable_cores
 
-PLANETOID = Path("/work/shared/data/planetoid")
 BASELINE = {"fanouts": (0, 0), "eval_fanouts": (0, 0)}
 
 

@@ -10,8 +10,7 @@ import pytest
 
 from infra.k8s_schema import validate_manifests
 from infra.render import Rendered, render
-
-PLANETOID_DIR = Path("/work/shared/data/planetoid")
+from tests.shared_data import PLANETOID_DIR
 
 
 @pytest.fixture
@@ -31,5 +30,6 @@ def render_valid() -> Callable[..., Rendered]:
 def planetoid_dir() -> Path:
     """The read-only Cora data in Planetoid format (read it in place; never copy it into the repo)."""
     if not (PLANETOID_DIR / "ind.cora.x").exists():
-        pytest.skip(f"Cora data not found at {PLANETOID_DIR}")
+        pytest.fail(f"Cora data not found at {PLANETOID_DIR}: the tests read shared/ beside the checkout; "
+                    "set GRAPHFLEET_SHARED_DIR to where it is")
     return PLANETOID_DIR

@@ -17,8 +17,7 @@ from graph_engine.convert import convert
 from graph_engine.datasets import Graph, load, synthetic
 from graph_engine.store import partition_count, read_info, read_meta
 from tests.s3_server import moto_s3
-
-PLANETOID_DIR = Path("/work/shared/data/planetoid")
+from tests.shared_data import PLANETOID_DIR
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,7 @@ from graph_engine.datasets import (
     load_planetoid,
     synthetic,
 )
-
-PLANETOID_DIR = Path("/work/shared/data/planetoid")
+from tests.shared_data import PLANETOID_DIR
 
 
 def _raw(name: str) -> Any:

@@ -38,6 +38,8 @@ FEATURES_ID = 0
 LABEL_ID = 1
 EDGE_TYPE = 0
 # Node ids handed to the dispatcher per batch.
+# How long a released worker may take to finish its partition after a failure.
+_WORKER_REPORT_SECONDS = 120
 _BATCH = 4096
 
 _Record = tuple[int, int, int, float, None, None, list]
@@ -129,6 +131,9 @@ def write_partitions(graph: Graph, folder: Path, partitions: int) -> None:
         # Release the workers (non-daemon threads waiting on their pipes) or the process never exits.
         for _, sender in dispatcher.q_in:
             sender.send(FLAG_ALL_DONE)
+        # Wait for every worker still writing into `folder` to report: the caller removes it next.
+        for _ in range(partitions - len(dispatcher.partitions)):
+            dispatcher.q_out.get(timeout=_WORKER_REPORT_SECONDS)
         raise
     if errors:
         raise RuntimeError(f"DeepGNN's converter failed writing to {folder}: {errors[0]!r}") from errors[0]

@@ -135,6 +135,8 @@ def test_make_run_survives_a_graph_server_killed_mid_training(tmp_path: Path) ->
     accuracy = re.search(r"test accuracy (\d\.\d+)", output)
     assert accuracy and float(accuracy.group(1)) > 0.45, output[-3000:]  # feature-only: ~0.3
     assert f"epoch {job.DEFAULT_EPOCHS}/{job.DEFAULT_EPOCHS}" in output
+    curves = re.search(r"training curves: (\S+\.png)", output)
+    assert curves and Path(curves.group(1)).read_bytes().startswith(b"\x89PNG"), output[-3000:]
     assert not list(state.glob("*/fleet.json")), "the fleet was not released"
 
 

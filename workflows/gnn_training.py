@@ -57,6 +57,7 @@ class TrainOutcome:
 
     report: TrainingReport = field(default_factory=TrainingReport)
     checkpoint: FlyteFile | None = None
+    curves: FlyteFile | None = None  # loss and validation accuracy per epoch, as a PNG
     error: str = ""
 
 
@@ -141,7 +142,8 @@ def train(graph_uri: str, endpoints: str, epochs: int, seed: int) -> TrainOutcom
         out = Path(tempfile.mkdtemp(prefix="gnn-train-"))
         trainer.write_outputs(fitted.report, out)
         checkpoint = trainer.save(fitted, out / "model.pt")
-        return TrainOutcome(report=fitted.report, checkpoint=FlyteFile(str(checkpoint)))
+        return TrainOutcome(report=fitted.report, checkpoint=FlyteFile(str(checkpoint)),
+                            curves=FlyteFile(str(out / trainer.CURVES_FILE)))
 
     return guarded("train", body)
 
@@ -158,7 +160,7 @@ def evaluate(graph_uri: str, endpoints: str, trained: TrainOutcome) -> TrainOutc
         used = trainer.endpoints_from_env()
         fitted = trainer.load(Path(trained.checkpoint.download()))
         report = trainer.evaluate(fitted, trainer.open_service(used), used)
-        return TrainOutcome(report=report, checkpoint=trained.checkpoint)
+        return TrainOutcome(report=report, checkpoint=trained.checkpoint, curves=trained.curves)
 
     return guarded("evaluate", body)
 
@@ -169,6 +171,8 @@ def finish(outcome: TrainOutcome, released: str) -> TrainingReport:
     if outcome.error:
         raise RuntimeError(f"{outcome.error} (data service: {released})")
     print(outcome.report.summary())
+    if outcome.curves is not None:
+        print(f"training curves: {outcome.curves.download()}")
     return outcome.report
 
 

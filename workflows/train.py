@@ -333,10 +333,13 @@ def run(info: GraphInfo, config: TrainConfig, endpoints: Sequence[str], out: Pat
     return report
 
 
+CURVES_FILE = "curves.png"
+
+
 def write_outputs(report: TrainingReport, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(report.to_json())
-    plot_curves(report, out / "curves.png")
+    plot_curves(report, out / CURVES_FILE)
 
 
 def _fanouts(text: str) -> tuple[int, ...]:

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
+from tests.real_cluster import KUBECONFIG, needs_pulumi_and_cluster
 
-CLI = shutil.which("pulumi")
-KUBECONFIG = os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config"))
+pytestmark = needs_pulumi_and_cluster
 
 
-@pytest.mark.skipif(CLI is None, reason="no pulumi CLI on PATH (none can be installed on these machines)")
-@pytest.mark.skipif(not Path(KUBECONFIG).exists(), reason=f"no kubeconfig at {KUBECONFIG}")
 def test_real_engine_provisions_and_destroys_a_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
@@ -26,7 +22,7 @@ def test_real_engine_provisions_and_destroys_a_fleet(tmp_path: Path, monkeypatch
 
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", os.environ.get("PULUMI_CONFIG_PASSPHRASE", "integration"))
     uri = os.environ.get("GRAPHFLEET_TEST_GRAPH_URI", "s3://graphfleet-test/cora")
-    settings = Settings(backend="pulumi", backend_url=f"file://{tmp_path}", kubeconfig=KUBECONFIG,
+    settings = Settings(backend="pulumi", backend_url=f"file://{tmp_path}", kubeconfig=str(KUBECONFIG),
                         namespace=os.environ.get("GRAPHFLEET_NAMESPACE", "default"), gc_interval_seconds=0)
     provisioner = PulumiProvisioner(settings)
     p = Provision(name=f"it-{int(time.time())}", spec=DataServiceSpec(graph_uri=uri, partitions=1),

@@ -149,7 +149,9 @@ class LocalProvisioner:
     def pids(self, name: str) -> list[int]:
         """The recorded server process of each ordinal (0 if none), for inspection and tests."""
         record = self._record(name)
-        return [] if record is None else [self._pid(name, i) for i in range(len(record["ports"]))]
+        if record is None:
+            return []
+        return [self._server_int(name, i, "pid") for i in range(len(record["ports"]))]
 
     def close(self) -> None:
         """Stop reconciling and delete the fleets this process started."""
@@ -185,13 +187,13 @@ class LocalProvisioner:
         for ordinal in range(len(endpoints)):
             if self._alive(name, ordinal, record["ports"][ordinal]):
                 continue
-            restarts = self._restarts(name, ordinal)
+            restarts = self._server_int(name, ordinal, "restarts")
             if restarts >= MAX_RESTARTS:
                 return Status(Phase.FAILED, endpoints, (
                     f"graph-engine server {ordinal} of {name} exited {restarts + 1} times; last output:\n"
                     f"{self._log_tail(name, ordinal)}\n"
                     "fix the cause above (graph URI, partitions, memory) and run the task again"))
-            if self._pid(name, ordinal):
+            if self._server_int(name, ordinal, "pid"):
                 log.warning("local fleet %s: server %s exited; restarting it on port %s",
                             name, ordinal, record["ports"][ordinal])
                 (self._dir(name) / f"server-{ordinal}.restarts").write_text(str(restarts + 1))
@@ -252,7 +254,7 @@ class LocalProvisioner:
 
     def _stop_server(self, name: str, ordinal: int, port: int) -> None:
         """SIGTERM ordinal's server, SIGKILL after STOP_SECONDS; return once it has exited."""
-        pid = self._pid(name, ordinal)
+        pid = self._server_int(name, ordinal, "pid")
         if pid <= 0:
             return
         try:
@@ -288,7 +290,7 @@ class LocalProvisioner:
         released its memory, while it still holds its files and port; a delete that waited on that
         returned before the server had exited. The recorded start time identifies the process (and
         rules out a reused pid) until it is a zombie."""
-        pid = self._pid(name, ordinal)
+        pid = self._server_int(name, ordinal, "pid")
         if pid <= 0:
             return False
         with self._mutex:
@@ -302,7 +304,7 @@ class LocalProvisioner:
         stat = _proc_stat(pid)
         if stat is None or stat[0] in ("Z", "X"):
             return False
-        start = self._start(name, ordinal)
+        start = self._server_int(name, ordinal, "start")
         if start:
             return stat[1] == start
         # Recorded before start times were: the command line, good while the server is not exiting.
@@ -377,21 +379,10 @@ class LocalProvisioner:
                 found.append(record)
         return found
 
-    def _pid(self, name: str, ordinal: int) -> int:
+    def _server_int(self, name: str, ordinal: int, kind: str) -> int:
+        """A server's recorded pid, start time or restart count; 0 when not (or no longer) recorded."""
         try:
-            return int((self._dir(name) / f"server-{ordinal}.pid").read_text())
-        except (FileNotFoundError, ValueError):
-            return 0
-
-    def _start(self, name: str, ordinal: int) -> int:
-        try:
-            return int((self._dir(name) / f"server-{ordinal}.start").read_text())
-        except (FileNotFoundError, ValueError):
-            return 0
-
-    def _restarts(self, name: str, ordinal: int) -> int:
-        try:
-            return int((self._dir(name) / f"server-{ordinal}.restarts").read_text())
+            return int((self._dir(name) / f"server-{ordinal}.{kind}").read_text())
         except (FileNotFoundError, ValueError):
             return 0
 

@@ -86,12 +86,16 @@ def servers_on(ports: list[int]) -> list[str]:
     return found
 
 
-def test_another_process_finds_and_tears_down_a_fleet(provisioner: LocalProvisioner, graph_uri: str) -> None:
+def ready_pair(provisioner: LocalProvisioner, graph_uri: str) -> tuple[Provision, list[int], list[int]]:
+    """A READY two-server fleet, its ports and its server pids."""
     fleet = provision(graph_uri, replicas=2)
     provisioner.create(fleet)
     ready = wait_for(lambda: provisioner.status(fleet), Phase.READY)
-    ports = [int(e.rsplit(":", 1)[1]) for e in ready.endpoints]
-    pids = provisioner.pids(fleet.name)
+    return fleet, [int(e.rsplit(":", 1)[1]) for e in ready.endpoints], provisioner.pids(fleet.name)
+
+
+def test_another_process_finds_and_tears_down_a_fleet(provisioner: LocalProvisioner, graph_uri: str) -> None:
+    fleet, ports, pids = ready_pair(provisioner, graph_uri)
     # A second connector (restart, other replica) knows only the state dir.
     other = LocalProvisioner(Settings(state_dir=provisioner.state_dir))
     try:
@@ -113,11 +117,7 @@ def test_another_process_finds_and_tears_down_a_fleet(provisioner: LocalProvisio
 
 def test_a_half_done_delete_is_never_undone_and_is_finished(provisioner: LocalProvisioner, graph_uri: str,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    fleet = provision(graph_uri, replicas=2)
-    provisioner.create(fleet)
-    ready = wait_for(lambda: provisioner.status(fleet), Phase.READY)
-    ports = [int(e.rsplit(":", 1)[1]) for e in ready.endpoints]
-    pids = provisioner.pids(fleet.name)
+    fleet, ports, pids = ready_pair(provisioner, graph_uri)
 
     # Another process's delete stops server 0, then dies before it stops server 1.
     other = LocalProvisioner(Settings(state_dir=provisioner.state_dir))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import os
 import re
@@ -51,7 +50,7 @@ from pydantic import ValidationError
 from flyte_agent.provisioner import DestroyInProgress, Phase, Provision, Provisioner
 from flyte_agent.settings import Settings, make_provisioner
 from graph_engine import health, store
-from infra.names import STATEFULSET_NAME_MAX
+from infra.names import STATEFULSET_NAME_MAX, name_hash
 from infra.spec import DataServiceSpec, describe_error
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,6 @@ SHARED_PREFIX = "shared:"
 SERVE_MODULES = ("--modules", "flyte_agent.serve")
 
 _SLUG = re.compile(r"[^a-z0-9]+")
-_HASH = 8
 # A local run (`pyflyte run`, or calling the workflow in Python) hands connectors no execution
 # metadata (flytekit's AsyncConnectorExecutorMixin passes none), and flytekit names every local
 # execution local/local/local. Its connector tasks run in its own process, so locally the workflow
@@ -111,10 +109,10 @@ def provision_name(project: str, domain: str, execution: str, node: str) -> str:
     """A DNS-1123 name, the same for every retry of one node execution (so a retried create adopts
     the fleet), distinct across executions: a readable slug plus a hash of the exact identity."""
     identity = "/".join((project, domain, execution, node))
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:_HASH]
+    digest = name_hash(identity)
     slug = _SLUG.sub("-", f"{execution}-{node}".lower()).strip("-")
     # Fits a StatefulSet name unshortened, so every object of the fleet carries this exact name.
-    slug = slug[: STATEFULSET_NAME_MAX - len("gf--") - _HASH].rstrip("-")
+    slug = slug[: STATEFULSET_NAME_MAX - len("gf--") - len(digest)].rstrip("-")
     return f"gf-{slug}-{digest}" if slug else f"gf-{digest}"
 
 

@@ -67,6 +67,11 @@ def check_base_name(value: str, field: str) -> str:
     return value
 
 
+def name_hash(text: str) -> str:
+    """The short, deterministic hash that names carry when they must stay unique or be shortened."""
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
+
+
 def shorten(name: str, limit: int = LABEL_MAX) -> str:
     """`name` if it fits in `limit`, else a prefix + '-' + 8 hex chars of sha256(name).
 
@@ -76,7 +81,7 @@ def shorten(name: str, limit: int = LABEL_MAX) -> str:
         raise ValueError(f"limit must be at least {HASH_CHARS + 2} to fit a prefix and the hash, got {limit}")
     if len(name) <= limit:
         return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:HASH_CHARS]
+    digest = name_hash(name)
     prefix = name[: limit - HASH_CHARS - 1].rstrip("-.")
     return f"{prefix}-{digest}" if prefix else digest
 

@@ -296,9 +296,7 @@ def test_a_hung_cli_call_is_killed_at_its_timeout_and_the_stack_recovers(
         backend: tuple[str, Path], make) -> None:
     url, cli = backend
     provisioner = make()
-    p = provision("fleet-t", replicas=1)
-    provisioner.create(p)
-    wait(provisioner, p, {Phase.READY})
+    p = ready_fleet(provisioner, "fleet-t")
     fake_pulumi.script_faults(url, "fleet-t", up=["hang"])
     command = TimedPulumiCommand(str(cli), long_timeout=3, short_timeout=3)
     env = {"PULUMI_BACKEND_URL": url}
@@ -326,9 +324,7 @@ def test_a_hung_cli_call_is_killed_at_its_timeout_and_the_stack_recovers(
 def test_failing_destroy_raises_and_keeps_the_stack(backend: tuple[str, Path], make) -> None:
     url, _ = backend
     provisioner = make()
-    p = provision("fleet-d", replicas=1)
-    provisioner.create(p)
-    wait(provisioner, p, {Phase.READY})
+    p = ready_fleet(provisioner, "fleet-d")
     fake_pulumi.script_faults(url, "fleet-d", destroy=["fail:deleting StatefulSet: server is unavailable"])
     with pytest.raises(Exception, match="server is unavailable"):
         provisioner.delete(p)

@@ -3,15 +3,17 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+UV := uv==0.13.8
 
 .PHONY: setup run test lint bench
 
 $(STAMP): requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	# uv installs the lock's several GB (torch's CUDA wheels) in parallel and hard-links from its cache.
+	$(PY) -m pip install --quiet $(UV)
 	# --no-deps: the lock is the full, resolved set; skipping the resolver saves minutes.
-	$(PY) -m pip install --quiet --no-deps -r requirements.lock
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps -r requirements.lock
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
 	touch $(STAMP)
 

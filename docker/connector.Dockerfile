@@ -2,12 +2,17 @@
 # plugin installed at build time (a datacenter cannot download plugins at run time).
 FROM python:3.11.11-slim-bookworm
 
-# Keep equal to pulumi / pulumi_kubernetes in requirements.lock (tests/test_images.py checks).
+# Keep equal to pulumi / pulumi_kubernetes in requirements.lock, and the user and plugin home to
+# infra/image_contract.py (the Deployment runs as that uid and links those plugins into its
+# writable PULUMI_HOME); tests/test_images.py checks all of them.
 ARG PULUMI_VERSION=3.272.0
 ARG PULUMI_KUBERNETES_VERSION=4.34.2
+ARG UID=10001
+ARG ACCOUNT=connector
+ARG IMAGE_PULUMI_HOME=/opt/pulumi-home
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PULUMI_HOME=/opt/pulumi-home PULUMI_SKIP_UPDATE_CHECK=true PATH=/opt/pulumi:$PATH
+    PULUMI_HOME=${IMAGE_PULUMI_HOME} PULUMI_SKIP_UPDATE_CHECK=true PATH=/opt/pulumi:$PATH
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 RUN apt-get update \
@@ -24,12 +29,12 @@ COPY infra/ infra/
 COPY flyte_agent/ flyte_agent/
 COPY graph_engine/ graph_engine/
 COPY workflows/ workflows/
+# The Pulumi CLI looks the current user up (self-managed backend locks): the uid needs a passwd entry.
 RUN pip install --no-deps --no-build-isolation . \
-    && groupadd --gid 1001 connector \
-    && useradd --uid 1001 --gid 1001 --create-home --shell /usr/sbin/nologin connector \
-    && chown -R 1001:1001 "${PULUMI_HOME}"
+    && groupadd --gid "${UID}" "${ACCOUNT}" \
+    && useradd --uid "${UID}" --gid "${UID}" --no-create-home --shell /usr/sbin/nologin "${ACCOUNT}"
 
-USER 1001:1001
+USER ${UID}:${UID}
 EXPOSE 8000 9090
 # --modules flyte_agent.serve builds the provisioner before serving (flyte_agent/serve.py).
 CMD ["pyflyte", "serve", "connector", "--port", "8000", "--modules", "flyte_agent.serve"]

@@ -1,6 +1,9 @@
 # The graph-engine image: deepgnn-ge plus graphfleet's `python -m graph_engine.server` entry point.
-# The StatefulSet runs it as uid/gid 1000 (GraphDataServiceArgs.run_as_user): keep them equal.
+# The StatefulSet runs it as GRAPH_ENGINE_UID (infra/image_contract.py): tests/test_images.py keeps
+# the ARG equal to it.
 FROM python:3.11.11-slim-bookworm
+
+ARG UID=10000
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
@@ -13,8 +16,9 @@ COPY infra/ infra/
 COPY flyte_agent/ flyte_agent/
 COPY workflows/ workflows/
 RUN pip install --no-deps --no-build-isolation . \
-    && groupadd --gid 1000 graph && useradd --uid 1000 --gid 1000 --no-create-home --shell /usr/sbin/nologin graph
+    && groupadd --gid "${UID}" graph \
+    && useradd --uid "${UID}" --gid "${UID}" --no-create-home --shell /usr/sbin/nologin graph
 
-USER 1000:1000
+USER ${UID}:${UID}
 EXPOSE 50051
 ENTRYPOINT ["python", "-m", "graph_engine.server"]

@@ -109,7 +109,9 @@ class DatacenterInfo(_Model):
 
 
 class Namespaces(_Model):
-    data_services: DnsLabel = Field("graphfleet-data", description="Graph-engine fleets")
+    data_services: DnsLabel = Field("graphfleet-data", description="The connector's ephemeral fleets")
+    shared_services: DnsLabel = Field(
+        "graphfleet-shared", description="Long-lived shared graph services, out of the connector's reach")
     connector: DnsLabel = Field("graphfleet-system", description="The Flyte connector")
     training: DnsLabel = Field("graphfleet-training", description="Training pods and their Kueue LocalQueues")
 
@@ -118,6 +120,10 @@ class Namespaces(_Model):
         if self.connector == self.data_services:
             raise ValueError(f"connector and dataServices are both {self.connector!r}: the connector may "
                              f"create and delete StatefulSets in dataServices, so give it its own namespace")
+        if self.shared_services in (self.data_services, self.connector):
+            raise ValueError(f"sharedServices is {self.shared_services!r}, also a namespace the connector "
+                             f"runs in or manages: its Role there could modify or delete the long-lived "
+                             f"shared services, so give them their own namespace")
         return self
 
 

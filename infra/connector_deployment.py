@@ -25,6 +25,7 @@ from flyte_agent.connector import SERVE_MODULES, TASK_TYPES
 from flyte_agent.settings import env_name
 from infra import names
 from infra.config import ConnectorConfig, Placement, parse_duration
+from infra.image_contract import CONNECTOR_UID, CONNECTOR_USER, IMAGE_PULUMI_HOME
 from infra.images import check_image
 from infra.pod_security import container_security_context, pod_security_context
 from infra.spec import CLIENT_LABEL
@@ -39,8 +40,9 @@ BASE_PLUGINS = ("container", "sidecar", "k8s-array")
 BASE_TASK_TYPES = {"container": "container", "sidecar": "sidecar", "container_array": "k8s-array"}
 # The share of DeleteTask's deadline delete() may wait for a destroy (7 s of propeller's default 10 s).
 DELETE_WAIT_SHARE = 0.7
-RUN_AS_USER = 1000
 WORK_DIR = "/work"
+# Writable (the CLI writes workspaces, logs and caches there); its `plugins` is the image's, linked in.
+PULUMI_HOME = f"{WORK_DIR}/.pulumi"
 
 # What provisioning a GraphDataService needs in the data-service namespace, and nothing else.
 _FULL = ["get", "list", "watch", "create", "update", "patch", "delete"]
@@ -50,8 +52,10 @@ RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["services"], "verbs": _FULL},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": _FULL},
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": _FULL},
-    # Pulumi's readiness wait for a StatefulSet watches its pods and the Service's endpoints.
-    {"apiGroups": [""], "resources": ["pods", "endpoints"], "verbs": _READ},
+    # Pulumi's readiness wait for a StatefulSet watches its pods and the Service's endpoints, and
+    # the provider's await logic watches Events of every object it creates, updates or deletes.
+    {"apiGroups": [""], "resources": ["pods", "endpoints", "events"], "verbs": _READ},
+    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": _READ},
 ]
 
 
@@ -61,8 +65,10 @@ class FlyteConnectorArgs:
     namespace: str                     # where the connector runs
     data_namespace: str                # where it creates fleets
     default_image: str                 # graph-engine image when a task names none
-    # Shared services' endpoints by name, for tasks that `reuse` one (GRAPHFLEET_SHARED_SERVICES).
-    shared_services: pulumi.Input[Mapping[str, list[str]]] = field(default_factory=dict)
+    # Shared services' endpoints by name, for tasks that `reuse` one (GRAPHFLEET_SHARED_SERVICES):
+    # deterministic DNS names, known before anything runs, so the connector never waits for a graph
+    # to load (`infra.graph_service.endpoints`).
+    shared_services: Mapping[str, list[str]] = field(default_factory=dict)
     # Every ephemeral fleet's pods: the stack's graph-service placement, environment and account.
     placement: Placement = field(default_factory=Placement)
     engine_env: Mapping[str, str] = field(default_factory=dict)
@@ -122,7 +128,7 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def settings_env(args: FlyteConnectorArgs, shared_services: Mapping[str, list[str]]) -> list[dict[str, Any]]:
+def settings_env(args: FlyteConnectorArgs) -> list[dict[str, Any]]:
     """The connector's settings (`flyte_agent.settings`), one variable each."""
     config = args.config
     values = {
@@ -131,7 +137,7 @@ def settings_env(args: FlyteConnectorArgs, shared_services: Mapping[str, list[st
         "image": args.default_image,
         "image_allowlist": ",".join(config.image_allow_list),
         "max_concurrent_operations": str(config.max_concurrent_operations),
-        "shared_services": json.dumps(dict(shared_services), sort_keys=True),
+        "shared_services": json.dumps(dict(args.shared_services), sort_keys=True),
         "node_selector": json.dumps(dict(args.placement.node_selector), sort_keys=True),
         "tolerations": json.dumps(args.placement.model_dump(mode="json", by_alias=True,
                                                             exclude_none=True)["tolerations"]),
@@ -156,7 +162,32 @@ def secret_env(args: FlyteConnectorArgs) -> tuple[list[dict[str, Any]], list[dic
     return env, env_from
 
 
-def deployment_manifest(args: FlyteConnectorArgs, shared_services: Mapping[str, list[str]]) -> dict[str, Any]:
+def runtime_env() -> list[dict[str, Any]]:
+    """The read-only root filesystem leaves one writable place, the `work` volume: HOME, TMPDIR and
+    PULUMI_HOME live there. USER backs up the image's passwd entry for the CLI's user lookup."""
+    return [{"name": "HOME", "value": WORK_DIR}, {"name": "TMPDIR", "value": WORK_DIR},
+            {"name": "PULUMI_HOME", "value": PULUMI_HOME}, {"name": "USER", "value": CONNECTOR_USER}]
+
+
+def pulumi_home_init_container(image: str) -> dict[str, Any]:
+    """Links the image's installed plugins into the writable PULUMI_HOME before the connector starts,
+    so the CLI finds the pulumi-kubernetes plugin at `$PULUMI_HOME/plugins` and never downloads it."""
+    return {
+        "name": "pulumi-home",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["/bin/sh", "-c",
+                    'mkdir -p "$PULUMI_HOME" && ln -sfn "$IMAGE_PLUGINS" "$PULUMI_HOME/plugins"'],
+        "env": [{"name": "PULUMI_HOME", "value": PULUMI_HOME},
+                {"name": "IMAGE_PLUGINS", "value": f"{IMAGE_PULUMI_HOME}/plugins"}],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"},
+                      "limits": {"cpu": "100m", "memory": "64Mi"}},
+        "securityContext": container_security_context(),
+        "volumeMounts": [{"name": "work", "mountPath": WORK_DIR}],
+    }
+
+
+def deployment_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
     config = args.config
     env, env_from = secret_env(args)
     grpc_probe = {"grpc": {"port": GRPC_PORT}, "periodSeconds": 10, "timeoutSeconds": 5,
@@ -169,10 +200,7 @@ def deployment_manifest(args: FlyteConnectorArgs, shared_services: Mapping[str, 
                     "--prometheus_port", str(METRICS_PORT), *SERVE_MODULES],
         "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        "env": [*settings_env(args, shared_services), *env,
-                # Read-only root: Pulumi's plugins, workspaces and caches live on the scratch volume.
-                {"name": "HOME", "value": WORK_DIR}, {"name": "PULUMI_HOME", "value": f"{WORK_DIR}/.pulumi"},
-                {"name": "TMPDIR", "value": WORK_DIR}],
+        "env": [*settings_env(args), *env, *runtime_env()],
         "readinessProbe": grpc_probe,
         "livenessProbe": {**grpc_probe, "periodSeconds": 20, "initialDelaySeconds": 10},
         "resources": {"requests": {"cpu": config.cpu, "memory": config.memory},
@@ -182,32 +210,37 @@ def deployment_manifest(args: FlyteConnectorArgs, shared_services: Mapping[str, 
     }
     if env_from:
         container["envFrom"] = env_from
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector()},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": {
+            # A graph client: before READY the provisioner health-checks the fleet's endpoints,
+            # and the fleet's NetworkPolicy admits only labelled pods.
+            "metadata": {"labels": {**labels(), CLIENT_LABEL: "true"}},
+            "spec": {
+                "serviceAccountName": NAME,
+                "initContainers": [pulumi_home_init_container(config.image)],
+                "containers": [container],
+                "securityContext": pod_security_context(CONNECTOR_UID),
+                "enableServiceLinks": False,
+                # A `pulumi up` in flight is bounded by the provisioner; give it time to stop cleanly.
+                "terminationGracePeriodSeconds": 60,
+                "volumes": [{"name": "work", "emptyDir": {"sizeLimit": "4Gi"}}],
+                "topologySpreadConstraints": [{
+                    "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                    "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": selector()},
+                }],
+            },
+        },
+    }
+    # With an autoscaler the HPA owns .spec.replicas: declaring it too makes every `up` fight the
+    # HPA over the field (server-side apply conflict) and reset the scale.
+    if config.autoscaling is None:
+        spec = {"replicas": config.replicas, **spec}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": _meta(args.namespace),
-        "spec": {
-            "replicas": config.min_replicas,
-            "selector": {"matchLabels": selector()},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {
-                # A graph client: before READY the provisioner health-checks the fleet's endpoints,
-                # and the fleet's NetworkPolicy admits only labelled pods.
-                "metadata": {"labels": {**labels(), CLIENT_LABEL: "true"}},
-                "spec": {
-                    "serviceAccountName": NAME,
-                    "containers": [container],
-                    "securityContext": pod_security_context(RUN_AS_USER),
-                    "enableServiceLinks": False,
-                    # A `pulumi up` in flight is bounded by the provisioner; give it time to stop cleanly.
-                    "terminationGracePeriodSeconds": 60,
-                    "volumes": [{"name": "work", "emptyDir": {"sizeLimit": "4Gi"}}],
-                    "topologySpreadConstraints": [{
-                        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
-                        "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": selector()},
-                    }],
-                },
-            },
-        },
+        "spec": spec,
     }
 
 
@@ -301,9 +334,7 @@ class FlyteConnector(pulumi.ComponentResource):
         svc = service_manifest(args)
         service = k8s.core.v1.Service(f"{name}-service", metadata=svc["metadata"], spec=svc["spec"],
                                       opts=child)
-        # Endpoints of shared services may be outputs: the Deployment is declared once they resolve.
-        deployment = pulumi.Output.from_input(args.shared_services).apply(
-            lambda shared: deployment_manifest(args, shared))
+        deployment = deployment_manifest(args)
         k8s.apps.v1.Deployment(
             f"{name}-deployment", metadata=deployment["metadata"], spec=deployment["spec"],
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[account])))

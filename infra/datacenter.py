@@ -8,7 +8,7 @@ resource is declared, so a bad stack declares nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
@@ -18,7 +18,7 @@ from pulumi.runtime.config import CONFIG, get_config_env
 from infra.config import StackConfig, stack_config_from_mapping
 from infra.connector_deployment import FlyteConnector, FlyteConnectorArgs
 from infra.gpu_pool import GpuNodePool, GpuNodePoolArgs
-from infra.graph_service import GraphDataService, GraphDataServiceArgs, Placement
+from infra.graph_service import FleetNames, GraphDataService, GraphDataServiceArgs, Placement, endpoints
 
 TYPE_TOKEN = "graphfleet:datacenter:Datacenter"
 POD_SECURITY = "restricted"
@@ -51,19 +51,22 @@ class DatacenterPlan:
 def plan(config: StackConfig) -> DatacenterPlan:
     ns = config.namespaces
     placement = config.graph_service_placement
-    shared = [GraphDataServiceArgs(name=s.name, namespace=ns.data_services, spec=s.spec,
+    shared = [GraphDataServiceArgs(name=s.name, namespace=ns.shared_services, spec=s.spec,
                                    image=config.graph_engine_image,
                                    placement=Placement.of(placement.node_selector, placement.tolerations),
                                    env=config.graph_engine_env,
                                    service_account=config.graph_engine_service_account)
               for s in config.shared_services]
+    # Deterministic names: the connector is told them up front and never waits for a graph to load.
+    shared_endpoints = {a.name: endpoints(FleetNames.of(a), a.spec.replicas, a.spec.port) for a in shared}
     return DatacenterPlan(
-        namespaces=list(dict.fromkeys([ns.connector, ns.data_services, ns.training])),
+        namespaces=list(dict.fromkeys([ns.connector, ns.data_services, ns.shared_services, ns.training])),
         pools=[GpuNodePoolArgs(pool=p, training_namespace=ns.training) for p in config.gpu_pools],
         shared=shared,
         connector=FlyteConnectorArgs(config=config.connector, namespace=ns.connector,
                                      data_namespace=ns.data_services,
                                      default_image=config.graph_engine_image,
+                                     shared_services=shared_endpoints,
                                      # Ephemeral fleets land where the shared ones do, with their env.
                                      placement=placement, engine_env=config.graph_engine_env,
                                      engine_service_account=config.graph_engine_service_account))
@@ -95,11 +98,9 @@ class Datacenter(pulumi.ComponentResource):
         pools = {args.pool.name: GpuNodePool(f"{name}-gpu-{args.pool.name}", args,
                                              inside(args.training_namespace))
                  for args in checked.pools}
-        shared = {args.name: GraphDataService(f"{name}-shared-{args.name}", args, inside(args.namespace))
-                  for args in checked.shared}
-        endpoints: pulumi.Input[dict[str, list[str]]] = (
-            pulumi.Output.all(**{n: s.endpoints for n, s in shared.items()}) if shared else {})
-        connector_args = replace(checked.connector, shared_services=endpoints)
+        for args in checked.shared:
+            GraphDataService(f"{name}-shared-{args.name}", args, inside(args.namespace))
+        connector_args = checked.connector
         needs = [declared[connector_args.namespace], declared[connector_args.data_namespace]]
         connector = FlyteConnector(f"{name}-connector", connector_args,
                                    pulumi.ResourceOptions(parent=self, depends_on=needs))
@@ -109,7 +110,7 @@ class Datacenter(pulumi.ComponentResource):
         self.namespaces = pulumi.Output.from_input(checked.namespaces)
         self.queues = pulumi.Output.all(**{n: p.queue_names for n, p in pools.items()}) if pools else \
             pulumi.Output.from_input({})
-        self.shared_services = pulumi.Output.from_input(endpoints)
+        self.shared_services = pulumi.Output.from_input(dict(connector_args.shared_services))
         self.register_outputs({
             "connector_endpoint": self.connector_endpoint,
             "propeller_config": self.propeller_config,

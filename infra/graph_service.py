@@ -22,6 +22,7 @@ import pulumi_kubernetes as k8s
 from pydantic import ValidationError
 
 from infra import names
+from infra.image_contract import GRAPH_ENGINE_UID
 from infra.pod_security import container_security_context, pod_security_context
 from infra.spec import CLIENT_LABEL, DataServiceSpec, describe_error
 
@@ -92,7 +93,7 @@ class GraphDataServiceArgs:
     labels: Mapping[str, str] = field(default_factory=dict)   # extra labels on every object
     env: Mapping[str, str] = field(default_factory=dict)      # e.g. AWS_ENDPOINT_URL, AWS_REGION
     service_account: str | None = None  # for S3 access through workload identity
-    run_as_user: int = 1000
+    run_as_user: int = GRAPH_ENGINE_UID  # the image's user (docker/graph-engine.Dockerfile)
 
     def __post_init__(self) -> None:
         names.check_base_name(self.name, "GraphDataServiceArgs.name")

@@ -24,7 +24,7 @@ def test_plan_prints_every_object_and_passes(tmp_path: Path) -> None:
     assert "StatefulSet" in result.stdout and "member-graph" in result.stdout
     assert "replicas=8 partitions=32" in result.stdout
     assert "gpus=16" in result.stdout  # feed-ranking's A100 quota
-    assert "ltx1: 32 objects, schema and policy checks passed" in result.stderr
+    assert "ltx1: 33 objects, schema and policy checks passed" in result.stderr
 
 
 def test_plan_json_emits_the_manifests(tmp_path: Path) -> None:
@@ -70,8 +70,8 @@ def test_diff_shows_added_removed_and_changed_fields(tmp_path: Path) -> None:
     result = _run("diff", "lva1", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert "~ StatefulSet/graphfleet-data/job-graph: spec.replicas: 4 -> 8" in lines
+    assert "~ StatefulSet/graphfleet-shared/job-graph: spec.replicas: 4 -> 8" in lines
     assert "+ ClusterQueue/l4-search" in lines
     assert "+ LocalQueue/graphfleet-training/l4-search" in lines
-    assert "- StatefulSet/graphfleet-data/company-graph" in lines
-    assert "- Service/graphfleet-data/company-graph" in lines
+    assert "- StatefulSet/graphfleet-shared/company-graph" in lines
+    assert "- Service/graphfleet-shared/company-graph" in lines

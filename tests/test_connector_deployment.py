@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -14,6 +16,7 @@ from flyte_agent.settings import Settings
 from infra import policy
 from infra.config import ConnectorConfig, ConnectorSecrets, load_stack_config, stack_path
 from infra.connector_deployment import FlyteConnector, FlyteConnectorArgs
+from infra.image_contract import CONNECTOR_UID, CONNECTOR_USER, IMAGE_PULUMI_HOME
 from infra.render import Rendered
 
 SHARED = {"member-graph": ["member-graph-0.member-graph.graphfleet-data.svc.cluster.local:50051"]}
@@ -37,6 +40,10 @@ def _render(render_valid: Callable[..., Rendered], args: FlyteConnectorArgs) -> 
 
 def _env(rendered: Rendered) -> dict[str, Any]:
     container = rendered.one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def _env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
 
@@ -93,9 +100,12 @@ def test_rbac_is_exactly_what_provisioning_needs(render_valid: Callable[..., Ren
     assert role["metadata"]["namespace"] == "graphfleet-data"
     granted = {(r, tuple(rule["verbs"])) for rule in role["rules"] for r in rule["resources"]}
     full = ("get", "list", "watch", "create", "update", "patch", "delete")
+    read = ("get", "list", "watch")
+    # pulumi-kubernetes' await logic watches the Events of what it creates (both Event APIs).
     assert granted == {("statefulsets", full), ("services", full), ("poddisruptionbudgets", full),
-                       ("networkpolicies", full), ("pods", ("get", "list", "watch")),
-                       ("endpoints", ("get", "list", "watch"))}
+                       ("networkpolicies", full), ("pods", read), ("endpoints", read), ("events", read)}
+    groups = {g for rule in role["rules"] if "events" in rule["resources"] for g in rule["apiGroups"]}
+    assert groups == {"", "events.k8s.io"}
     binding = rendered.one("RoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "graphfleet-connector",
                                     "namespace": "graphfleet-system"}]
@@ -104,6 +114,7 @@ def test_rbac_is_exactly_what_provisioning_needs(render_valid: Callable[..., Ren
 def test_policy_flags_wildcards_secrets_and_cluster_roles(render_valid: Callable[..., Rendered]) -> None:
     manifests = _render(render_valid, _args()).manifests()
     role = next(m for m in manifests if m["kind"] == "Role")
+    added = len(role["rules"])
     role["rules"].append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["*"]})
     manifests.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
                       "metadata": {"name": "too-much"}, "rules": []})
@@ -111,9 +122,9 @@ def test_policy_flags_wildcards_secrets_and_cluster_roles(render_valid: Callable
     assert found == [
         "rbac-scope: ClusterRole/too-much: ClusterRole grants cluster-wide access; use a Role in the "
         "namespace",
-        "rbac-scope: Role/graphfleet-data/graphfleet-connector: rules[5] grants access to every Secret; "
-        "name them in resourceNames",
-        "rbac-scope: Role/graphfleet-data/graphfleet-connector: rules[5].verbs has a wildcard '*'",
+        f"rbac-scope: Role/graphfleet-data/graphfleet-connector: rules[{added}] grants access to every "
+        "Secret; name them in resourceNames",
+        f"rbac-scope: Role/graphfleet-data/graphfleet-connector: rules[{added}].verbs has a wildcard '*'",
     ]
 
 
@@ -137,7 +148,42 @@ def test_autoscaling_renders_an_hpa(render_valid: Callable[..., Rendered]) -> No
     rendered = _render(render_valid, _args("lva1"))
     hpa = rendered.one("HorizontalPodAutoscaler")
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
-    assert rendered.one("Deployment")["spec"]["replicas"] == 2
+    # The HPA owns .spec.replicas: a declared value would be re-applied by every `up`, fighting it.
+    assert "replicas" not in rendered.one("Deployment")["spec"]
+
+
+def test_pod_runs_as_the_image_user_with_its_plugins(render_valid: Callable[..., Rendered]) -> None:
+    pod = _render(render_valid, _args()).one("Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == CONNECTOR_UID >= 10000
+    env = _env_of(pod["containers"][0])
+    assert env["USER"] == CONNECTOR_USER
+    # PULUMI_HOME is writable (the CLI writes workspaces and logs there) and its plugins are the image's.
+    (init,) = pod["initContainers"]
+    init_env = _env_of(init)
+    assert init_env["PULUMI_HOME"] == env["PULUMI_HOME"]
+    assert init_env["IMAGE_PLUGINS"] == f"{IMAGE_PULUMI_HOME}/plugins"
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert any(env["PULUMI_HOME"].startswith(m + "/") for m in mounts)
+    assert init["image"] == pod["containers"][0]["image"]
+
+
+def test_init_container_links_the_image_plugins(tmp_path: Path,
+                                                render_valid: Callable[..., Rendered]) -> None:
+    """Run the init container's command: the CLI then finds `$PULUMI_HOME/plugins/resource-kubernetes-v*`."""
+    pod = _render(render_valid, _args()).one("Deployment")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    image_plugins = tmp_path / "image" / "plugins" / "resource-kubernetes-v4.34.2"
+    image_plugins.mkdir(parents=True)
+    home = tmp_path / "work" / ".pulumi"
+    subprocess.run(init["command"], env={"PATH": "/usr/bin:/bin", "PULUMI_HOME": str(home),
+                                         "IMAGE_PLUGINS": str(tmp_path / "image" / "plugins")},
+                   check=True, timeout=30)
+    assert (home / "plugins" / "resource-kubernetes-v4.34.2").is_dir()
+    # Idempotent: a restarted pod keeps its volume and runs it again.
+    subprocess.run(init["command"], env={"PATH": "/usr/bin:/bin", "PULUMI_HOME": str(home),
+                                         "IMAGE_PLUGINS": str(tmp_path / "image" / "plugins")},
+                   check=True, timeout=30)
+    assert sorted(p.name for p in (home / "plugins").iterdir()) == ["resource-kubernetes-v4.34.2"]
 
 
 def test_bad_args_are_refused_before_anything() -> None:

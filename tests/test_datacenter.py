@@ -16,10 +16,12 @@ def test_composes_everything_with_restricted_namespaces(render_valid: Callable[.
     config = load_stack_config(stack_path("ltx1"))
     rendered = render_valid(lambda: program(config), stack="ltx1")
     namespaces = {n["metadata"]["name"]: n["metadata"]["labels"] for n in rendered.of_kind("Namespace")}
-    assert set(namespaces) == {"graphfleet-system", "graphfleet-data", "ml-training"}
+    assert set(namespaces) == {"graphfleet-system", "graphfleet-data", "graphfleet-shared", "ml-training"}
     assert all(labels["pod-security.kubernetes.io/enforce"] == "restricted" for labels in namespaces.values())
     sts = rendered.one("StatefulSet")
-    assert sts["metadata"]["namespace"] == "graphfleet-data"
+    # Shared services live apart from the connector's fleets, where its Role does not reach.
+    assert sts["metadata"]["namespace"] == "graphfleet-shared"
+    assert rendered.one("Role")["metadata"]["namespace"] == "graphfleet-data"
     assert sts["spec"]["replicas"] == 8
     pod = sts["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"node.ltx1.example.com/pool": "highmem"}
@@ -28,7 +30,7 @@ def test_composes_everything_with_restricted_namespaces(render_valid: Callable[.
     outputs = rendered.outputs
     assert len(outputs["shared_services"]["member-graph"]) == 8
     assert outputs["shared_services"]["member-graph"][0] == \
-        "member-graph-0.member-graph.graphfleet-data.svc.cluster.local:50051"
+        "member-graph-0.member-graph.graphfleet-shared.svc.cluster.local:50051"
     assert outputs["queues"]["a100"]["feed-ranking"] == "a100-feed-ranking"
     # The connector is told the shared services' endpoints, for tasks that `reuse` them.
     env = {e["name"]: e.get("value") for e in
@@ -45,7 +47,7 @@ def test_policy_catches_an_uncovered_partition(render_valid: Callable[..., Rende
     sts = next(m for m in manifests if m["kind"] == "StatefulSet" and m["metadata"]["name"] == "job-graph")
     sts["spec"]["replicas"] = 3
     assert [str(v) for v in policy.check(manifests)] == [
-        "partition-coverage: StatefulSet/graphfleet-data/job-graph: servers think there are 4 replicas but "
+        "partition-coverage: StatefulSet/graphfleet-shared/job-graph: servers think there are 4 replicas but "
         "the StatefulSet runs 3: partitions would be missed"]
 
 
@@ -100,3 +102,42 @@ def test_the_connector_may_reach_the_fleets_it_health_checks(render_valid: Calla
         for source in policy_["spec"]["ingress"][0]["from"]:
             required = source["podSelector"]["matchLabels"]
             assert required.items() <= connector_pods.items(), (policy_["metadata"]["name"], required)
+
+
+def test_the_connector_does_not_wait_for_shared_graphs_to_load() -> None:
+    """Shared services' endpoints are deterministic DNS names: the connector's Deployment is built from
+    plain values, so `up` declares it at once instead of after every StatefulSet is ready (which may
+    take each one's startupSeconds)."""
+    from infra.datacenter import plan
+    from infra.graph_service import FleetNames, GraphDataService, GraphDataServiceArgs, endpoints
+
+    config = load_stack_config(stack_path("ltx1"))
+    checked = plan(config)
+    shared = checked.connector.shared_services
+    assert isinstance(shared, dict) and isinstance(shared["member-graph"], list)
+    (args,) = checked.shared
+    assert shared["member-graph"] == endpoints(FleetNames.of(args), 8, 50051)
+    # What the component itself exports agrees with what the connector was told.
+    exported: dict[str, list[str]] = {}
+
+    def one_service() -> None:
+        GraphDataService("member-graph", GraphDataServiceArgs(
+            name=args.name, namespace=args.namespace, spec=args.spec, image=args.image)
+        ).endpoints.apply(lambda e: exported.setdefault("e", e))
+
+    render(one_service)
+    assert exported["e"] == shared["member-graph"]
+
+
+def test_shared_services_need_a_namespace_of_their_own() -> None:
+    raw = {"graphfleet:namespaces": {"dataServices": "fleets", "sharedServices": "fleets"}}
+    base = yaml_config("ltx1")
+    with pytest.raises(ConfigError, match="graphfleet:namespaces: .*sharedServices is 'fleets'.*could "
+                                          "modify or delete the long-lived shared services"):
+        stack_config_from_mapping({**base, **raw}, "ltx1", "ltx1")
+
+
+def yaml_config(stack: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(stack_path(stack).read_text())["config"]

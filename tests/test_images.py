@@ -13,6 +13,7 @@ import pytest
 
 from flyte_agent.connector import SERVE_MODULES
 from infra.graph_service import GraphDataServiceArgs
+from infra.image_contract import CONNECTOR_UID, CONNECTOR_USER, GRAPH_ENGINE_UID, IMAGE_PULUMI_HOME
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -37,6 +38,10 @@ def default_run_as_user() -> int:
     return GraphDataServiceArgs.__dataclass_fields__["run_as_user"].default  # type: ignore[return-value]
 
 
+def build_args(dockerfile: str) -> dict[str, str]:
+    return dict(a.split("=", 1) for a in instruction(dockerfile, "ARG"))
+
+
 @pytest.mark.parametrize("dockerfile", IMAGES)
 def test_hadolint_passes(dockerfile: str) -> None:
     result = subprocess.run([str(HADOLINT), str(DOCKER / dockerfile)], capture_output=True, text=True,
@@ -45,7 +50,7 @@ def test_hadolint_passes(dockerfile: str) -> None:
 
 
 def test_connector_pins_the_cli_and_provider_the_project_locks() -> None:
-    args = dict(a.split("=", 1) for a in instruction("connector.Dockerfile", "ARG"))
+    args = build_args("connector.Dockerfile")
     assert args["PULUMI_VERSION"] == lock_version("pulumi"), "the CLI must match the pulumi SDK in the lock"
     assert args["PULUMI_KUBERNETES_VERSION"] == lock_version("pulumi-kubernetes")
     text = (DOCKER / "connector.Dockerfile").read_text()
@@ -53,16 +58,29 @@ def test_connector_pins_the_cli_and_provider_the_project_locks() -> None:
     assert "pip install --no-deps -r requirements.lock" in text
 
 
-@pytest.mark.parametrize("dockerfile", IMAGES)
-def test_images_run_as_a_numeric_non_root_user(dockerfile: str) -> None:
+@pytest.mark.parametrize(("dockerfile", "uid"), [("connector.Dockerfile", CONNECTOR_UID),
+                                                  ("graph-engine.Dockerfile", GRAPH_ENGINE_UID)])
+def test_images_run_as_the_high_uid_their_pods_run_as(dockerfile: str, uid: int) -> None:
+    """The image's user is the pod's runAsUser, created with a passwd entry (the Pulumi CLI looks it up)."""
+    assert uid >= 10000
+    assert build_args(dockerfile)["UID"] == str(uid)
     (user,) = instruction(dockerfile, "USER")
-    uid, _, gid = user.partition(":")
-    assert uid.isdigit() and int(uid) > 0 and gid.isdigit() and int(gid) > 0, user
+    assert user == "${UID}:${UID}"
+    text = (DOCKER / dockerfile).read_text()
+    assert 'useradd --uid "${UID}" --gid "${UID}"' in text
 
 
-def test_graph_engine_user_matches_the_statefulset() -> None:
-    (user,) = instruction("graph-engine.Dockerfile", "USER")
-    assert user == f"{default_run_as_user()}:{default_run_as_user()}"
+def test_pods_run_as_the_images_users() -> None:
+    assert default_run_as_user() == GRAPH_ENGINE_UID
+    from infra.connector_deployment import runtime_env
+    assert {"name": "USER", "value": CONNECTOR_USER} in runtime_env()
+    assert build_args("connector.Dockerfile")["ACCOUNT"] == CONNECTOR_USER
+
+
+def test_connector_image_installs_plugins_where_the_deployment_links_them_from() -> None:
+    args = build_args("connector.Dockerfile")
+    assert args["IMAGE_PULUMI_HOME"] == IMAGE_PULUMI_HOME
+    assert "PULUMI_HOME=${IMAGE_PULUMI_HOME}" in (DOCKER / "connector.Dockerfile").read_text().split()
 
 
 def test_entry_points_exist() -> None:

@@ -26,12 +26,14 @@ import functools
 import logging
 import os
 import re
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from flyteidl.core.execution_pb2 import TaskExecution
@@ -47,7 +49,8 @@ from flytekit.models.literals import LiteralMap
 from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
 from pydantic import ValidationError
 
-from flyte_agent.provisioner import DestroyInProgress, Phase, Provision, Provisioner
+from flyte_agent import log_links
+from flyte_agent.provisioner import DestroyInProgress, Phase, Provision, Provisioner, Status
 from flyte_agent.settings import Settings, make_provisioner
 from graph_engine import health, store
 from infra.names import STATEFULSET_NAME_MAX, name_hash
@@ -72,6 +75,10 @@ SHARED_PREFIX = "shared:"
 # `pyflyte serve connector` arguments that build the settings and provisioner before serving.
 SERVE_MODULES = ("--modules", "flyte_agent.serve")
 
+# The connector Deployment's container (infra/connector_deployment.py) and where Kubernetes writes
+# a pod's namespace.
+CONNECTOR_CONTAINER = "connector"
+_SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 _SLUG = re.compile(r"[^a-z0-9]+")
 # A local run (`pyflyte run`, or calling the workflow in Python) hands connectors no execution
 # metadata (flytekit's AsyncConnectorExecutorMixin passes none), and flytekit names every local
@@ -270,14 +277,15 @@ class DataServiceConnector(AsyncConnectorBase):
             return Resource(phase=TaskExecution.FAILED, message=resource_meta.error)
         if resource_meta.endpoints:
             return self._shared(resource_meta)
-        _, provisioner = backend.get()
+        settings, provisioner = backend.get()
         provision = resource_meta.provision()
         status = provisioner.status(provision)
+        links = fleet_links(settings, provision, status)
         if status.phase is Phase.READY:
             return Resource(phase=TaskExecution.SUCCEEDED, message=f"{len(status.endpoints)} servers ready",
-                            outputs=fleet_outputs(provision.name, status.endpoints))
+                            outputs=fleet_outputs(provision.name, status.endpoints), log_links=links)
         if status.phase is Phase.FAILED:
-            return Resource(phase=TaskExecution.FAILED, message=status.message)
+            return Resource(phase=TaskExecution.FAILED, message=status.message, log_links=links)
         if status.phase is Phase.ABSENT:
             if time.time() >= provision.expires_at:
                 return Resource(phase=TaskExecution.FAILED,
@@ -285,7 +293,7 @@ class DataServiceConnector(AsyncConnectorBase):
                                         f"{provision.spec.ttl_seconds}) before it was ready")
             provisioner.create(provision)
             return Resource(phase=TaskExecution.QUEUED, message=f"data service {provision.name} (re)created")
-        return Resource(phase=_PHASES[status.phase], message=status.message)
+        return Resource(phase=_PHASES[status.phase], message=status.message, log_links=links)
 
     def _delete(self, resource_meta: FleetMeta) -> None:
         if resource_meta.error or resource_meta.endpoints:
@@ -351,6 +359,24 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
 
     def delete(self, resource_meta: TeardownMeta, **kwargs: Any) -> None:
         """Aborting a teardown leaves the fleet to its TTL; there is nothing of its own to delete."""
+
+
+def fleet_links(settings: Settings, provision: Provision, status: Status) -> list[Any]:
+    """GetTask's log links: each server's, and on a cluster the connector replica's (whose output
+    holds the Pulumi operation's)."""
+    links = log_links.server_links(provision, status.servers, settings.log_templates)
+    if settings.backend == "pulumi":
+        links += log_links.operation_links(provision, settings.log_templates, socket.gethostname(),
+                                           _own_namespace(), CONNECTOR_CONTAINER)
+    return links
+
+
+def _own_namespace() -> str:
+    """The connector pod's namespace: the downward API's POD_NAMESPACE, else the service account's."""
+    try:
+        return os.environ.get("POD_NAMESPACE") or Path(_SA_NAMESPACE).read_text().strip()
+    except OSError:
+        return ""
 
 
 def by_name(name: str) -> Provision:

@@ -9,6 +9,7 @@ only record, so any process can answer for any fleet:
     <state_dir>/<name>/server-<i>.start  its start time (/proc/<pid>/stat field 22): pid + start
                                          name one process for its whole life, exit included
     <state_dir>/<name>/server-<i>.restarts  how often ordinal i was restarted
+    <state_dir>/<name>/server-<i>.reason why its last process exited ("exit code 1", "SIGKILL")
     <state_dir>/<name>/server-<i>.log    its output
     <state_dir>/.<name>.lock             flock: one create, reconcile or delete of a fleet at a time
 
@@ -46,7 +47,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import graph_engine
-from flyte_agent.provisioner import Phase, Provision, Status, check_workflow_execution
+from flyte_agent import progress
+from flyte_agent.provisioner import (
+    Phase,
+    Provision,
+    ServerPhase,
+    ServerState,
+    Status,
+    check_workflow_execution,
+)
 from flyte_agent.provisioner import workflow_execution as workflow_execution_of
 from graph_engine import health
 from infra.spec import DataServiceSpec
@@ -74,6 +83,7 @@ class LocalProvisioner:
         # Facts about this process only: the servers it is the parent of (to reap them) and the fleets
         # it started (to delete at exit). The fleets themselves are described by the state dir.
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._exit_codes: dict[int, int] = {}  # children that exited, until their exit is recorded
         self._started: set[str] = set()
         self._mutex = threading.Lock()
         self._stop = threading.Event()
@@ -188,26 +198,66 @@ class LocalProvisioner:
             if self._alive(name, ordinal, record["ports"][ordinal]):
                 continue
             restarts = self._server_int(name, ordinal, "restarts")
-            if restarts >= MAX_RESTARTS:
-                return Status(Phase.FAILED, endpoints, (
-                    f"graph-engine server {ordinal} of {name} exited {restarts + 1} times; last output:\n"
-                    f"{self._log_tail(name, ordinal)}\n"
-                    "fix the cause above (graph URI, partitions, memory) and run the task again"))
             if self._server_int(name, ordinal, "pid"):
-                log.warning("local fleet %s: server %s exited; restarting it on port %s",
-                            name, ordinal, record["ports"][ordinal])
+                self._record_exit(name, ordinal)
+                if restarts >= MAX_RESTARTS:
+                    servers = self._servers(record, set(endpoints))
+                    return Status(Phase.FAILED, endpoints, self._failure(
+                        name, servers[ordinal], f"exited {restarts + 1} times"), servers)
+                log.warning("local fleet %s: server %s exited (%s); restarting it on port %s", name, ordinal,
+                            self._server_text(name, ordinal, "reason"), record["ports"][ordinal])
                 (self._dir(name) / f"server-{ordinal}.restarts").write_text(str(restarts + 1))
             self._spawn(record, ordinal)
         down = health.not_ready(endpoints, timeout=self.probe_timeout)
+        servers = self._servers(record, set(down))
         if not down:
-            return Status(Phase.READY, endpoints)
+            return Status(Phase.READY, endpoints, servers=servers)
         waited = time.time() - record["created_at"]
         if waited > spec.startup_seconds:
-            return Status(Phase.FAILED, endpoints, (
-                f"{', '.join(down)} not SERVING {waited:.0f}s after create (startup_seconds is "
-                f"{spec.startup_seconds}); raise startup_seconds for a large graph or check the server "
-                f"logs in {self._dir(name)}"))
-        return Status(Phase.UPDATING, endpoints, f"loading: {', '.join(down)} not serving yet")
+            first = next(s for s in servers if s.endpoint in down)
+            return Status(Phase.FAILED, endpoints, self._failure(
+                name, first, f"not SERVING {waited:.0f}s after create (startup_seconds is "
+                             f"{spec.startup_seconds}; raise it for a large graph)"), servers)
+        return Status(Phase.UPDATING, endpoints, progress.summary(servers), servers)
+
+    def _servers(self, record: dict[str, Any], down: set[str]) -> list[ServerState]:
+        """Each server's state from its files and whether its endpoint answered."""
+        name, servers = record["name"], []
+        for ordinal, port in enumerate(record["ports"]):
+            endpoint, restarts = f"{HOST}:{port}", self._server_int(name, ordinal, "restarts")
+            if endpoint not in down:
+                phase = ServerPhase.SERVING
+            elif restarts >= MAX_RESTARTS and not self._alive(name, ordinal, port):
+                phase = ServerPhase.FAILED
+            else:
+                phase = ServerPhase.RESTARTING if restarts else ServerPhase.LOADING
+            started = _started_at(self._server_int(name, ordinal, "start"))
+            servers.append(ServerState(
+                ordinal=ordinal, endpoint=endpoint, phase=phase, restarts=restarts,
+                reason=self._server_text(name, ordinal, "reason") if restarts else "",
+                started_at=started, log_path=str(self._dir(name) / f"server-{ordinal}.log")))
+        return servers
+
+    def _failure(self, name: str, server: ServerState, what: str) -> str:
+        """The FAILED message: which server, why, and the last lines of its log (and where the rest is)."""
+        last = f" (last exit: {server.reason})" if server.reason else ""
+        return (f"graph-engine server {server.ordinal} of {name} ({server.endpoint}) {what}{last}; "
+                f"last lines of its log {Path(server.log_path).as_uri()}:\n"
+                f"{self._log_tail(name, server.ordinal)}\n"
+                "fix the cause above (graph URI, partitions, memory) and run the task again")
+
+    def _record_exit(self, name: str, ordinal: int) -> None:
+        """Write why ordinal's last process ended: its exit status when it was our child, else unknown."""
+        pid = self._server_int(name, ordinal, "pid")
+        with self._mutex:
+            code = self._exit_codes.pop(pid, None)
+        if code is None:
+            reason = "exited"  # another process's child: its status went to that parent
+        elif code < 0:
+            reason = signal.Signals(-code).name
+        else:
+            reason = f"exit code {code}"
+        (self._dir(name) / f"server-{ordinal}.reason").write_text(reason)
 
     def _delete(self, name: str) -> None:
         if self._dir(name).exists():
@@ -282,6 +332,8 @@ class LocalProvisioner:
         finally:
             os.close(pidfd)
         self._reap()
+        with self._mutex:  # stopped, not crashed: no exit to record
+            self._exit_codes.pop(pid, None)
 
     def _alive(self, name: str, ordinal: int, port: int) -> bool:
         """Is ordinal's recorded server still running (exiting counts: it still holds its port)?
@@ -298,8 +350,7 @@ class LocalProvisioner:
         if child is not None:  # our unreaped child: the pid cannot have been reused
             if child.poll() is None:
                 return True
-            with self._mutex:
-                self._children.pop(pid, None)
+            self._forget_child(pid, child)
             return False
         stat = _proc_stat(pid)
         if stat is None or stat[0] in ("Z", "X"):
@@ -320,8 +371,12 @@ class LocalProvisioner:
             children = list(self._children.items())
         for pid, child in children:
             if child.poll() is not None:
-                with self._mutex:
-                    self._children.pop(pid, None)
+                self._forget_child(pid, child)
+
+    def _forget_child(self, pid: int, child: subprocess.Popen[bytes]) -> None:
+        with self._mutex:
+            if self._children.pop(pid, None) is not None and child.returncode is not None:
+                self._exit_codes[pid] = child.returncode
 
     def _free_ports(self, count: int) -> list[int]:
         taken = {p for record in self._records() for p in record["ports"]}
@@ -386,6 +441,12 @@ class LocalProvisioner:
         except (FileNotFoundError, ValueError):
             return 0
 
+    def _server_text(self, name: str, ordinal: int, kind: str) -> str:
+        try:
+            return (self._dir(name) / f"server-{ordinal}.{kind}").read_text()
+        except FileNotFoundError:
+            return ""
+
     def _log_tail(self, name: str, ordinal: int) -> str:
         try:
             lines = (self._dir(name) / f"server-{ordinal}.log").read_text(errors="replace").splitlines()
@@ -411,6 +472,17 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
         return None
     fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": field 3 is fields[0]
     return fields[0], int(fields[19])
+
+
+def _started_at(start_ticks: int) -> float:
+    """Epoch seconds of a process start time given in clock ticks since boot (0: unknown)."""
+    if not start_ticks:
+        return 0.0
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError):
+        return 0.0
+    return time.time() - uptime + start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -38,11 +38,39 @@ class Provision:
         return self.created_at + self.spec.ttl_seconds
 
 
+class ServerPhase(enum.Enum):
+    """One graph-engine server, as a person watching a fleet come up would describe it."""
+
+    PENDING = "pending"            # not started yet (no process / pod not scheduled)
+    LOADING = "loading"            # running, loading its partitions (gRPC health not SERVING yet)
+    RESTARTING = "restarting"      # exited at least once and is starting again
+    SERVING = "serving"            # gRPC health SERVING: its partitions are loaded
+    FAILED = "failed"              # gave up on it (restart budget spent)
+    UNKNOWN = "unknown"            # the backend cannot see it (e.g. no read access to pods)
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """One server of a fleet: what progress messages, log links, the Deck and `graphfleet fleets` show."""
+
+    ordinal: int
+    endpoint: str
+    phase: ServerPhase
+    restarts: int = 0
+    reason: str = ""          # why it last exited: "exit code 1", "SIGKILL", "OOMKilled"
+    started_at: float = 0.0   # epoch seconds its current process/pod started (0: unknown)
+    log_path: str = ""        # local backend: its log file
+    pod: str = ""             # cluster: its pod (log-link templates fill {{ .podName }} with it)
+    namespace: str = ""
+    container: str = ""
+
+
 @dataclass(frozen=True)
 class Status:
     phase: Phase
     endpoints: list[str] = field(default_factory=list)
     message: str = ""
+    servers: list[ServerState] = field(default_factory=list)  # empty when the backend cannot tell
 
 
 def workflow_execution(execution: str) -> str:

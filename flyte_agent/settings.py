@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from flyte_agent.log_links import LogTemplate
 from flyte_agent.provisioner import Provisioner
 from infra.config import SECRETS_PROVIDER_URL, EnvName, Subdomain, Toleration
 from infra.images import STACK_ALLOW_LIST, check_allow_list_entry, check_image
@@ -33,6 +34,7 @@ _JSON = {
     "node_selector": '{"label": "value", ...}',
     "tolerations": '[{"key": "k", "operator": "Exists", "effect": "NoSchedule"}, ...]',
     "engine_env": '{"NAME": "value", ...}',
+    "log_templates": '[{"displayName": "Grafana", "templateUris": ["https://.../{{ .podName }}"]}, ...]',
 }
 _ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
@@ -91,6 +93,11 @@ class Settings(BaseModel):
         default_factory=dict, description="graph-engine environment, e.g. AWS_ENDPOINT_URL, AWS_REGION")
     engine_service_account: Subdomain | None = Field(
         None, description="graph-engine service account (e.g. S3 through workload identity)")
+
+    log_templates: list[LogTemplate] = Field(
+        default_factory=list,
+        description="cluster log links of each server pod and of the connector, Flyte-style templates with "
+                    "{{ .podName }}, {{ .namespace }}, {{ .containerName }} (flyte_agent/log_links.py)")
 
     @field_validator("shared_services")
     @classmethod

@@ -168,6 +168,10 @@ def run_fleet_lifecycle(connector: Connector, graph_uri: str, replicas: int) -> 
     assert resource.phase == execution_pb2.TaskExecution.SUCCEEDED, resource.message
     out = outputs_of(resource)
     assert len(out["endpoints"]) == replicas
+    # One log link per server, to its log file.
+    assert [link.name for link in resource.log_links] == [f"server {i} ({e})" for i, e in
+                                                          enumerate(out["endpoints"])]
+    assert all(Path(link.uri.removeprefix("file://")).is_file() for link in resource.log_links)
     assert out["endpoints_env"] == ",".join(out["endpoints"])
     features = sample_all_nodes(out["endpoints"])
     assert features[:, 0].tolist() == [float(i) for i in range(NODES)]
@@ -212,6 +216,33 @@ def test_bad_input_fails_with_a_clear_message_and_creates_nothing(connector_fact
     assert resource.phase == execution_pb2.TaskExecution.FAILED
     assert "replicas (3) exceeds partitions (2)" in resource.message
     assert recorded_pids(connector.state_dir) == []
+
+
+def test_a_crashing_server_fails_the_fleet_naming_it_with_its_log(connector_factory, tmp_path: Path) -> None:
+    uri = convert(ring_graph(), str(tmp_path / "ring"), partitions=2)
+    (tmp_path / "ring" / "node_1_0.map").unlink()  # server 1's partition cannot load: it aborts
+    connector = connector_factory()
+    task = DataServiceTask(name="graph", config=DataServiceConfig(graph_uri=uri, replicas=2))
+    meta = connector.create(serialized(task))
+    messages = []
+    deadline = time.monotonic() + 120
+    failed = execution_pb2.TaskExecution.FAILED
+    while (resource := connector.get(DATA_SERVICE_TASK_TYPE, meta)).phase != failed:
+        assert resource.phase != execution_pb2.TaskExecution.SUCCEEDED
+        assert time.monotonic() < deadline, resource.message
+        messages.append(resource.message)
+        time.sleep(0.3)
+    # While it comes up, the message says what the servers are doing, crashes included.
+    assert any(m.startswith("2/2 servers loading partitions") for m in messages), messages
+    assert any("1 restarting: SIGABRT" in m for m in messages), messages
+    # The failure names the server and quotes its log; the links point at both servers' logs.
+    assert "graph-engine server 1 of gf-" in resource.message
+    assert "(last exit: SIGABRT)" in resource.message
+    assert "node_1_0.map with: No such file or directory" in resource.message
+    links = {link.name.split(" (")[0]: link.uri for link in resource.log_links}
+    assert sorted(links) == ["server 0", "server 1"]
+    assert links["server 1"] in resource.message
+    assert "node_1_0.map" in Path(links["server 1"].removeprefix("file://")).read_text()
 
 
 def test_teardown_task_releases_the_fleet_and_tolerates_absence(connector_factory, tmp_path: Path) -> None:

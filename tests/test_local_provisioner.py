@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flyte_agent.local_provisioner import MAX_RESTARTS, LocalProvisioner
-from flyte_agent.provisioner import Phase, Provision, Status
+from flyte_agent.provisioner import Phase, Provision, ServerPhase, Status
 from flyte_agent.settings import Settings
 from graph_engine.convert import convert
 from infra.spec import DataServiceSpec
@@ -64,6 +64,10 @@ def test_lifecycle_crash_restart_and_delete_freeing_ports(provisioner: LocalProv
     again = wait_for(lambda: provisioner.status(fleet), Phase.READY)
     assert again.endpoints == ready.endpoints
     assert provisioner.pids(fleet.name)[1] != crashed
+    # Each server says what happened to it: what the Deck, progress and `graphfleet fleets` show.
+    assert [(s.phase, s.restarts, s.reason) for s in again.servers] == [
+        (ServerPhase.SERVING, 0, ""), (ServerPhase.SERVING, 1, "SIGKILL")]
+    assert all(Path(s.log_path).is_file() and s.started_at > 0 for s in again.servers)
 
     pids = provisioner.pids(fleet.name)
     provisioner.delete(fleet)
@@ -159,8 +163,13 @@ def test_a_server_that_keeps_crashing_fails_with_its_output(provisioner: LocalPr
     broken = provision(graph_uri, partitions=1)  # the graph has 2: every start exits at once
     provisioner.create(broken)
     failed = wait_for(lambda: provisioner.status(broken), Phase.FAILED, timeout=120)
-    assert f"exited {MAX_RESTARTS + 1} times" in failed.message
+    assert f"graph-engine server 0 of {broken.name} (127.0.0.1:" in failed.message
+    assert f"exited {MAX_RESTARTS + 1} times (last exit: exit code" in failed.message
+    # The last lines of the failing server's log, and where the rest of it is.
     assert "pass --partitions 2" in failed.message
+    log = failed.servers[0].log_path
+    assert Path(log).as_uri() in failed.message and "pass --partitions 2" in Path(log).read_text()
+    assert failed.servers[0].phase is ServerPhase.FAILED
 
 
 def test_releasing_an_execution_leaves_the_other_executions_fleets(provisioner: LocalProvisioner,

@@ -49,7 +49,7 @@ from flytekit.models.literals import LiteralMap
 from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
 from pydantic import ValidationError
 
-from flyte_agent import log_links
+from flyte_agent import log_links, metrics, pods
 from flyte_agent.provisioner import DestroyInProgress, Phase, Provision, Provisioner, Status
 from flyte_agent.settings import Settings, make_provisioner
 from graph_engine import health, store
@@ -213,7 +213,9 @@ class _Backend:
         with self._lock:
             if self._made is None:
                 settings = Settings.from_env()
-                self._made = (settings, make_provisioner(settings))
+                provisioner = make_provisioner(settings)
+                metrics.register_fleets(settings.backend, provisioner.fleets)
+                self._made = (settings, provisioner)
             return self._made
 
 
@@ -282,6 +284,7 @@ class DataServiceConnector(AsyncConnectorBase):
         status = provisioner.status(provision)
         links = fleet_links(settings, provision, status)
         if status.phase is Phase.READY:
+            metrics.PROVISION_SECONDS.labels(settings.backend).observe(time.time() - provision.created_at)
             return Resource(phase=TaskExecution.SUCCEEDED, message=f"{len(status.endpoints)} servers ready",
                             outputs=fleet_outputs(provision.name, status.endpoints), log_links=links)
         if status.phase is Phase.FAILED:
@@ -298,8 +301,9 @@ class DataServiceConnector(AsyncConnectorBase):
     def _delete(self, resource_meta: FleetMeta) -> None:
         if resource_meta.error or resource_meta.endpoints:
             return
-        _, provisioner = backend.get()
-        provisioner.delete(resource_meta.provision())
+        settings, provisioner = backend.get()
+        with metrics.timed_teardown(settings.backend):
+            provisioner.delete(resource_meta.provision())
 
     def _shared(self, meta: FleetMeta) -> Resource:
         down = health.not_ready(meta.endpoints, timeout=1.0)
@@ -340,14 +344,15 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
         if not service and not execution:
             return Resource(phase=TaskExecution.FAILED,
                             message="service: empty; pass the DataServiceTask's `service` output")
-        _, provisioner = backend.get()
+        settings, provisioner = backend.get()
         try:
-            if execution:
-                released = provisioner.release_execution(execution)
-                outcome = f"{execution}: released {', '.join(released) or 'nothing (none found)'}"
-            else:
-                provisioner.delete(by_name(service))
-                outcome = f"{service}: released"
+            with metrics.timed_teardown(settings.backend):
+                if execution:
+                    released = provisioner.release_execution(execution)
+                    outcome = f"{execution}: released {', '.join(released) or 'nothing (none found)'}"
+                else:
+                    provisioner.delete(by_name(service))
+                    outcome = f"{service}: released"
         except DestroyInProgress as err:  # get() is polled: a later one sees the outcome
             return Resource(phase=TaskExecution.RUNNING, message=str(err))
         except Exception as err:  # reported, never swallowed: the fleet may still be running
@@ -364,7 +369,11 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
 def fleet_links(settings: Settings, provision: Provision, status: Status) -> list[Any]:
     """GetTask's log links: each server's, and on a cluster the connector replica's (whose output
     holds the Pulumi operation's)."""
-    links = log_links.server_links(provision, status.servers, settings.log_templates)
+    servers = status.servers
+    if settings.backend == "pulumi" and not servers:
+        servers = pods.cluster_servers(provision.name, settings.namespace, provision.spec.replicas,
+                                       status.endpoints)
+    links = log_links.server_links(provision, servers, settings.log_templates)
     if settings.backend == "pulumi":
         links += log_links.operation_links(provision, settings.log_templates, socket.gethostname(),
                                            _own_namespace(), CONNECTOR_CONTAINER)

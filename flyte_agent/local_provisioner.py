@@ -47,8 +47,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import graph_engine
-from flyte_agent import progress
+from flyte_agent import metrics, progress
 from flyte_agent.provisioner import (
+    FleetInfo,
     Phase,
     Provision,
     ServerPhase,
@@ -142,13 +143,34 @@ class LocalProvisioner:
         return released
 
     def gc(self, now: float) -> list[str]:
-        expired = []
+        expired: list[str] = []
+        try:
+            for record in self._records():
+                spec = DataServiceSpec.from_custom(record["spec"])
+                if now >= record["created_at"] + spec.ttl_seconds:
+                    self._delete(record["name"])
+                    expired.append(record["name"])
+        except OSError:
+            metrics.observe_gc("local", len(expired), 1)
+            raise
+        metrics.observe_gc("local", len(expired), 0)
+        return expired
+
+    def fleets(self) -> list[FleetInfo]:
+        infos = []
         for record in self._records():
             spec = DataServiceSpec.from_custom(record["spec"])
-            if now >= record["created_at"] + spec.ttl_seconds:
-                self._delete(record["name"])
-                expired.append(record["name"])
-        return expired
+            endpoints = [f"{HOST}:{p}" for p in record["ports"]]
+            servers = self._servers(record, set(health.not_ready(endpoints, timeout=self.probe_timeout)))
+            phases = {s.phase for s in servers}
+            phase = (Phase.READY if phases == {ServerPhase.SERVING} else
+                     Phase.FAILED if ServerPhase.FAILED in phases else Phase.UPDATING)
+            infos.append(FleetInfo(
+                name=record["name"], owner=record["owner"], execution=record["execution"], phase=phase,
+                created_at=record["created_at"], expires_at=record["created_at"] + spec.ttl_seconds,
+                replicas=spec.replicas, endpoints=endpoints, servers=servers,
+                message=progress.summary(servers)))
+        return infos
 
     # -- local specifics -------------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ def server_links(provision: Provision, servers: Sequence[ServerState],
     """One link per server: its log file when it has one, else one per template for its pod."""
     links = []
     for server in servers:
-        label = f"server {server.ordinal} ({server.endpoint})"
+        label = f"server {server.ordinal} ({server.endpoint or server.pod})"
         if server.log_path:
             links.append(TaskLog(uri=Path(server.log_path).resolve().as_uri(), name=label,
                                  message_format=TaskLog.UNKNOWN))

@@ -73,6 +73,23 @@ class Status:
     servers: list[ServerState] = field(default_factory=list)  # empty when the backend cannot tell
 
 
+@dataclass(frozen=True)
+class FleetInfo:
+    """One live fleet as an operator sees it (`graphfleet fleets`, the `graphfleet_fleets` gauge)."""
+
+    name: str
+    owner: str                # project/domain
+    execution: str            # the task execution that made it
+    phase: Phase
+    created_at: float
+    expires_at: float
+    replicas: int
+    endpoints: list[str] = field(default_factory=list)
+    servers: list[ServerState] = field(default_factory=list)
+    leases: list[str] = field(default_factory=list)  # shared fleets: the executions holding a lease
+    message: str = ""
+
+
 def workflow_execution(execution: str) -> str:
     """The workflow execution (`project/domain/name`) of a task execution identity
     (`project/domain/name/node`, `Provision.execution`); "" for anything else, which no release matches."""
@@ -122,3 +139,6 @@ class Provisioner(Protocol):
 
     def gc(self, now: float) -> list[str]:
         """Tear down every fleet whose time-to-live has passed; returns their names."""
+
+    def fleets(self) -> list[FleetInfo]:
+        """Every live fleet (an operator's view): read only, never starts, restarts or deletes anything."""

@@ -51,8 +51,10 @@ from pulumi.automation.errors import (
 )
 
 from flyte_agent import stack_names as names
+from flyte_agent.pods import cluster_servers
 from flyte_agent.provisioner import (
     DestroyInProgress,
+    FleetInfo,
     GcError,
     Phase,
     Provision,
@@ -456,6 +458,48 @@ class PulumiProvisioner:
         if failures:
             raise GcError(removed, failures)
         return removed
+
+    def fleets(self) -> list[FleetInfo]:
+        """Every graphfleet stack, from its tags, history and outputs: no `up`, no health probe."""
+        infos = []
+        with self._workspace(None, workspace=_UnselectedWorkspace) as ws:
+            for summary in ws.list_stacks():
+                name = names.short_stack_name(summary.name)
+                stack = auto.Stack.select(name, ws)
+                try:
+                    tags = stack.list_tags()
+                    history = stack.history(show_secrets=False)
+                except StackNotFoundError:
+                    continue  # removed since the listing
+                if tags.get(names.TAG_MANAGED) != "true" or (history and history[0].kind == "destroy"):
+                    continue
+                infos.append(self._fleet_info(stack, tags, history))
+        return infos
+
+    def _fleet_info(self, stack: auto.Stack, tags: Mapping[str, str],
+                    history: Sequence[auto.UpdateSummary]) -> FleetInfo:
+        last = history[0] if history else None
+        outputs: dict[str, Any] = {}
+        if last is not None and last.kind == "update" and last.result == "succeeded":
+            phase = Phase.READY
+            ws = stack.workspace
+            shown = self._command.run(["stack", "output", "--json", "--stack", stack.name], ws.work_dir,
+                                      ws.env_vars)
+            outputs = json.loads(shown.stdout)
+        elif tags.get(names.TAG_GAVE_UP) == "true":
+            phase = Phase.FAILED
+        else:
+            busy = self._local_status(stack.name)
+            phase = Phase.UPDATING if busy is None else busy.phase
+        # The stack name is the fleet name (DNS-1123 names need no shortening to be stack names); the
+        # first update's start is when the fleet was made; the replicas are known once it is up.
+        endpoints = list(outputs.get("endpoints") or [])
+        return FleetInfo(
+            name=stack.name, owner=tags.get(names.TAG_OWNER, ""), execution=tags.get(names.TAG_EXECUTION, ""),
+            phase=phase, created_at=history[-1].start_time.timestamp() if history else 0.0,
+            expires_at=names.expires_at(tags) or 0.0, replicas=len(endpoints), endpoints=endpoints,
+            servers=cluster_servers(stack.name, self.settings.namespace, len(endpoints), endpoints),
+            message=tags.get(names.TAG_LAST_ERROR, ""))
 
     def close(self) -> None:
         """Stop the sweep thread and wait for running Pulumi operations."""

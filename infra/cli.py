@@ -4,6 +4,7 @@
     graphfleet plan ltx1 --json     the rendered manifests as JSON
     graphfleet diff A.yaml B.yaml   objects added, removed and fields changed between two stack files
     graphfleet gc                   tear down expired ephemeral fleets (the connector's GRAPHFLEET_* env)
+    graphfleet fleets [--json]      every live fleet: owner, executions or leases, phase, age, expiry
 
 The stack's real program (`infra.datacenter.program`, what `pulumi up` runs) is rendered under
 Pulumi mocks: no CLI, cluster or credentials are needed. Exit status: 0 clean, 1 when any object
@@ -197,6 +198,20 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_fleets(args: argparse.Namespace) -> int:
+    """List the live fleets of the backend the connector's GRAPHFLEET_* settings name."""
+    from flyte_agent import fleets
+    from flyte_agent.settings import Settings, SettingsError
+
+    try:
+        found = fleets.listing(Settings.from_env())
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    print(json.dumps(fleets.as_json(found), indent=2) if args.json else fleets.table(found))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graphfleet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -211,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     diff.set_defaults(run=cmd_diff)
     gc = commands.add_parser("gc", help="tear down ephemeral fleets whose time-to-live has passed")
     gc.set_defaults(run=cmd_gc)
+    fleets = commands.add_parser("fleets", help="every live fleet of the connector's backend")
+    fleets.add_argument("--json", action="store_true", help="every field as JSON, servers included")
+    fleets.set_defaults(run=cmd_fleets)
     return parser
 
 

@@ -6,11 +6,13 @@ SUCCEEDED, sample the graph through the returned endpoints, DeleteTask, and the 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +34,7 @@ from flyte_agent import DataServiceConfig, DataServiceReleaseAllTask, DataServic
 from flyte_agent.connector import DATA_SERVICE_TASK_TYPE, TEARDOWN_TASK_TYPE
 from graph_engine import health
 from graph_engine.convert import convert
+from infra.spec import DataServiceSpec
 from tests.s3_server import moto_s3, s3_env
 from tests.test_graph_server import NODES, free_port, port_is_free, ring_graph
 
@@ -60,10 +63,10 @@ class Connector:
 
     def __init__(self, state_dir: Path, env: dict[str, str]) -> None:
         self.state_dir = state_dir
-        port = free_port()
+        port, self.metrics_port = free_port(), free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from flyte_agent.connector import serve_on_loopback; "
-             f"serve_on_loopback({port}, {free_port()})"],
+             f"serve_on_loopback({port}, {self.metrics_port})"],
             env={**os.environ, **env, "GRAPHFLEET_BACKEND": "local", "GRAPHFLEET_STATE_DIR": str(state_dir)},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.endpoint = f"127.0.0.1:{port}"
@@ -243,6 +246,49 @@ def test_a_crashing_server_fails_the_fleet_naming_it_with_its_log(connector_fact
     assert sorted(links) == ["server 0", "server 1"]
     assert links["server 1"] in resource.message
     assert "node_1_0.map" in Path(links["server 1"].removeprefix("file://")).read_text()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """`graphfleet_*` samples on the connector's Prometheus port, by `name{labels}`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {f"{s.name}{{{','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))}}}": s.value
+            for family in text_string_to_metric_families(text) if family.name.startswith("graphfleet_")
+            for s in family.samples}
+
+
+def test_metrics_and_the_operator_listing_of_a_local_fleet(connector_factory, tmp_path: Path) -> None:
+    connector = connector_factory()
+    uri = convert(ring_graph(), str(tmp_path / "ring"), partitions=2)
+    task = DataServiceTask(name="graph", config=DataServiceConfig(graph_uri=uri, replicas=2))
+    meta = connector.create(serialized(task), name="run7")
+    endpoints = outputs_of(connector.wait_terminal(DATA_SERVICE_TASK_TYPE, meta))["endpoints"]
+
+    metrics = scrape(connector.metrics_port)
+    assert metrics["graphfleet_fleets{backend=local,phase=ready}"] == 1
+    assert metrics["graphfleet_fleets{backend=local,phase=failed}"] == 0
+    assert metrics["graphfleet_provision_seconds_count{backend=local}"] == 1
+    assert metrics["graphfleet_leases_held{backend=local}"] == 0
+
+    # The operator's view, from another process reading the same state dir.
+    env = {**os.environ, "GRAPHFLEET_BACKEND": "local", "GRAPHFLEET_STATE_DIR": str(connector.state_dir)}
+    shown = subprocess.run([sys.executable, "-m", "infra.cli", "fleets", "--json"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    [fleet] = json.loads(shown.stdout)
+    assert fleet["owner"] == "proj/dev" and fleet["execution"] == "proj/dev/run7/n0"
+    assert fleet["phase"] == "ready" and fleet["endpoints"] == endpoints and fleet["replicas"] == 2
+    assert [s["phase"] for s in fleet["servers"]] == ["serving", "serving"]
+    assert fleet["expires_at"] == fleet["created_at"] + DataServiceSpec(reuse="x").ttl_seconds
+    table = subprocess.run([sys.executable, "-m", "infra.cli", "fleets"], env=env, capture_output=True,
+                           text=True, timeout=120).stdout
+    assert table.splitlines()[0].split()[:3] == ["NAME", "OWNER", "EXECUTION/LEASES"]
+    assert f"{fleet['name']}  proj/dev  proj/dev/run7/n0  ready" in table and "2/2" in table
+
+    connector.delete(DATA_SERVICE_TASK_TYPE, meta)
+    teardowns = scrape(connector.metrics_port)
+    assert teardowns["graphfleet_teardown_seconds_count{backend=local,outcome=released}"] == 1
 
 
 def test_teardown_task_releases_the_fleet_and_tolerates_absence(connector_factory, tmp_path: Path) -> None:

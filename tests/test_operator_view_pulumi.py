@@ -1,0 +1,60 @@
+"""Log links, the fleet listing, `graphfleet fleets` and the fleet gauges on the Pulumi backend,
+through the Automation API seam (tests/fake_pulumi.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from flyte_agent.connector import fleet_links
+from flyte_agent.log_links import LogTemplate
+from flyte_agent.metrics import FleetCollector
+from flyte_agent.provisioner import Phase, ServerPhase
+from tests.test_pulumi_provisioner import backend, make, ready_fleet, settings  # noqa: F401
+
+DASHBOARD = LogTemplate(displayName="Kubernetes", templateUris=[
+    "https://dash/#/log/{{ .namespace }}/{{ .podName }}/pod?container={{ .containerName }}"])
+
+
+def test_listing_links_and_gauges_of_pulumi_fleets(backend: tuple[str, Path], make) -> None:  # noqa: F811
+    provisioner = make()
+    fleets = [ready_fleet(provisioner, name) for name in ("gf-list-a", "gf-list-b")]
+
+    listed = {f.name: f for f in provisioner.fleets()}
+    assert sorted(listed) == ["gf-list-a", "gf-list-b"]
+    a = listed["gf-list-a"]
+    assert (a.owner, a.execution, a.phase, a.replicas) == ("proj/dev", "exec-gf-list-a", Phase.READY, 1)
+    assert a.expires_at == int(fleets[0].expires_at) and a.created_at > 0
+    assert [(s.pod, s.namespace, s.container, s.phase) for s in a.servers] == [
+        ("gf-list-a-0", "graphfleet", "graph-engine", ServerPhase.UNKNOWN)]
+
+    # GetTask's links: the server pod's, and the connector replica's that ran the Pulumi operation.
+    status = provisioner.status(fleets[0])
+    with_templates = settings(backend, log_templates=[DASHBOARD])
+    links = fleet_links(with_templates, fleets[0], status)
+    assert links[0].name == f"server 0 ({status.endpoints[0]}): Kubernetes"
+    assert links[0].uri == "https://dash/#/log/graphfleet/gf-list-a-0/pod?container=graph-engine"
+    assert links[1].name.startswith("pulumi operation (") and "container=connector" in links[1].uri
+
+    registry = CollectorRegistry()
+    registry.register(FleetCollector("pulumi", provisioner.fleets))
+    assert registry.get_sample_value("graphfleet_fleets", {"backend": "pulumi", "phase": "ready"}) == 2
+    assert registry.get_sample_value("graphfleet_fleets", {"backend": "pulumi", "phase": "failed"}) == 0
+
+    # The operator's command, as a separate process with the connector's settings.
+    url, cli = backend
+    env = {**os.environ, "GRAPHFLEET_BACKEND": "pulumi", "GRAPHFLEET_PULUMI_BACKEND_URL": url,
+           "GRAPHFLEET_PULUMI_COMMAND": str(cli)}
+    shown = subprocess.run([sys.executable, "-m", "infra.cli", "fleets", "--json"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert [(f["name"], f["owner"], f["phase"], f["endpoints"]) for f in json.loads(shown.stdout)] == [
+        (name, "proj/dev", "ready", listed[name].endpoints) for name in ("gf-list-a", "gf-list-b")]
+
+    provisioner.delete(fleets[1])
+    assert [f.name for f in provisioner.fleets()] == ["gf-list-a"]

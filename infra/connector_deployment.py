@@ -21,7 +21,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
-from flyte_agent.connector import SERVE_MODULES, TASK_TYPES
+from flyte_agent.connector import CONNECTOR_CONTAINER, SERVE_MODULES, TASK_TYPES
 from flyte_agent.settings import env_name
 from infra import names
 from infra.config import ConnectorConfig, Placement, parse_duration
@@ -84,6 +84,12 @@ class FlyteConnectorArgs:
             check_image(self.default_image, self.config.image_allow_list)
         except ValueError as exc:
             raise ValueError(f"FlyteConnectorArgs.default_image: {exc}") from None
+
+
+# The de-facto scrape annotations (Prometheus' kubernetes_sd example relabelling, the prometheus
+# community Helm chart's default pod job): the connector's graphfleet_* and flyte_connector_* metrics.
+SCRAPE_ANNOTATIONS = {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
+                      "prometheus.io/path": "/metrics"}
 
 
 def labels() -> dict[str, str]:
@@ -193,7 +199,7 @@ def deployment_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
     grpc_probe = {"grpc": {"port": GRPC_PORT}, "periodSeconds": 10, "timeoutSeconds": 5,
                   "failureThreshold": 3}
     container: dict[str, Any] = {
-        "name": "connector",
+        "name": CONNECTOR_CONTAINER,
         "image": config.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["pyflyte", "serve", "connector", "--port", str(GRPC_PORT),
@@ -216,7 +222,7 @@ def deployment_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
         "template": {
             # A graph client: before READY the provisioner health-checks the fleet's endpoints,
             # and the fleet's NetworkPolicy admits only labelled pods.
-            "metadata": {"labels": {**labels(), CLIENT_LABEL: "true"}},
+            "metadata": {"labels": {**labels(), CLIENT_LABEL: "true"}, "annotations": SCRAPE_ANNOTATIONS},
             "spec": {
                 "serviceAccountName": NAME,
                 "initContainers": [pulumi_home_init_container(config.image)],

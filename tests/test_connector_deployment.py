@@ -62,6 +62,11 @@ def test_deployment_serves_the_connector_with_health_probes(render_valid: Callab
     assert container["command"][-2:] == list(SERVE_MODULES)  # the provisioner is built before serving
     assert container["readinessProbe"]["grpc"] == {"port": 8000}
     assert {p["containerPort"] for p in container["ports"]} == {8000, 9090}
+    # Scraped where the metrics are served (flyte_agent/metrics.py: pyflyte's --prometheus_port).
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert container["command"][container["command"].index("--prometheus_port") + 1] == annotations[
+        "prometheus.io/port"]
     assert container["image"] == "docker.ltx1.example.com/graphfleet/connector:0.1.0"
     service = rendered.one("Service")
     assert service["spec"]["clusterIP"] == "None"

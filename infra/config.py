@@ -368,6 +368,9 @@ class SharedService(_Model):
         if value.partitions is None:
             raise ValueError("set partitions to the graph's partition count: the plan must check that "
                              "every partition is served without reading the graph")
+        if "ttl_seconds" in value.model_fields_set:
+            raise ValueError("ttlSeconds is for ephemeral fleets: a shared service runs until it is removed "
+                             "from sharedServices, nothing garbage-collects it; remove ttlSeconds")
         return value
 
 
@@ -404,6 +407,15 @@ class StackConfig(BaseModel):
     @classmethod
     def _unique_pools(cls, value: list[GpuPool]) -> list[GpuPool]:
         _no_duplicates([p.name for p in value], "pool name")
+        # A node in two pools would be labelled twice (the last patch wins) and counted twice in quotas.
+        owner: dict[str, str] = {}
+        for index, pool in enumerate(value):
+            for node_index, node in enumerate(pool.nodes or []):
+                if node in owner:
+                    raise ValueError(f"node {node!r} is in pools {owner[node]!r} and {pool.name!r} "
+                                     f"([{index}].nodes[{node_index}]); a node belongs to one pool: "
+                                     f"remove it from one")
+                owner[node] = pool.name
         return value
 
     @field_validator("graph_engine_image")

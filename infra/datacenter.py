@@ -55,13 +55,15 @@ def plan(config: StackConfig) -> DatacenterPlan:
                                    image=config.graph_engine_image,
                                    placement=Placement.of(placement.node_selector, placement.tolerations),
                                    env=config.graph_engine_env,
-                                   service_account=config.graph_engine_service_account)
+                                   service_account=config.graph_engine_service_account,
+                                   long_lived=True)
               for s in config.shared_services]
     # Deterministic names: the connector is told them up front and never waits for a graph to load.
     shared_endpoints = {a.name: endpoints(FleetNames.of(a), a.spec.replicas, a.spec.port) for a in shared}
     return DatacenterPlan(
         namespaces=list(dict.fromkeys([ns.connector, ns.data_services, ns.shared_services, ns.training])),
-        pools=[GpuNodePoolArgs(pool=p, training_namespace=ns.training) for p in config.gpu_pools],
+        pools=[GpuNodePoolArgs(pool=p, training_namespace=ns.training, datacenter=config.datacenter.name)
+               for p in config.gpu_pools],
         shared=shared,
         connector=FlyteConnectorArgs(config=config.connector, namespace=ns.connector,
                                      data_namespace=ns.data_services,
@@ -74,13 +76,15 @@ def plan(config: StackConfig) -> DatacenterPlan:
 
 class Datacenter(pulumi.ComponentResource):
     """Outputs: `connector_endpoint`, `propeller_config`, `namespaces`, `queues` (pool -> team ->
-    LocalQueue), `shared_services` (name -> endpoints)."""
+    LocalQueue), `shared_services` (name -> endpoints), `kubelet_taints` (static pool -> the
+    `--register-with-taints` its nodes' kubelets need)."""
 
     connector_endpoint: pulumi.Output[str]
     propeller_config: pulumi.Output[str]
     namespaces: pulumi.Output[list[str]]
     queues: pulumi.Output[dict[str, dict[str, str]]]
     shared_services: pulumi.Output[dict[str, list[str]]]
+    kubelet_taints: pulumi.Output[dict[str, list[str]]]
 
     def __init__(self, name: str, config: StackConfig, opts: pulumi.ResourceOptions | None = None) -> None:
         checked = plan(config)
@@ -111,12 +115,16 @@ class Datacenter(pulumi.ComponentResource):
         self.queues = pulumi.Output.all(**{n: p.queue_names for n, p in pools.items()}) if pools else \
             pulumi.Output.from_input({})
         self.shared_services = pulumi.Output.from_input(dict(connector_args.shared_services))
+        static = {args.pool.name: pools[args.pool.name].kubelet_taints
+                  for args in checked.pools if args.pool.kind == "static"}
+        self.kubelet_taints = pulumi.Output.all(**static) if static else pulumi.Output.from_input({})
         self.register_outputs({
             "connector_endpoint": self.connector_endpoint,
             "propeller_config": self.propeller_config,
             "namespaces": self.namespaces,
             "queues": self.queues,
             "shared_services": self.shared_services,
+            "kubelet_taints": self.kubelet_taints,
         })
 
 
@@ -128,6 +136,7 @@ def program(config: StackConfig) -> Datacenter:
     pulumi.export("namespaces", datacenter.namespaces)
     pulumi.export("queues", datacenter.queues)
     pulumi.export("shared_services", datacenter.shared_services)
+    pulumi.export("kubelet_taints", datacenter.kubelet_taints)
     return datacenter
 
 

@@ -94,6 +94,7 @@ class GraphDataServiceArgs:
     env: Mapping[str, str] = field(default_factory=dict)      # e.g. AWS_ENDPOINT_URL, AWS_REGION
     service_account: str | None = None  # for S3 access through workload identity
     run_as_user: int = GRAPH_ENGINE_UID  # the image's user (docker/graph-engine.Dockerfile)
+    long_lived: bool = False            # a datacenter's shared service: no TTL, drains must pass
 
     def __post_init__(self) -> None:
         names.check_base_name(self.name, "GraphDataServiceArgs.name")
@@ -271,12 +272,25 @@ def statefulset_manifest(args: GraphDataServiceArgs) -> dict[str, Any]:
 
 
 def pdb_manifest(args: GraphDataServiceArgs) -> dict[str, Any]:
-    """maxUnavailable 0: every shard holds partitions no other server has, so evicting one breaks the
-    training run (its partitions read as zeros or the client aborts). The fleet is ephemeral and
-    garbage-collected after its TTL, so a node drain waits at most that long."""
+    """Every shard holds partitions no other server has, so evicting one breaks the reads of that
+    shard until it has reloaded them elsewhere.
+
+    Ephemeral fleets: maxUnavailable 0. The fleet is garbage-collected after its TTL, so a node drain
+    waits at most that long, and a training run is never cut.
+    Long-lived shared services have no end, and maxUnavailable 0 would block every drain forever:
+    maxUnavailable 1. A drain moves one shard at a time, and the next eviction waits until the moved
+    shard has reloaded its partitions and is Ready again (the PDB counts it unavailable until then);
+    clients ride out the gap with their retries or see one shard's outage, never two.
+    Both: unhealthyPodEvictionPolicy AlwaysAllow. A shard that is not Ready serves nothing, so
+    evicting it costs nothing, and with the default (IfHealthyBudget) one crash-looping shard would
+    block every drain of the fleet's nodes.
+    """
     fleet = FleetNames.of(args)
-    return _manifest("policy/v1", "PodDisruptionBudget", args, fleet.service,
-                     {"maxUnavailable": 0, "selector": {"matchLabels": selector_labels(fleet)}})
+    return _manifest("policy/v1", "PodDisruptionBudget", args, fleet.service, {
+        "maxUnavailable": 1 if args.long_lived else 0,
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        "selector": {"matchLabels": selector_labels(fleet)},
+    })
 
 
 def network_policy_manifest(args: GraphDataServiceArgs) -> dict[str, Any]:

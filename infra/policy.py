@@ -20,6 +20,7 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
 ALLOWLIST_ENV = "GRAPHFLEET_IMAGE_ALLOWLIST"
 GRAPH_SERVER_MODULE = "graph_engine.server"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUBELET_TAINTS = "graphfleet.io/kubelet-taints"
 
 
 @dataclass(frozen=True)
@@ -136,22 +137,33 @@ def rule_rbac_scope(manifests: list[Manifest]) -> Iterable[Violation]:
 
 
 def _pool_taints(manifests: list[Manifest]) -> dict[str, list[Mapping[str, Any]]]:
-    """GPU pool name -> taints its nodes carry (from Node patches and Karpenter NodePools)."""
+    """GPU pool name -> taints its nodes carry (from Node patches, with the taints their kubelet
+    registers, and Karpenter NodePools)."""
     taints: dict[str, list[Mapping[str, Any]]] = {}
     for m in manifests:
+        node_taints: list[Mapping[str, Any]]
         if m.get("kind") == "Node":
             labels = (m.get("metadata") or {}).get("labels") or {}
-            node_taints = (m.get("spec") or {}).get("taints")
+            annotations = (m.get("metadata") or {}).get("annotations") or {}
+            node_taints = [*(m.get("spec") or {}).get("taints", []),
+                           *map(_taint, filter(None, annotations.get(KUBELET_TAINTS, "").split(",")))]
         elif m.get("kind") == "NodePool" and str(m.get("apiVersion", "")).startswith("karpenter.sh/"):
             template = (m.get("spec") or {}).get("template") or {}
             labels = (template.get("metadata") or {}).get("labels") or {}
-            node_taints = (template.get("spec") or {}).get("taints")
+            node_taints = (template.get("spec") or {}).get("taints") or []
         else:
             continue
         if POOL_LABEL in labels:
             known = taints.setdefault(labels[POOL_LABEL], [])
-            known.extend(t for t in node_taints or [] if t not in known)
+            known.extend(t for t in node_taints if t not in known)
     return taints
+
+
+def _taint(text: str) -> dict[str, str]:
+    """`key=value:effect` (kubelet `--register-with-taints` syntax) -> a Taint."""
+    key_value, _, effect = text.rpartition(":")
+    key, _, value = key_value.partition("=")
+    return {"key": key, "value": value, "effect": effect}
 
 
 def tolerates(tolerations: Iterable[Mapping[str, Any]], taint: Mapping[str, Any]) -> bool:

@@ -71,7 +71,7 @@ def test_diff_shows_added_removed_and_changed_fields(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "~ StatefulSet/graphfleet-shared/job-graph: spec.replicas: 4 -> 8" in lines
-    assert "+ ClusterQueue/l4-search" in lines
+    assert "+ ClusterQueue/graphfleet-lva1-l4-search" in lines
     assert "+ LocalQueue/graphfleet-training/l4-search" in lines
     assert "- StatefulSet/graphfleet-shared/company-graph" in lines
     assert "- Service/graphfleet-shared/company-graph" in lines

@@ -78,6 +78,12 @@ def test_config_items_round_trip_through_the_file_format() -> None:
      "graphfleet:namespaces.training: 'ml_training' is not a DNS-1035 label"),
     (lambda c: c["graphfleet:gpuPools"][1].update(name="a100"),
      "graphfleet:gpuPools: duplicate pool name 'a100': each must be unique"),
+    (lambda c: c["graphfleet:gpuPools"][1]["nodes"].append("ltx1-gpu-a100-02"),
+     "graphfleet:gpuPools: node 'ltx1-gpu-a100-02' is in pools 'a100' and 'v100' ([1].nodes[2]); a node "
+     "belongs to one pool"),
+    (lambda c: c["graphfleet:sharedServices"][0]["spec"].update(ttlSeconds=1209600),
+     "graphfleet:sharedServices[0].spec: ttlSeconds is for ephemeral fleets: a shared service runs until "
+     "it is removed from sharedServices"),
     (lambda c: c["graphfleet:gpuPools"][0]["teams"][1].update(name="feed-ranking"),
      "graphfleet:gpuPools[0]: duplicate team name 'feed-ranking'"),
     (lambda c: c["graphfleet:gpuPools"][0]["teams"][0].update(gpus=17),
@@ -111,6 +117,7 @@ def test_config_items_round_trip_through_the_file_format() -> None:
 ], ids=["gpus-per-node-0", "replicas-0", "partitions-not-covered", "partitions-unknown", "negative-memory",
         "millibyte-memory", "malformed-quota-memory", "unknown-spec-key", "unknown-top-key",
         "unknown-connector-key", "invalid-pool-name", "invalid-namespace", "duplicate-pools",
+        "node-in-two-pools", "ttl-on-shared-service",
         "duplicate-teams",
         "quota-above-capacity", "image-outside-allow-list", "image-prefix-is-not-a-match",
         "shared-image-outside-allow-list", "image-not-pinned", "kind-mismatch", "local-graph-uri",

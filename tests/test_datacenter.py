@@ -32,6 +32,13 @@ def test_composes_everything_with_restricted_namespaces(render_valid: Callable[.
     assert outputs["shared_services"]["member-graph"][0] == \
         "member-graph-0.member-graph.graphfleet-shared.svc.cluster.local:50051"
     assert outputs["queues"]["a100"]["feed-ranking"] == "a100-feed-ranking"
+    # Static GPU nodes get their taint from the kubelet, not from a patch of the atomic taints list.
+    assert outputs["kubelet_taints"] == {"a100": ["nvidia.com/gpu=present:NoSchedule"],
+                                         "v100": ["nvidia.com/gpu=v100:NoSchedule"]}
+    # A shared service lives until removed: its PDB must let a node drain through, one shard at a time.
+    shared_pdbs = [p for p in rendered.of_kind("PodDisruptionBudget")
+                   if p["metadata"]["namespace"] == "graphfleet-shared"]
+    assert [p["spec"]["maxUnavailable"] for p in shared_pdbs] == [1]
     # The connector is told the shared services' endpoints, for tasks that `reuse` them.
     env = {e["name"]: e.get("value") for e in
            rendered.one("Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}

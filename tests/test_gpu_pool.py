@@ -19,23 +19,26 @@ def _pool(stack: str, index: int) -> GpuPool:
 
 def _render(render_valid: Callable[..., Rendered], pool: GpuPool, namespace: str = "ml-training") -> Rendered:
     def program() -> None:
-        component = GpuNodePool(pool.name, GpuNodePoolArgs(pool, namespace))
+        component = GpuNodePool(pool.name, GpuNodePoolArgs(pool, namespace, "ltx1"))
         pulumi.export("queues", component.queue_names)
         pulumi.export("tolerations", component.tolerations)
         pulumi.export("node_selector", component.node_selector)
+        pulumi.export("kubelet_taints", component.kubelet_taints)
 
     return render_valid(program)
 
 
-def test_static_pool_labels_and_taints_each_named_node(render_valid: Callable[..., Rendered]) -> None:
+def test_static_pool_labels_each_named_node_and_leaves_taints_to_the_kubelet(
+        render_valid: Callable[..., Rendered]) -> None:
     pool = _pool("ltx1", 0)
     rendered = _render(render_valid, pool)
     nodes = rendered.of_kind("Node")
     assert sorted(n["metadata"]["name"] for n in nodes) == sorted(pool.nodes or [])
     for node in nodes:
         assert node["metadata"]["labels"][POOL_LABEL] == "a100"
-        assert node["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present",
-                                           "effect": "NoSchedule"}]
+        # NodeSpec.taints is atomic: a patch would own the kubelet's and node controller's taints too.
+        assert "spec" not in node
+    assert rendered.outputs["kubelet_taints"] == ["nvidia.com/gpu=present:NoSchedule"]
     assert {r.type for r in rendered.resources if r.custom} >= {"kubernetes:core/v1:NodePatch"}
     assert not rendered.of_kind("NodePool")
     assert policy.check(rendered.manifests()) == []
@@ -61,14 +64,15 @@ def test_kueue_queue_per_team_with_the_pools_quota(render_valid: Callable[..., R
     assert flavor["spec"]["nodeLabels"] == {POOL_LABEL: "a100"}
     assert flavor["spec"]["tolerations"] == [pool.taint.toleration()]
     queues = {q["metadata"]["name"]: q["spec"] for q in rendered.of_kind("ClusterQueue")}
-    assert set(queues) == {"a100-feed-ranking", "a100-people-search", "a100-trust-graph"}
-    resources = queues["a100-feed-ranking"]["resourceGroups"][0]["flavors"][0]["resources"]
+    assert set(queues) == {"graphfleet-ltx1-a100-feed-ranking", "graphfleet-ltx1-a100-people-search",
+                           "graphfleet-ltx1-a100-trust-graph"}
+    resources = queues["graphfleet-ltx1-a100-feed-ranking"]["resourceGroups"][0]["flavors"][0]["resources"]
     assert {"name": "nvidia.com/gpu", "nominalQuota": 16} in resources
-    assert {q["cohort"] for q in queues.values()} == {"a100"}
+    assert {q["cohort"] for q in queues.values()} == {"graphfleet-ltx1-a100"}
     assert all(q["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ml-training"}
                for q in queues.values())
     local = {q["metadata"]["name"]: q for q in rendered.of_kind("LocalQueue")}
-    assert set(local) == set(queues)
+    assert {q["spec"]["clusterQueue"] for q in local.values()} == set(queues)
     assert {q["metadata"]["namespace"] for q in local.values()} == {"ml-training"}
     assert rendered.one("PriorityClass")["value"] == 1000
     assert rendered.outputs["queues"] == {"feed-ranking": "a100-feed-ranking", "people-search":
@@ -84,7 +88,7 @@ def test_every_object_is_a_child_of_the_component(render_valid: Callable[..., Re
 
 def test_bad_training_namespace_is_refused_before_anything() -> None:
     with pytest.raises(ValueError, match="GpuNodePoolArgs.training_namespace"):
-        GpuNodePoolArgs(_pool("ltx1", 0), "ML")
+        GpuNodePoolArgs(_pool("ltx1", 0), "ML", "ltx1")
 
 
 def test_policy_catches_a_flavor_that_forgets_the_taint(render_valid: Callable[..., Rendered]) -> None:
@@ -93,5 +97,15 @@ def test_policy_catches_a_flavor_that_forgets_the_taint(render_valid: Callable[.
         if m["kind"] == "ResourceFlavor":
             m["spec"]["tolerations"] = []
     found = [str(v) for v in policy.check(manifests)]
-    assert found == ["gpu-tolerations: ResourceFlavor/gpu-v100: does not tolerate pool 'v100''s taint "
-                     "nvidia.com/gpu=v100:NoSchedule"]
+    assert found == ["gpu-tolerations: ResourceFlavor/graphfleet-ltx1-v100: does not tolerate pool 'v100''s "
+                     "taint nvidia.com/gpu=v100:NoSchedule"]
+
+
+def test_cluster_scoped_names_carry_the_platform_and_datacenter(
+        render_valid: Callable[..., Rendered]) -> None:
+    """ResourceFlavors, ClusterQueues, cohorts and PriorityClasses are shared by every team on the
+    cluster: a bare `a100` would join (or take over) another team's Kueue objects."""
+    rendered = _render(render_valid, _pool("lva1", 0))
+    scoped = [m["metadata"]["name"] for m in rendered.manifests() if "namespace" not in m["metadata"]]
+    scoped += [q["spec"]["cohort"] for q in rendered.of_kind("ClusterQueue")]
+    assert scoped and all(name.startswith("graphfleet-ltx1-h100") for name in scoped), scoped

@@ -160,12 +160,21 @@ def test_resources_default_limits_to_requests_and_placement_applies(render_valid
     assert spread["topologyKey"] == "kubernetes.io/hostname"
 
 
-def test_pdb_allows_no_voluntary_eviction_of_a_shard(render_valid: RenderValid) -> None:
+def test_pdb_allows_no_voluntary_eviction_of_an_ephemeral_shard(render_valid: RenderValid) -> None:
     rendered = _fleet(render_valid, _args())
     pdb = rendered.one("PodDisruptionBudget")
     assert pdb["spec"]["maxUnavailable"] == 0
+    # A shard that is not Ready serves nothing: it must not hold a drain up.
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     pod_labels = rendered.one("StatefulSet")["spec"]["template"]["metadata"]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_pdb_of_a_long_lived_service_lets_a_drain_move_one_shard_at_a_time(render_valid: RenderValid) -> None:
+    # maxUnavailable 0 on a service with no TTL would block every node drain forever.
+    pdb = _fleet(render_valid, _args(long_lived=True)).one("PodDisruptionBudget")["spec"]
+    assert pdb["maxUnavailable"] == 1
+    assert pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
 def test_network_policy_admits_only_labelled_clients_on_the_port(render_valid: RenderValid) -> None:

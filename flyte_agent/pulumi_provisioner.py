@@ -262,7 +262,8 @@ def fleet_args(provision: Provision, settings: Settings) -> GraphDataServiceArgs
     return GraphDataServiceArgs(name=provision.name, namespace=settings.namespace, spec=provision.spec,
                                 image=settings.image,
                                 placement=Placement.of(settings.node_selector, settings.tolerations),
-                                env=settings.engine_env, service_account=settings.engine_service_account)
+                                env=settings.engine_env, object_store=settings.object_store,
+                                service_account=settings.engine_service_account)
 
 
 def fleet_program(provision: Provision, settings: Settings) -> Callable[[], None]:

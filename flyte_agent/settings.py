@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from flyte_agent.log_links import LogTemplate
 from flyte_agent.provisioner import Provisioner
-from infra.config import SECRETS_PROVIDER_URL, EnvName, Subdomain, Toleration
+from infra.config import SECRETS_PROVIDER_URL, EnvName, ObjectStore, Subdomain, Toleration
 from infra.images import STACK_ALLOW_LIST, check_allow_list_entry, check_image
 from infra.spec import check_labels, describe_error
 
@@ -35,6 +35,7 @@ _JSON = {
     "tolerations": '[{"key": "k", "operator": "Exists", "effect": "NoSchedule"}, ...]',
     "engine_env": '{"NAME": "value", ...}',
     "log_templates": '[{"displayName": "Grafana", "templateUris": ["https://.../{{ .podName }}"]}, ...]',
+    "object_store": '{"endpoint": "http://...", "credentials": {"name": "secret", "key": "credentials"}}',
 }
 _ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
@@ -93,6 +94,9 @@ class Settings(BaseModel):
         default_factory=dict, description="graph-engine environment, e.g. AWS_ENDPOINT_URL, AWS_REGION")
     engine_service_account: Subdomain | None = Field(
         None, description="graph-engine service account (e.g. S3 through workload identity)")
+    object_store: ObjectStore = Field(
+        default_factory=ObjectStore,
+        description="graph-engine object store: endpoint and mounted credentials (the stack's objectStore)")
 
     log_templates: list[LogTemplate] = Field(
         default_factory=list,

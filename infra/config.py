@@ -267,6 +267,34 @@ class ConnectorSecrets(_Model):
         return sorted(set(found))
 
 
+class WorkloadIdentity(_Model):
+    """Annotations for a ServiceAccount, e.g. IRSA's `eks.amazonaws.com/role-arn` or GKE's
+    `iam.gke.io/gcp-service-account`: the cloud grants the pods access, no key exists."""
+
+    annotations: dict[str, str] = Field(min_length=1)
+
+    @field_validator("annotations")
+    @classmethod
+    def _keys(cls, value: dict[str, str]) -> dict[str, str]:
+        check_labels(dict.fromkeys(value, ""))  # annotation keys have the label-key syntax
+        return value
+
+
+class ObjectStore(_Model):
+    """Where the graphs live and how both the connector and the graph-engine servers read them."""
+
+    endpoint: str | None = Field(None, pattern=r"^https?://[^\s/]+(/.*)?$",
+                                 description="S3-compatible endpoint (on-prem MinIO); unset: AWS S3")
+    credentials: SecretKeyRef | None = Field(
+        None, description="A Secret key holding an AWS shared-credentials file with a "
+                          "[graphfleet-graphs] profile; the Secret must exist in the connector, "
+                          "dataServices and sharedServices namespaces. Mounted read-only, never env")
+    graph_engine_identity: WorkloadIdentity | None = Field(
+        None, description="Workload identity of every graph-engine server (its ServiceAccount's annotations)")
+    connector_identity: WorkloadIdentity | None = Field(
+        None, description="Workload identity of the connector (its ServiceAccount's annotations)")
+
+
 class Autoscaling(_Model):
     min_replicas: int = Field(2, ge=2, le=100)
     max_replicas: int = Field(ge=2, le=100)
@@ -396,11 +424,11 @@ class StackConfig(BaseModel):
     connector: ConnectorConfig
     graph_engine_image: str = Field(description="Default image of every graph-engine fleet")
     graph_engine_env: dict[EnvName, str] = Field(
-        default_factory=dict, description="Environment of every graph-engine server (shared and ephemeral), "
-                                          "e.g. AWS_ENDPOINT_URL of an on-prem object store, AWS_REGION")
-    graph_engine_service_account: Subdomain | None = Field(
-        None, description="Service account of every graph-engine server, e.g. for S3 through workload "
-                          "identity; unset: the namespace's default, with no API token mounted")
+        default_factory=dict, description="Plain (non-secret) environment of every graph-engine server, "
+                                          "e.g. AWS_REGION; the object store is `objectStore`")
+    object_store: ObjectStore = Field(
+        default_factory=lambda: ObjectStore(),
+        description="Endpoint, credentials (a Secret, mounted) and workload identity for reading graphs")
     shared_services: list[SharedService] = Field(default_factory=list)
 
     @field_validator("gpu_pools")
@@ -416,6 +444,13 @@ class StackConfig(BaseModel):
                                      f"([{index}].nodes[{node_index}]); a node belongs to one pool: "
                                      f"remove it from one")
                 owner[node] = pool.name
+        return value
+
+    @field_validator("graph_engine_env")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            check_not_secret_env(name)
         return value
 
     @field_validator("graph_engine_image")
@@ -439,6 +474,25 @@ class StackConfig(BaseModel):
 
     def image_of(self, service: SharedService) -> str:
         return service.spec.image or self.graph_engine_image
+
+
+# Variables that carry credentials or redirect where graphs are read: they come from `objectStore`
+# (a mounted Secret, workload identity), never as plain values in a manifest or Pulumi state.
+_SECRET_ENV = re.compile(r"(SECRET|PASSWORD|PASSPHRASE|TOKEN|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY)")
+_STORE_ENV = frozenset({"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "FSSPEC_S3_ENDPOINT_URL",
+                        "AWS_SHARED_CREDENTIALS_FILE", "FSSPEC_S3_PROFILE", "AWS_PROFILE"})
+
+
+def check_not_secret_env(name: str) -> str:
+    """Refuse a plain environment variable that would carry a secret or bypass `objectStore`."""
+    if _SECRET_ENV.search(name.upper()):
+        raise ValueError(f"{name}: looks like a credential, which must not be a plain value (it would be "
+                         f"in the StatefulSet and in Pulumi state); put it in a Secret and set "
+                         f"{NAMESPACE}:objectStore.credentials, or use objectStore.graphEngineIdentity")
+    if name in _STORE_ENV:
+        raise ValueError(f"{name}: set {NAMESPACE}:objectStore.endpoint / credentials instead, so the "
+                         f"connector and the servers read graphs from the same place")
+    return name
 
 
 def _no_duplicates(values: Iterable[str], what: str) -> None:

@@ -23,8 +23,9 @@ import yaml
 
 from flyte_agent.connector import CONNECTOR_CONTAINER, SERVE_MODULES, TASK_TYPES
 from flyte_agent.settings import env_name
-from infra import names
-from infra.config import ConnectorConfig, Placement, parse_duration
+from infra import names, object_store
+from infra.config import ConnectorConfig, ObjectStore, Placement, parse_duration
+from infra.graph_service import ENGINE_SERVICE_ACCOUNT
 from infra.image_contract import CONNECTOR_UID, CONNECTOR_USER, IMAGE_PULUMI_HOME
 from infra.images import check_image
 from infra.pod_security import container_security_context, pod_security_context
@@ -72,7 +73,8 @@ class FlyteConnectorArgs:
     # Every ephemeral fleet's pods: the stack's graph-service placement, environment and account.
     placement: Placement = field(default_factory=Placement)
     engine_env: Mapping[str, str] = field(default_factory=dict)
-    engine_service_account: str | None = None
+    # Where graphs are read, by the connector (meta.json) and every fleet alike.
+    object_store: ObjectStore = field(default_factory=ObjectStore)
 
     def __post_init__(self) -> None:
         names.check_label(self.namespace, "FlyteConnectorArgs.namespace")
@@ -112,7 +114,10 @@ def _meta(namespace: str, name: str = NAME) -> dict[str, Any]:
 
 def service_account_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
     # The token is mounted: the Pulumi Kubernetes provider talks to the API as this account.
-    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(args.namespace),
+    metadata = _meta(args.namespace)
+    if args.object_store.connector_identity is not None:
+        metadata["annotations"] = dict(args.object_store.connector_identity.annotations)
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata,
             "automountServiceAccountToken": True}
 
 
@@ -148,7 +153,8 @@ def settings_env(args: FlyteConnectorArgs) -> list[dict[str, Any]]:
         "tolerations": json.dumps(args.placement.model_dump(mode="json", by_alias=True,
                                                             exclude_none=True)["tolerations"]),
         "engine_env": json.dumps(dict(args.engine_env), sort_keys=True),
-        "engine_service_account": args.engine_service_account,
+        "engine_service_account": ENGINE_SERVICE_ACCOUNT,
+        "object_store": args.object_store.model_dump_json(by_alias=True, exclude_none=True),
         "secrets_provider": config.secrets.secrets_provider,
         # delete() must answer before propeller's DeleteTask deadline, with room for the call itself.
         "delete_wait_seconds": f"{DELETE_WAIT_SHARE * parse_duration(config.timeouts.delete_task):g}",
@@ -206,13 +212,14 @@ def deployment_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
                     "--prometheus_port", str(METRICS_PORT), *SERVE_MODULES],
         "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        "env": [*settings_env(args), *env, *runtime_env()],
+        "env": [*settings_env(args), *env, *runtime_env(), *object_store.env(args.object_store)],
         "readinessProbe": grpc_probe,
         "livenessProbe": {**grpc_probe, "periodSeconds": 20, "initialDelaySeconds": 10},
         "resources": {"requests": {"cpu": config.cpu, "memory": config.memory},
                       "limits": {"cpu": config.cpu_limit, "memory": config.memory_limit}},
         "securityContext": container_security_context(),
-        "volumeMounts": [{"name": "work", "mountPath": WORK_DIR}],
+        "volumeMounts": [{"name": "work", "mountPath": WORK_DIR},
+                         *object_store.volume_mounts(args.object_store)],
     }
     if env_from:
         container["envFrom"] = env_from
@@ -231,7 +238,8 @@ def deployment_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
                 "enableServiceLinks": False,
                 # A `pulumi up` in flight is bounded by the provisioner; give it time to stop cleanly.
                 "terminationGracePeriodSeconds": 60,
-                "volumes": [{"name": "work", "emptyDir": {"sizeLimit": "4Gi"}}],
+                "volumes": [{"name": "work", "emptyDir": {"sizeLimit": "4Gi"}},
+                            *object_store.volumes(args.object_store)],
                 "topologySpreadConstraints": [{
                     "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
                     "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": selector()},

@@ -18,7 +18,15 @@ from pulumi.runtime.config import CONFIG, get_config_env
 from infra.config import StackConfig, stack_config_from_mapping
 from infra.connector_deployment import FlyteConnector, FlyteConnectorArgs
 from infra.gpu_pool import GpuNodePool, GpuNodePoolArgs
-from infra.graph_service import FleetNames, GraphDataService, GraphDataServiceArgs, Placement, endpoints
+from infra.graph_service import (
+    ENGINE_SERVICE_ACCOUNT,
+    FleetNames,
+    GraphDataService,
+    GraphDataServiceArgs,
+    Placement,
+    endpoints,
+    engine_service_account_manifest,
+)
 
 TYPE_TOKEN = "graphfleet:datacenter:Datacenter"
 POD_SECURITY = "restricted"
@@ -54,9 +62,8 @@ def plan(config: StackConfig) -> DatacenterPlan:
     shared = [GraphDataServiceArgs(name=s.name, namespace=ns.shared_services, spec=s.spec,
                                    image=config.graph_engine_image,
                                    placement=Placement.of(placement.node_selector, placement.tolerations),
-                                   env=config.graph_engine_env,
-                                   service_account=config.graph_engine_service_account,
-                                   long_lived=True)
+                                   env=config.graph_engine_env, object_store=config.object_store,
+                                   service_account=ENGINE_SERVICE_ACCOUNT, long_lived=True)
               for s in config.shared_services]
     # Deterministic names: the connector is told them up front and never waits for a graph to load.
     shared_endpoints = {a.name: endpoints(FleetNames.of(a), a.spec.replicas, a.spec.port) for a in shared}
@@ -71,7 +78,7 @@ def plan(config: StackConfig) -> DatacenterPlan:
                                      shared_services=shared_endpoints,
                                      # Ephemeral fleets land where the shared ones do, with their env.
                                      placement=placement, engine_env=config.graph_engine_env,
-                                     engine_service_account=config.graph_engine_service_account))
+                                     object_store=config.object_store))
 
 
 class Datacenter(pulumi.ComponentResource):
@@ -99,11 +106,21 @@ class Datacenter(pulumi.ComponentResource):
         def inside(namespace: str) -> pulumi.ResourceOptions:
             return pulumi.ResourceOptions(parent=self, depends_on=[declared[namespace]])
 
+        # The servers' account in both fleet namespaces (workload identity for the object store).
+        accounts = {}
+        for namespace in (config.namespaces.data_services, config.namespaces.shared_services):
+            account = engine_service_account_manifest(namespace, config.object_store)
+            accounts[namespace] = k8s.core.v1.ServiceAccount(
+                f"{name}-engine-sa-{namespace}", metadata=account["metadata"],
+                automount_service_account_token=account["automountServiceAccountToken"],
+                opts=inside(namespace))
+
         pools = {args.pool.name: GpuNodePool(f"{name}-gpu-{args.pool.name}", args,
                                              inside(args.training_namespace))
                  for args in checked.pools}
         for args in checked.shared:
-            GraphDataService(f"{name}-shared-{args.name}", args, inside(args.namespace))
+            GraphDataService(f"{name}-shared-{args.name}", args, pulumi.ResourceOptions(
+                parent=self, depends_on=[declared[args.namespace], accounts[args.namespace]]))
         connector_args = checked.connector
         needs = [declared[connector_args.namespace], declared[connector_args.data_namespace]]
         connector = FlyteConnector(f"{name}-connector", connector_args,

@@ -21,7 +21,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pydantic import ValidationError
 
-from infra import names
+from infra import names, object_store
+from infra.config import ObjectStore, check_not_secret_env
 from infra.image_contract import GRAPH_ENGINE_UID
 from infra.pod_security import container_security_context, pod_security_context
 from infra.spec import CLIENT_LABEL, DataServiceSpec, describe_error
@@ -31,6 +32,8 @@ APP_NAME = "graph-engine"
 MANAGED_BY = "graphfleet"
 PORT_NAME = "grpc"
 CONTAINER_NAME = "graph-engine"
+# Every fleet's pods run as this account, which the Datacenter stack creates in both fleet namespaces.
+ENGINE_SERVICE_ACCOUNT = "graphfleet-graph-engine"
 ORDINAL_ENV = "GRAPHFLEET_ORDINAL"
 # StatefulSet pods carry their ordinal as this label (GA in Kubernetes 1.32).
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
@@ -91,7 +94,8 @@ class GraphDataServiceArgs:
     image: str | None = None           # the datacenter's default; `spec.image` wins when set
     placement: Placement = field(default_factory=Placement)
     labels: Mapping[str, str] = field(default_factory=dict)   # extra labels on every object
-    env: Mapping[str, str] = field(default_factory=dict)      # e.g. AWS_ENDPOINT_URL, AWS_REGION
+    env: Mapping[str, str] = field(default_factory=dict)      # plain settings only, e.g. AWS_REGION
+    object_store: ObjectStore = field(default_factory=ObjectStore)  # endpoint, mounted credentials
     service_account: str | None = None  # for S3 access through workload identity
     run_as_user: int = GRAPH_ENGINE_UID  # the image's user (docker/graph-engine.Dockerfile)
     long_lived: bool = False            # a datacenter's shared service: no TTL, drains must pass
@@ -122,6 +126,10 @@ class GraphDataServiceArgs:
             raise ValueError(describe_error(err, "GraphDataServiceArgs.labels")) from None
         for key in self.env:
             names.check_env_name(key, "GraphDataServiceArgs.env")
+            try:
+                check_not_secret_env(key)
+            except ValueError as exc:
+                raise ValueError(f"GraphDataServiceArgs.env: {exc}") from None
         if self.service_account is not None:
             names.check_subdomain(self.service_account, "GraphDataServiceArgs.service_account")
         if self.run_as_user < 1:
@@ -158,6 +166,18 @@ def selector_labels(fleet: FleetNames) -> dict[str, str]:
 def object_labels(args: GraphDataServiceArgs) -> dict[str, str]:
     return {**args.spec.labels, **args.labels, **selector_labels(FleetNames.of(args)),
             "app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+def engine_service_account_manifest(namespace: str, store: ObjectStore) -> dict[str, Any]:
+    """The servers' own account in a fleet namespace: no API token (they never call the API), and
+    the object store's workload identity when the stack sets one."""
+    metadata: dict[str, Any] = {"name": ENGINE_SERVICE_ACCOUNT, "namespace": namespace,
+                                "labels": {"app.kubernetes.io/name": APP_NAME,
+                                           "app.kubernetes.io/managed-by": MANAGED_BY}}
+    if store.graph_engine_identity is not None:
+        metadata["annotations"] = dict(store.graph_engine_identity.annotations)
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata,
+            "automountServiceAccountToken": False}
 
 
 def server_command(spec: DataServiceSpec) -> list[str]:
@@ -227,6 +247,7 @@ def statefulset_manifest(args: GraphDataServiceArgs) -> dict[str, Any]:
         {"name": "TMPDIR", "value": SCRATCH_DIR},
         {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
         *({"name": k, "value": v} for k, v in sorted(args.env.items())),
+        *object_store.env(args.object_store),
     ]
     container = {
         "name": CONTAINER_NAME,
@@ -238,7 +259,8 @@ def statefulset_manifest(args: GraphDataServiceArgs) -> dict[str, Any]:
         "resources": {"requests": requests, "limits": limits},
         **probes(spec),
         "securityContext": container_security_context(),
-        "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH_DIR}],
+        "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH_DIR},
+                         *object_store.volume_mounts(args.object_store)],
     }
     pod_spec: dict[str, Any] = {
         "containers": [container],
@@ -247,7 +269,8 @@ def statefulset_manifest(args: GraphDataServiceArgs) -> dict[str, Any]:
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-        "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": spec.scratch_size}}],
+        "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": spec.scratch_size}},
+                    *object_store.volumes(args.object_store)],
         # Soft spread: a fleet that cannot spread must still start, but one node loss should cost
         # as few shards as the cluster allows.
         "topologySpreadConstraints": [{

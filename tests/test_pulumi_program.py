@@ -5,14 +5,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 import yaml
 
 from flyte_agent.provisioner import Provision
 from flyte_agent.pulumi_provisioner import fleet_program
 from flyte_agent.settings import Settings
-from infra.config import StackConfig, load_stack_config, stack_config_from_mapping, stack_path
+from infra.config import ConfigError, StackConfig, load_stack_config, stack_config_from_mapping, stack_path
 from infra.datacenter import program
+from infra.graph_service import ENGINE_SERVICE_ACCOUNT
 from infra.k8s_schema import validate_manifests
+from infra.object_store import CREDENTIALS_DIR
 from infra.render import render
 from infra.spec import DataServiceSpec
 
@@ -57,18 +60,61 @@ def test_the_stack_placement_and_env_reach_every_ephemeral_fleet() -> None:
     assert pod["tolerations"] == [{"key": "node.ltx1.example.com/highmem", "operator": "Exists",
                                    "effect": "NoSchedule"}]
     server_env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
-    assert server_env["AWS_ENDPOINT_URL"] == "http://minio.ltx1.example.com:9000"
-    assert "serviceAccountName" not in pod  # ltx1 names none: the namespace default, no token
+    assert server_env["FSSPEC_S3_ENDPOINT_URL"] == "http://minio.ltx1.example.com:9000"
+    assert server_env["AWS_SHARED_CREDENTIALS_FILE"] == f"{CREDENTIALS_DIR}/credentials"
+    # The credentials are a mounted Secret, never a value in the manifest (nor in Pulumi state).
+    (volume,) = [v for v in pod["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == "graphfleet-object-store"
+    assert pod["serviceAccountName"] == ENGINE_SERVICE_ACCOUNT
 
 
-def test_a_service_account_in_the_stack_reaches_shared_and_ephemeral_fleets() -> None:
-    raw = yaml.safe_load(stack_path("lva1").read_text())["config"]
-    raw["graphfleet:graphEngineServiceAccount"] = "graph-reader"
-    config = stack_config_from_mapping(raw, "lva1", "lva1")
-    shared = render(lambda: program(config), stack="lva1").of_kind("StatefulSet")
+def test_connector_and_servers_read_graphs_from_the_same_store() -> None:
+    """ltx1 reads graphs from MinIO: the connector (it reads meta.json itself) and every server, shared
+    or ephemeral, get the same endpoint and the same mounted credentials."""
+    config = load_stack_config(stack_path("ltx1"))
+    rendered = render(lambda: program(config), stack="ltx1")
+    pods = [rendered.one("Deployment")["spec"]["template"]["spec"],
+            rendered.one("StatefulSet")["spec"]["template"]["spec"],
+            _fleet_pod(_connector_settings(config))]
 
+    def store_view(pod: dict[str, Any]) -> tuple[Any, ...]:
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        mounted = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        secrets = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+        return (env.get("FSSPEC_S3_ENDPOINT_URL"), env.get("AWS_SHARED_CREDENTIALS_FILE"),
+                env.get("FSSPEC_S3_PROFILE"), {mounted[n]: s for n, s in secrets.items()})
+
+    views = [store_view(pod) for pod in pods]
+    assert views[0] == views[1] == views[2]
+    assert views[0][0] == "http://minio.ltx1.example.com:9000"
+    for manifest in rendered.manifests():
+        assert "AWS_SECRET_ACCESS_KEY" not in yaml.safe_dump(manifest)
+
+
+def test_workload_identity_reaches_both_service_accounts_and_every_fleet() -> None:
+    config = load_stack_config(stack_path("lva1"))
+    rendered = render(lambda: program(config), stack="lva1")
+    accounts = {(a["metadata"]["namespace"], a["metadata"]["name"]): a
+                for a in rendered.of_kind("ServiceAccount")}
+    role = "eks.amazonaws.com/role-arn"
+    for namespace in ("graphfleet-data", "graphfleet-shared"):
+        engine = accounts[(namespace, ENGINE_SERVICE_ACCOUNT)]
+        assert engine["metadata"]["annotations"][role].endswith(":role/graphfleet-graph-reader")
+        assert engine["automountServiceAccountToken"] is False
+    connector = accounts[("graphfleet-system", "graphfleet-connector")]
+    assert connector["metadata"]["annotations"][role].endswith(":role/graphfleet-connector")
+    shared = rendered.of_kind("StatefulSet")
+    assert {s["spec"]["template"]["spec"]["serviceAccountName"] for s in shared} == {ENGINE_SERVICE_ACCOUNT}
     pod = _fleet_pod(_connector_settings(config))
-
-    assert {s["spec"]["template"]["spec"].get("serviceAccountName") for s in shared} == {"graph-reader"}
-    assert pod["serviceAccountName"] == "graph-reader"
+    assert pod["serviceAccountName"] == ENGINE_SERVICE_ACCOUNT
     assert pod["nodeSelector"] == {"karpenter.sh/nodepool": "graph-engine-cpu"}
+
+
+def test_credentials_in_plain_engine_env_are_refused() -> None:
+    raw = yaml.safe_load(stack_path("ltx1").read_text())["config"]
+    raw["graphfleet:graphEngineEnv"] = {"AWS_SECRET_ACCESS_KEY": "hunter2"}
+    with pytest.raises(ConfigError, match=r"graphEngineEnv: AWS_SECRET_ACCESS_KEY: looks like a credential"):
+        stack_config_from_mapping(raw, "stacks/Pulumi.ltx1.yaml", "ltx1")
+    raw["graphfleet:graphEngineEnv"] = {"AWS_ENDPOINT_URL": "http://elsewhere:9000"}
+    with pytest.raises(ConfigError, match=r"objectStore.endpoint"):
+        stack_config_from_mapping(raw, "stacks/Pulumi.ltx1.yaml", "ltx1")

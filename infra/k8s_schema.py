@@ -2,142 +2,105 @@
 
 Built-in kinds are checked with the strict schemas bundled in `kubernetes-validate` for one pinned
 Kubernetes version (unknown fields are errors, as `kubectl apply --validate=strict` would make them).
-The custom resources the project renders (Kueue, Karpenter) are not in that schema: they are checked
-against the small schemas below, written from the CRDs of the pinned releases and reusing the
-Kubernetes definitions for the core types they embed. A kind with no schema at all is reported as
-an error ("not schema-checked"), never passed silently.
+Custom resources (Kueue, Karpenter, Kubeflow training-operator) are checked against the upstream
+CRDs vendored byte for byte in `infra/crds/` at the versions `infra/crds/SOURCES.yaml` pins: each
+served version's `openAPIV3Schema`, made strict the same way (an object that does not preserve
+unknown fields refuses them, where the API server would silently prune them) and with `metadata`
+checked as a real ObjectMeta. A kind with no schema at all is reported as an error ("not
+schema-checked"), never passed silently.
+
+Not checked here: the CRDs' CEL rules (`x-kubernetes-validations`), which need the API server's CEL
+environment; the real-engine tests install the same CRDs into kube-apiserver for those.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import referencing
+import yaml
 from kubernetes_validate import utils as kv
 
 # The Kubernetes version manifests are checked against. 1.33 has everything the components use as
 # GA (native gRPC probes since 1.27, the `apps.kubernetes.io/pod-index` pod label since 1.32).
 PINNED_K8S_VERSION = "1.33.0"
-KUEUE_VERSION = "v0.13"      # kueue.x-k8s.io/v1beta1
-KARPENTER_VERSION = "v1.6"   # karpenter.sh/v1
+CRDS_DIR = Path(__file__).resolve().parent / "crds"
 
 _DEFS = "/api/_definitions.json#/$defs/"
-_STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-_QUANTITY = {"oneOf": [{"type": "string"}, {"type": "integer"}]}
+_OBJECT_META = {"$ref": _DEFS + "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}
 
 
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": _DEFS + name}
+@functools.cache
+def crd_sources() -> dict[str, Any]:
+    """`infra/crds/SOURCES.yaml`: project -> module, version, go_sum, repository, files."""
+    projects: dict[str, Any] = yaml.safe_load((CRDS_DIR / "SOURCES.yaml").read_text())["projects"]
+    return projects
 
 
-def _object(properties: dict[str, Any], required: Iterable[str] = ()) -> dict[str, Any]:
-    return {"type": "object", "properties": properties, "required": list(required),
-            "additionalProperties": False}
+def crd_version(project: str) -> str:
+    """The pinned release of `kueue`, `karpenter` or `training-operator`, e.g. "v0.13.2"."""
+    return str(crd_sources()[project]["version"])
 
 
-def _crd(group_version: str, kind: str, spec: dict[str, Any] | None,
-         extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    properties: dict[str, Any] = {
-        "apiVersion": {"const": group_version},
-        "kind": {"const": kind},
-        "metadata": _ref("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
-        **(extra or {}),
-    }
-    if spec is not None:
-        properties["spec"] = spec
-    schema = _object(properties, required=["apiVersion", "kind", "metadata"])
-    schema["$id"] = f"https://kubernetes.io/api/crd/{group_version}/{kind.lower()}"
-    return schema
+@functools.cache
+def crds() -> list[dict[str, Any]]:
+    """Every vendored CustomResourceDefinition, parsed."""
+    return [yaml.safe_load((CRDS_DIR / name).read_text())
+            for project in crd_sources().values() for name in project["files"]]
 
 
-_KUEUE = "kueue.x-k8s.io/v1beta1"
-_STOP_POLICY = {"enum": ["None", "Hold", "HoldAndDrain"]}
-_FAIR_SHARING = _object({"weight": _QUANTITY})
+def _strict(schema: Any, top: bool = False) -> Any:
+    """A CRD's structural OpenAPI v3 schema as a strict JSON schema (draft 2020-12)."""
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _strict(v) for k, v in schema.items()
+           if not k.startswith("x-kubernetes-") and k not in ("nullable", "default", "description")}
+    if top:
+        out.setdefault("properties", {})["metadata"] = _OBJECT_META
+    if schema.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+    if schema.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    if ("properties" in schema and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    return out
 
-# (apiVersion, kind) -> JSON schema (draft 2020-12).
-CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
-    (_KUEUE, "ResourceFlavor"): _crd(_KUEUE, "ResourceFlavor", _object({
-        "nodeLabels": _STR_MAP,
-        "nodeTaints": {"type": "array", "items": _ref("io.k8s.api.core.v1.Taint")},
-        "tolerations": {"type": "array", "items": _ref("io.k8s.api.core.v1.Toleration")},
-        "topologyName": {"type": "string"},
-    })),
-    (_KUEUE, "ClusterQueue"): _crd(_KUEUE, "ClusterQueue", _object({
-        "resourceGroups": {"type": "array", "items": _object({
-            "coveredResources": {"type": "array", "items": {"type": "string"}},
-            "flavors": {"type": "array", "items": _object({
-                "name": {"type": "string"},
-                "resources": {"type": "array", "items": _object({
-                    "name": {"type": "string"},
-                    "nominalQuota": _QUANTITY,
-                    "borrowingLimit": _QUANTITY,
-                    "lendingLimit": _QUANTITY,
-                }, required=["name", "nominalQuota"])},
-            }, required=["name", "resources"])},
-        }, required=["coveredResources", "flavors"])},
-        "cohort": {"type": "string"},
-        "queueingStrategy": {"enum": ["StrictFIFO", "BestEffortFIFO"]},
-        "namespaceSelector": _ref("io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector"),
-        "flavorFungibility": _object({
-            "whenCanBorrow": {"enum": ["Borrow", "TryNextFlavor"]},
-            "whenCanPreempt": {"enum": ["Preempt", "TryNextFlavor"]},
-        }),
-        "preemption": _object({
-            "reclaimWithinCohort": {"enum": ["Never", "LowerPriority", "Any"]},
-            "borrowWithinCohort": _object({
-                "policy": {"enum": ["Never", "LowerPriority"]},
-                "maxPriorityThreshold": {"type": "integer"},
-            }),
-            "withinClusterQueue": {"enum": ["Never", "LowerPriority", "LowerOrNewerEqualPriority"]},
-        }),
-        "admissionChecks": {"type": "array", "items": {"type": "string"}},
-        "stopPolicy": _STOP_POLICY,
-        "fairSharing": _FAIR_SHARING,
-    })),
-    (_KUEUE, "LocalQueue"): _crd(_KUEUE, "LocalQueue", _object({
-        "clusterQueue": {"type": "string"},
-        "stopPolicy": _STOP_POLICY,
-        "fairSharing": _FAIR_SHARING,
-    }, required=["clusterQueue"])),
-    (_KUEUE, "WorkloadPriorityClass"): _crd(_KUEUE, "WorkloadPriorityClass", None, extra={
-        "value": {"type": "integer"},
-        "description": {"type": "string"},
-    }) | {"required": ["apiVersion", "kind", "metadata", "value"]},
-    ("karpenter.sh/v1", "NodePool"): _crd("karpenter.sh/v1", "NodePool", _object({
-        "template": _object({
-            "metadata": _object({"labels": _STR_MAP, "annotations": _STR_MAP}),
-            "spec": _object({
-                "nodeClassRef": _object({"group": {"type": "string"}, "kind": {"type": "string"},
-                                         "name": {"type": "string"}}, required=["group", "kind", "name"]),
-                "taints": {"type": "array", "items": _ref("io.k8s.api.core.v1.Taint")},
-                "startupTaints": {"type": "array", "items": _ref("io.k8s.api.core.v1.Taint")},
-                "requirements": {"type": "array", "items": _object({
-                    "key": {"type": "string"},
-                    "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]},
-                    "values": {"type": "array", "items": {"type": "string"}},
-                    "minValues": {"type": "integer", "minimum": 1},
-                }, required=["key", "operator"])},
-                "expireAfter": {"type": "string"},
-                "terminationGracePeriod": {"type": "string"},
-            }, required=["nodeClassRef", "requirements"]),
-        }, required=["spec"]),
-        "disruption": _object({
-            "consolidationPolicy": {"enum": ["WhenEmpty", "WhenEmptyOrUnderutilized"]},
-            "consolidateAfter": {"type": "string"},
-            "budgets": {"type": "array", "items": _object({
-                "nodes": {"type": "string"},
-                "schedule": {"type": "string"},
-                "duration": {"type": "string"},
-                "reasons": {"type": "array", "items": {"enum": ["Underutilized", "Empty", "Drifted"]}},
-            })},
-        }),
-        "limits": {"type": "object", "additionalProperties": _QUANTITY},
-        "weight": {"type": "integer", "minimum": 1, "maximum": 100},
-    }, required=["template"])),
-}
+
+@functools.cache
+def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> strict JSON schema, for every served version of every vendored CRD."""
+    schemas: dict[tuple[str, str], dict[str, Any]] = {}
+    for crd in crds():
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            if not version.get("served"):
+                continue
+            api_version = f"{group}/{version['name']}"
+            schema = _strict(version["schema"]["openAPIV3Schema"], top=True)
+            schema["properties"]["apiVersion"] = {"const": api_version}
+            schema["properties"]["kind"] = {"const": kind}
+            schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata"})
+            schema["$id"] = f"https://kubernetes.io/api/crd/{api_version}/{kind.lower()}"
+            schemas[(api_version, kind)] = schema
+    return schemas
+
+
+def crd_scope(api_version: str, kind: str) -> str | None:
+    """`Cluster` or `Namespaced` for a vendored CRD's kind, else None."""
+    for crd in crds():
+        group = crd["spec"]["group"]
+        if crd["spec"]["names"]["kind"] == kind and any(
+                f"{group}/{v['name']}" == api_version for v in crd["spec"]["versions"]):
+            return str(crd["spec"]["scope"])
+    return None
 
 
 def validate_manifests(manifests: Iterable[Mapping[str, Any]],
@@ -161,10 +124,10 @@ def validate_manifest(manifest: Mapping[str, Any], k8s_version: str = PINNED_K8S
     metadata = manifest.get("metadata")
     name = metadata.get("name") if isinstance(metadata, Mapping) else None
     label = f"{kind}/{name if name else '<no metadata.name>'}"
-    schema = CRD_SCHEMAS.get((api_version, kind)) or _builtin_schema(api_version, kind, k8s_version)
+    schema = crd_schemas().get((api_version, kind)) or _builtin_schema(api_version, kind, k8s_version)
     if schema is None:
         return [f"{label}: not schema-checked: no schema for apiVersion {api_version} kind {kind} in "
-                f"Kubernetes {k8s_version} or infra.k8s_schema.CRD_SCHEMAS; add one there"]
+                f"Kubernetes {k8s_version} or the CRDs vendored in infra/crds; vendor the upstream CRD"]
     validator = jsonschema.Draft202012Validator(schema, registry=_registry(k8s_version))
     problems = sorted(validator.iter_errors(dict(manifest)), key=lambda e: list(map(str, e.absolute_path)))
     return [f"{label}: {_path(e.absolute_path) or '<root>'}: {_message(e)}" for e in problems]

@@ -29,7 +29,8 @@ from pulumi.runtime.stack import run_pulumi_func
 _CLUSTER_SCOPED_KINDS = frozenset({
     "Namespace", "Node", "PersistentVolume", "ClusterRole", "ClusterRoleBinding", "PriorityClass",
     "StorageClass", "CustomResourceDefinition", "ValidatingWebhookConfiguration",
-    "MutatingWebhookConfiguration", "ClusterQueue", "ResourceFlavor", "NodePool", "EC2NodeClass",
+    "MutatingWebhookConfiguration", "ClusterQueue", "ResourceFlavor", "WorkloadPriorityClass", "NodePool",
+    "EC2NodeClass",
     "RuntimeClass", "IngressClass", "CSIDriver", "APIService",
 })
 

@@ -49,7 +49,7 @@ from flytekit.models.literals import LiteralMap
 from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
 from pydantic import ValidationError
 
-from flyte_agent import log_links, metrics, pods
+from flyte_agent import deck, log_links, metrics, pods
 from flyte_agent.provisioner import DestroyInProgress, Phase, Provision, Provisioner, Status
 from flyte_agent.settings import Settings, make_provisioner
 from graph_engine import health, store
@@ -197,7 +197,10 @@ def fleet_outputs(name: str, endpoints: list[str]) -> LiteralMap:
     return TypeEngine.dict_to_literal_map(FlyteContextManager.current_context(), values, OUTPUT_TYPES)
 
 
-_PHASES = {Phase.QUEUED: TaskExecution.QUEUED, Phase.UPDATING: TaskExecution.RUNNING}
+# A fleet coming up is INITIALIZING, not RUNNING: flyteplugins' connector plugin passes GetTask's
+# message on for QUEUED, WAITING_FOR_RESOURCES and INITIALIZING but drops it for RUNNING
+# (webapi/connector/plugin.go Status()), and the message is where the servers' progress is told.
+_PHASES = {Phase.QUEUED: TaskExecution.QUEUED, Phase.UPDATING: TaskExecution.INITIALIZING}
 
 
 class _Backend:
@@ -283,12 +286,15 @@ class DataServiceConnector(AsyncConnectorBase):
         provision = resource_meta.provision()
         status = provisioner.status(provision)
         links = fleet_links(settings, provision, status)
+        info = deck.custom_info(provision.spec, status.servers)
         if status.phase is Phase.READY:
             metrics.PROVISION_SECONDS.labels(settings.backend).observe(time.time() - provision.created_at)
             return Resource(phase=TaskExecution.SUCCEEDED, message=f"{len(status.endpoints)} servers ready",
-                            outputs=fleet_outputs(provision.name, status.endpoints), log_links=links)
+                            outputs=fleet_outputs(provision.name, status.endpoints), log_links=links,
+                            custom_info=info)
         if status.phase is Phase.FAILED:
-            return Resource(phase=TaskExecution.FAILED, message=status.message, log_links=links)
+            return Resource(phase=TaskExecution.FAILED, message=status.message, log_links=links,
+                            custom_info=info)
         if status.phase is Phase.ABSENT:
             if time.time() >= provision.expires_at:
                 return Resource(phase=TaskExecution.FAILED,
@@ -296,7 +302,8 @@ class DataServiceConnector(AsyncConnectorBase):
                                         f"{provision.spec.ttl_seconds}) before it was ready")
             provisioner.create(provision)
             return Resource(phase=TaskExecution.QUEUED, message=f"data service {provision.name} (re)created")
-        return Resource(phase=_PHASES[status.phase], message=status.message, log_links=links)
+        return Resource(phase=_PHASES[status.phase], message=status.message, log_links=links,
+                        custom_info=info)
 
     def _delete(self, resource_meta: FleetMeta) -> None:
         if resource_meta.error or resource_meta.endpoints:

@@ -223,7 +223,8 @@ class LocalProvisioner:
             if self._server_int(name, ordinal, "pid"):
                 self._record_exit(name, ordinal)
                 if restarts >= MAX_RESTARTS:
-                    servers = self._servers(record, set(endpoints))
+                    down = health.not_ready(endpoints, timeout=self.probe_timeout)
+                    servers = self._servers(record, set(down))
                     return Status(Phase.FAILED, endpoints, self._failure(
                         name, servers[ordinal], f"exited {restarts + 1} times"), servers)
                 log.warning("local fleet %s: server %s exited (%s); restarting it on port %s", name, ordinal,

@@ -29,6 +29,7 @@ from flytekit.core.context_manager import FlyteContextManager
 from flytekit.core.type_engine import TypeEngine
 from flytekit.models.literals import LiteralMap
 from flytekit.tools.translator import get_serializable
+from google.protobuf import json_format
 
 from flyte_agent import DataServiceConfig, DataServiceReleaseAllTask, DataServiceTask, DataServiceTeardownTask
 from flyte_agent.connector import DATA_SERVICE_TASK_TYPE, TEARDOWN_TASK_TYPE
@@ -242,6 +243,11 @@ def test_a_crashing_server_fails_the_fleet_naming_it_with_its_log(connector_fact
     assert "graph-engine server 1 of gf-" in resource.message
     assert "(last exit: SIGABRT)" in resource.message
     assert "node_1_0.map with: No such file or directory" in resource.message
+    # The servers table travels with the task execution (custom_info): a connector task has no Deck.
+    rows = json_format.MessageToDict(resource.custom_info)["servers"]
+    assert [(r["ordinal"], r["phase"], r["last_exit"]) for r in rows] == [(0, "serving", ""),
+                                                                          (1, "failed", "SIGABRT")]
+    assert rows[1]["restarts"] == 5 and rows[0]["partitions"] == [0]
     links = {link.name.split(" (")[0]: link.uri for link in resource.log_links}
     assert sorted(links) == ["server 0", "server 1"]
     assert links["server 1"] in resource.message

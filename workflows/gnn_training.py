@@ -23,6 +23,7 @@ Configuration (environment, read when this module is imported, i.e. at `pyflyte 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -33,11 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flytekit import PodTemplate, Resources, current_context, task, workflow
+from flytekit import Deck, PodTemplate, Resources, current_context, task, workflow
 from flytekit.types.error import FlyteError
 from flytekit.types.file import FlyteFile
 
-from flyte_agent import DataServiceReleaseAllTask, DataServiceTask, DataServiceTeardownTask
+from flyte_agent import DataServiceReleaseAllTask, DataServiceTask, DataServiceTeardownTask, deck
+from graph_engine import health
 from infra.spec import CLIENT_LABEL, ENDPOINTS_ENV
 from workflows import train as trainer
 from workflows.report import TrainingReport
@@ -148,9 +150,9 @@ def train(graph_uri: str, endpoints: str, epochs: int, seed: int) -> TrainOutcom
     return guarded("train", body)
 
 
-@task
+@task(enable_deck=True)
 def evaluate(graph_uri: str, endpoints: str, trained: TrainOutcome) -> TrainOutcome:
-    """Test accuracy of the kept model, through the same fleet."""
+    """Test accuracy of the kept model, through the same fleet (shown in its "data service" Deck)."""
     if trained.error:
         return trained
 
@@ -158,6 +160,8 @@ def evaluate(graph_uri: str, endpoints: str, trained: TrainOutcome) -> TrainOutc
         assert trained.checkpoint is not None
         os.environ[ENDPOINTS_ENV] = endpoints
         used = trainer.endpoints_from_env()
+        partitions = trainer.GraphInfo.read(graph_uri).partitions
+        Deck("data service", deck.fleet_html(used, partitions, health.not_ready(used, timeout=2.0)))
         fitted = trainer.load(Path(trained.checkpoint.download()))
         report = trainer.evaluate(fitted, trainer.open_service(used), used)
         return TrainOutcome(report=report, checkpoint=trained.checkpoint, curves=trained.curves)
@@ -165,14 +169,17 @@ def evaluate(graph_uri: str, endpoints: str, trained: TrainOutcome) -> TrainOutc
     return guarded("evaluate", body)
 
 
-@task
+@task(enable_deck=True)
 def finish(outcome: TrainOutcome, released: str) -> TrainingReport:
-    """The run's result; fails the run (after the fleet was released) if training failed."""
+    """The run's result (its "training" Deck: curves and report); fails the run (after the fleet was
+    released) if training failed."""
     if outcome.error:
         raise RuntimeError(f"{outcome.error} (data service: {released})")
     print(outcome.report.summary())
-    if outcome.curves is not None:
-        print(f"training curves: {outcome.curves.download()}")
+    curves = Path(outcome.curves.download()) if outcome.curves is not None else None
+    if curves is not None:
+        print(f"training curves: {curves}")
+    Deck("training", deck.training_html(dataclasses.asdict(outcome.report), curves))
     return outcome.report
 
 

@@ -266,12 +266,20 @@ def fleet_args(provision: Provision, settings: Settings) -> GraphDataServiceArgs
                                 service_account=settings.engine_service_account)
 
 
+# docs/design.md, "What the datacenter stack owns": fleet stacks adopt, the datacenter stack does not.
+FLEET_UPSERT_EXISTING_OBJECTS = True
+
+
 def fleet_program(provision: Provision, settings: Settings) -> Callable[[], None]:
     """The inline program: one GraphDataService on an explicitly configured Kubernetes provider."""
     args = fleet_args(provision, settings)
 
     def program() -> None:
-        provider = k8s.Provider("k8s", namespace=settings.namespace, kubeconfig=settings.kubeconfig)
+        # Upsert (pulumi-kubernetes PR 4278's opt-in) so a retried `up` after an interrupted one adopts
+        # what it created before `refresh --clear-pending-creates` dropped it from the state; safe
+        # here because the stack alone owns these names (derived from its own) and never renames.
+        provider = k8s.Provider("k8s", namespace=settings.namespace, kubeconfig=settings.kubeconfig,
+                                upsert_existing_objects=FLEET_UPSERT_EXISTING_OBJECTS)
         service = GraphDataService(provision.name, args, opts=pulumi.ResourceOptions(providers=[provider]))
         pulumi.export("endpoints", service.endpoints)
         pulumi.export("endpoints_env", service.endpoints_env)

@@ -31,6 +31,8 @@ from infra.quantity import parse_cpu, parse_memory
 from infra.spec import DataServiceSpec, check_labels, describe_error
 
 NAMESPACE = "graphfleet"
+# The Kubernetes provider's key; required here, read by the datacenter's explicit provider.
+KUBE_CONTEXT = "kubernetes:context"
 GPU_RESOURCE = "nvidia.com/gpu"
 # Node label every GPU pool's nodes carry; training pods select on it.
 POOL_LABEL = "graphfleet.io/gpu-pool"
@@ -417,6 +419,10 @@ class StackConfig(BaseModel):
                               validate_by_name=True, validate_by_alias=True)
 
     datacenter: DatacenterInfo
+    kubernetes_context: str = Field(
+        alias="kubernetes:context", min_length=1,
+        description="kubeconfig context of this datacenter's cluster: the stack's explicit provider uses "
+                    "it, so `up` never deploys to whatever context happens to be current")
     namespaces: Namespaces = Field(default_factory=lambda: Namespaces.model_validate({}))
     graph_service_placement: Placement = Field(
         Placement(), description="CPU nodes for graph-engine servers: node selector and tolerations")
@@ -549,8 +555,12 @@ def stack_config_from_mapping(values: Mapping[str, Any], where: str,
         if ":" not in key:
             raise ConfigError(f"{where}: {key}: unknown key; stack config keys are namespaced, "
                               f"write {NAMESPACE}:{key}")
-        if key.startswith(f"{NAMESPACE}:"):
+        if key.startswith(f"{NAMESPACE}:") or key == KUBE_CONTEXT:
             ours[key] = _decoded(value)
+    if KUBE_CONTEXT not in ours:
+        raise ConfigError(f"{where}: {KUBE_CONTEXT}: not set; name the kubeconfig context of this "
+                          f"datacenter's cluster (without it `pulumi up` would deploy to whatever context "
+                          f"is current)")
     try:
         config = StackConfig.model_validate(ours)
     except ValidationError as err:

@@ -97,11 +97,13 @@ class Datacenter(pulumi.ComponentResource):
         checked = plan(config)
         super().__init__(TYPE_TOKEN, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        declared: dict[str, k8s.core.v1.Namespace] = {}
+        declared: dict[str, k8s.core.v1.NamespacePatch] = {}
         for namespace in checked.namespaces:
             manifest = namespace_manifest(namespace, config.datacenter.name)
-            declared[namespace] = k8s.core.v1.Namespace(f"{name}-ns-{namespace}",
-                                                        metadata=manifest["metadata"], opts=child)
+            # The namespaces exist before the stack (they hold the operator's Secrets): the stack
+            # owns only its labels, through a patch; a create would fail with AlreadyExists.
+            declared[namespace] = k8s.core.v1.NamespacePatch(f"{name}-ns-{namespace}",
+                                                             metadata=manifest["metadata"], opts=child)
 
         def inside(namespace: str) -> pulumi.ResourceOptions:
             return pulumi.ResourceOptions(parent=self, depends_on=[declared[namespace]])
@@ -145,9 +147,17 @@ class Datacenter(pulumi.ComponentResource):
         })
 
 
+def provider(config: StackConfig) -> k8s.Provider:
+    """The datacenter's explicit provider: its cluster by name (`kubernetes:context`), creates that fail
+    on existing objects (pulumi-kubernetes PR 4278's default, stated: this stack owns what it creates)."""
+    return k8s.Provider(f"{config.datacenter.name}-k8s", context=config.kubernetes_context,
+                        upsert_existing_objects=False)
+
+
 def program(config: StackConfig) -> Datacenter:
-    """The stack's program: one Datacenter, its outputs exported as stack outputs."""
-    datacenter = Datacenter(config.datacenter.name, config)
+    """The stack's program: one Datacenter on its explicit provider, outputs exported as stack outputs."""
+    datacenter = Datacenter(config.datacenter.name, config,
+                            pulumi.ResourceOptions(providers=[provider(config)]))
     pulumi.export("connector_endpoint", datacenter.connector_endpoint)
     pulumi.export("propeller_config", datacenter.propeller_config)
     pulumi.export("namespaces", datacenter.namespaces)

@@ -45,6 +45,7 @@ class RenderedResource:
     parent_urn: str | None    # None for resources parented to the stack
     custom: bool              # False for component resources
     inputs: dict[str, Any]    # for Kubernetes objects: the wire-form manifest
+    provider: str | None = None  # `urn::id` of an explicit provider; None: the default provider
 
     @property
     def is_kubernetes_object(self) -> bool:
@@ -194,5 +195,5 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
             raw, _ = rpc.deserialize_properties_unwrap_secrets(request.object)
             self.recorded.append(RenderedResource(
                 type=request.type, name=request.name, urn=response.urn, parent_urn=parent,
-                custom=bool(request.custom), inputs=ints_back(raw)))
+                custom=bool(request.custom), inputs=ints_back(raw), provider=request.provider or None))
         return response

@@ -148,3 +148,25 @@ def yaml_config(stack: str) -> dict:
     import yaml
 
     return yaml.safe_load(stack_path(stack).read_text())["config"]
+
+
+def test_every_object_goes_through_the_datacenters_explicit_provider(
+        render_valid: Callable[..., Rendered]) -> None:
+    config = load_stack_config(stack_path("ltx1"))
+    rendered = render_valid(lambda: program(config), stack="ltx1")
+    (provider,) = rendered.of_type("pulumi:providers:kubernetes")
+    assert provider.inputs["context"] == "ltx1-prod"
+    # Creates fail on an existing object (pulumi-kubernetes >= 4.29): this stack owns what it creates.
+    assert provider.inputs.get("upsertExistingObjects") in (False, "false")
+    objects = [r for r in rendered.resources if r.is_kubernetes_object]
+    assert objects and all(r.provider and r.provider.startswith(provider.urn + "::") for r in objects)
+    # Namespaces exist before the stack (they hold the operator's Secrets): patched, never created.
+    namespaces = {r.type for r in objects if r.inputs["kind"] == "Namespace"}
+    assert namespaces == {"kubernetes:core/v1:NamespacePatch"}
+
+
+def test_a_stack_without_a_kubernetes_context_is_refused() -> None:
+    raw = yaml_config("ltx1")
+    del raw["kubernetes:context"]
+    with pytest.raises(ConfigError, match=r"^ltx1: kubernetes:context: not set; name the kubeconfig context"):
+        stack_config_from_mapping(raw, "ltx1", "ltx1")

@@ -336,6 +336,13 @@ class ConnectorConfig(_Model):
     image_allow_list: list[str] = Field(min_length=1, description="Graph-engine repositories fleets may run")
     secrets: ConnectorSecrets
     timeouts: PropellerTimeouts = PropellerTimeouts()
+    flyte_plugins: list[Annotated[str, Field(pattern=r"^[a-z0-9][-a-z0-9_]*$")]] = Field(
+        default_factory=list, description="Task plugins your Flyte enables beyond the chart's defaults "
+                                          "(e.g. spark): kept in the enabled-plugins list we emit")
+    propeller_namespace: DnsLabel = Field("flyte", description="FlytePropeller's namespace: the only one "
+                                                               "admitted to the connector's gRPC port")
+    prometheus_namespace: DnsLabel | None = Field(
+        None, description="Prometheus' namespace, admitted to the metrics port; unset: none")
 
     @field_validator("image")
     @classmethod

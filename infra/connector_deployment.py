@@ -35,10 +35,15 @@ TYPE_TOKEN = "graphfleet:connector:FlyteConnector"
 NAME = "graphfleet-connector"
 GRPC_PORT = 8000
 METRICS_PORT = 9090
-PROPELLER_CONFIG_KEY = "connector.yaml"
-# Plugins propeller keeps enabled next to ours: Flyte's config merge replaces lists, not extends them.
-BASE_PLUGINS = ("container", "sidecar", "k8s-array")
-BASE_TASK_TYPES = {"container": "container", "sidecar": "sidecar", "container_array": "k8s-array"}
+# The flyte-core and flyte-binary charts' default task plugins (flyteorg/flyte v1.16.0
+# charts/flyte-core/values.yaml `configmap.enabled_plugins`, charts/flyte-binary/values.yaml
+# `enabled_plugins`). Helm merges maps but replaces lists, so values that set `enabled-plugins` must
+# repeat these (and any the cluster added, `connector.flytePlugins`) or propeller loses them.
+CHART_PLUGINS = ("container", "sidecar", "k8s-array", "connector-service", "echo")
+CHART_TASK_TYPES = {"container": "container", "sidecar": "sidecar", "container_array": "k8s-array"}
+# The training step's PyTorchJob: without the plugin it silently runs as a plain pod
+# (flyteplugins kfoperators/common: PytorchTaskType = "pytorch", the plugin's ID and task type).
+TRAINING_PLUGIN = "pytorch"
 # The share of DeleteTask's deadline delete() may wait for a destroy (7 s of propeller's default 10 s).
 DELETE_WAIT_SHARE = 0.7
 WORK_DIR = "/work"
@@ -293,8 +298,16 @@ def hpa_manifest(args: FlyteConnectorArgs) -> dict[str, Any] | None:
     }
 
 
-def propeller_fragment(args: FlyteConnectorArgs) -> dict[str, Any]:
-    """The FlytePropeller configuration that routes graphfleet task types to this connector."""
+def task_plugins(args: FlyteConnectorArgs) -> dict[str, Any]:
+    """Propeller's `tasks.task-plugins`: the chart's defaults, the cluster's own, ours; nothing dropped."""
+    enabled = list(dict.fromkeys([*CHART_PLUGINS, *args.config.flyte_plugins, TRAINING_PLUGIN]))
+    return {"enabled-plugins": enabled,
+            "default-for-task-types": {**CHART_TASK_TYPES, TRAINING_PLUGIN: TRAINING_PLUGIN,
+                                       **{t: "connector-service" for t in TASK_TYPES}}}
+
+
+def connector_service(args: FlyteConnectorArgs) -> dict[str, Any]:
+    """Propeller's `plugins.connector-service`: this connector for graphfleet's task types."""
     timeouts = args.config.timeouts
     deployment = {
         "endpoint": endpoint(args.namespace),
@@ -305,29 +318,47 @@ def propeller_fragment(args: FlyteConnectorArgs) -> dict[str, Any]:
         # Other calls (metrics, logs) are reads like GetTask.
         "defaultTimeout": timeouts.get_task,
     }
-    return {
-        "tasks": {"task-plugins": {
-            "enabled-plugins": [*BASE_PLUGINS, "connector-service"],
-            "default-for-task-types": {**BASE_TASK_TYPES, **{t: "connector-service" for t in TASK_TYPES}},
-        }},
-        "plugins": {"connector-service": {
-            "connectors": {"graphfleet": deployment},
-            "connectorForTaskTypes": {t: "graphfleet" for t in TASK_TYPES},
-        }},
-    }
+    return {"connectors": {"graphfleet": deployment},
+            "connectorForTaskTypes": {t: "graphfleet" for t in TASK_TYPES}}
 
 
-def config_map_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
-    """The fragment, for propeller to mount next to its own configuration files."""
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(args.namespace, f"{NAME}-propeller"),
-            "data": {PROPELLER_CONFIG_KEY: yaml.safe_dump(propeller_fragment(args), sort_keys=False)}}
+def helm_values(args: FlyteConnectorArgs) -> dict[str, dict[str, Any]]:
+    """What each Flyte chart's values take (`helm upgrade ... -f <these>` after the cluster's own):
+
+    - flyte-core renders `configmap.enabled_plugins` into propeller's `enabled_plugins.yaml`
+      (templates/propeller/configmap.yaml), which carries both the plugin list and our connector;
+    - flyte-binary renders `enabled_plugins.tasks` into `001-plugins.yaml` and merges
+      `configuration.inline` into `100-inline-config.yaml` (templates/configmap.yaml).
+    """
+    tasks = {"task-plugins": task_plugins(args)}
+    plugins = {"connector-service": connector_service(args)}
+    return {"flyte-core": {"configmap": {"enabled_plugins": {"tasks": tasks, "plugins": plugins}}},
+            "flyte-binary": {"enabled_plugins": {"tasks": tasks},
+                             "configuration": {"inline": {"plugins": plugins}}}}
+
+
+def network_policy_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
+    """gRPC only from propeller's namespace; metrics only from Prometheus' (when set)."""
+    config = args.config
+
+    def from_namespace(namespace: str) -> list[dict[str, Any]]:
+        return [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}]
+
+    ingress = [{"from": from_namespace(config.propeller_namespace),
+                "ports": [{"protocol": "TCP", "port": GRPC_PORT}]}]
+    if config.prometheus_namespace is not None:
+        ingress.append({"from": from_namespace(config.prometheus_namespace),
+                        "ports": [{"protocol": "TCP", "port": METRICS_PORT}]})
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _meta(args.namespace),
+            "spec": {"podSelector": {"matchLabels": selector()}, "policyTypes": ["Ingress"],
+                     "ingress": ingress}}
 
 
 class FlyteConnector(pulumi.ComponentResource):
-    """Outputs: `endpoint` (what propeller dials) and `propeller_config` (the YAML fragment)."""
+    """Outputs: `endpoint` (what propeller dials) and `flyte_helm_values` (chart name -> values YAML)."""
 
     endpoint: pulumi.Output[str]
-    propeller_config: pulumi.Output[str]
+    flyte_helm_values: pulumi.Output[dict[str, str]]
 
     def __init__(self, name: str, args: FlyteConnectorArgs,
                  opts: pulumi.ResourceOptions | None = None) -> None:
@@ -342,9 +373,9 @@ class FlyteConnector(pulumi.ComponentResource):
         binding = role_binding_manifest(args)
         k8s.rbac.v1.RoleBinding(f"{name}-rolebinding", metadata=binding["metadata"],
                                 role_ref=binding["roleRef"], subjects=binding["subjects"], opts=child)
-        config_map = config_map_manifest(args)
-        k8s.core.v1.ConfigMap(f"{name}-propeller", metadata=config_map["metadata"], data=config_map["data"],
-                              opts=child)
+        policy = network_policy_manifest(args)
+        k8s.networking.v1.NetworkPolicy(f"{name}-ingress", metadata=policy["metadata"], spec=policy["spec"],
+                                        opts=child)
         svc = service_manifest(args)
         service = k8s.core.v1.Service(f"{name}-service", metadata=svc["metadata"], spec=svc["spec"],
                                       opts=child)
@@ -360,5 +391,6 @@ class FlyteConnector(pulumi.ComponentResource):
             k8s.autoscaling.v2.HorizontalPodAutoscaler(f"{name}-hpa", metadata=hpa["metadata"],
                                                        spec=hpa["spec"], opts=child)
         self.endpoint = service.metadata.apply(lambda _: endpoint(args.namespace))
-        self.propeller_config = pulumi.Output.from_input(config_map["data"][PROPELLER_CONFIG_KEY])
-        self.register_outputs({"endpoint": self.endpoint, "propeller_config": self.propeller_config})
+        self.flyte_helm_values = pulumi.Output.from_input(
+            {chart: yaml.safe_dump(values, sort_keys=False) for chart, values in helm_values(args).items()})
+        self.register_outputs({"endpoint": self.endpoint, "flyte_helm_values": self.flyte_helm_values})

@@ -82,12 +82,12 @@ def plan(config: StackConfig) -> DatacenterPlan:
 
 
 class Datacenter(pulumi.ComponentResource):
-    """Outputs: `connector_endpoint`, `propeller_config`, `namespaces`, `queues` (pool -> team ->
+    """Outputs: `connector_endpoint`, `flyte_helm_values`, `namespaces`, `queues` (pool -> team ->
     LocalQueue), `shared_services` (name -> endpoints), `kubelet_taints` (static pool -> the
     `--register-with-taints` its nodes' kubelets need)."""
 
     connector_endpoint: pulumi.Output[str]
-    propeller_config: pulumi.Output[str]
+    flyte_helm_values: pulumi.Output[dict[str, str]]
     namespaces: pulumi.Output[list[str]]
     queues: pulumi.Output[dict[str, dict[str, str]]]
     shared_services: pulumi.Output[dict[str, list[str]]]
@@ -129,7 +129,7 @@ class Datacenter(pulumi.ComponentResource):
                                    pulumi.ResourceOptions(parent=self, depends_on=needs))
 
         self.connector_endpoint = connector.endpoint
-        self.propeller_config = connector.propeller_config
+        self.flyte_helm_values = connector.flyte_helm_values
         self.namespaces = pulumi.Output.from_input(checked.namespaces)
         self.queues = pulumi.Output.all(**{n: p.queue_names for n, p in pools.items()}) if pools else \
             pulumi.Output.from_input({})
@@ -139,7 +139,7 @@ class Datacenter(pulumi.ComponentResource):
         self.kubelet_taints = pulumi.Output.all(**static) if static else pulumi.Output.from_input({})
         self.register_outputs({
             "connector_endpoint": self.connector_endpoint,
-            "propeller_config": self.propeller_config,
+            "flyte_helm_values": self.flyte_helm_values,
             "namespaces": self.namespaces,
             "queues": self.queues,
             "shared_services": self.shared_services,
@@ -159,7 +159,7 @@ def program(config: StackConfig) -> Datacenter:
     datacenter = Datacenter(config.datacenter.name, config,
                             pulumi.ResourceOptions(providers=[provider(config)]))
     pulumi.export("connector_endpoint", datacenter.connector_endpoint)
-    pulumi.export("propeller_config", datacenter.propeller_config)
+    pulumi.export("flyte_helm_values", datacenter.flyte_helm_values)
     pulumi.export("namespaces", datacenter.namespaces)
     pulumi.export("queues", datacenter.queues)
     pulumi.export("shared_services", datacenter.shared_services)

@@ -1,4 +1,4 @@
-"""FlyteConnector under mocks: HA Deployment, namespace-scoped RBAC, settings, the propeller fragment."""
+"""FlyteConnector under mocks: HA Deployment, namespace-scoped RBAC, settings, the Flyte Helm values."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from flyte_agent.connector import SERVE_MODULES, DataServiceConnector, DataServi
 from flyte_agent.settings import Settings
 from infra import policy
 from infra.config import ConnectorConfig, ConnectorSecrets, load_stack_config, stack_path
-from infra.connector_deployment import FlyteConnector, FlyteConnectorArgs
+from infra.connector_deployment import FlyteConnector, FlyteConnectorArgs, helm_values
 from infra.image_contract import CONNECTOR_UID, CONNECTOR_USER, IMAGE_PULUMI_HOME
 from infra.render import Rendered
 
@@ -33,7 +33,7 @@ def _render(render_valid: Callable[..., Rendered], args: FlyteConnectorArgs) -> 
     def program() -> None:
         connector = FlyteConnector("connector", args)
         pulumi.export("endpoint", connector.endpoint)
-        pulumi.export("propeller", connector.propeller_config)
+        pulumi.export("helm", connector.flyte_helm_values)
 
     return render_valid(program)
 
@@ -133,20 +133,48 @@ def test_policy_flags_wildcards_secrets_and_cluster_roles(render_valid: Callable
     ]
 
 
-def test_propeller_fragment_routes_both_task_types(render_valid: Callable[..., Rendered]) -> None:
+def test_helm_values_route_both_task_types_and_keep_the_charts_plugins(
+        render_valid: Callable[..., Rendered]) -> None:
     rendered = _render(render_valid, _args("lva1"))
-    fragment = yaml.safe_load(rendered.outputs["propeller"])
-    assert fragment == yaml.safe_load(rendered.one("ConfigMap")["data"]["connector.yaml"])
-    assert "connector-service" in fragment["tasks"]["task-plugins"]["enabled-plugins"]
-    # What the registered connectors actually serve, not a copy of the list.
+    values = {chart: yaml.safe_load(text) for chart, text in rendered.outputs["helm"].items()}
+    core = values["flyte-core"]["configmap"]["enabled_plugins"]
+    binary = values["flyte-binary"]
+    assert binary["enabled_plugins"]["tasks"] == core["tasks"]
+    assert binary["configuration"]["inline"]["plugins"] == core["plugins"]
+    plugins = core["tasks"]["task-plugins"]
+    # Helm replaces lists: the chart's defaults (flyte-core/flyte-binary v1.16.0 values.yaml) stay,
+    # and PyTorchJobs get their plugin instead of silently running as plain pods.
+    assert plugins["enabled-plugins"][:5] == ["container", "sidecar", "k8s-array", "connector-service",
+                                              "echo"]
+    assert "pytorch" in plugins["enabled-plugins"]
+    assert plugins["default-for-task-types"]["pytorch"] == "pytorch"
+    assert plugins["default-for-task-types"]["container_array"] == "k8s-array"
     served = {c().task_category.name for c in (DataServiceConnector, DataServiceTeardownConnector)}
     assert len(served) == 2
     for task_type in served:
-        assert fragment["tasks"]["task-plugins"]["default-for-task-types"][task_type] == "connector-service"
-    service = fragment["plugins"]["connector-service"]
+        assert plugins["default-for-task-types"][task_type] == "connector-service"
+    service = core["plugins"]["connector-service"]
     assert service["connectorForTaskTypes"] == {t: "graphfleet" for t in served}
     assert service["connectors"]["graphfleet"]["timeouts"] == {"CreateTask": "20s", "GetTask": "10s",
                                                                "DeleteTask": "30s"}
+    # Nothing is left in the connector's namespace for propeller to mount (it could not).
+    assert not rendered.of_kind("ConfigMap")
+
+
+def test_plugins_the_cluster_added_are_kept() -> None:
+    args = _args(flyte_plugins=["spark", "pytorch"])
+    enabled = helm_values(args)["flyte-core"]["configmap"]["enabled_plugins"]["tasks"]["task-plugins"]
+    assert enabled["enabled-plugins"] == ["container", "sidecar", "k8s-array", "connector-service", "echo",
+                                          "spark", "pytorch"]
+
+
+def test_only_propeller_and_prometheus_reach_the_connector(render_valid: Callable[..., Rendered]) -> None:
+    rendered = _render(render_valid, _args())
+    (policy_,) = rendered.of_kind("NetworkPolicy")
+    assert policy_["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "graphfleet-connector"}
+    rules = [(r["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+              [p["port"] for p in r["ports"]]) for r in policy_["spec"]["ingress"]]
+    assert rules == [("flyte", [8000]), ("monitoring", [9090])]
 
 
 def test_autoscaling_renders_an_hpa(render_valid: Callable[..., Rendered]) -> None:

@@ -103,7 +103,8 @@ def test_the_connector_may_reach_the_fleets_it_health_checks(render_valid: Calla
     config = load_stack_config(stack_path("lva1"))
     rendered = render_valid(lambda: program(config), stack="lva1")
     connector_pods = rendered.one("Deployment")["spec"]["template"]["metadata"]["labels"]
-    policies = rendered.of_kind("NetworkPolicy")
+    policies = [p for p in rendered.of_kind("NetworkPolicy")
+                if p["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/name") == "graph-engine"]
     assert len(policies) == len(config.shared_services)
     for policy_ in policies:
         for source in policy_["spec"]["ingress"][0]["from"]:

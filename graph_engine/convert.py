@@ -1,143 +1,169 @@
-"""Write a `Graph` in DeepGNN's binary format, in N partitions, to a local folder or s3://.
+"""Convert a graph into the graph store (docs/design.md, "Graph store format"), locally or to s3://.
 
-The layout is fixed by docs/design.md ("Graph store format"). DeepGNN's own converter
-(`MultiWorkersConverter` with a `PipeDispatcher`) writes the partitions; instead of rendering the
-graph as JSON text and parsing it back, a decoder reads each node straight from the graph's arrays,
-the input "lines" being node ids. Node i lands in partition i % partitions (round robin over lines).
+    python -m graph_engine.convert --nodes URI --edges URI --partitions P --out URI [--symmetrize]
 
-The graph is written to a scratch folder first and published only when complete: a local target is
-renamed into place, an s3:// target gets its metadata uploaded last, so a half-written graph never
-has a meta.json.
+Input is Parquet node and edge tables (graph_engine/tables.py) or an in-memory `Graph`. Both run the
+same vectorized two-stage conversion (graph_engine/shuffle.py): shards scatter to per-partition
+spill files in parallel processes, then partitions build in parallel processes, then the manifest
+and meta.json are written. Everything goes to a scratch folder first and is published only when
+complete: a local target is renamed into place, an s3:// target gets its metadata uploaded last,
+so a half-written or failed graph never has a meta.json, and nothing of a failed run is left at
+the target.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
+import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from deepgnn.graph_engine.snark.convert import MultiWorkersConverter
-from deepgnn.graph_engine.snark.converter.process import (
-    FLAG_ALL_DONE,
-    FLAG_WORKER_FINISHED_PROCESSING,
-    converter_process,
-)
-from deepgnn.graph_engine.snark.decoders import Decoder
-from deepgnn.graph_engine.snark.dispatcher import PipeDispatcher
-
+from graph_engine import shuffle, tables
 from graph_engine.datasets import Graph
 from graph_engine.store import INFO, META, canonical_uri, filesystem, is_s3, local_path, s3_endpoint
+from graph_engine.tables import EdgeBatch, NodeBatch, Origin, TableError
 
-# Float feature ids and the edge type of the store format (docs/design.md).
+# The store's float features and edge type (docs/design.md); graph_engine/binary.py writes them.
 FEATURES_ID = 0
 LABEL_ID = 1
 EDGE_TYPE = 0
-# Node ids handed to the dispatcher per batch.
-# How long a released worker may take to finish its partition after a failure.
-_WORKER_REPORT_SECONDS = 120
-_BATCH = 4096
-
-_Record = tuple[int, int, int, float, None, None, list]
 
 
-class _GraphDecoder(Decoder):
-    """DeepGNN decoder whose input line is a node id: yields that node, then its edges sorted by dst."""
+class _Inline(Executor):
+    """Runs each call in this process: one worker, or graphs too small for a pool's start-up."""
 
-    def __init__(self, graph: Graph) -> None:
-        super().__init__()
-        self.types = graph.split_types()
-        self.features = np.ascontiguousarray(graph.features)
-        self.labels = graph.labels.astype(np.float32)
-        both = np.concatenate([graph.edges, graph.edges[:, ::-1]])
-        both = both[np.lexsort((both[:, 1], both[:, 0]))]
-        self.indptr = np.searchsorted(both[:, 0], np.arange(graph.num_nodes + 1))
-        self.dst = both[:, 1].tolist()
-
-    def decode(self, line: str) -> Iterator[_Record]:
-        node = int(line)
-        yield (node, -1, int(self.types[node]), 1.0, None, None,
-               [self.features[node], self.labels[node:node + 1]])
-        for dst in self.dst[self.indptr[node]:self.indptr[node + 1]]:
-            yield node, dst, EDGE_TYPE, 1.0, None, None, []
+    def map(self, fn: Callable[..., Any], *iterables: Any, timeout: float | None = None,
+            chunksize: int = 1) -> Iterator[Any]:
+        return iter([fn(*args) for args in zip(*iterables, strict=True)])
 
 
-class _Inbox:
-    """A worker's input pipe that remembers whether the end-of-input flag has been read."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.done = False
-
-    def get(self) -> Any:
-        line = self.conn.recv()
-        if line == FLAG_ALL_DONE:
-            self.done = True
-        return line
+def _pool(workers: int) -> Executor:
+    if workers <= 1:
+        return _Inline()
+    # fork: callers need no `if __name__ == "__main__"` guard (spawn re-runs an unguarded script).
+    # fsspec and pyarrow reset their threads in a forked child; store.py makes each process its own S3 client.
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
 
 
-def _guarded(errors: list[BaseException]) -> Callable[..., None]:
-    """DeepGNN's worker, made unable to hang the converter.
-
-    Unguarded, a worker that raises stops reading its pipe and never reports, so the dispatcher
-    blocks forever. Guarded, it records the error, keeps draining its input and reports an empty
-    partition; `convert` raises the error once the dispatcher has joined.
-    """
-    def process(q_in: Any, q_out: Any, folder: str, suffix: int, decoder: Decoder, skip_node_sampler: bool,
-                skip_edge_sampler: bool, watermark: int | None = None) -> None:
-        inbox = _Inbox(q_in)
-        try:
-            # The inbox has .get(), which DeepGNN's worker uses for anything that is not a raw Connection.
-            converter_process(inbox, q_out, folder, suffix, decoder, skip_node_sampler, skip_edge_sampler,
-                              watermark)
-        except BaseException as err:  # noqa: B036 - re-raised by convert() in the calling thread
-            errors.append(err)
-            while not inbox.done:
-                inbox.get()
-            empty = {"node_count": 0, "edge_count": 0, "node_type_count": 0, "edge_type_count": 0,
-                     "node_feature_count": 0, "edge_feature_count": 0,
-                     "partition": {"id": suffix, "node_weight": [], "node_type_count": [], "edge_weight": [],
-                                   "edge_type_count": []}}
-            q_out.put((FLAG_WORKER_FINISHED_PROCESSING, empty))
-    return process
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
 
 
-def graph_info(graph: Graph, partitions: int) -> dict[str, Any]:
-    """The `graphfleet.json` of a converted graph: what a trainer needs besides the endpoints."""
-    return {"dataset": graph.name, "num_nodes": graph.num_nodes, "feature_dim": graph.feature_dim,
-            "num_classes": graph.num_classes, "partitions": partitions,
-            "train_ids": graph.train_ids.tolist(), "val_ids": graph.val_ids.tolist(),
-            "test_ids": graph.test_ids.tolist()}
+def _scatter_node_file(uri: str, shard: int, partitions: int, spill: Path) -> dict[str, Any]:
+    return shuffle.scatter_nodes(tables.read_nodes(uri), shard, partitions, spill)
 
 
-def write_partitions(graph: Graph, folder: Path, partitions: int) -> None:
-    """DeepGNN's binary files, meta.json and graphfleet.json for `graph` in the existing, empty `folder`."""
-    decoder = _GraphDecoder(graph)
-    errors: list[BaseException] = []
-    # Threads, not processes: the decoder reads the graph's arrays in place instead of pickling them.
-    dispatcher = PipeDispatcher(str(folder), partitions, decoder, process=_guarded(errors), use_threads=True)
-    ids = [str(i) for i in range(graph.num_nodes)]
-    batches = [ids[i:i + _BATCH] for i in range(0, len(ids), _BATCH)]
-    converter = MultiWorkersConverter(graph_path=str(folder), output_dir=str(folder), decoder=decoder,
-                                      partition_count=partitions, dispatcher=dispatcher,
-                                      file_iterator=batches)
+def _scatter_edge_file(uri: str, shard: int, partitions: int, spill: Path,
+                       symmetrize: bool) -> dict[str, Any]:
+    return shuffle.scatter_edges(tables.read_edges(uri), shard, partitions, spill, symmetrize)
+
+
+def _summary(node_reports: list[dict[str, Any]], node_files: list[str],
+             partitions: int) -> tuple[int, int, int]:
+    """(nodes, feature length, classes) of the scattered node shards, checking they agree."""
+    dims = {r["dim"] for r in node_reports if r["dim"] is not None}
+    if len(dims) > 1:
+        by_dim = {r["dim"]: f for r, f in zip(node_reports, node_files, strict=True) if r["dim"] is not None}
+        raise TableError("column 'features' has different lengths in different files (ragged features): "
+                         + ", ".join(f"{d} in {f}" for d, f in sorted(by_dim.items())))
+    nodes = sum(r["rows"] for r in node_reports)
+    if nodes < partitions:
+        raise TableError(f"the node table has {nodes} rows, fewer than the {partitions} partitions; every "
+                         f"partition needs a node: use at most {nodes}")
+    return nodes, dims.pop() if dims else 0, max(r["max_label"] for r in node_reports) + 1
+
+
+def _build(spill: Path, dim: int, out: Path, partitions: int, pool: Executor,
+           locate: Callable[[shuffle.IdError], str]) -> list[dict[str, Any]]:
     try:
-        converter.convert()
-    except BaseException:
-        # Release the workers (non-daemon threads waiting on their pipes) or the process never exits.
-        for _, sender in dispatcher.q_in:
-            sender.send(FLAG_ALL_DONE)
-        # Wait for every worker still writing into `folder` to report: the caller removes it next.
-        for _ in range(partitions - len(dispatcher.partitions)):
-            dispatcher.q_out.get(timeout=_WORKER_REPORT_SECONDS)
-        raise
-    if errors:
-        raise RuntimeError(f"DeepGNN's converter failed writing to {folder}: {errors[0]!r}") from errors[0]
-    (folder / INFO).write_text(json.dumps(graph_info(graph, partitions)))
+        return list(pool.map(shuffle.build_partition, [spill] * partitions, range(partitions),
+                             [dim] * partitions, [out] * partitions))
+    except shuffle.IdError as err:
+        raise TableError(f"{err}: {locate(err)}") from None
+
+
+def write_tables(nodes_uri: str, edges_uri: str, folder: Path, spill: Path, partitions: int, *,
+                 symmetrize: bool = False, name: str = "parquet", workers: int = 1) -> dict[str, Any]:
+    """Convert the Parquet tables into the graph store in the empty `folder`; return its manifest."""
+    node_files = tables.shards(nodes_uri)
+    edge_files = tables.shards(edges_uri)
+    with _pool(min(workers, len(node_files) + len(edge_files))) as pool:
+        node_reports = list(pool.map(_scatter_node_file, node_files, range(len(node_files)),
+                                     [partitions] * len(node_files), [spill] * len(node_files)))
+        nodes, dim, classes = _summary(node_reports, node_files, partitions)
+        list(pool.map(_scatter_edge_file, edge_files, range(len(edge_files)), [partitions] * len(edge_files),
+                      [spill] * len(edge_files), [symmetrize] * len(edge_files)))
+
+    def where(err: shuffle.IdError) -> str:
+        files = node_files if err.table == "nodes" else edge_files
+        found = tables.locate(files, err.column, err.value)
+        return f"column {err.column!r} at " + "; ".join(found) if found else f"column {err.column!r}"
+
+    with _pool(min(workers, partitions)) as pool:
+        reports = _build(spill, dim, folder, partitions, pool, where)
+    info = {"dataset": name, "num_nodes": nodes, "feature_dim": dim, "num_classes": max(classes, 1),
+            "partitions": partitions}
+    return shuffle.finish(spill, folder, reports, info)
+
+
+def write_graph(graph: Graph, folder: Path, spill: Path, partitions: int) -> dict[str, Any]:
+    """The store for an in-memory `Graph` (ids 0..N-1, both directions of every edge) in `folder`."""
+    import numpy as np
+
+    ids = np.arange(graph.num_nodes, dtype=np.int64)
+    origin = Origin(f"Graph {graph.name!r}", 0)
+    shuffle.scatter_nodes([NodeBatch(ids, graph.split_types(), graph.features, graph.labels, origin)], 0,
+                          partitions, spill)
+    src, dst = graph.edges[:, 0], graph.edges[:, 1]
+    shuffle.scatter_edges([EdgeBatch(src, dst, np.ones(len(src), np.float32), origin)], 0, partitions, spill,
+                          symmetrize=True)
+    reports = _build(spill, graph.feature_dim, folder, partitions, _Inline(), lambda err: f"in {origin.file}")
+    info = {"dataset": graph.name, "num_nodes": graph.num_nodes, "feature_dim": graph.feature_dim,
+            "num_classes": graph.num_classes, "partitions": partitions}
+    return shuffle.finish(spill, folder, reports, info)
+
+
+def _check_partitions(partitions: object) -> int:
+    if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+        raise ValueError(f"convert: partitions must be an integer >= 1, got {partitions!r}")
+    return partitions
+
+
+def _publish(out_uri: str, overwrite: bool, write: Callable[[Path, Path], Any]) -> str:
+    """Run `write(folder, spill)` in scratch space and publish the folder at `out_uri` only if it succeeds."""
+    uri = canonical_uri(out_uri)
+    if is_s3(uri):
+        _check_s3_target(uri, overwrite)
+        with tempfile.TemporaryDirectory(prefix="graphfleet-convert-") as tmp:
+            folder, spill = Path(tmp) / "graph", Path(tmp) / "spill"
+            folder.mkdir()
+            write(folder, spill)
+            _upload(folder, uri, overwrite)
+        return uri
+    target = local_path(uri)
+    _check_local_target(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Scratch beside the target, on the same filesystem, so publishing is one rename.
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        folder, spill = scratch / "graph", scratch / "spill"
+        folder.mkdir()
+        write(folder, spill)
+        if target.exists():
+            if any(target.iterdir()):
+                shutil.rmtree(target)
+            else:
+                target.rmdir()
+        os.rename(folder, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return uri
 
 
 def convert(graph: Graph, out_uri: str, partitions: int, *, overwrite: bool = False) -> str:
@@ -148,34 +174,22 @@ def convert(graph: Graph, out_uri: str, partitions: int, *, overwrite: bool = Fa
     """
     if not isinstance(graph, Graph):
         raise TypeError(f"convert: graph must be a graph_engine.datasets.Graph, got {type(graph).__name__}")
-    if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
-        raise ValueError(f"convert: partitions must be an integer >= 1, got {partitions!r}")
+    _check_partitions(partitions)
     if partitions > graph.num_nodes:
         raise ValueError(f"convert: partitions ({partitions}) exceeds the graph's {graph.num_nodes} nodes; "
                          f"every partition needs a node: use at most {graph.num_nodes}")
-    uri = canonical_uri(out_uri)
-    if is_s3(uri):
-        _check_s3_target(uri, overwrite)
-        with tempfile.TemporaryDirectory(prefix="graphfleet-convert-") as tmp:
-            write_partitions(graph, Path(tmp), partitions)
-            _upload(Path(tmp), uri, overwrite)
-        return uri
-    target = local_path(uri)
-    _check_local_target(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Scratch beside the target, on the same filesystem, so publishing is one rename.
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        write_partitions(graph, scratch, partitions)
-        if target.exists():
-            if any(target.iterdir()):
-                shutil.rmtree(target)
-            else:
-                target.rmdir()
-        os.rename(scratch, target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return uri
+    return _publish(out_uri, overwrite, lambda folder, spill: write_graph(graph, folder, spill, partitions))
+
+
+def convert_tables(nodes_uri: str, edges_uri: str, out_uri: str, partitions: int, *, symmetrize: bool = False,
+                   overwrite: bool = False, name: str | None = None, workers: int | None = None) -> str:
+    """Convert Parquet node and edge tables (a file or a folder of shards each, local or s3://) into
+    the graph store at `out_uri`, with the target rules of `convert`; return its URI."""
+    _check_partitions(partitions)
+    label = name or canonical_uri(out_uri).rstrip("/").rsplit("/", 1)[-1]
+    return _publish(out_uri, overwrite, lambda folder, spill: write_tables(
+        nodes_uri, edges_uri, folder, spill, partitions, symmetrize=symmetrize, name=label,
+        workers=workers or default_workers()))
 
 
 def _occupied(what: str, overwrite: bool) -> str:
@@ -222,3 +236,30 @@ def _upload(folder: Path, uri: str, overwrite: bool) -> None:
     fs.put([str(folder / name) for name in data], [f"{path}/{name}" for name in data])
     for name in (INFO, META):
         fs.put_file(str(folder / name), f"{path}/{name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m graph_engine.convert",
+                                     description="Convert Parquet node and edge tables into the graph store.")
+    parser.add_argument("--nodes", required=True, help="node table: a Parquet file or a folder of shards "
+                        "(local or s3://); columns id, features, optional label and split")
+    parser.add_argument("--edges", required=True, help="edge table: columns src, dst, optional weight")
+    parser.add_argument("--partitions", type=int, required=True, help="partitions to write")
+    parser.add_argument("--out", required=True, help="where the graph goes: a folder or s3://bucket/prefix")
+    parser.add_argument("--symmetrize", action="store_true", help="add the reverse of every edge")
+    parser.add_argument("--overwrite", action="store_true", help="replace a converted graph at --out")
+    parser.add_argument("--name", help="dataset name in the manifest (default: the last part of --out)")
+    parser.add_argument("--workers", type=int, default=0, help="processes (default: this machine's cores)")
+    ns = parser.parse_args(argv)
+    try:
+        uri = convert_tables(ns.nodes, ns.edges, ns.out, ns.partitions, symmetrize=ns.symmetrize,
+                             overwrite=ns.overwrite, name=ns.name, workers=ns.workers or None)
+    except (TableError, ValueError, OSError) as err:
+        print(f"convert: {err}; nothing was written at {ns.out}", file=sys.stderr)
+        return 1
+    print(uri)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

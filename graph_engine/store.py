@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 META = "meta.json"
@@ -122,3 +123,24 @@ def read_info(uri: str) -> dict[str, Any]:
     """graphfleet's `graphfleet.json` of the converted graph at `uri` (dataset, sizes, split ids)."""
     return _read_json(uri, INFO, "graphs converted by graph_engine.convert carry it beside meta.json; "
                                  "reconvert with graph_engine.convert.convert(graph, uri, partitions)")
+
+
+def split_file(split: str) -> str:
+    """The file beside the manifest holding a split's node ids (sorted int64, raw little-endian)."""
+    return f"{split}.ids"
+
+
+def read_split(uri: str, split: str) -> np.ndarray:
+    """The node ids of `split` (train/val/test) of the converted graph at `uri`, read when asked for:
+    they live in their own file, not in the manifest, so a large split costs nothing until used."""
+    fs, path = filesystem(uri)
+    target = f"{path}/{split_file(split)}"
+    try:
+        data = fs.cat_file(target)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no {split_file(split)} at {uri}: the graph predates split files; "
+                                "reconvert it with graph_engine.convert") from None
+    if len(data) % 8:
+        raise ValueError(f"{uri}/{split_file(split)} is {len(data)} bytes, not whole int64 ids: reconvert")
+    return np.frombuffer(data, dtype="<i8")
+

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from deepgnn.graph_engine.snark.client import MemoryGraph
-from deepgnn.graph_engine.snark.dispatcher import PipeDispatcher
 
-from graph_engine import convert as convert_module
+from graph_engine import binary
 from graph_engine.convert import convert
 from graph_engine.datasets import Graph, load, synthetic
-from graph_engine.store import partition_count, read_info, read_meta
+from graph_engine.shuffle import partition_of
+from graph_engine.store import partition_count, read_info, read_meta, read_split
 from tests.s3_server import moto_s3
 from tests.shared_data import PLANETOID_DIR
 
@@ -60,18 +58,21 @@ def test_cora_round_trip(cora: Graph, tmp_path: Path, partitions: int) -> None:
     assert partition_count(uri) == partitions
     assert read_meta(uri)["node_count"] == 2708
     info = read_info(uri)
-    assert info == {"dataset": "cora", "num_nodes": 2708, "feature_dim": 1433, "num_classes": 7,
-                    "partitions": partitions, "train_ids": cora.train_ids.tolist(),
-                    "val_ids": cora.val_ids.tolist(), "test_ids": cora.test_ids.tolist()}
+    assert {k: info[k] for k in ("dataset", "num_nodes", "feature_dim", "num_classes", "partitions")} == {
+        "dataset": "cora", "num_nodes": 2708, "feature_dim": 1433, "num_classes": 7, "partitions": partitions}
+    for split in ("train", "val", "test"):
+        assert np.array_equal(read_split(uri, split), getattr(cora, f"{split}_ids"))
+        assert info["splits"][split]["count"] == len(getattr(cora, f"{split}_ids"))
     assert not [p for p in tmp_path.iterdir() if p.name != "cora"], "scratch folder left behind"
 
 
-def test_nodes_land_round_robin_so_each_server_holds_its_share(small: Graph, tmp_path: Path) -> None:
+def test_nodes_land_by_id_hash_so_each_server_holds_its_share(small: Graph, tmp_path: Path) -> None:
     uri = convert(small, f"file://{tmp_path}/g", 3)
     ids = np.arange(small.num_nodes)
     for partition in range(3):
         found = _open(uri, [partition]).node_types(ids, -1) != -1
-        assert np.array_equal(np.flatnonzero(found), ids[ids % 3 == partition])
+        assert np.array_equal(np.flatnonzero(found), ids[partition_of(ids, 3) == partition])
+        assert 60 <= found.sum() <= 140, "the hash spreads nodes evenly"
 
 
 def test_s3_round_trip(small: Graph) -> None:
@@ -129,48 +130,19 @@ def test_folder_of_other_files_is_never_overwritten(small: Graph, tmp_path: Path
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-def _failing_decode(self: convert_module._GraphDecoder, line: str) -> Iterator[tuple]:
-    if int(line) == 7:
-        raise OSError("disk full")
-    yield from _real_decode(self, line)
-
-
-_real_decode = convert_module._GraphDecoder.decode
-
-
 @pytest.mark.timeout(60)
-def test_converter_failure_raises_and_leaves_nothing(small: Graph, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    # Unguarded, DeepGNN's converter blocks forever when a worker raises.
-    monkeypatch.setattr(convert_module._GraphDecoder, "decode", _failing_decode)
-    failed = r"DeepGNN's converter failed writing to .*: OSError\('disk full'\)"
-    with pytest.raises(RuntimeError, match=failed):
-        convert(small, str(tmp_path / "g"), 2)
-    assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.timeout(60)
-def test_dispatch_failure_releases_worker_threads(small: Graph, tmp_path: Path,
+def test_writer_failure_raises_and_leaves_nothing(small: Graph, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    real_dispatch = PipeDispatcher.dispatch
+    real = binary.write_partition
 
-    def dispatch(self: PipeDispatcher, line: str) -> None:
-        if int(line) == 50:
-            raise KeyboardInterrupt
-        real_dispatch(self, line)
+    def failing(folder: Path, partition: int, *args: object) -> object:
+        if partition == 1:
+            raise OSError("disk full")
+        return real(folder, partition, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(PipeDispatcher, "dispatch", dispatch)
-    crashes: list[threading.ExceptHookArgs] = []
-    monkeypatch.setattr(threading, "excepthook", crashes.append)
-    before = set(threading.enumerate())
-    with pytest.raises(KeyboardInterrupt):
-        convert(small, str(tmp_path / "g"), 3)
-    workers = [t for t in threading.enumerate() if t not in before and not t.daemon]
-    for worker in workers:
-        worker.join(timeout=10)
-    # Not released, the workers die on a broken pipe (a traceback per worker) or wait forever.
-    assert [w for w in workers if w.is_alive()] == []
-    assert [c.exc_type for c in crashes] == []
+    monkeypatch.setattr(binary, "write_partition", failing)
+    with pytest.raises(OSError, match="disk full"):
+        convert(small, str(tmp_path / "g"), 2)
     assert list(tmp_path.iterdir()) == []
 
 

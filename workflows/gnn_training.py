@@ -50,6 +50,9 @@ GRAPH_STORE_ENV = "GRAPHFLEET_GRAPH_STORE"
 TRAINER_ENV = "GRAPHFLEET_TRAINER"
 QUEUE_ENV = "GRAPHFLEET_TRAINING_QUEUE"
 TRAINERS = ("local", "pytorchjob")
+# dataset= for a graph brought as Parquet tables: data_dir holds nodes/ and edges/ (graph_engine/tables.py),
+# the split comes from the node table's `split` column.
+TABLES = "parquet"
 DEFAULT_EPOCHS = trainer.TrainConfig.epochs
 
 
@@ -68,10 +71,13 @@ def check_inputs(dataset: str, data_dir: str, partitions: int, epochs: int) -> N
     from graph_engine.datasets import DATASETS, PLANETOID
 
     problems = []
-    if dataset not in DATASETS:
-        problems.append(f"dataset: unknown {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if dataset not in (*DATASETS, TABLES):
+        problems.append(f"dataset: unknown {dataset!r}; choose one of {', '.join((*DATASETS, TABLES))}")
     elif dataset in PLANETOID and not data_dir:
         problems.append(f"data_dir: dataset {dataset!r} needs the folder holding its ind.{dataset}.* files")
+    elif dataset == TABLES and not data_dir:
+        problems.append(f"data_dir: dataset {TABLES!r} needs the folder (local or s3://) holding the node "
+                        "and edge tables in nodes/ and edges/")
     if partitions < 1:
         problems.append(f"partitions: must be >= 1 (one graph-engine server each), got {partitions}")
     if epochs < 1:
@@ -88,13 +94,17 @@ def graph_store() -> str:
 def prepare(dataset: str, data_dir: str, partitions: int, epochs: int) -> str:
     """Load the dataset and convert it into the graph store in `partitions` partitions; its URI."""
     from graph_engine import datasets
-    from graph_engine.convert import convert
+    from graph_engine.convert import convert, convert_tables
 
     check_inputs(dataset, data_dir, partitions, epochs)
-    graph = datasets.load(dataset, data_dir or None)
     # One folder per run: servers of another run may still be reading an older conversion.
-    target = f"{graph_store().rstrip('/')}/{graph.name}-p{partitions}-{uuid.uuid4().hex[:8]}"
-    return convert(graph, target, partitions)
+    target = f"{graph_store().rstrip('/')}/{{}}-p{partitions}-{uuid.uuid4().hex[:8]}"
+    if dataset == TABLES:
+        tables = data_dir.rstrip("/")
+        return convert_tables(f"{tables}/nodes", f"{tables}/edges", target.format(TABLES), partitions,
+                              name=TABLES)
+    graph = datasets.load(dataset, data_dir or None)
+    return convert(graph, target.format(graph.name), partitions)
 
 
 def guarded(step: str, body: Callable[[], TrainOutcome]) -> TrainOutcome:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -42,31 +43,46 @@ EVAL_BATCH = 128
 
 @dataclass(frozen=True)
 class GraphInfo:
-    """What a trainer needs besides the endpoints: the graph's `graphfleet.json`."""
+    """What a trainer needs besides the endpoints: the graph's manifest (`graphfleet.json`); the split
+    ids are read from their files beside it on first use (store.read_split), not held in the manifest."""
 
     dataset: str
     num_nodes: int
     feature_dim: int
     num_classes: int
     partitions: int
-    train_ids: list[int]
-    val_ids: list[int]
-    test_ids: list[int]
+    uri: str
+    split_counts: dict[str, int]
 
     @classmethod
     def read(cls, uri: str) -> GraphInfo:
         """From `graphfleet.json` itself or the graph dir/URI that holds it."""
         uri = uri.rstrip("/").removesuffix("/" + store.INFO)
         raw = store.read_info(uri)
-        missing = [f for f in cls.__dataclass_fields__ if f not in raw]
+        missing = [f for f in ("dataset", "num_nodes", "feature_dim", "num_classes", "partitions", "splits")
+                   if f not in raw]
         if missing:
             raise ValueError(f"{uri}/{store.INFO} lacks {', '.join(missing)}: reconvert the graph with "
                              "graph_engine.convert")
-        info = cls(**{f: raw[f] for f in cls.__dataclass_fields__})
-        if not info.train_ids or not info.val_ids:
+        counts = {name: int(split["count"]) for name, split in raw["splits"].items()}
+        info = cls(raw["dataset"], raw["num_nodes"], raw["feature_dim"], raw["num_classes"],
+                   raw["partitions"], uri, counts)
+        if not counts.get("train") or not counts.get("val"):
             raise ValueError(f"{uri}/{store.INFO}: the graph has no training or validation nodes "
-                             f"({len(info.train_ids)} train, {len(info.val_ids)} validation)")
+                             f"({counts.get('train', 0)} train, {counts.get('val', 0)} validation)")
         return info
+
+    @functools.cached_property
+    def train_ids(self) -> np.ndarray:
+        return store.read_split(self.uri, "train")
+
+    @functools.cached_property
+    def val_ids(self) -> np.ndarray:
+        return store.read_split(self.uri, "val")
+
+    @functools.cached_property
+    def test_ids(self) -> np.ndarray:
+        return store.read_split(self.uri, "test")
 
 
 @dataclass(frozen=True)
@@ -188,7 +204,7 @@ def logits(model: GraphSage, batch: Batch) -> torch.Tensor:
                  [m.to(DEVICE) for m in batch.masks])
 
 
-def accuracy(model: GraphSage, sampling: Sampling, ids: Sequence[int], config: TrainConfig,
+def accuracy(model: GraphSage, sampling: Sampling, ids: Sequence[int] | np.ndarray, config: TrainConfig,
              seed: int) -> float:
     """Share of `ids` whose predicted class equals the label, with `config.eval_fanouts` samples."""
     nodes = np.asarray(ids, dtype=np.int64)

@@ -1,0 +1,226 @@
+"""The conversion's two stages, as plain functions over folders, so one process, a process pool or a
+Flyte map task can run them (graph_engine/convert.py, workflows/convert_graph.py).
+
+1. Scatter: each input shard (a node or an edge table file) is read batch by batch and its rows
+   appended to raw per-partition spill files: a node goes to `partition_of(id)`, an edge to its
+   source's partition, and the edge's dst id to the dst's partition (to check it names a node).
+   No shard needs another; memory is one batch.
+2. Build: each partition reads only its spill files, checks its ids (duplicates, edges naming unknown
+   nodes), sorts its nodes by id and its edges by (src, dst), and writes DeepGNN's binary files
+   (graph_engine/binary.py). Memory is that partition's ids and edges (its features stream in
+   chunks): what its server will hold anyway.
+
+Then `finish` writes the split id files, DeepGNN's meta.json and graphfleet's manifest.
+
+Spill layout under a scratch folder: `nodes/<p>/<shard>.{ids,types,labels,features}`,
+`edges/<p>/<shard>.{src,dst,weight}`, `refs/<p>/<shard>.ids`, `splits/<p>.<split>`; all raw
+little-endian arrays.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graph_engine import binary
+from graph_engine.tables import SPLITS, EdgeBatch, NodeBatch, TableError
+
+INFO_FORMAT = 2
+# Nodes per chunk handed to the binary writer: bounds the feature rows held at once.
+_CHUNK = 1 << 16
+_FIELDS = {"ids": np.int64, "types": np.int32, "labels": np.int64, "features": np.float32,
+           "src": np.int64, "dst": np.int64, "weight": np.float32}
+
+
+class IdError(TableError):
+    """A node id problem found in a partition (duplicate, or an edge naming no node): carries the
+    column and the id, so the caller can find the rows in the input files (tables.locate)."""
+
+    def __init__(self, message: str, table: str, column: str, value: int) -> None:
+        super().__init__(message)
+        self.table, self.column, self.value = table, column, value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (str(self), self.table, self.column, self.value)
+
+
+def partition_of(ids: np.ndarray, partitions: int) -> np.ndarray:
+    """The partition of each node id: splitmix64's finalizer, mod `partitions`. A hash, not `id % P`,
+    so ids with a common stride (multiples of 1000, Spark's shard-prefixed ids) still spread evenly;
+    a pure function of the id, so any worker can place any edge without a global lookup."""
+    x = ids.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x % np.uint64(partitions)).astype(np.int64)
+
+
+def _append(folder: Path, name: str, array: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / name).open("ab") as f:
+        np.ascontiguousarray(array).tofile(f)
+
+
+def _groups(parts: np.ndarray, partitions: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(partition, row indices in input order) for every partition these rows touch."""
+    order = np.argsort(parts, kind="stable")
+    bounds = np.searchsorted(parts[order], np.arange(partitions + 1))
+    for p in range(partitions):
+        if bounds[p] < bounds[p + 1]:
+            yield p, order[bounds[p]:bounds[p + 1]]
+
+
+def scatter_nodes(batches: Iterable[NodeBatch], shard: int, partitions: int, spill: Path) -> dict[str, Any]:
+    """Spill one node shard; report its row count, feature length and largest label."""
+    rows, dim, max_label = 0, None, -1
+    for batch in batches:
+        if dim is not None and batch.features.shape[1] != dim:
+            raise TableError(f"{batch.origin.file}: column 'features' has {batch.features.shape[1]} values "
+                             f"at {batch.origin.rows(0)}, {dim} before it (ragged features)")
+        dim = batch.features.shape[1]
+        for p, rows_of in _groups(partition_of(batch.ids, partitions), partitions):
+            folder = spill / "nodes" / str(p)
+            for name in ("ids", "types", "labels", "features"):
+                _append(folder, f"{shard:06d}.{name}", getattr(batch, name)[rows_of])
+        rows += len(batch.ids)
+        max_label = max(max_label, int(batch.labels.max(initial=-1)))
+    return {"rows": rows, "dim": dim, "max_label": max_label}
+
+
+def scatter_edges(batches: Iterable[EdgeBatch], shard: int, partitions: int, spill: Path,
+                  symmetrize: bool) -> dict[str, Any]:
+    """Spill one edge shard (with each edge's reverse when `symmetrize`); report its edge count."""
+    edges = 0
+    for batch in batches:
+        src, dst, weight = batch.src, batch.dst, batch.weight
+        if symmetrize:
+            src, dst, weight = np.concatenate([src, dst]), np.concatenate([dst, src]), np.tile(weight, 2)
+        for p, rows_of in _groups(partition_of(src, partitions), partitions):
+            folder = spill / "edges" / str(p)
+            _append(folder, f"{shard:06d}.src", src[rows_of])
+            _append(folder, f"{shard:06d}.dst", dst[rows_of])
+            _append(folder, f"{shard:06d}.weight", weight[rows_of])
+        # Under symmetrize every id is some edge's src, checked where that edge lands.
+        if not symmetrize:
+            for p, rows_of in _groups(partition_of(dst, partitions), partitions):
+                _append(spill / "refs" / str(p), f"{shard:06d}.ids", dst[rows_of])
+        edges += len(src)
+    return {"edges": edges}
+
+
+def _spilled(folder: Path, suffix: str) -> list[Path]:
+    return sorted(folder.glob(f"*.{suffix}")) if folder.is_dir() else []
+
+
+def _load(folder: Path, suffix: str) -> np.ndarray:
+    files = _spilled(folder, suffix)
+    dtype = _FIELDS[suffix]
+    if not files:
+        return np.zeros(0, dtype)
+    return np.concatenate([np.fromfile(f, dtype) for f in files])
+
+
+def _lookup(sorted_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of `wanted` in `sorted_ids` and whether each was found."""
+    pos = np.searchsorted(sorted_ids, wanted)
+    clipped = np.minimum(pos, max(len(sorted_ids) - 1, 0))
+    found = (pos < len(sorted_ids)) & (sorted_ids[clipped] == wanted) if len(sorted_ids) else \
+        np.zeros(len(wanted), bool)
+    return clipped, found
+
+
+def _node_chunks(folder: Path, dim: int, order: np.ndarray, ids: np.ndarray, types: np.ndarray,
+                 labels: np.ndarray) -> Iterator[binary.NodeChunk]:
+    """The partition's nodes in id order, `_CHUNK` at a time; features gathered from the spill files."""
+    files = _spilled(folder, "features")
+    sizes = [f.stat().st_size // (4 * dim) if dim else len(np.fromfile(f.with_suffix(".ids"), np.int64))
+             for f in files]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    maps = [np.memmap(f, np.float32, "r").reshape(-1, dim) if dim and size else None
+            for f, size in zip(files, sizes, strict=True)]
+    for a in range(0, len(order), _CHUNK):
+        rows = order[a:a + _CHUNK]
+        features = np.zeros((len(rows), dim), np.float32)
+        where = np.searchsorted(starts, rows, side="right") - 1
+        for k in np.unique(where):
+            pick = where == k
+            if maps[k] is not None:
+                features[pick] = maps[k][rows[pick] - starts[k]]
+        part = slice(a, a + len(rows))
+        yield binary.NodeChunk(ids[part], types[part], features, labels[part])
+
+
+def build_partition(spill: Path, p: int, dim: int, out: Path) -> dict[str, Any]:
+    """Check and write partition `p` from its spill files into `out`; return its report.
+
+    Nodes are written in id order, each node's edges in dst order (ties in input order): then an
+    edge's source position is found by one merge-like pass instead of a random lookup per edge.
+    Split ids go to `spill/splits/<p>.<split>` for `finish`.
+    """
+    nodes = spill / "nodes" / str(p)
+    ids = _load(nodes, "ids")
+    if not len(ids):
+        raise TableError(f"partition {p} gets no node (nodes are placed by a hash of their id); "
+                         "use fewer partitions")
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    same = np.flatnonzero(ids[1:] == ids[:-1])
+    if len(same):
+        value = int(ids[same[0]])
+        raise IdError(f"duplicate node id {value}", "nodes", "id", value)
+    refs = np.sort(_load(spill / "refs" / str(p), "ids"))
+    _, found = _lookup(ids, refs)
+    if not found.all():
+        value = int(refs[np.flatnonzero(~found)[0]])
+        raise IdError(f"an edge's dst {value} is not a node id", "edges", "dst", value)
+    del refs, found
+    edges = spill / "edges" / str(p)
+    src, dst = _load(edges, "src"), _load(edges, "dst")
+    sort = np.lexsort((dst, src))
+    src, dst, weight = src[sort], dst[sort], _load(edges, "weight")[sort]
+    del sort
+    src_index, found = _lookup(ids, src)
+    if not found.all():
+        value = int(src[np.flatnonzero(~found)[0]])
+        raise IdError(f"an edge's src {value} is not a node id", "edges", "src", value)
+    del src, found
+    types = _load(nodes, "types")[order]
+    labels = _load(nodes, "labels")[order].astype(np.float32)
+    report = binary.write_partition(out, p, _node_chunks(nodes, dim, order, ids, types, labels), len(ids),
+                                    src_index, dst, weight)
+    splits = spill / "splits"
+    splits.mkdir(exist_ok=True)
+    for name, code in SPLITS.items():
+        ids[types == code].tofile(splits / f"{p}.{name}")
+    return report
+
+
+def finish(spill: Path, out: Path, reports: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, Any]:
+    """Write the split id files, the manifest (graphfleet.json, with every file's size and checksum)
+    and DeepGNN's meta.json into `out`; return the manifest."""
+    from graph_engine.store import INFO, META, split_file
+
+    files: dict[str, dict[str, Any]] = {}
+    for r in reports:
+        files.update(r["files"])
+    files.update(binary.pad_alias_files(out, reports))
+    splits = {}
+    for name in SPLITS:
+        parts = [spill / "splits" / f"{r['partition']['id']}.{name}" for r in reports]
+        ids = np.sort(np.concatenate([np.fromfile(f, np.int64) for f in parts]))
+        hashed = binary.HashedFiles(out)
+        hashed.write(split_file(name), ids)
+        files.update(hashed.close())
+        splits[name] = {"file": split_file(name), "count": len(ids)}
+    manifest = {**info, "format": INFO_FORMAT, "num_edges": sum(r["edge_count"] for r in reports),
+                "splits": splits, "files": dict(sorted(files.items()))}
+    (out / INFO).write_text(json.dumps(manifest))
+    (out / META).write_text(binary.meta_json(reports))
+    return manifest

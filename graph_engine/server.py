@@ -3,7 +3,9 @@
 `python -m graph_engine.server --data-dir URI --port N --ordinal I --replicas S --partitions P`
 serves partitions I, I+S, ... < P (DeepGNN's `--server_group I,S,P`). Pods and the local
 provisioner run this same module. Unlike `deepgnn.graph_engine.snark.server` it exits cleanly on
-SIGTERM (the server is reset and downloaded partitions removed) instead of sleeping forever.
+SIGTERM (the server is reset and downloaded partitions removed) instead of sleeping forever, and it
+checks every file it loads against the manifest's size and SHA-256 first, refusing a truncated or
+corrupt partition (the port never opens, so readiness fails and the connector reports the log line).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import logging
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 from graph_engine import store
@@ -111,16 +115,46 @@ def serve(args: ServerArgs, stop: threading.Event) -> None:
     check_port_free(args)
     check_graph(args)
     partitions = args.my_partitions()
-    log.info("loading partitions %s of %d from %s", partitions, args.partitions, args.data_dir)
-    path = loadable_path(args.data_dir)
-    server = Server(path, [(path, p) for p in partitions], args.address)
-    log.info("serving partitions %s of %d from %s on %s",
-             partitions, args.partitions, args.data_dir, args.address)
+    with tempfile.TemporaryDirectory(prefix="graphfleet-partitions-") as scratch:
+        path = verified_copy(args, partitions, Path(scratch))
+        log.info("loading partitions %s of %d from %s", partitions, args.partitions, args.data_dir)
+        server = Server(path, [(path, p) for p in partitions], args.address)
+        log.info("serving partitions %s of %d from %s on %s",
+                 partitions, args.partitions, args.data_dir, args.address)
+        try:
+            stop.wait()
+        finally:
+            log.info("shutting down %s", args.address)
+            server.reset()
+
+
+def verified_copy(args: ServerArgs, partitions: list[int], scratch: Path) -> str:
+    """Where DeepGNN loads from, once every file of `partitions` matches the manifest's size and SHA-256.
+
+    A local graph is checked in place; an s3:// graph is downloaded into `scratch` and checked in the
+    same pass (one download, as DeepGNN's own fetch would make). A mismatch raises CannotServe naming
+    the file: the server exits before opening its port, so readiness never passes.
+    """
     try:
-        stop.wait()
-    finally:
-        log.info("shutting down %s", args.address)
-        server.reset()
+        info = store.read_info(args.data_dir)
+    except FileNotFoundError:
+        info = {}
+    expected = store.partition_files(info, partitions)
+    if not expected:
+        log.warning("%s has no file checksums in its manifest (converted before they were recorded); "
+                    "loading unverified", args.data_dir)
+        return loadable_path(args.data_dir)
+    log.info("verifying %d files of partitions %s", len(expected), partitions)
+    try:
+        if not store.is_s3(args.data_dir):
+            store.verify_files(args.data_dir, expected)
+            return loadable_path(args.data_dir)
+        store.verify_files(args.data_dir, expected, copy_to=scratch)
+        fs, path = store.filesystem(args.data_dir)
+        fs.get_file(f"{path}/{store.META}", str(scratch / store.META))
+    except store.CorruptGraph as err:
+        raise CannotServe(str(err)) from err
+    return str(scratch)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -144,3 +144,45 @@ def read_split(uri: str, split: str) -> np.ndarray:
         raise ValueError(f"{uri}/{split_file(split)} is {len(data)} bytes, not whole int64 ids: reconvert")
     return np.frombuffer(data, dtype="<i8")
 
+
+class CorruptGraph(ValueError):
+    """A partition file does not match the manifest (truncated, corrupt or missing)."""
+
+
+def partition_files(info: dict[str, Any], partitions: list[int]) -> dict[str, dict[str, Any]]:
+    """The manifest entries (size, sha256) of the files these partitions are loaded from."""
+    wanted = set(partitions)
+    return {name: entry for name, entry in info.get("files", {}).items() if entry.get("partition") in wanted}
+
+
+def verify_files(folder_uri: str, expected: dict[str, dict[str, Any]], *,
+                 copy_to: Path | None = None) -> None:
+    """Check each file's size and SHA-256 against the manifest, reading it once; with `copy_to`, also
+    write it there (how a server fetches its partitions from s3:// and checks them in one pass).
+    Raises CorruptGraph naming the first bad file."""
+    import hashlib
+
+    fs, path = filesystem(folder_uri)
+    for name, entry in sorted(expected.items()):
+        digest, size = hashlib.sha256(), 0
+        target = (copy_to / name).open("wb") if copy_to is not None else None
+        try:
+            with fs.open(f"{path}/{name}", "rb") as source:
+                while block := source.read(8 << 20):
+                    digest.update(block)
+                    size += len(block)
+                    if target is not None:
+                        target.write(block)
+        except FileNotFoundError:
+            raise CorruptGraph(f"partition file {name} is missing at {folder_uri}; "
+                               "reconvert the graph") from None
+        finally:
+            if target is not None:
+                target.close()
+        if size != entry["size"]:
+            raise CorruptGraph(f"partition file {folder_uri}/{name} is {size} bytes, the manifest says "
+                               f"{entry['size']} (truncated or overwritten); reconvert the graph")
+        if digest.hexdigest() != entry["sha256"]:
+            raise CorruptGraph(f"partition file {folder_uri}/{name} fails its checksum (sha256 "
+                               f"{digest.hexdigest()[:16]}..., the manifest says {entry['sha256'][:16]}...): "
+                               "corrupt; reconvert the graph")

@@ -2,14 +2,17 @@
 
     graphfleet plan ltx1            table of every object, then schema and policy checks
     graphfleet plan ltx1 --json     the rendered manifests as JSON
-    graphfleet diff A.yaml B.yaml   objects added, removed and fields changed between two stack files
+    graphfleet diff A.yaml B.yaml   what `pulumi up` would change going from stack file A to B:
+                                    create/update/replace/delete per object, field by field, with
+                                    warnings for destructive changes and the new side's checks
+    graphfleet diff A B --markdown  the same as a pull-request comment
     graphfleet gc                   tear down expired ephemeral fleets (the connector's GRAPHFLEET_* env)
-    graphfleet fleets [--json]      every live fleet: owner, executions or leases, phase, age, expiry
 
 The stack's real program (`infra.datacenter.program`, what `pulumi up` runs) is rendered under
 Pulumi mocks: no CLI, cluster or credentials are needed. Exit status: 0 clean, 1 when any object
-fails the Kubernetes schema or a policy rule (each printed) or gc could not remove a fleet, 2 when
-the stack file or the settings are invalid.
+(of the new side, for diff) fails the Kubernetes schema or a policy rule (each printed) or gc could
+not remove a fleet, 2 when a stack file or the settings are invalid (nothing is rendered), 3 when a
+diff has destructive changes (and no violations) unless --allow-destructive.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from infra.config import GPU_RESOURCE, ConfigError, load_stack_config, stack_name, stack_path
+from infra.stack_diff import StackObject, diff_stacks, markdown_report, summary, text_report
 
-EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_CONFIG, EXIT_DESTRUCTIVE = 0, 1, 2, 3
 Manifest = Mapping[str, Any]
 
 
-def render_stack(stack: str) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
-    """(stack name, manifests, stack outputs) of a stack name or file; raises ConfigError."""
+def render_objects(stack: str) -> tuple[str, list[StackObject], dict[str, Any]]:
+    """(stack name, Kubernetes resources, stack outputs) of a stack name or file; raises ConfigError."""
     # Imported here: loading Pulumi and pulumi_kubernetes takes a second or two.
     from infra.datacenter import program
     from infra.render import render
@@ -40,8 +44,16 @@ def render_stack(stack: str) -> tuple[str, list[dict[str, Any]], dict[str, Any]]
         program(config)
 
     rendered = render(run, stack=name)
+    objects = [StackObject(urn=r.urn.split("::", 2)[2], type=r.type, manifest=r.inputs)
+               for r in rendered.resources if r.is_kubernetes_object]
     # Sorted: registration order varies from run to run, a review should not.
-    return name, sorted(rendered.manifests(), key=key_of), rendered.outputs
+    return name, sorted(objects, key=lambda o: key_of(o.manifest)), rendered.outputs
+
+
+def render_stack(stack: str) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+    """(stack name, manifests, stack outputs) of a stack name or file; raises ConfigError."""
+    name, objects, outputs = render_objects(stack)
+    return name, [dict(o.manifest) for o in objects], outputs
 
 
 def key_of(manifest: Manifest) -> str:
@@ -99,10 +111,12 @@ def details(manifest: Manifest) -> str:
     return ""
 
 
-def table(manifests: Sequence[Manifest]) -> str:
+def table(objects: Sequence[StackObject]) -> str:
+    """One row per object; a patch of an object that exists before the stack says so in KIND."""
     rows = [("KIND", "NAMESPACE", "NAME", "DETAILS")]
-    rows += [(str(m.get("kind")), str((m.get("metadata") or {}).get("namespace") or "-"),
-              str((m.get("metadata") or {}).get("name")), details(m)) for m in manifests]
+    rows += [(f"{o.manifest.get('kind')}{' (patch)' if o.patch else ''}",
+              str((o.manifest.get("metadata") or {}).get("namespace") or "-"),
+              str((o.manifest.get("metadata") or {}).get("name")), details(o.manifest)) for o in objects]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip()
                      for r in rows)
@@ -118,13 +132,16 @@ def problems(manifests: Sequence[Manifest]) -> list[str]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    name, manifests, outputs = render_stack(args.stack)
+    name, objects, outputs = render_objects(args.stack)
+    manifests = [o.manifest for o in objects]
     found = problems(manifests)
     if args.json:
         print(json.dumps(manifests, indent=2, sort_keys=True))
     else:
-        print(f"stack {name}: {len(manifests)} Kubernetes objects\n")
-        print(table(manifests))
+        patches = sum(o.patch for o in objects)
+        print(f"stack {name}: {len(manifests) - patches} Kubernetes objects created, {patches} existing "
+              f"object(s) patched\n")
+        print(table(objects))
         print("\noutputs:")
         for key, value in outputs.items():
             text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
@@ -137,42 +154,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_VIOLATIONS if found else EXIT_OK
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """`{"a": {"b": [1]}}` -> `{"a.b[0]": 1}`: one entry per leaf field."""
-    if isinstance(value, Mapping) and value:
-        return {k: v for key, item in value.items()
-                for k, v in flatten(item, f"{prefix}.{key}" if prefix else str(key)).items()}
-    if isinstance(value, list) and value:
-        return {k: v for i, item in enumerate(value) for k, v in flatten(item, f"{prefix}[{i}]").items()}
-    return {prefix: value}
-
-
-def diff_manifests(old: Sequence[Manifest], new: Sequence[Manifest]) -> list[str]:
-    """`+ key`, `- key`, `~ key: field: old -> new`, in the new stack's order (removed last)."""
-    before, after = {key_of(m): m for m in old}, {key_of(m): m for m in new}
-    lines: list[str] = []
-    for key, manifest in after.items():
-        if key not in before:
-            lines.append(f"+ {key}")
-            continue
-        a, b = flatten(before[key]), flatten(manifest)
-        for field in sorted(a.keys() | b.keys()):
-            if a.get(field, "<absent>") != b.get(field, "<absent>"):
-                lines.append(f"~ {key}: {field}: {json.dumps(a.get(field, '<absent>'))} -> "
-                             f"{json.dumps(b.get(field, '<absent>'))}")
-    lines += [f"- {key}" for key in before if key not in after]
-    return lines
-
-
 def cmd_diff(args: argparse.Namespace) -> int:
-    _, old, _ = render_stack(args.old)
-    _, new, _ = render_stack(args.new)
-    lines = diff_manifests(old, new)
-    print("\n".join(lines) if lines else "no differences")
-    added, removed = sum(x.startswith("+") for x in lines), sum(x.startswith("-") for x in lines)
-    changed = len({x.split(":", 1)[0] for x in lines if x.startswith("~")})
-    print(f"{added} added, {removed} removed, {changed} changed", file=sys.stderr)
-    return EXIT_OK
+    # Both sides are rendered before anything is printed: a bad stack file prints nothing but its error.
+    old_name, old, _ = render_objects(args.old)
+    new_name, new, _ = render_objects(args.new)
+    diff = diff_stacks(old, new)
+    found = problems([o.manifest for o in new])
+    if args.markdown:
+        print(markdown_report(f"graphfleet diff: {args.old} -> {args.new}", diff, found), end="")
+    else:
+        print(text_report(diff, found))
+    print(summary(diff, found), file=sys.stderr)
+    if found:
+        return EXIT_VIOLATIONS
+    return EXIT_DESTRUCTIVE if diff.warnings and not args.allow_destructive else EXIT_OK
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -223,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     diff = commands.add_parser("diff", help="what changes between two stack files")
     diff.add_argument("old", help="stack name or file: the current state")
     diff.add_argument("new", help="stack name or file: the proposed state")
+    diff.add_argument("--markdown", action="store_true", help="print a pull-request comment")
+    diff.add_argument("--allow-destructive", action="store_true",
+                      help="exit 0 despite destructive-change warnings (still printed)")
     diff.set_defaults(run=cmd_diff)
     gc = commands.add_parser("gc", help="tear down ephemeral fleets whose time-to-live has passed")
     gc.set_defaults(run=cmd_gc)

@@ -563,7 +563,7 @@ def stack_config_from_mapping(values: Mapping[str, Any], where: str,
             raise ConfigError(f"{where}: {key}: unknown key; stack config keys are namespaced, "
                               f"write {NAMESPACE}:{key}")
         if key.startswith(f"{NAMESPACE}:") or key == KUBE_CONTEXT:
-            ours[key] = _decoded(value)
+            ours[key] = decoded_json(value)
     if KUBE_CONTEXT not in ours:
         raise ConfigError(f"{where}: {KUBE_CONTEXT}: not set; name the kubeconfig context of this "
                           f"datacenter's cluster (without it `pulumi up` would deploy to whatever context "
@@ -578,7 +578,8 @@ def stack_config_from_mapping(values: Mapping[str, Any], where: str,
     return config
 
 
-def _decoded(value: Any) -> Any:
+def decoded_json(value: Any) -> Any:
+    """A string holding a JSON object or array, decoded; anything else as it is."""
     if isinstance(value, str) and value[:1] in ("{", "["):
         try:
             return json.loads(value)

@@ -25,6 +25,9 @@ def test_plan_prints_every_object_and_passes(tmp_path: Path) -> None:
     assert "StatefulSet" in result.stdout and "member-graph" in result.stdout
     assert "replicas=8 partitions=32" in result.stdout
     assert "gpus=16" in result.stdout  # feed-ranking's A100 quota
+    # The GPU nodes exist before the stack: it patches them, it does not create them.
+    assert re.search(r"^Node \(patch\) +- +ltx1-gpu-a100-01 ", result.stdout, re.M)
+    assert "6 existing object(s) patched" in result.stdout
     assert re.search(r"ltx1: \d+ objects, schema and policy checks passed", result.stderr)
 
 
@@ -60,7 +63,7 @@ def test_plan_of_a_bad_stack_names_the_key_and_exits_2(tmp_path: Path) -> None:
         "(6 nodes x 8 GPUs): lower a team's gpus or add nodes")
 
 
-def test_diff_shows_added_removed_and_changed_fields(tmp_path: Path) -> None:
+def test_diff_says_update_create_delete_warns_and_exits_3(tmp_path: Path) -> None:
     document = yaml.safe_load((STACKS_DIR / "Pulumi.lva1.yaml").read_text())
     config = document["config"]
     config["graphfleet:sharedServices"][0]["spec"]["replicas"] = 8
@@ -69,10 +72,17 @@ def test_diff_shows_added_removed_and_changed_fields(tmp_path: Path) -> None:
     path = tmp_path / "Pulumi.lva1.yaml"
     path.write_text(yaml.safe_dump(document))
     result = _run("diff", "lva1", str(path), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 3, result.stderr   # destructive changes
     lines = result.stdout.splitlines()
-    assert "~ StatefulSet/graphfleet-shared/job-graph: spec.replicas: 4 -> 8" in lines
-    assert "+ ClusterQueue/graphfleet-lva1-l4-search" in lines
-    assert "+ LocalQueue/graphfleet-training/l4-search" in lines
-    assert "- StatefulSet/graphfleet-shared/company-graph" in lines
-    assert "- Service/graphfleet-shared/company-graph" in lines
+    at = lines.index("~ update StatefulSet/graphfleet-shared/job-graph")
+    assert lines[at + 1:at + 3] == [
+        "    spec.replicas: 4 -> 8",
+        '    spec.template.spec.containers[graph-engine].command[--replicas]: "4" -> "8"']
+    assert "+ create ClusterQueue/graphfleet-lva1-l4-search" in lines
+    assert "+ create LocalQueue/graphfleet-training/l4-search" in lines
+    assert "- delete StatefulSet/graphfleet-shared/company-graph" in lines
+    assert "- delete Service/graphfleet-shared/company-graph" in lines
+    assert any(line.startswith("WARNING: StatefulSet/graphfleet-shared/job-graph is resharded in place "
+                               "(--replicas 4 -> 8)") for line in lines)
+    assert "2 to create, 2 to update, 4 to delete; 2 destructive-change warning(s)" in result.stderr
+    assert _run("diff", "lva1", str(path), "--allow-destructive", cwd=tmp_path).returncode == 0

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from infra.config import GPU_RESOURCE, ConfigError, load_stack_config, stack_name, stack_path
+from infra.policy import KUBELET_TAINTS
 from infra.stack_diff import StackObject, diff_stacks, markdown_report, summary, text_report
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_CONFIG, EXIT_DESTRUCTIVE = 0, 1, 2, 3
@@ -92,8 +93,9 @@ def details(manifest: Manifest) -> str:
                  if r.get("key") == "node.kubernetes.io/instance-type"]
         return f"instanceTypes={','.join(types)} limit gpus={spec.get('limits', {}).get(GPU_RESOURCE)}"
     if kind == "Node":
-        taints = ",".join(f"{t['key']}={t.get('value')}:{t['effect']}" for t in spec.get("taints", []))
-        return f"labels={json.dumps((manifest.get('metadata') or {}).get('labels'))} taints={taints}"
+        meta = manifest.get("metadata") or {}
+        return (f"labels={json.dumps(meta.get('labels'))} kubelet registers taints="
+                f"{(meta.get('annotations') or {}).get(KUBELET_TAINTS, '')}")
     if kind == "ResourceFlavor":
         return f"nodeLabels={json.dumps(spec.get('nodeLabels'))}"
     if kind == "PriorityClass":

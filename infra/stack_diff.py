@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infra.config import decoded_json
-from infra.policy import graph_server_command
+from infra.policy import graph_server_command, pod_spec
 
 Manifest = Mapping[str, Any]
 
@@ -219,6 +219,14 @@ def _by_key(objects: Mapping[str, StackObject]) -> dict[str, StackObject]:
     return {o.key: o for o in objects.values()}
 
 
+def _env(manifest: Manifest, name: str) -> str | None:
+    for container in (pod_spec(manifest) or {}).get("containers", []):
+        for env in container.get("env") or []:
+            if env.get("name") == name:
+                return str(env.get("value"))
+    return None
+
+
 def _server_flags(manifest: Manifest) -> dict[str, str]:
     command = graph_server_command(manifest) or []
     return {flag: command[i + 1] for i, flag in enumerate(command[:-1])
@@ -253,9 +261,23 @@ def warnings(before: Mapping[str, StackObject], after: Mapping[str, StackObject]
         elif gone and kind in ("ClusterQueue", "ResourceFlavor", "LocalQueue"):
             found.append(f"{key} is {change.action}d: Kueue stops admitting to it, and workloads admitted "
                          f"through it lose their quota")
-        elif change.action == "unpatch":
+        elif change.action == "unpatch" and kind == "Node":
             found.append(f"{key}: the patch is removed, and with it the labels it set (the node leaves its "
                          f"GPU pool)")
+        elif change.action == "unpatch" and kind == "Namespace":
+            found.append(f"{key}: the patch is removed, and with it the Pod Security labels it set; the "
+                         f"namespace and everything in it stay, unmanaged")
+        if change.action in ("update", "replace") and kind == "Deployment" and key in old:
+            # The connector's setting naming the namespace of the ephemeral fleets it manages.
+            from flyte_agent.settings import env_name  # imports flytekit: only when needed
+
+            fleets_were = _env(old[key].manifest, env_name("namespace"))
+            fleets_are = _env(obj.manifest if obj else {}, env_name("namespace"))
+            if fleets_were and fleets_were != fleets_are:
+                found.append(f"{change.key} moves its ephemeral fleets from namespace {fleets_were} to "
+                             f"{fleets_are}: the fleets already in {fleets_were} are orphaned (no longer "
+                             f"listed, garbage-collected or torn down by DeleteTask); release them before "
+                             f"this change")
         if change.action == "update" and kind == "StatefulSet" and key in old and change.key in new:
             was, now = _server_flags(old[key].manifest), _server_flags(new[change.key].manifest)
             if was and was != now:

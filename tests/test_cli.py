@@ -26,8 +26,9 @@ def test_plan_prints_every_object_and_passes(tmp_path: Path) -> None:
     assert "replicas=8 partitions=32" in result.stdout
     assert "gpus=16" in result.stdout  # feed-ranking's A100 quota
     # The GPU nodes exist before the stack: it patches them, it does not create them.
-    assert re.search(r"^Node \(patch\) +- +ltx1-gpu-a100-01 ", result.stdout, re.M)
-    assert "6 existing object(s) patched" in result.stdout
+    assert re.search(r"^Node \(patch\) +- +ltx1-gpu-a100-01 .* kubelet registers "
+                     r"taints=nvidia.com/gpu=present:NoSchedule$", result.stdout, re.M)
+    assert "10 existing object(s) patched" in result.stdout   # 6 GPU nodes, 4 namespaces
     assert re.search(r"ltx1: \d+ objects, schema and policy checks passed", result.stderr)
 
 

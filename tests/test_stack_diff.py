@@ -122,9 +122,30 @@ def test_renaming_the_shared_namespace_replaces_its_services_and_warns_loudly(
     assert ("| replace | `StatefulSet/graphs/member-graph` "
             "(was `StatefulSet/graphfleet-shared/member-graph`) |") in out
     assert "> [!WARNING]" in out
-    assert "> - Namespace/graphfleet-shared is deleted: Kubernetes deletes every object in it" in out
     assert "> - StatefulSet/graphfleet-shared/member-graph is replaced: the graph service is down" in out
     assert '! metadata.namespace: "graphfleet-shared" -> "graphs" (forces replace)' in out
+
+
+def test_renaming_the_data_namespace_warns_that_running_fleets_are_orphaned(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, "ltx1", lambda c: c["graphfleet:namespaces"].update(dataServices="fleets"))
+    assert cli.main(["diff", "ltx1", str(path)]) == cli.EXIT_DESTRUCTIVE
+    out = capsys.readouterr().out.splitlines()
+    assert ("WARNING: Deployment/graphfleet-system/graphfleet-connector moves its ephemeral fleets from "
+            "namespace graphfleet-data to fleets: the fleets already in graphfleet-data are orphaned "
+            "(no longer listed, garbage-collected or torn down by DeleteTask); release them before this "
+            "change") in out
+    assert "- unpatch Namespace/graphfleet-data" in out
+
+
+def test_deleting_a_namespace_the_stack_creates_warns_about_everything_in_it() -> None:
+    def namespace(name: str) -> StackObject:
+        return StackObject(f"kubernetes:core/v1:Namespace::{name}", "kubernetes:core/v1:Namespace",
+                           {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+    diff = diff_stacks([namespace("data")], [])
+    assert [(c.action, c.key) for c in diff.changes] == [("delete", "Namespace/data")]
+    assert diff.warnings[0].startswith("Namespace/data is deleted: Kubernetes deletes every object in it")
 
 
 def test_the_new_side_is_checked_and_violations_exit_1(

@@ -49,9 +49,18 @@ from flytekit.models.literals import LiteralMap
 from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
 from pydantic import ValidationError
 
-from flyte_agent import deck, log_links, metrics, pods
-from flyte_agent.provisioner import DestroyInProgress, Phase, Provision, Provisioner, Status
+from flyte_agent import deck, leases, log_links, metrics, pods
+from flyte_agent.provisioner import (
+    DestroyInProgress,
+    FleetInfo,
+    Phase,
+    Provision,
+    Provisioner,
+    Status,
+    workflow_execution,
+)
 from flyte_agent.settings import Settings, make_provisioner
+from flyte_agent.shared_fleets import SharedFleets, shared_provision
 from graph_engine import health, store
 from infra.names import STATEFULSET_NAME_MAX, name_hash
 from infra.spec import DataServiceSpec, describe_error
@@ -75,6 +84,8 @@ SHARED_PREFIX = "shared:"
 # `pyflyte serve connector` arguments that build the settings and provisioner before serving.
 SERVE_MODULES = ("--modules", "flyte_agent.serve")
 
+# How often expired leases are looked for: a lapsed shared fleet stops within this much of its expiry.
+LEASE_SWEEP_SECONDS = 30.0
 # The connector Deployment's container (infra/connector_deployment.py) and where Kubernetes writes
 # a pod's namespace.
 CONNECTOR_CONTAINER = "connector"
@@ -100,16 +111,21 @@ class FleetMeta(ResourceMeta):
     created_at: float = 0.0
     endpoints: list[str] = field(default_factory=list)  # `reuse` only: the shared service's
     error: str = ""                                     # bad input: reported as FAILED, nothing created
+    share: str = ""                                     # a shared fleet this execution holds a lease on
 
     def provision(self) -> Provision:
-        return Provision(name=self.name, spec=DataServiceSpec.from_custom(self.spec), owner=self.owner,
-                         execution=self.execution, created_at=self.created_at)
+        spec = DataServiceSpec.from_custom(self.spec)
+        if self.share:
+            return shared_provision(self.name, self.owner, self.share, spec, self.created_at)
+        return Provision(name=self.name, spec=spec, owner=self.owner, execution=self.execution,
+                         created_at=self.created_at)
 
 
 @dataclass
 class TeardownMeta(ResourceMeta):
     service: str = ""    # the fleet to release, or
     execution: str = ""  # with RELEASE_EXECUTION: every fleet of this workflow execution
+    caller: str = ""     # the teardown's own workflow execution: whose lease a shared fleet drops
 
 
 def provision_name(project: str, domain: str, execution: str, node: str) -> str:
@@ -211,15 +227,42 @@ class _Backend:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._made: tuple[Settings, Provisioner] | None = None
+        self._shares: SharedFleets | None = None
 
     def get(self) -> tuple[Settings, Provisioner]:
         with self._lock:
             if self._made is None:
                 settings = Settings.from_env()
                 provisioner = make_provisioner(settings)
-                metrics.register_fleets(settings.backend, provisioner.fleets)
+                if settings.backend == "local":
+                    self._shares = SharedFleets(settings.state_dir, provisioner)
+                    threading.Thread(target=_sweep_shares, args=(self._shares,), name="graphfleet-leases",
+                                     daemon=True).start()
+                shares = self._shares
+                metrics.register_fleets(settings.backend, lambda: listing(provisioner, shares))
                 self._made = (settings, provisioner)
             return self._made
+
+    def shares(self) -> SharedFleets | None:
+        """Shared fleets' leases (local backend; None on Pulumi, where `share` is refused)."""
+        self.get()
+        return self._shares
+
+
+def listing(provisioner: Provisioner, shares: SharedFleets | None) -> list[FleetInfo]:
+    """Every live fleet, with its lease holders if shared."""
+    fleets = provisioner.fleets()
+    return fleets if shares is None else shares.with_leases(fleets, time.time())
+
+
+def _sweep_shares(shares: SharedFleets) -> None:
+    """Stop shared fleets whose leases all expired (nobody renewed them)."""
+    while True:
+        time.sleep(LEASE_SWEEP_SECONDS)
+        try:
+            shares.sweep(time.time())
+        except Exception:  # the loop must survive one bad fleet; the next round tries again
+            log.exception("shared fleet sweep failed")
 
 
 backend = _Backend()
@@ -274,7 +317,25 @@ class DataServiceConnector(AsyncConnectorBase):
             meta.name = SHARED_PREFIX + spec.reuse
             meta.endpoints = settings.shared_services[spec.reuse]
             return meta
+        if spec.share is not None:
+            return self._lease(meta, spec)
         provisioner.create(meta.provision())
+        return meta
+
+    def _lease(self, meta: FleetMeta, spec: DataServiceSpec) -> FleetMeta:
+        """Take (or renew) this execution's lease on the shared fleet, making it if none runs."""
+        assert spec.share is not None
+        shares = backend.shares()
+        if shares is None:
+            meta.error = (f"share: {spec.share!r}: shared fleets are kept with the local backend only for "
+                          "now; leave share unset (one fleet per execution)")
+            return meta
+        try:
+            provision = shares.acquire(meta.owner, spec.share, spec, meta.execution, time.time())
+        except leases.ShareConflict as err:
+            meta.error = str(err)
+            return meta
+        meta.name, meta.share, meta.created_at = provision.name, spec.share, provision.created_at
         return meta
 
     def _get(self, resource_meta: FleetMeta) -> Resource:
@@ -283,6 +344,10 @@ class DataServiceConnector(AsyncConnectorBase):
         if resource_meta.endpoints:
             return self._shared(resource_meta)
         settings, provisioner = backend.get()
+        if resource_meta.share:  # a running consumer renews its lease (and re-makes a lapsed fleet)
+            renewed = self._lease(resource_meta, DataServiceSpec.from_custom(resource_meta.spec))
+            if renewed.error:
+                return Resource(phase=TaskExecution.FAILED, message=renewed.error)
         provision = resource_meta.provision()
         status = provisioner.status(provision)
         links = fleet_links(settings, provision, status)
@@ -310,6 +375,10 @@ class DataServiceConnector(AsyncConnectorBase):
             return
         settings, provisioner = backend.get()
         with metrics.timed_teardown(settings.backend):
+            shares = backend.shares()
+            if resource_meta.share and shares is not None:
+                shares.release(resource_meta.name, workflow_execution(resource_meta.execution), time.time())
+                return
             provisioner.delete(resource_meta.provision())
 
     def _shared(self, meta: FleetMeta) -> Resource:
@@ -338,7 +407,8 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
         if dict(task_template.custom or {}) == RELEASE_EXECUTION:
             # Its own execution: the one whose nodes provisioned (an on_failure node runs in it too).
             return TeardownMeta(execution="/".join(workflow_execution_id(task_execution_metadata)))
-        return TeardownMeta(service=str(_plain_inputs(inputs).get("service", "")))
+        return TeardownMeta(service=str(_plain_inputs(inputs).get("service", "")),
+                            caller="/".join(workflow_execution_id(task_execution_metadata)))
 
     async def get(self, resource_meta: TeardownMeta, **kwargs: Any) -> Resource:
         # The teardown waits for the destroy like a delete does.
@@ -353,10 +423,15 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
                             message="service: empty; pass the DataServiceTask's `service` output")
         settings, provisioner = backend.get()
         try:
+            shares = backend.shares()
             with metrics.timed_teardown(settings.backend):
                 if execution:
                     released = provisioner.release_execution(execution)
+                    if shares is not None:
+                        released += shares.release_execution(execution, time.time())
                     outcome = f"{execution}: released {', '.join(released) or 'nothing (none found)'}"
+                elif shares is not None and shares.is_shared(service):
+                    outcome = self._release_lease(shares, service, resource_meta.caller)
                 else:
                     provisioner.delete(by_name(service))
                     outcome = f"{service}: released"
@@ -368,6 +443,17 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
                             message=f"could not release {what}: {err}; run the teardown again or "
                                     "`graphfleet gc` (fleets also expire at their ttl_seconds)")
         return Resource(phase=TaskExecution.SUCCEEDED, outputs={"outcome": outcome})
+
+    @staticmethod
+    def _release_lease(shares: SharedFleets, service: str, caller: str) -> str:
+        """A teardown of a shared fleet drops its own execution's lease; the last one stops the fleet."""
+        owner = "/".join(caller.split("/")[:2])
+        if shares.owner(service) != owner:
+            raise PermissionError(f"shared data service {service} does not belong to {owner}; nothing was "
+                                  "touched")
+        left = shares.release(service, caller, time.time())
+        return (f"{service}: released the lease of {caller}; "
+                + (f"{left} other lease(s) keep it running" if left else "no lease left, fleet stopped"))
 
     def delete(self, resource_meta: TeardownMeta, **kwargs: Any) -> None:
         """Aborting a teardown leaves the fleet to its TTL; there is nothing of its own to delete."""

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -42,12 +41,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import graph_engine
 from flyte_agent import metrics, progress
+from flyte_agent.files import locked, write_json
 from flyte_agent.provisioner import (
     FleetInfo,
     Phase,
@@ -104,7 +103,7 @@ class LocalProvisioner:
                 record = {"name": provision.name, "spec": provision.spec.to_custom(),
                           "owner": provision.owner, "execution": provision.execution,
                           "created_at": provision.created_at, "ports": ports}
-                _write_json(self._dir(provision.name) / "fleet.json", record)
+                write_json(self._dir(provision.name) / "fleet.json", record)
                 with self._mutex:
                     self._started.add(provision.name)
                 for ordinal in range(provision.spec.replicas):
@@ -477,14 +476,8 @@ class LocalProvisioner:
             return "(no output)"
         return "\n".join(lines[-_LOG_TAIL_LINES:])
 
-    @contextlib.contextmanager
-    def _locked(self, name: str) -> Iterator[None]:
-        with open(self.state_dir / f".{name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _locked(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return locked(self.state_dir / f".{name}.lock")
 
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:
@@ -506,10 +499,3 @@ def _started_at(start_ticks: int) -> float:
     except (OSError, ValueError):
         return 0.0
     return time.time() - uptime + start_ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomically: a reader never sees half a record."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)

@@ -28,6 +28,10 @@ _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 _GRAPH_URI = re.compile(r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|/.+|file://.+)$")
 
 
+# The longest a fleet may live (a shared fleet's own time-to-live: its leases stop it sooner).
+TTL_MAX_SECONDS = 14 * 86400
+
+
 class DataServiceSpec(BaseModel):
     """One graph-engine fleet: which graph, how many shards, how big, for how long."""
 
@@ -37,6 +41,9 @@ class DataServiceSpec(BaseModel):
         None, description="Where the converted graph lives: s3://bucket/prefix, file:///path or /volume/path")
     reuse: str | None = Field(
         None, description="Name of a long-lived shared graph service in the datacenter to use instead")
+    share: str | None = Field(
+        None, description="Share one fleet, by lease, with every execution of the project and domain whose "
+                          "config has the same share name, graph and spec (flyte_agent/leases.py)")
     replicas: int = Field(1, ge=1, le=512, description="Graph-engine servers (StatefulSet replicas)")
     partitions: int | None = Field(
         None, ge=1, le=4096, description="Partitions in the graph; default: read from the graph's meta.json")
@@ -47,7 +54,7 @@ class DataServiceSpec(BaseModel):
     memory_limit: str | None = Field(None, description="Memory limit per server; default: the request")
     port: int = Field(50051, ge=1024, le=65535, description="gRPC port of every server")
     ttl_seconds: int = Field(
-        6 * 3600, ge=300, le=14 * 86400,
+        6 * 3600, ge=300, le=TTL_MAX_SECONDS,
         description="The fleet is garbage-collected this long after creation")
     scratch_size: str = Field("20Gi", description="Writable scratch volume for downloaded partitions")
     startup_seconds: int = Field(
@@ -75,7 +82,7 @@ class DataServiceSpec(BaseModel):
             raise ValueError(f"must be s3://bucket/prefix, file:///path or an absolute path, got {value!r}")
         return value
 
-    @field_validator("reuse")
+    @field_validator("reuse", "share")
     @classmethod
     def _reuse(cls, value: str | None) -> str | None:
         if value is not None and not _DNS_LABEL.match(value):
@@ -97,6 +104,9 @@ class DataServiceSpec(BaseModel):
         if (self.graph_uri is None) == (self.reuse is None):
             raise ValueError("set exactly one of graph_uri (provision a fleet) or reuse "
                              "(use a shared service)")
+        if self.share is not None and self.reuse is not None:
+            raise ValueError("share provisions a fleet that executions share; reuse names a datacenter's "
+                             "shared service: set one of them")
         if self.cpu_limit is not None and parse_cpu(self.cpu_limit) < parse_cpu(self.cpu):
             raise ValueError(f"cpu_limit {self.cpu_limit} is below the request cpu {self.cpu}")
         if self.memory_limit is not None and parse_memory(self.memory_limit) < parse_memory(self.memory):

@@ -297,6 +297,52 @@ def test_metrics_and_the_operator_listing_of_a_local_fleet(connector_factory, tm
     assert teardowns["graphfleet_teardown_seconds_count{backend=local,outcome=released}"] == 1
 
 
+def test_executions_sharing_a_fleet_hold_leases_until_the_last_is_released(connector_factory,
+                                                                            tmp_path: Path) -> None:
+    connector = connector_factory()
+    uri = convert(ring_graph(), str(tmp_path / "ring"), partitions=2)
+    task = DataServiceTask(name="graph", config=DataServiceConfig(graph_uri=uri, replicas=2, share="sweep"))
+    metas, outs = {}, {}
+    for run in ("run-a", "run-b"):
+        metas[run] = connector.create(serialized(task), name=run)
+        done = connector.wait_terminal(DATA_SERVICE_TASK_TYPE, metas[run])
+        assert done.phase == execution_pb2.TaskExecution.SUCCEEDED, done.message
+        outs[run] = outputs_of(done)
+    # One fleet, named for the share within the project and domain.
+    assert outs["run-a"] == outs["run-b"] and outs["run-a"]["service"].startswith("gf-share-sweep-")
+    pids = recorded_pids(connector.state_dir)
+    assert len(pids) == 2
+
+    # Another spec under the same share is refused, naming what differs; nothing is started.
+    other = DataServiceTask(name="graph", config=DataServiceConfig(graph_uri=uri, replicas=1, share="sweep",
+                                                                   memory="4Gi"))
+    refused = connector.wait_terminal(DATA_SERVICE_TASK_TYPE,
+                                      connector.create(serialized(other), name="run-c"))
+    assert refused.phase == execution_pb2.TaskExecution.FAILED
+    assert "share 'sweep' is in use with another spec" in refused.message
+    assert "memory: '2Gi' running vs '4Gi' asked" in refused.message
+    assert "replicas: 2 running vs 1 asked" in refused.message
+
+    env = {**os.environ, "GRAPHFLEET_BACKEND": "local", "GRAPHFLEET_STATE_DIR": str(connector.state_dir)}
+    shown = subprocess.run([sys.executable, "-m", "infra.cli", "fleets", "--json"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    [fleet] = json.loads(shown.stdout)
+    assert fleet["leases"] == ["proj/dev/run-a", "proj/dev/run-b"]
+    assert scrape(connector.metrics_port)["graphfleet_leases_held{backend=local}"] == 2
+
+    # run-a's DeleteTask drops its lease only; run-b's teardown task drops the last and stops the fleet.
+    connector.delete(DATA_SERVICE_TASK_TYPE, metas["run-a"])
+    assert all(pid_running(pid) for pid in pids)
+    assert len(sample_all_nodes(outs["run-b"]["endpoints"])) == NODES
+    teardown = DataServiceTeardownTask(name="release")
+    meta = connector.create(serialized(teardown), literal_inputs(teardown, service=outs["run-b"]["service"]),
+                            name="run-b", node="n9")
+    done = connector.wait_terminal(TEARDOWN_TASK_TYPE, meta)
+    assert done.phase == execution_pb2.TaskExecution.SUCCEEDED, done.message
+    assert "no lease left, fleet stopped" in done.outputs.literals["outcome"].scalar.primitive.string_value
+    assert not any(pid_running(pid) for pid in pids)
+
+
 def test_teardown_task_releases_the_fleet_and_tolerates_absence(connector_factory, tmp_path: Path) -> None:
     connector = connector_factory()
     uri = convert(ring_graph(), str(tmp_path / "ring"), partitions=2)

@@ -1,11 +1,12 @@
 """How long a user waits, after a graph-engine server crashes, for a FAILED message with log links.
 
 A local fleet of 2 servers is provisioned over gRPC (`pyflyte serve connector` on loopback) from a
-graph whose second server's partition file is missing: that server aborts while loading, is
-restarted `MAX_RESTARTS` times like a StatefulSet pod, then the fleet fails. GetTask is polled every
-`--poll` seconds (propeller polls every 10-30 s; locally flytekit polls every 1 s). Reported per run:
+graph whose second server's partition file is missing: that server exits with code 1 before loading
+(it checks its files against the graph's manifest), is restarted `MAX_RESTARTS` times like a
+StatefulSet pod, then the fleet fails. GetTask is polled every `--poll` seconds (propeller polls
+every 10-30 s; locally flytekit polls every 1 s). Reported per run:
 
-- crash -> first GetTask that says so ("1 restarting: SIGABRT");
+- crash -> first GetTask that says so ("1 restarting: exit code 1");
 - crash -> FAILED with the server's log tail and a link to each server's log;
 - CreateTask -> FAILED.
 
@@ -48,7 +49,7 @@ def one_run(work: Path, poll: float) -> dict[str, float]:
             reasons = list((work / "state").glob("*/server-1.reason"))
             if reasons and not first_crash:
                 first_crash = reasons[0].stat().st_mtime
-            if "restarting: SIGABRT" in resource.message and not seen_crash:
+            if "restarting: exit code 1" in resource.message and not seen_crash:
                 seen_crash = now
             if resource.phase == execution_pb2.TaskExecution.FAILED:
                 assert len(resource.log_links) == 2 and "node_1_0.map" in resource.message, resource

@@ -263,6 +263,7 @@ def fleet_args(provision: Provision, settings: Settings) -> GraphDataServiceArgs
                                 image=settings.image,
                                 placement=Placement.of(settings.node_selector, settings.tolerations),
                                 env=settings.engine_env, object_store=settings.object_store,
+                                client_namespaces=tuple(settings.client_namespaces),
                                 service_account=settings.engine_service_account)
 
 

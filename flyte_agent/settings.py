@@ -94,6 +94,9 @@ class Settings(BaseModel):
         default_factory=dict, description="graph-engine environment, e.g. AWS_ENDPOINT_URL, AWS_REGION")
     engine_service_account: Subdomain | None = Field(
         None, description="graph-engine service account (e.g. S3 through workload identity)")
+    client_namespaces: list[str] = Field(
+        default_factory=list,
+        description="namespaces whose graph-client pods every fleet admits (comma-separated); empty: any")
     object_store: ObjectStore = Field(
         default_factory=ObjectStore,
         description="graph-engine object store: endpoint and mounted credentials (the stack's objectStore)")
@@ -154,7 +157,7 @@ def _env_key(key: str) -> str:
 
 
 def _parse(field: str, value: str) -> Any:
-    if field == "image_allowlist":
+    if field in ("image_allowlist", "client_namespaces"):
         return [item.strip() for item in value.split(",") if item.strip()]
     if field in _JSON:
         try:

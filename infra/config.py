@@ -178,6 +178,17 @@ class TeamQuota(_Model):
     gpus: int = Field(ge=0, le=100_000)
     cpu: Cpu = "64"
     memory: Memory = "512Gi"
+    namespaces: list[DnsLabel] = Field(
+        default_factory=list,
+        description="Flyte's `<project>-<domain>` namespaces of this team's workflows: Flyte runs task pods "
+                    "there, so each gets the team's LocalQueue and is admitted to its ClusterQueue and to "
+                    "the graph fleets (besides the training namespace)")
+
+    @field_validator("namespaces")
+    @classmethod
+    def _unique_namespaces(cls, value: list[str]) -> list[str]:
+        _no_duplicates(value, "namespace")
+        return value
 
 
 class KarpenterProvisioning(_Model):
@@ -484,6 +495,13 @@ class StackConfig(BaseModel):
                 except ValueError as exc:
                     raise ValueError(f"sharedServices[{index}].spec.image ({service.name}): {exc}") from None
         return value
+
+    def client_namespaces(self) -> list[str]:
+        """Where pods that read graph fleets run: the connector (it health-checks fleets), the training
+        namespace and every team's Flyte namespaces."""
+        ns = self.namespaces
+        teams = [n for pool in self.gpu_pools for team in pool.teams for n in team.namespaces]
+        return sorted({ns.connector, ns.training, *teams})
 
     def image_of(self, service: SharedService) -> str:
         return service.spec.image or self.graph_engine_image

@@ -80,6 +80,8 @@ class FlyteConnectorArgs:
     engine_env: Mapping[str, str] = field(default_factory=dict)
     # Where graphs are read, by the connector (meta.json) and every fleet alike.
     object_store: ObjectStore = field(default_factory=ObjectStore)
+    # Namespaces whose graph clients every fleet admits (its NetworkPolicy).
+    client_namespaces: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names.check_label(self.namespace, "FlyteConnectorArgs.namespace")
@@ -160,6 +162,7 @@ def settings_env(args: FlyteConnectorArgs) -> list[dict[str, Any]]:
         "engine_env": json.dumps(dict(args.engine_env), sort_keys=True),
         "engine_service_account": ENGINE_SERVICE_ACCOUNT,
         "object_store": args.object_store.model_dump_json(by_alias=True, exclude_none=True),
+        "client_namespaces": ",".join(args.client_namespaces) or None,
         "secrets_provider": config.secrets.secrets_provider,
         # delete() must answer before propeller's DeleteTask deadline, with room for the call itself.
         "delete_wait_seconds": f"{DELETE_WAIT_SHARE * parse_duration(config.timeouts.delete_task):g}",

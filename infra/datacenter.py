@@ -63,7 +63,8 @@ def plan(config: StackConfig) -> DatacenterPlan:
                                    image=config.graph_engine_image,
                                    placement=Placement.of(placement.node_selector, placement.tolerations),
                                    env=config.graph_engine_env, object_store=config.object_store,
-                                   service_account=ENGINE_SERVICE_ACCOUNT, long_lived=True)
+                                   service_account=ENGINE_SERVICE_ACCOUNT, long_lived=True,
+                                   client_namespaces=tuple(config.client_namespaces()))
               for s in config.shared_services]
     # Deterministic names: the connector is told them up front and never waits for a graph to load.
     shared_endpoints = {a.name: endpoints(FleetNames.of(a), a.spec.replicas, a.spec.port) for a in shared}
@@ -78,7 +79,8 @@ def plan(config: StackConfig) -> DatacenterPlan:
                                      shared_services=shared_endpoints,
                                      # Ephemeral fleets land where the shared ones do, with their env.
                                      placement=placement, engine_env=config.graph_engine_env,
-                                     object_store=config.object_store))
+                                     object_store=config.object_store,
+                                     client_namespaces=tuple(config.client_namespaces())))
 
 
 class Datacenter(pulumi.ComponentResource):

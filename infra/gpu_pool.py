@@ -158,7 +158,10 @@ def cluster_queue_manifest(pool: GpuPool, team: TeamQuota, training_namespace: s
         "spec": {
             # One cohort per pool: a team's idle quota is lent to the others and reclaimed on demand.
             "cohort": cohort_name(pool, datacenter),
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": training_namespace}},
+            # Flyte runs task pods in `<project>-<domain>` namespaces: the team's, and the training one.
+            "namespaceSelector": {"matchExpressions": [{
+                "key": "kubernetes.io/metadata.name", "operator": "In",
+                "values": team_namespaces(team, training_namespace)}]},
             "queueingStrategy": "BestEffortFIFO",
             "resourceGroups": [{
                 "coveredResources": ["cpu", "memory", GPU_RESOURCE],
@@ -173,11 +176,17 @@ def cluster_queue_manifest(pool: GpuPool, team: TeamQuota, training_namespace: s
     }
 
 
-def local_queue_manifest(pool: GpuPool, team: TeamQuota, training_namespace: str,
+def team_namespaces(team: TeamQuota, training_namespace: str) -> list[str]:
+    """Where the team's training pods may run: the training namespace and its Flyte namespaces."""
+    return sorted({training_namespace, *team.namespaces})
+
+
+def local_queue_manifest(pool: GpuPool, team: TeamQuota, namespace: str,
                          datacenter: str) -> dict[str, Any]:
+    """The team's queue in one namespace; the same name everywhere, so a task names it once."""
     return {
         "apiVersion": KUEUE_API, "kind": "LocalQueue",
-        "metadata": {"name": queue_name(pool, team), "namespace": training_namespace,
+        "metadata": {"name": queue_name(pool, team), "namespace": namespace,
                      "labels": {**_labels(pool), "graphfleet.io/team": team.name}},
         "spec": {"clusterQueue": cluster_queue_name(pool, team, datacenter)},
     }
@@ -198,8 +207,9 @@ def pool_manifests(args: GpuNodePoolArgs) -> list[dict[str, Any]]:
     """Every object of the pool, in the order they are declared."""
     pool, namespace, dc = args.pool, args.training_namespace, args.datacenter
     nodes = node_patch_manifests(pool) if pool.kind == "static" else [karpenter_node_pool_manifest(pool, dc)]
-    queues = [m for team in pool.teams for m in (cluster_queue_manifest(pool, team, namespace, dc),
-                                                 local_queue_manifest(pool, team, namespace, dc))]
+    queues = [m for team in pool.teams for m in (
+        cluster_queue_manifest(pool, team, namespace, dc),
+        *(local_queue_manifest(pool, team, ns, dc) for ns in team_namespaces(team, namespace)))]
     return [*nodes, resource_flavor_manifest(pool, dc), *queues, priority_class_manifest(pool, dc)]
 
 
@@ -233,6 +243,9 @@ class GpuNodePool(pulumi.ComponentResource):
         declared: dict[tuple[str, str], pulumi.Resource] = {}
         for manifest in pool_manifests(args):
             kind, object_name = manifest["kind"], manifest["metadata"]["name"]
+            if kind == "LocalQueue" and manifest["metadata"]["namespace"] != args.training_namespace:
+                # One per team namespace: the same name in each (how training tasks name it).
+                object_name = f"{manifest['metadata']['namespace']}-{object_name}"
             # A ClusterQueue needs its flavor first; a LocalQueue its ClusterQueue.
             needs = {"ClusterQueue": ("ResourceFlavor", flavor_name(args.pool, args.datacenter)),
                      "LocalQueue": ("ClusterQueue", manifest.get("spec", {}).get("clusterQueue"))}.get(kind)

@@ -97,6 +97,8 @@ class GraphDataServiceArgs:
     env: Mapping[str, str] = field(default_factory=dict)      # plain settings only, e.g. AWS_REGION
     object_store: ObjectStore = field(default_factory=ObjectStore)  # endpoint, mounted credentials
     service_account: str | None = None  # for S3 access through workload identity
+    # Namespaces whose labelled pods may read the fleet; empty: any namespace (local tests only).
+    client_namespaces: tuple[str, ...] = ()
     run_as_user: int = GRAPH_ENGINE_UID  # the image's user (docker/graph-engine.Dockerfile)
     long_lived: bool = False            # a datacenter's shared service: no TTL, drains must pass
 
@@ -132,6 +134,8 @@ class GraphDataServiceArgs:
                 raise ValueError(f"GraphDataServiceArgs.env: {exc}") from None
         if self.service_account is not None:
             names.check_subdomain(self.service_account, "GraphDataServiceArgs.service_account")
+        for namespace in self.client_namespaces:
+            names.check_label(namespace, "GraphDataServiceArgs.client_namespaces")
         if self.run_as_user < 1:
             raise ValueError(f"GraphDataServiceArgs.run_as_user: must be a non-root uid (>= 1), "
                              f"got {self.run_as_user}")
@@ -317,13 +321,19 @@ def pdb_manifest(args: GraphDataServiceArgs) -> dict[str, Any]:
 
 
 def network_policy_manifest(args: GraphDataServiceArgs) -> dict[str, Any]:
-    """Ingress to the gRPC port only from pods labelled as graph clients, in any namespace."""
+    """Ingress to the gRPC port only from pods labelled as graph clients in the client namespaces: a
+    label alone is not a key (anyone who can create a pod somewhere can set it)."""
     fleet = FleetNames.of(args)
+    namespaces: dict[str, Any] = {}
+    if args.client_namespaces:
+        namespaces = {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In",
+                                            "values": sorted(args.client_namespaces)}]}
     return _manifest("networking.k8s.io/v1", "NetworkPolicy", args, fleet.service, {
             "podSelector": {"matchLabels": selector_labels(fleet)},
             "policyTypes": ["Ingress"],
             "ingress": [{
-                "from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {CLIENT_LABEL: "true"}}}],
+                "from": [{"namespaceSelector": namespaces,
+                          "podSelector": {"matchLabels": {CLIENT_LABEL: "true"}}}],
                 "ports": [{"protocol": "TCP", "port": args.spec.port}],
             }],
         })

@@ -171,3 +171,27 @@ def test_a_stack_without_a_kubernetes_context_is_refused() -> None:
     del raw["kubernetes:context"]
     with pytest.raises(ConfigError, match=r"^ltx1: kubernetes:context: not set; name the kubeconfig context"):
         stack_config_from_mapping(raw, "ltx1", "ltx1")
+
+
+def test_flyte_project_namespaces_get_the_teams_queue_and_reach_the_fleets(
+        render_valid: Callable[..., Rendered]) -> None:
+    """Flyte runs task pods in `<project>-<domain>` namespaces: the team's LocalQueue must be there, its
+    ClusterQueue must admit them, and the fleets' NetworkPolicies must admit their graph clients (by
+    namespace as well as label)."""
+    config = load_stack_config(stack_path("ltx1"))
+    rendered = render_valid(lambda: program(config), stack="ltx1")
+    flyte = ["feed-ranking-development", "feed-ranking-production"]
+    queues = {(q["metadata"]["namespace"], q["metadata"]["name"]) for q in rendered.of_kind("LocalQueue")}
+    local = rendered.outputs["queues"]["a100"]["feed-ranking"]
+    assert {(ns, local) for ns in ["ml-training", *flyte]} <= queues
+    (cluster_queue,) = [q for q in rendered.of_kind("ClusterQueue")
+                        if q["metadata"]["name"].endswith("feed-ranking")]
+    (selector,) = cluster_queue["spec"]["namespaceSelector"]["matchExpressions"]
+    assert selector == {"key": "kubernetes.io/metadata.name", "operator": "In",
+                        "values": sorted(["ml-training", *flyte])}
+    fleet_policy = next(p for p in rendered.of_kind("NetworkPolicy")
+                        if p["metadata"]["name"] == "member-graph")
+    (source,) = fleet_policy["spec"]["ingress"][0]["from"]
+    admitted = source["namespaceSelector"]["matchExpressions"][0]["values"]
+    assert admitted == sorted(["graphfleet-system", "ml-training", *flyte])
+    assert source["podSelector"] == {"matchLabels": {"graphfleet.io/graph-client": "true"}}

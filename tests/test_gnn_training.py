@@ -182,25 +182,62 @@ def wait_for(check: Any, run: subprocess.Popen[str], timeout: float = 300) -> An
     pytest.fail(f"condition not met within {timeout}s")
 
 
-SERIALIZE_TRAIN = """
+SERIALIZE_TASKS = """
 import json
 from collections import OrderedDict
 from flytekit.configuration import Image, ImageConfig, SerializationSettings
+from flytekit.core.base_task import PythonTask
 from flytekit.tools.translator import get_serializable
 import workflows.gnn_training as job
 image = ImageConfig(default_image=Image(name="default", fqn="registry.example/gnn", tag="1"))
-template = get_serializable(OrderedDict(), SerializationSettings(image_config=image), job.train).template
-pod = template.k8s_pod
-print(json.dumps({"type": template.type, "custom": template.custom, "labels": pod.metadata.labels,
-                  "spec": pod.pod_spec}))
+settings = SerializationSettings(image_config=image)
+out = {}
+for name, task in vars(job).items():
+    if isinstance(task, PythonTask):
+        template = get_serializable(OrderedDict(), settings, task).template
+        pod = template.k8s_pod
+        out[name] = {"type": template.type, "custom": template.custom,
+                     "labels": pod.metadata.labels if pod else None, "spec": pod.pod_spec if pod else None}
+print(json.dumps(out))
 """
 
 
-def serialize_train(trainer: str) -> subprocess.CompletedProcess[str]:
-    """The train task as it would be registered, with GRAPHFLEET_TRAINER read at import."""
+def serialize_tasks(trainer: str) -> subprocess.CompletedProcess[str]:
+    """Every task of the workflow module as it would be registered, GRAPHFLEET_TRAINER read at import."""
     env = {**os.environ, job.TRAINER_ENV: trainer, job.QUEUE_ENV: "team-a"}
-    return subprocess.run([sys.executable, "-c", SERIALIZE_TRAIN], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-c", SERIALIZE_TASKS], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=120)
+
+
+def serialize_train(trainer: str) -> subprocess.CompletedProcess[str]:
+    done = serialize_tasks(trainer)
+    if done.returncode == 0:
+        done.stdout = json.dumps(json.loads(done.stdout.strip().splitlines()[-1])["train"])
+    return done
+
+
+# Tasks whose pods open the fleet (DistributedGraph or health checks); the connector's own tasks
+# (graph_service, release*) run in the connector, and the others never dial a server.
+FLEET_CLIENTS = {"train", "evaluate"}
+
+
+@pytest.mark.parametrize("trainer", ["local", "pytorchjob"])
+def test_every_pod_that_talks_to_a_fleet_is_a_restricted_graph_client(trainer: str) -> None:
+    """From the serialized templates: the fleet's NetworkPolicy admits only labelled pods, and the
+    restricted Pod Security Standard admits only pods with this security context."""
+    done = serialize_tasks(trainer)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tasks = json.loads(done.stdout.strip().splitlines()[-1])
+    assert FLEET_CLIENTS <= set(tasks)
+    for name in FLEET_CLIENTS:
+        pod = tasks[name]
+        assert pod["labels"] and pod["labels"]["graphfleet.io/graph-client"] == "true", name
+        security = pod["spec"]["securityContext"]
+        assert security["runAsNonRoot"] is True and security["runAsUser"] >= 10000, name
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        (primary,) = [c for c in pod["spec"]["containers"] if c["name"] == "primary"]
+        context = primary["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False and context["capabilities"] == {"drop": ["ALL"]}
 
 
 def test_on_a_cluster_the_train_task_is_a_pytorchjob_on_the_gpu_pool() -> None:

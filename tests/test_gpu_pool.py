@@ -69,11 +69,14 @@ def test_kueue_queue_per_team_with_the_pools_quota(render_valid: Callable[..., R
     resources = queues["graphfleet-ltx1-a100-feed-ranking"]["resourceGroups"][0]["flavors"][0]["resources"]
     assert {"name": "nvidia.com/gpu", "nominalQuota": 16} in resources
     assert {q["cohort"] for q in queues.values()} == {"graphfleet-ltx1-a100"}
-    assert all(q["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ml-training"}
-               for q in queues.values())
-    local = {q["metadata"]["name"]: q for q in rendered.of_kind("LocalQueue")}
+    admitted = {name: q["namespaceSelector"]["matchExpressions"][0]["values"] for name, q in queues.items()}
+    assert admitted == {"graphfleet-ltx1-a100-feed-ranking": ["feed-ranking-development",
+                                                              "feed-ranking-production", "ml-training"],
+                        "graphfleet-ltx1-a100-people-search": ["ml-training"],
+                        "graphfleet-ltx1-a100-trust-graph": ["ml-training"]}
+    local = {(q["metadata"]["namespace"], q["metadata"]["name"]): q for q in rendered.of_kind("LocalQueue")}
     assert {q["spec"]["clusterQueue"] for q in local.values()} == set(queues)
-    assert {q["metadata"]["namespace"] for q in local.values()} == {"ml-training"}
+    assert {ns for ns, _ in local} == {"ml-training", "feed-ranking-development", "feed-ranking-production"}
     assert rendered.one("PriorityClass")["value"] == 1000
     assert rendered.outputs["queues"] == {"feed-ranking": "a100-feed-ranking", "people-search":
                                           "a100-people-search", "trust-graph": "a100-trust-graph"}

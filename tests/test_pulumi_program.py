@@ -123,3 +123,13 @@ def test_credentials_in_plain_engine_env_are_refused() -> None:
     raw["graphfleet:graphEngineEnv"] = {"AWS_ENDPOINT_URL": "http://elsewhere:9000"}
     with pytest.raises(ConfigError, match=r"objectStore.endpoint"):
         stack_config_from_mapping(raw, "stacks/Pulumi.ltx1.yaml", "ltx1")
+
+
+def test_ephemeral_fleets_admit_graph_clients_only_from_the_stacks_namespaces() -> None:
+    settings = _connector_settings(load_stack_config(stack_path("ltx1")))
+    p = Provision(name="run-z-n0", spec=DataServiceSpec(graph_uri="s3://graphs/cora", partitions=2),
+                  owner="proj/dev", execution="z", created_at=time.time())
+    fleet = render(fleet_program(p, settings), stack="run-z-n0", project="graphfleet-fleets")
+    (source,) = fleet.one("NetworkPolicy")["spec"]["ingress"][0]["from"]
+    assert source["namespaceSelector"]["matchExpressions"][0]["values"] == [
+        "feed-ranking-development", "feed-ranking-production", "graphfleet-system", "ml-training"]

@@ -116,25 +116,58 @@ def guarded(step: str, body: Callable[[], TrainOutcome]) -> TrainOutcome:
         return TrainOutcome(error=f"{step}: {type(err).__name__}: {err}")
 
 
+def graph_client_pod(labels: dict[str, str] | None = None,
+                     tolerations: list[Any] | None = None) -> PodTemplate:
+    """The pod of every task that talks to a graph fleet: the graph-client label (the fleet's
+    NetworkPolicy admits only labelled pods, from the stack's client namespaces) and a security
+    context the restricted Pod Security Standard admits (infra/pod_security.py; a writable root,
+    since flytekit and torch write to /tmp). Runs as the graph-engine image's user: that image
+    carries the locked environment, training included."""
+    from kubernetes.client import (
+        V1Capabilities,
+        V1Container,
+        V1PodSecurityContext,
+        V1PodSpec,
+        V1SeccompProfile,
+        V1SecurityContext,
+    )
+
+    from infra.image_contract import GRAPH_ENGINE_UID
+    from infra.pod_security import container_security_context, pod_security_context
+
+    pod, container = pod_security_context(GRAPH_ENGINE_UID), container_security_context()
+    seccomp = V1SeccompProfile(type=pod["seccompProfile"]["type"])
+    spec = V1PodSpec(
+        containers=[V1Container(name="primary", security_context=V1SecurityContext(
+            allow_privilege_escalation=container["allowPrivilegeEscalation"],
+            capabilities=V1Capabilities(drop=container["capabilities"]["drop"]),
+            run_as_non_root=container["runAsNonRoot"], seccomp_profile=seccomp))],
+        security_context=V1PodSecurityContext(
+            run_as_non_root=pod["runAsNonRoot"], run_as_user=pod["runAsUser"], run_as_group=pod["runAsGroup"],
+            fs_group=pod["fsGroup"], seccomp_profile=seccomp),
+        tolerations=tolerations)
+    return PodTemplate(pod_spec=spec, labels={CLIENT_LABEL: "true", **(labels or {})},
+                       primary_container_name="primary")
+
+
 def _trainer_task(fn: Callable[..., Any]) -> Any:
     """`task` for the train step: in-process locally, a PyTorchJob on the GPU pool on a cluster."""
     trainer = os.environ.get(TRAINER_ENV, "local")
     if trainer not in TRAINERS:
         raise ValueError(f"{TRAINER_ENV}={trainer!r}: choose one of {', '.join(TRAINERS)}")
     if trainer == "local":
-        return task(fn)
+        return task(pod_template=graph_client_pod())(fn)
     from flytekitplugins.kfpytorch import Master, PyTorch, Worker
-    from kubernetes.client import V1PodSpec, V1Toleration
+    from kubernetes.client import V1Toleration
 
     from infra.config import Taint
     from infra.gpu_pool import QUEUE_LABEL
 
-    labels = {CLIENT_LABEL: "true"}
+    labels = {}
     queue = os.environ.get(QUEUE_ENV, "")
     if queue:
         labels[QUEUE_LABEL] = queue
-    toleration = V1Toleration(**Taint().toleration())
-    pod = PodTemplate(pod_spec=V1PodSpec(containers=[], tolerations=[toleration]), labels=labels)
+    pod = graph_client_pod(labels, tolerations=[V1Toleration(**Taint().toleration())])
     # One process: the trainer does not shard batches across ranks, so workers would repeat it.
     config = PyTorch(master=Master(), worker=Worker(replicas=0))
     gpu = Resources(gpu="1")
@@ -160,7 +193,7 @@ def train(graph_uri: str, endpoints: str, epochs: int, seed: int) -> TrainOutcom
     return guarded("train", body)
 
 
-@task(enable_deck=True)
+@task(enable_deck=True, pod_template=graph_client_pod())
 def evaluate(graph_uri: str, endpoints: str, trained: TrainOutcome) -> TrainOutcome:
     """Test accuracy of the kept model, through the same fleet (shown in its "data service" Deck)."""
     if trained.error:

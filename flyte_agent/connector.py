@@ -22,6 +22,7 @@ process: any replica, after any restart, answers for any execution.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -49,13 +50,14 @@ from flytekit.models.literals import LiteralMap
 from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
 from pydantic import ValidationError
 
-from flyte_agent import deck, leases, log_links, metrics, pods
+from flyte_agent import deck, leases, log_links, metrics, pods, progress
 from flyte_agent.provisioner import (
     DestroyInProgress,
     FleetInfo,
     Phase,
     Provision,
     Provisioner,
+    ServerPhase,
     Status,
     workflow_execution,
 )
@@ -228,6 +230,7 @@ class _Backend:
         self._lock = threading.Lock()
         self._made: tuple[Settings, Provisioner] | None = None
         self._shares: SharedFleets | None = None
+        self._pods: pods.KubernetesPods | bool | None = None  # False: tried, no cluster config
 
     def get(self) -> tuple[Settings, Provisioner]:
         with self._lock:
@@ -242,6 +245,19 @@ class _Backend:
                 metrics.register_fleets(settings.backend, lambda: listing(provisioner, shares))
                 self._made = (settings, provisioner)
             return self._made
+
+    def pod_reader(self) -> pods.KubernetesPods | None:
+        """The Kubernetes pod reader of a Pulumi connector, made once; None where no cluster is
+        configured (the servers are then reported as unknown)."""
+        settings, _ = self.get()
+        with self._lock:
+            if self._pods is None and settings.backend == "pulumi":
+                try:
+                    self._pods = pods.KubernetesPods(settings.kubeconfig)
+                except Exception as err:  # noqa: BLE001 - no cluster config: progress stays coarse
+                    log.warning("fleet pods cannot be read (%s); GetTask reports Pulumi progress only", err)
+                    self._pods = False
+            return self._pods if isinstance(self._pods, pods.KubernetesPods) else None
 
     def shares(self) -> SharedFleets | None:
         """Shared fleets' leases (local backend; None on Pulumi, where `share` is refused)."""
@@ -350,6 +366,8 @@ class DataServiceConnector(AsyncConnectorBase):
                 return Resource(phase=TaskExecution.FAILED, message=renewed.error)
         provision = resource_meta.provision()
         status = provisioner.status(provision)
+        if settings.backend == "pulumi" and not status.servers:
+            status = with_pods(settings, provision, status, backend.pod_reader())
         links = fleet_links(settings, provision, status)
         info = deck.custom_info(provision.spec, status.servers)
         if status.phase is Phase.READY:
@@ -457,6 +475,30 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
 
     def delete(self, resource_meta: TeardownMeta, **kwargs: Any) -> None:
         """Aborting a teardown leaves the fleet to its TTL; there is nothing of its own to delete."""
+
+
+def with_pods(settings: Settings, provision: Provision, status: Status, reader: pods.KubernetesPods | None
+              ) -> Status:
+    """A cluster fleet's status with its pods' states: progress while it comes up, and for a failure
+    the first crashing server and the tail of its previous log. Pods are read only before READY."""
+    if reader is None or status.phase not in (Phase.UPDATING, Phase.FAILED):
+        return status
+    found = reader.pods(settings.namespace, provision.name)
+    if found is None:
+        return status
+    servers = pods.cluster_servers(provision.name, settings.namespace, provision.spec.replicas,
+                                   status.endpoints, found)
+    message = status.message
+    said = progress.summary(servers)
+    if status.phase is Phase.UPDATING and said:
+        message = f"{said} ({status.message})" if status.message else said
+    crashed = next((s for s in servers if s.phase is ServerPhase.RESTARTING), None)
+    if status.phase is Phase.FAILED and crashed is not None:
+        tail = reader.log_tail(crashed)
+        message += (f"\ngraph-engine server {crashed.ordinal} (pod {crashed.namespace}/{crashed.pod}) "
+                    f"restarted {crashed.restarts} times, last: {crashed.reason or 'unknown'}"
+                    + (f"; last lines of its previous log:\n{tail}" if tail else ""))
+    return dataclasses.replace(status, message=message, servers=servers)
 
 
 def fleet_links(settings: Settings, provision: Provision, status: Status) -> list[Any]:

@@ -1,0 +1,88 @@
+"""A cluster fleet's servers from its pods (Kubernetes' own V1Pod model), and GetTask's progress from them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from kubernetes.client import (
+    V1ContainerState,
+    V1ContainerStateRunning,
+    V1ContainerStateTerminated,
+    V1ContainerStateWaiting,
+    V1ContainerStatus,
+    V1ObjectMeta,
+    V1Pod,
+    V1PodStatus,
+)
+
+from flyte_agent import pods
+from flyte_agent.connector import with_pods
+from flyte_agent.provisioner import Phase, Provision, ServerPhase, Status
+from flyte_agent.settings import Settings
+from infra.spec import DataServiceSpec
+
+STARTED = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
+
+
+def pod(name: str, ready: bool = False, restarts: int = 0, waiting: str | None = None,
+        last: tuple[str, int] | None = None) -> V1Pod:
+    state = (V1ContainerState(waiting=V1ContainerStateWaiting(reason=waiting)) if waiting else
+             V1ContainerState(running=V1ContainerStateRunning(started_at=STARTED)))
+    last_state = (V1ContainerState(terminated=V1ContainerStateTerminated(reason=last[0], exit_code=last[1]))
+                  if last else V1ContainerState())
+    status = V1ContainerStatus(name="graph-engine", ready=ready, restart_count=restarts, state=state,
+                               last_state=last_state, image="i", image_id="", started=not waiting)
+    return V1Pod(metadata=V1ObjectMeta(name=name), status=V1PodStatus(container_statuses=[status]))
+
+
+def test_each_pod_says_what_its_server_is_doing() -> None:
+    def state(p: V1Pod | None) -> tuple[ServerPhase, int, str]:
+        s = pods.server_state(0, "e:1", p, "graph-services", "gf-x")
+        return s.phase, s.restarts, s.reason
+
+    assert state(None) == (ServerPhase.PENDING, 0, "")
+    assert state(pod("gf-x-0")) == (ServerPhase.LOADING, 0, "")
+    assert state(pod("gf-x-0", ready=True)) == (ServerPhase.SERVING, 0, "")
+    assert state(pod("gf-x-0", restarts=3, waiting="CrashLoopBackOff", last=("OOMKilled", 137))) == (
+        ServerPhase.RESTARTING, 3, "OOMKilled")
+    assert state(pod("gf-x-0", restarts=1, last=("Error", 1))) == (
+        ServerPhase.RESTARTING, 1, "Error (exit code 1)")
+    assert state(pod("gf-x-0", waiting="ImagePullBackOff")) == (ServerPhase.PENDING, 0, "ImagePullBackOff")
+    served = pods.server_state(0, "e:1", pod("gf-x-0", ready=True), "graph-services", "gf-x")
+    assert (served.pod, served.container) == ("gf-x-0", "graph-engine")
+    assert served.started_at == STARTED.timestamp()
+
+
+class FakeReader:
+    """The cluster as the connector's pod reader sees it."""
+
+    def __init__(self, found: dict[str, Any] | None) -> None:
+        self.found = found
+
+    def pods(self, namespace: str, fleet: str) -> dict[str, Any] | None:
+        return self.found
+
+    def log_tail(self, server: Any) -> str:
+        return f"MemoryError while loading partition 3 ({server.pod})"
+
+
+def test_pulumi_progress_and_failures_name_the_pods() -> None:
+    settings = Settings(backend="pulumi", namespace="graph-services")
+    fleet = Provision(name="gf-x", spec=DataServiceSpec(graph_uri="s3://graphs/x", partitions=4, replicas=4),
+                      owner="p/d", execution="p/d/e/n0", created_at=0.0)
+    found = {"gf-x-0": pod("gf-x-0", ready=True), "gf-x-1": pod("gf-x-1"), "gf-x-2": pod("gf-x-2"),
+             "gf-x-3": pod("gf-x-3", restarts=2, waiting="CrashLoopBackOff", last=("OOMKilled", 137))}
+    coming = with_pods(settings, fleet, Status(Phase.UPDATING, message="pulumi up running for stack gf-x"),
+                       FakeReader(found))  # type: ignore[arg-type]
+    assert coming.message == ("1/4 servers serving, 2 loading partitions, 1 restarting: OOMKilled "
+                              "(pulumi up running for stack gf-x)")
+    failed = with_pods(settings, fleet, Status(Phase.FAILED, message="pulumi up failed 3 times"),
+                       FakeReader(found))  # type: ignore[arg-type]
+    assert failed.message.splitlines()[1:] == [
+        "graph-engine server 3 (pod graph-services/gf-x-3) restarted 2 times, last: OOMKilled; last lines "
+        "of its previous log:", "MemoryError while loading partition 3 (gf-x-3)"]
+    # Without access to the pods (or once READY) the provisioner's status stands as it is.
+    unread = Status(Phase.UPDATING, message="pulumi up running")
+    assert with_pods(settings, fleet, unread, FakeReader(None)) is unread  # type: ignore[arg-type]
+    assert with_pods(settings, fleet, unread, None) is unread

@@ -62,6 +62,8 @@ RBAC_RULES: list[dict[str, Any]] = [
     # the provider's await logic watches Events of every object it creates, updates or deletes.
     {"apiGroups": [""], "resources": ["pods", "endpoints", "events"], "verbs": _READ},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": _READ},
+    # A fleet's FAILED message quotes the crashed server's previous log (flyte_agent/pods.py).
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
 ]
 
 

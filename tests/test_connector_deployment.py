@@ -108,7 +108,8 @@ def test_rbac_is_exactly_what_provisioning_needs(render_valid: Callable[..., Ren
     read = ("get", "list", "watch")
     # pulumi-kubernetes' await logic watches the Events of what it creates (both Event APIs).
     assert granted == {("statefulsets", full), ("services", full), ("poddisruptionbudgets", full),
-                       ("networkpolicies", full), ("pods", read), ("endpoints", read), ("events", read)}
+                       ("networkpolicies", full), ("pods", read), ("endpoints", read), ("events", read),
+                       ("pods/log", ("get",))}
     groups = {g for rule in role["rules"] if "events" in rule["resources"] for g in rule["apiGroups"]}
     assert groups == {"", "events.k8s.io"}
     binding = rendered.one("RoleBinding")

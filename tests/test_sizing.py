@@ -1,0 +1,69 @@
+"""Server memory and scratch from partition sizes: the plain formula, and its calibration held
+against the RSS of a real graph-engine server that has touched its whole graph."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from graph_engine import health, sizing
+from graph_engine.convert import convert
+from graph_engine.datasets import synthetic
+from graph_engine.store import read_info
+from tests.test_graph_server import free_port
+
+MIB = sizing.MIB
+
+
+def manifest(sizes: dict[int, int]) -> dict[str, object]:
+    files = {f"node_features_{p}_0.data": {"size": size, "sha256": "", "partition": p}
+             for p, size in sizes.items()}
+    files["train.ids"] = {"size": 10 * MIB, "sha256": ""}  # read by trainers, never loaded by servers
+    return {"partitions": len(sizes), "files": files}
+
+
+def test_each_server_needs_the_partitions_it_loads_plus_its_own_footprint() -> None:
+    m = manifest({0: 100 * MIB, 1: 300 * MIB, 2: 50 * MIB, 3: 10 * MIB})
+    assert sizing.server_bytes(m, 2) == [150 * MIB, 310 * MIB]  # ordinal 0: 0 and 2; ordinal 1: 1 and 3
+    assert sizing.memory_mib(m, 2) == 160 + 310
+    assert sizing.memory_mib(m, 4) == 160 + 300
+    assert sizing.scratch_mib(m, 1) == 256 + 460
+    assert not sizing.has_sizes({"partitions": 2})
+
+
+@pytest.mark.parametrize("nodes, dim", [(2_000, 16), (40_000, 64)])
+def test_the_formula_covers_a_real_servers_rss(tmp_path: Path, nodes: int, dim: int) -> None:
+    from deepgnn.graph_engine.snark.client import DistributedGraph
+
+    graph = synthetic(num_nodes=nodes, num_classes=4, feature_dim=dim, avg_degree=8.0)
+    uri = convert(graph, str(tmp_path / "g"), 2)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "graph_engine.server", "--data-dir", uri, "--port",
+                             str(port), "--ordinal", "0", "--replicas", "1", "--partitions", "2", "--host",
+                             "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        endpoint = f"127.0.0.1:{port}"
+        health.wait_ready([endpoint], timeout=120)
+        client = DistributedGraph([endpoint])
+        try:  # touch every node's features and neighbours, so their pages are resident
+            ids = np.arange(nodes, dtype=np.int64)
+            client.node_features(ids, np.array([[0, dim]]), np.float32)
+            client.neighbors(ids, [0])
+            client.weighted_sample_neighbors(ids, [0], 10)
+        finally:
+            client.reset()
+        rss = psutil.Process(proc.pid).memory_info().rss
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    need = sizing.memory_mib(read_info(uri), 1) * MIB
+    loaded = sizing.server_bytes(read_info(uri), 1)[0]
+    assert rss <= need, f"server RSS {rss / MIB:.0f} MiB exceeds the sized {need / MIB:.0f} MiB"
+    # Not wasteful either: the request stays within the measured RSS plus the stated margins.
+    assert need <= rss + sizing.SERVER_OVERHEAD + loaded, (rss / MIB, need / MIB)
+

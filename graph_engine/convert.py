@@ -64,7 +64,7 @@ def _scatter_edge_file(uri: str, shard: int, partitions: int, spill: Path,
     return shuffle.scatter_edges(tables.read_edges(uri), shard, partitions, spill, symmetrize)
 
 
-def _summary(node_reports: list[dict[str, Any]], node_files: list[str],
+def summarize(node_reports: list[dict[str, Any]], node_files: list[str],
              partitions: int) -> tuple[int, int, int]:
     """(nodes, feature length, classes) of the scattered node shards, checking they agree."""
     dims = {r["dim"] for r in node_reports if r["dim"] is not None}
@@ -96,7 +96,7 @@ def write_tables(nodes_uri: str, edges_uri: str, folder: Path, spill: Path, part
     with _pool(min(workers, len(node_files) + len(edge_files))) as pool:
         node_reports = list(pool.map(_scatter_node_file, node_files, range(len(node_files)),
                                      [partitions] * len(node_files), [spill] * len(node_files)))
-        nodes, dim, classes = _summary(node_reports, node_files, partitions)
+        nodes, dim, classes = summarize(node_reports, node_files, partitions)
         list(pool.map(_scatter_edge_file, edge_files, range(len(edge_files)), [partitions] * len(edge_files),
                       [spill] * len(edge_files), [symmetrize] * len(edge_files)))
 
@@ -139,7 +139,7 @@ def _publish(out_uri: str, overwrite: bool, write: Callable[[Path, Path], Any]) 
     """Run `write(folder, spill)` in scratch space and publish the folder at `out_uri` only if it succeeds."""
     uri = canonical_uri(out_uri)
     if is_s3(uri):
-        _check_s3_target(uri, overwrite)
+        check_s3_target(uri, overwrite)
         with tempfile.TemporaryDirectory(prefix="graphfleet-convert-") as tmp:
             folder, spill = Path(tmp) / "graph", Path(tmp) / "spill"
             folder.mkdir()
@@ -208,7 +208,7 @@ def _check_local_target(target: Path, overwrite: bool) -> None:
         raise FileExistsError(_occupied(f"{target} already holds a converted graph", False))
 
 
-def _check_s3_target(uri: str, overwrite: bool) -> None:
+def check_s3_target(uri: str, overwrite: bool) -> None:
     fs, path = filesystem(uri)
     bucket = path.split("/", 1)[0]
     if not fs.exists(bucket):

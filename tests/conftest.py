@@ -10,6 +10,7 @@ import pytest
 
 from infra.k8s_schema import validate_manifests
 from infra.render import Rendered, render
+from tests.control_plane import control_plane  # noqa: F401 - the session's real control plane
 from tests.shared_data import PLANETOID_DIR
 
 

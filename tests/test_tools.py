@@ -1,0 +1,98 @@
+"""The real-engine tools are what tools/ pins: each built binary reports the pinned version, the pins
+agree with each other and with requirements.lock, and `make tools` is what builds them."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.control_plane import CRDS_DIR, REPO, require_tools, skip_or_fail, tool
+
+TOOLS = REPO / "tools"
+
+
+def pinned(module_dir: str, module: str) -> str:
+    """The version `module` is required at in tools/<module_dir>/go.mod (`v` prefix kept)."""
+    text = (TOOLS / module_dir / "go.mod").read_text()
+    found = re.search(rf"^\s*(?:require\s+)?{re.escape(module)} (v\S+)", text, re.M)
+    assert found, f"{module} is not required in tools/{module_dir}/go.mod"
+    return found.group(1)
+
+
+def replaces(module_dir: str) -> dict[str, str]:
+    text = (TOOLS / module_dir / "go.mod").read_text()
+    return dict(re.findall(r"^\s*(\S+) => \1 (v\S+)$", text, re.M))
+
+
+def version_output(name: str, *args: str) -> str:
+    require_tools(name)
+    return subprocess.run([str(tool(name)), *args], capture_output=True, text=True, timeout=60,
+                          check=True).stdout
+
+
+def semver(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.lstrip("v").split("-")[0].split("."))
+
+
+def test_staging_modules_are_pinned_to_the_kubernetes_patch() -> None:
+    # k8s.io/kubernetes v1.X.Y is built from staging modules at v0.X.Y: a half-done bump mixes them.
+    kube = semver(pinned("kube", "k8s.io/kubernetes"))
+    staging = replaces("kube")
+    assert len(staging) >= 25, staging
+    expected = f"v0.{kube[1]}.{kube[2]}"
+    assert {m: v for m, v in staging.items() if v != expected} == {}
+    assert kube[:2] == (1, 33), "the stacks render for Kubernetes 1.33 (infra/k8s_schema.py)"
+
+
+def test_etcd_replaces_match_the_etcd_server_version() -> None:
+    server = pinned("etcd", "go.etcd.io/etcd/server/v3")
+    mismatched = {m: v for m, v in replaces("etcd").items()
+                  if v != server and v != server.replace("v3.", "v2.30")}
+    assert mismatched == {}
+
+
+@pytest.mark.parametrize("name", ["kube-apiserver", "kube-controller-manager", "kube-scheduler"])
+def test_kubernetes_binaries_report_the_pinned_version(name: str) -> None:
+    assert version_output(name, "--version").split() == ["Kubernetes", pinned("kube", "k8s.io/kubernetes")]
+
+
+def test_etcd_reports_the_pinned_version() -> None:
+    out = version_output("etcd", "--version")
+    assert f"etcd Version: {pinned('etcd', 'go.etcd.io/etcd/server/v3').lstrip('v')}" in out.splitlines()
+
+
+def test_kwok_reports_the_pinned_version() -> None:
+    assert pinned("kube", "sigs.k8s.io/kwok").lstrip("v") in version_output("kwok", "--version")
+
+
+def test_make_tools_builds_each_tool_from_its_pinned_module() -> None:
+    names = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+    targets = [f".tools/bin/{n}" for n in names]
+    dry = subprocess.run(["make", "-n", "-B", *targets], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    for name in names:
+        assert f"tools/build.sh {name}" in dry, name
+
+
+def test_vendored_crds_equal_the_pinned_module_zips() -> None:
+    # infra/crds is the one copy (schema validation and the control plane both use it); here each
+    # file is compared with the file in its project's Go module zip, and the zip's hash with the
+    # go.sum line SOURCES.yaml records (`go mod download` checks it against the checksum database).
+    from infra.k8s_schema import crd_sources
+
+    if shutil.which("go") is None:
+        skip_or_fail("no `go` on PATH (needed by `make tools` too)")
+    differ = []
+    for project in crd_sources().values():
+        out = subprocess.run(["go", "mod", "download", "-json", f"{project['module']}@{project['version']}"],
+                             cwd="/", capture_output=True, text=True, timeout=300, check=True).stdout
+        info = json.loads(out)
+        assert info["Sum"] == project["go_sum"], project["module"]
+        differ += [name for name, entry in project["files"].items()
+                   if (CRDS_DIR / name).read_bytes() != (Path(info["Dir"]) / entry["path"]).read_bytes()]
+    assert differ == []

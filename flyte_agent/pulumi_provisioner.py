@@ -50,6 +50,7 @@ from pulumi.automation.errors import (
     create_command_error,
 )
 
+from flyte_agent import metrics
 from flyte_agent import stack_names as names
 from flyte_agent.pods import cluster_servers
 from flyte_agent.provisioner import (
@@ -115,9 +116,11 @@ class TimedPulumiCommand(auto.PulumiCommand):
             if stack:
                 with self._lock:
                     self._running[stack] = process
+            timed_out = False
             try:
                 stdout, stderr = process.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
+                timed_out = True
                 _kill_session(process)
                 stdout, stderr = process.communicate()
                 stderr += (f"\nerror: graphfleet: `pulumi {' '.join(args[1:3])}` timed out after "
@@ -134,6 +137,9 @@ class TimedPulumiCommand(auto.PulumiCommand):
             if on_error:
                 on_error(line)
         result = CommandResult(stdout=stdout, stderr=stderr, code=process.returncode)
+        if _subcommand(args) in _LONG_COMMANDS:
+            outcome = "timed_out" if timed_out else "succeeded" if result.code == 0 else "failed"
+            metrics.PULUMI_OPERATIONS.labels(_subcommand(args), outcome).inc()
         if result.code != 0:
             raise create_command_error(result)
         return result
@@ -465,6 +471,7 @@ class PulumiProvisioner:
                     failures.append(f"{name}: {error_text(err)}")
                 else:
                     removed.append(name)
+        metrics.observe_gc("pulumi", len(removed), len(failures))
         if failures:
             raise GcError(removed, failures)
         return removed

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from flyte_agent.connector import fleet_links
 from flyte_agent.log_links import LogTemplate
@@ -23,7 +23,11 @@ DASHBOARD = LogTemplate(displayName="Kubernetes", templateUris=[
 
 def test_listing_links_and_gauges_of_pulumi_fleets(backend: tuple[str, Path], make) -> None:  # noqa: F811
     provisioner = make()
+    ups = REGISTRY.get_sample_value("graphfleet_pulumi_operations_total",
+                                    {"operation": "up", "outcome": "succeeded"}) or 0
     fleets = [ready_fleet(provisioner, name) for name in ("gf-list-a", "gf-list-b")]
+    assert REGISTRY.get_sample_value("graphfleet_pulumi_operations_total",
+                                     {"operation": "up", "outcome": "succeeded"}) == ups + 2
 
     listed = {f.name: f for f in provisioner.fleets()}
     assert sorted(listed) == ["gf-list-a", "gf-list-b"]
@@ -58,3 +62,6 @@ def test_listing_links_and_gauges_of_pulumi_fleets(backend: tuple[str, Path], ma
 
     provisioner.delete(fleets[1])
     assert [f.name for f in provisioner.fleets()] == ["gf-list-a"]
+    collected = REGISTRY.get_sample_value("graphfleet_gc_collected_total", {"backend": "pulumi"}) or 0
+    assert provisioner.gc(fleets[0].expires_at + 1) == ["gf-list-a"]
+    assert REGISTRY.get_sample_value("graphfleet_gc_collected_total", {"backend": "pulumi"}) == collected + 1

@@ -9,6 +9,9 @@ this module, so only a serving connector builds at start, and a bad `GRAPHFLEET_
 there with the `SettingsError` that names the variable.
 """
 
+from flyte_agent import grpc_server
 from flyte_agent.connector import backend
 
-backend.get()
+settings, _ = backend.get()
+# Before flytekit builds its server: connection age (round robin reaches new replicas) and TLS.
+grpc_server.install(settings.grpc_max_connection_age_seconds, settings.tls_dir)

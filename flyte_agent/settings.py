@@ -94,6 +94,11 @@ class Settings(BaseModel):
         default_factory=dict, description="graph-engine environment, e.g. AWS_ENDPOINT_URL, AWS_REGION")
     engine_service_account: Subdomain | None = Field(
         None, description="graph-engine service account (e.g. S3 through workload identity)")
+    grpc_max_connection_age_seconds: float = Field(
+        300.0, ge=10, le=86_400,
+        description="the connector's gRPC server closes client connections this old, so propeller's "
+                    "dns:/// round robin re-resolves and reaches new replicas")
+    tls_dir: Path | None = Field(None, description="folder with tls.crt and tls.key: serve gRPC over TLS")
     client_namespaces: list[str] = Field(
         default_factory=list,
         description="namespaces whose graph-client pods every fleet admits (comma-separated); empty: any")

@@ -350,6 +350,9 @@ class ConnectorConfig(_Model):
     flyte_plugins: list[Annotated[str, Field(pattern=r"^[a-z0-9][-a-z0-9_]*$")]] = Field(
         default_factory=list, description="Task plugins your Flyte enables beyond the chart's defaults "
                                           "(e.g. spark): kept in the enabled-plugins list we emit")
+    tls_secret: Subdomain | None = Field(
+        None, description="A kubernetes.io/tls Secret (tls.crt, tls.key) in the connector namespace: serve "
+                          "gRPC over TLS; propeller must trust its issuer")
     propeller_namespace: DnsLabel = Field("flyte", description="FlytePropeller's namespace: the only one "
                                                                "admitted to the connector's gRPC port")
     prometheus_namespace: DnsLabel | None = Field(

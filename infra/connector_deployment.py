@@ -47,6 +47,7 @@ TRAINING_PLUGIN = "pytorch"
 # The share of DeleteTask's deadline delete() may wait for a destroy (7 s of propeller's default 10 s).
 DELETE_WAIT_SHARE = 0.7
 WORK_DIR = "/work"
+TLS_DIR = "/var/run/secrets/graphfleet/tls"
 # Writable (the CLI writes workspaces, logs and caches there); its `plugins` is the image's, linked in.
 PULUMI_HOME = f"{WORK_DIR}/.pulumi"
 
@@ -165,6 +166,7 @@ def settings_env(args: FlyteConnectorArgs) -> list[dict[str, Any]]:
         "engine_service_account": ENGINE_SERVICE_ACCOUNT,
         "object_store": args.object_store.model_dump_json(by_alias=True, exclude_none=True),
         "client_namespaces": ",".join(args.client_namespaces) or None,
+        "tls_dir": TLS_DIR if config.tls_secret else None,
         "secrets_provider": config.secrets.secrets_provider,
         # delete() must answer before propeller's DeleteTask deadline, with room for the call itself.
         "delete_wait_seconds": f"{DELETE_WAIT_SHARE * parse_duration(config.timeouts.delete_task):g}",
@@ -212,8 +214,11 @@ def pulumi_home_init_container(image: str) -> dict[str, Any]:
 def deployment_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
     config = args.config
     env, env_from = secret_env(args)
-    grpc_probe = {"grpc": {"port": GRPC_PORT}, "periodSeconds": 10, "timeoutSeconds": 5,
-                  "failureThreshold": 3}
+    # The kubelet's gRPC probe speaks plaintext only: with TLS, probe the port's TCP accept instead.
+    check = {"tcpSocket": {"port": GRPC_PORT}} if config.tls_secret else {"grpc": {"port": GRPC_PORT}}
+    grpc_probe = {**check, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3}
+    tls_volumes = ([{"name": "tls", "secret": {"secretName": config.tls_secret, "defaultMode": 0o440}}]
+                   if config.tls_secret else [])
     container: dict[str, Any] = {
         "name": CONNECTOR_CONTAINER,
         "image": config.image,
@@ -229,7 +234,8 @@ def deployment_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
                       "limits": {"cpu": config.cpu_limit, "memory": config.memory_limit}},
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": "work", "mountPath": WORK_DIR},
-                         *object_store.volume_mounts(args.object_store)],
+                         *object_store.volume_mounts(args.object_store),
+                         *({"name": v["name"], "mountPath": TLS_DIR, "readOnly": True} for v in tls_volumes)],
     }
     if env_from:
         container["envFrom"] = env_from
@@ -249,7 +255,7 @@ def deployment_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
                 # A `pulumi up` in flight is bounded by the provisioner; give it time to stop cleanly.
                 "terminationGracePeriodSeconds": 60,
                 "volumes": [{"name": "work", "emptyDir": {"sizeLimit": "4Gi"}},
-                            *object_store.volumes(args.object_store)],
+                            *object_store.volumes(args.object_store), *tls_volumes],
                 "topologySpreadConstraints": [{
                     "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
                     "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": selector()},
@@ -316,7 +322,7 @@ def connector_service(args: FlyteConnectorArgs) -> dict[str, Any]:
     timeouts = args.config.timeouts
     deployment = {
         "endpoint": endpoint(args.namespace),
-        "insecure": True,
+        "insecure": args.config.tls_secret is None,
         "defaultServiceConfig": json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}),
         "timeouts": {"CreateTask": timeouts.create_task, "GetTask": timeouts.get_task,
                      "DeleteTask": timeouts.delete_task},

@@ -228,3 +228,21 @@ def test_bad_args_are_refused_before_anything() -> None:
         FlyteConnectorArgs(_args().config, "a", "b", "docker.io/x/y:1")
     with pytest.raises(ValueError, match="must be at least 2"):
         ConnectorConfig.model_validate({**_args().config.model_dump(), "replicas": 1})
+
+
+def test_tls_option_serves_grpc_over_the_mounted_certificate(render_valid: Callable[..., Rendered]) -> None:
+    plain = _render(render_valid, _args())
+    assert not _settings(plain).tls_dir
+    rendered = _render(render_valid, _args(tls_secret="graphfleet-connector-tls"))
+    pod = rendered.one("Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    tls_dir = _settings(rendered).tls_dir
+    assert tls_dir is not None
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(tls_dir)]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "graphfleet-connector-tls"
+    # The kubelet's gRPC probe is plaintext: a TLS server is probed by TCP.
+    assert container["readinessProbe"].get("tcpSocket") == {"port": 8000}
+    values = yaml.safe_load(rendered.outputs["helm"]["flyte-core"])
+    service = values["configmap"]["enabled_plugins"]["plugins"]["connector-service"]
+    assert service["connectors"]["graphfleet"]["insecure"] is False

@@ -209,6 +209,42 @@ def cmd_fleets(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+RELEASE_WAIT_SECONDS = 900
+
+
+def cmd_fleets_release(args: argparse.Namespace) -> int:
+    """Release one fleet exactly as a teardown task of `--owner` (and `--execution`) would."""
+    import time
+
+    from flyteidl.core.execution_pb2 import TaskExecution
+
+    from flyte_agent.connector import DataServiceTeardownConnector, TeardownMeta
+    from flyte_agent.settings import SettingsError
+
+    caller = args.execution or f"{args.owner}/graphfleet-operator"
+    if "/".join(caller.split("/")[:2]) != args.owner:
+        print(f"error: --execution {caller} is not in --owner {args.owner}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    teardown = DataServiceTeardownConnector()
+    deadline = time.monotonic() + RELEASE_WAIT_SECONDS
+    try:
+        while True:
+            # The teardown task's own path: the same name checks and ownership rules, nothing of our own.
+            resource = teardown._get(TeardownMeta(service=args.name, caller=caller))
+            if resource.phase != TaskExecution.RUNNING or time.monotonic() > deadline:
+                break
+            print(resource.message, file=sys.stderr)
+            time.sleep(2)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if resource.phase == TaskExecution.SUCCEEDED:
+        print(dict(resource.outputs or {}).get("outcome", f"{args.name}: released"))
+        return EXIT_OK
+    print(f"error: {resource.message}", file=sys.stderr)
+    return EXIT_VIOLATIONS
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graphfleet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     fleets = commands.add_parser("fleets", help="every live fleet of the connector's backend")
     fleets.add_argument("--json", action="store_true", help="every field as JSON, servers included")
     fleets.set_defaults(run=cmd_fleets)
+    fleet_commands = fleets.add_subparsers(dest="fleet_command")
+    release = fleet_commands.add_parser(
+        "release", help="release one fleet as a teardown task of its project/domain would")
+    release.add_argument("name", help="the fleet: a DataServiceTask's `service` output (`graphfleet fleets`)")
+    release.add_argument("--owner", required=True, help="project/domain the fleet belongs to")
+    release.add_argument("--execution", default="",
+                         help="project/domain/name: on a shared fleet, the execution whose lease to drop")
+    release.set_defaults(run=cmd_fleets_release)
     return parser
 
 

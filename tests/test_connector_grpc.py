@@ -292,7 +292,14 @@ def test_metrics_and_the_operator_listing_of_a_local_fleet(connector_factory, tm
     assert table.splitlines()[0].split()[:3] == ["NAME", "OWNER", "EXECUTION/LEASES"]
     assert f"{fleet['name']}  proj/dev  proj/dev/run7/n0  ready" in table and "2/2" in table
 
-    connector.delete(DATA_SERVICE_TASK_TYPE, meta)
+    # The operator releases it as a teardown task of its project/domain would.
+    pids = recorded_pids(connector.state_dir)
+    released = subprocess.run([sys.executable, "-m", "infra.cli", "fleets", "release", fleet["name"],
+                               "--owner", "proj/dev"], env=env, capture_output=True, text=True, timeout=120)
+    assert released.returncode == 0, released.stderr
+    assert released.stdout.strip() == f"{fleet['name']}: released"
+    assert not any(pid_running(pid) for pid in pids)
+    connector.delete(DATA_SERVICE_TASK_TYPE, meta)  # absent: still a success
     teardowns = scrape(connector.metrics_port)
     assert teardowns["graphfleet_teardown_seconds_count{backend=local,outcome=released}"] == 1
 

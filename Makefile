@@ -3,9 +3,13 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# checkov, the Kubernetes security scanner the tests run over the rendered stacks: its own venv, since
+# its pins conflict with the project's.
+SCAN_VENV := .venv-scan
+SCAN_STAMP := $(SCAN_VENV)/.installed
 UV := uv==0.13.8
 
-.PHONY: setup run test lint bench tools
+.PHONY: setup scanner run test lint bench tools
 
 $(STAMP): requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,6 +22,13 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+$(SCAN_STAMP): requirements-scan.lock $(STAMP)
+	python3 -m venv $(SCAN_VENV)
+	$(VENV)/bin/uv pip install --quiet --python $(SCAN_VENV)/bin/python --no-deps -r requirements-scan.lock
+	touch $(SCAN_STAMP)
+
+scanner: $(SCAN_STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/pyflyte run workflows/gnn_training.py gnn_training
@@ -40,7 +51,7 @@ tools:
 
 # GRAPHFLEET_REQUIRE_TOOLS: under `make test` a missing tool fails the real-engine tests instead of
 # skipping them (a plain `pytest` skips them with "run `make tools`").
-test: $(STAMP) tools
+test: $(STAMP) $(SCAN_STAMP) tools
 	GRAPHFLEET_REQUIRE_TOOLS=1 $(PY) -m pytest
 
 lint: $(STAMP)

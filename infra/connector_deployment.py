@@ -50,6 +50,9 @@ WORK_DIR = "/work"
 TLS_DIR = "/var/run/secrets/graphfleet/tls"
 # Writable (the CLI writes workspaces, logs and caches there); its `plugins` is the image's, linked in.
 PULUMI_HOME = f"{WORK_DIR}/.pulumi"
+# The Pulumi passphrase, as a file the CLI reads (PULUMI_CONFIG_PASSPHRASE_FILE).
+PASSPHRASE_VOLUME, PASSPHRASE_FILE = "pulumi-passphrase", "passphrase"
+PASSPHRASE_DIR = "/var/run/secrets/graphfleet/pulumi"
 
 # What provisioning a GraphDataService needs in the data-service namespace, and nothing else.
 _FULL = ["get", "list", "watch", "create", "update", "patch", "delete"]
@@ -175,15 +178,31 @@ def settings_env(args: FlyteConnectorArgs) -> list[dict[str, Any]]:
 
 
 def secret_env(args: FlyteConnectorArgs) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(`env`, `envFrom`) that bring the Pulumi backend and cloud credentials in from Secrets."""
+    """(`env`, `envFrom`) that bring the Pulumi backend and cloud credentials in from Secrets.
+
+    The passphrase is a file (PULUMI_CONFIG_PASSPHRASE_FILE, which the CLI reads): a file does not
+    show in the process environment, `/proc/<pid>/environ` or a crash dump. The backend URL stays an
+    environment variable: the CLI reads it from PULUMI_BACKEND_URL only.
+    """
     secrets = args.config.secrets
     url = secrets.backend_url
     env = [_secret_env("PULUMI_BACKEND_URL", url.name, url.key)]
     # With KMS instead, the provisioner is told the provider URL (GRAPHFLEET_SECRETS_PROVIDER).
     if secrets.passphrase is not None:
-        env.append(_secret_env("PULUMI_CONFIG_PASSPHRASE", secrets.passphrase.name, secrets.passphrase.key))
+        env.append({"name": "PULUMI_CONFIG_PASSPHRASE_FILE", "value": f"{PASSPHRASE_DIR}/{PASSPHRASE_FILE}"})
     env_from = ([{"secretRef": {"name": secrets.aws_credentials}}] if secrets.aws_credentials else [])
     return env, env_from
+
+
+def passphrase_volumes(args: FlyteConnectorArgs) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(`volumes`, `volumeMounts`) of the passphrase file; empty with a KMS secrets provider."""
+    ref = args.config.secrets.passphrase
+    if ref is None:
+        return [], []
+    # 0440: readable by the pod's fsGroup (the container's gid), nobody else.
+    volume = {"name": PASSPHRASE_VOLUME, "secret": {
+        "secretName": ref.name, "items": [{"key": ref.key, "path": PASSPHRASE_FILE}], "defaultMode": 0o440}}
+    return [volume], [{"name": PASSPHRASE_VOLUME, "mountPath": PASSPHRASE_DIR, "readOnly": True}]
 
 
 def runtime_env() -> list[dict[str, Any]]:
@@ -214,6 +233,7 @@ def pulumi_home_init_container(image: str) -> dict[str, Any]:
 def deployment_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
     config = args.config
     env, env_from = secret_env(args)
+    passphrase_volume, passphrase_mount = passphrase_volumes(args)
     # The kubelet's gRPC probe speaks plaintext only: with TLS, probe the port's TCP accept instead.
     check = {"tcpSocket": {"port": GRPC_PORT}} if config.tls_secret else {"grpc": {"port": GRPC_PORT}}
     grpc_probe = {**check, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3}
@@ -233,7 +253,7 @@ def deployment_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
         "resources": {"requests": {"cpu": config.cpu, "memory": config.memory},
                       "limits": {"cpu": config.cpu_limit, "memory": config.memory_limit}},
         "securityContext": container_security_context(),
-        "volumeMounts": [{"name": "work", "mountPath": WORK_DIR},
+        "volumeMounts": [{"name": "work", "mountPath": WORK_DIR}, *passphrase_mount,
                          *object_store.volume_mounts(args.object_store),
                          *({"name": v["name"], "mountPath": TLS_DIR, "readOnly": True} for v in tls_volumes)],
     }
@@ -254,7 +274,7 @@ def deployment_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
                 "enableServiceLinks": False,
                 # A `pulumi up` in flight is bounded by the provisioner; give it time to stop cleanly.
                 "terminationGracePeriodSeconds": 60,
-                "volumes": [{"name": "work", "emptyDir": {"sizeLimit": "4Gi"}},
+                "volumes": [{"name": "work", "emptyDir": {"sizeLimit": "4Gi"}}, *passphrase_volume,
                             *object_store.volumes(args.object_store), *tls_volumes],
                 "topologySpreadConstraints": [{
                     "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",

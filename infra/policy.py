@@ -281,6 +281,36 @@ def rule_image_allow_list(manifests: list[Manifest]) -> Iterable[Violation]:
                 yield Violation("image-allow-list", ref(m), str(exc))
 
 
+def _selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """A LabelSelector's matchLabels and matchExpressions (In, NotIn, Exists, DoesNotExist) on labels."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, values = expression.get("key"), expression.get("values") or []
+        present = key in labels
+        holds = {"In": present and labels.get(key) in values,
+                 "NotIn": not present or labels.get(key) not in values,
+                 "Exists": present, "DoesNotExist": not present}
+        if not holds.get(expression.get("operator"), False):
+            return False
+    return True
+
+
+def rule_network_policy_coverage(manifests: list[Manifest]) -> Iterable[Violation]:
+    """Every pod the stack runs is selected by a NetworkPolicy in its namespace: a pod no policy
+    selects accepts traffic from anywhere in the cluster."""
+    policies = [m for m in manifests if m.get("kind") == "NetworkPolicy"]
+    for m in manifests:
+        if m.get("kind") not in WORKLOAD_KINDS:
+            continue
+        namespace = (m.get("metadata") or {}).get("namespace")
+        labels = (((m.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
+        if not any((p.get("metadata") or {}).get("namespace") == namespace
+                   and _selects((p.get("spec") or {}).get("podSelector") or {}, labels) for p in policies):
+            yield Violation("network-policy-coverage", ref(m),
+                            "no NetworkPolicy in its namespace selects its pods")
+
+
 RULES: dict[str, Callable[[list[Manifest]], Iterable[Violation]]] = {
     "metadata-name": rule_metadata_name,
     "container-limits": rule_container_limits,
@@ -291,6 +321,7 @@ RULES: dict[str, Callable[[list[Manifest]], Iterable[Violation]]] = {
     "partition-coverage": rule_partition_coverage,
     "headless-service": rule_headless_service,
     "image-allow-list": rule_image_allow_list,
+    "network-policy-coverage": rule_network_policy_coverage,
 }
 
 

@@ -85,8 +85,15 @@ def test_settings_env_is_what_the_connector_reads(render_valid: Callable[..., Re
     assert settings.shared_services == SHARED
     assert settings.delete_wait_seconds == 42  # 0.7 of the stack's 1m DeleteTask deadline
     assert env["PULUMI_BACKEND_URL"] == {"secretKeyRef": {"name": "graphfleet-pulumi-backend", "key": "url"}}
-    assert env["PULUMI_CONFIG_PASSPHRASE"] == {"secretKeyRef": {"name": "graphfleet-pulumi-backend",
-                                                                "key": "passphrase"}}
+    # The passphrase is a file the CLI reads (PULUMI_CONFIG_PASSPHRASE_FILE), never an env value.
+    assert "PULUMI_CONFIG_PASSPHRASE" not in env
+    path = env["PULUMI_CONFIG_PASSPHRASE_FILE"]
+    pod = rendered.one("Deployment")["spec"]["template"]["spec"]
+    [mount] = [m for m in pod["containers"][0]["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    assert mount["readOnly"] is True
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "graphfleet-pulumi-backend"
+    assert volume["secret"]["items"] == [{"key": "passphrase", "path": path.rsplit("/", 1)[1]}]
 
 
 def test_a_kms_stack_tells_the_connector_its_secrets_provider(render_valid: Callable[..., Rendered]) -> None:
@@ -94,7 +101,7 @@ def test_a_kms_stack_tells_the_connector_its_secrets_provider(render_valid: Call
                                                "secretsProvider": "awskms://alias/graphfleet"})
     kms = _render(render_valid, _args(secrets=secrets))
     assert _settings(kms).secrets_provider == "awskms://alias/graphfleet"
-    assert "PULUMI_CONFIG_PASSPHRASE" not in _env(kms)
+    assert not {"PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE"} & set(_env(kms))
     assert _settings(_render(render_valid, _args())).secrets_provider is None  # passphrase
 
 

@@ -195,3 +195,14 @@ def test_flyte_project_namespaces_get_the_teams_queue_and_reach_the_fleets(
     admitted = source["namespaceSelector"]["matchExpressions"][0]["values"]
     assert admitted == sorted(["graphfleet-system", "ml-training", *flyte])
     assert source["podSelector"] == {"matchLabels": {"graphfleet.io/graph-client": "true"}}
+
+
+def test_policy_catches_a_pod_no_network_policy_selects(render_valid: Callable[..., Rendered]) -> None:
+    config = load_stack_config(stack_path("lva1"))
+    manifests = render_valid(lambda: program(config), stack="lva1").manifests()
+    assert policy.check(manifests) == []
+    without = [m for m in manifests if not (m["kind"] == "NetworkPolicy"
+                                             and m["metadata"]["namespace"] == "graphfleet-system")]
+    assert [str(v) for v in policy.check(without)] == [
+        "network-policy-coverage: Deployment/graphfleet-system/graphfleet-connector: no NetworkPolicy in its "
+        "namespace selects its pods"]

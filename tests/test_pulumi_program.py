@@ -12,6 +12,7 @@ from flyte_agent.provisioner import Provision
 from flyte_agent.pulumi_provisioner import fleet_program
 from flyte_agent.settings import Settings
 from infra.config import ConfigError, StackConfig, load_stack_config, stack_config_from_mapping, stack_path
+from infra.connector_deployment import PASSPHRASE_VOLUME
 from infra.datacenter import program
 from infra.graph_service import ENGINE_SERVICE_ACCOUNT
 from infra.k8s_schema import validate_manifests
@@ -85,7 +86,9 @@ def test_connector_and_servers_read_graphs_from_the_same_store() -> None:
     def store_view(pod: dict[str, Any]) -> tuple[Any, ...]:
         env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
         mounted = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
-        secrets = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+        # The connector's own Pulumi passphrase file is not part of the graph store.
+        secrets = {v["name"]: v["secret"] for v in pod["volumes"]
+                   if "secret" in v and v["name"] != PASSPHRASE_VOLUME}
         return (env.get("FSSPEC_S3_ENDPOINT_URL"), env.get("AWS_SHARED_CREDENTIALS_FILE"),
                 env.get("FSSPEC_S3_PROFILE"), {mounted[n]: s for n, s in secrets.items()})
 

@@ -20,9 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CHECKOV = ROOT / ".venv-scan" / "bin" / "checkov"
 EXCEPTIONS = yaml.safe_load((ROOT / "infra" / "scan_exceptions.yaml").read_text())
 
-# Under `make test` (GRAPHFLEET_REQUIRE_TOOLS=1, which installs the scanner first) a missing scanner fails.
-pytestmark = pytest.mark.skipif(not CHECKOV.exists() and not os.environ.get("GRAPHFLEET_REQUIRE_TOOLS"),
-                                reason=f"{CHECKOV} is missing: run `make scanner` (`make test` does it first)")
+# Under `make test` (GRAPHFLEET_REQUIRE_TOOLS=1; it installs the scanner first) a missing scanner fails.
+pytestmark = pytest.mark.skipif(
+    not CHECKOV.exists() and not os.environ.get("GRAPHFLEET_REQUIRE_TOOLS"),
+    reason=f"{CHECKOV} is missing: run `make scanner` (`make test` does it first)")
 
 
 def findings(manifests_by_stack: dict[str, list[dict[str, Any]]], tmp_path: Path) -> list[tuple[str, str]]:

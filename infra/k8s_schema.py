@@ -133,6 +133,34 @@ def validate_manifest(manifest: Mapping[str, Any], k8s_version: str = PINNED_K8S
     return [f"{label}: {_path(e.absolute_path) or '<root>'}: {_message(e)}" for e in problems]
 
 
+def atomic_lists(manifest: Mapping[str, Any], k8s_version: str = PINNED_K8S_VERSION) -> list[str]:
+    """Paths of the built-in object's fields that are atomic lists (`x-kubernetes-list-type: atomic`):
+    under server-side apply one manager owns all of such a list, so a patch that sets one takes the
+    whole list from whoever else writes it (the kubelet, a controller)."""
+    schema = _builtin_schema(str(manifest.get("apiVersion")), str(manifest.get("kind")), k8s_version)
+    if schema is None:
+        return []
+    definitions = kv.schema_contents(f"{_schema_dir(k8s_version)}/_definitions.json", k8s_version)["$defs"]
+
+    def walk(value: Any, node: Mapping[str, Any], path: str) -> Iterable[str]:
+        if "$ref" in node:
+            node = {**definitions[node["$ref"].rsplit("/", 1)[1]],
+                    **{k: v for k, v in node.items() if k != "$ref"}}
+        if isinstance(value, list):
+            if node.get("x-kubernetes-list-type") == "atomic":
+                yield path
+            else:
+                for index, item in enumerate(value):
+                    yield from walk(item, node.get("items") or {}, f"{path}[{index}]")
+        elif isinstance(value, Mapping):
+            properties = node.get("properties") or {}
+            for key, item in value.items():
+                if key in properties:
+                    yield from walk(item, properties[key], f"{path}.{key}" if path else str(key))
+
+    return list(walk(manifest, schema, ""))
+
+
 def _path(parts: Iterable[Any]) -> str:
     path = ""
     for part in parts:

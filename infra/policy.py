@@ -311,6 +311,17 @@ def rule_network_policy_coverage(manifests: list[Manifest]) -> Iterable[Violatio
                             "no NetworkPolicy in its namespace selects its pods")
 
 
+def rule_patch_atomic_list(manifests: list[Manifest]) -> Iterable[Violation]:
+    """Nodes are never created by a stack, only patched: a patch must not set an atomic list."""
+    from infra.k8s_schema import atomic_lists
+
+    for m in manifests:
+        if m.get("kind") == "Node":
+            for path in atomic_lists(m):
+                yield Violation("patch-atomic-list", ref(m), f"{path} is an atomic list: a patch would own "
+                                f"all of it, fighting the kubelet and node controllers; leave it to them")
+
+
 RULES: dict[str, Callable[[list[Manifest]], Iterable[Violation]]] = {
     "metadata-name": rule_metadata_name,
     "container-limits": rule_container_limits,
@@ -322,6 +333,7 @@ RULES: dict[str, Callable[[list[Manifest]], Iterable[Violation]]] = {
     "headless-service": rule_headless_service,
     "image-allow-list": rule_image_allow_list,
     "network-policy-coverage": rule_network_policy_coverage,
+    "patch-atomic-list": rule_patch_atomic_list,
 }
 
 

@@ -112,3 +112,16 @@ def test_cluster_scoped_names_carry_the_platform_and_datacenter(
     scoped = [m["metadata"]["name"] for m in rendered.manifests() if "namespace" not in m["metadata"]]
     scoped += [q["spec"]["cohort"] for q in rendered.of_kind("ClusterQueue")]
     assert scoped and all(name.startswith("graphfleet-ltx1-h100") for name in scoped), scoped
+
+
+def test_policy_refuses_a_node_patch_that_sets_the_atomic_taints_list(
+        render_valid: Callable[..., Rendered]) -> None:
+    manifests = _render(render_valid, _pool("ltx1", 1)).manifests()
+    node = next(m for m in manifests if m["kind"] == "Node")
+    node["spec"] = {"taints": [{"key": "nvidia.com/gpu", "value": "v100", "effect": "NoSchedule"}],
+                    "podCIDRs": ["10.0.0.0/24"]}
+    found = [str(v) for v in policy.check(manifests)]
+    # From the OpenAPI (kubernetes-validate's bundled 1.33): taints is atomic, podCIDRs a set (per item).
+    assert found == [f"patch-atomic-list: Node/{node['metadata']['name']}: spec.taints is an atomic list: "
+                     "a patch would own all of it, fighting the kubelet and node controllers; "
+                     "leave it to them"]

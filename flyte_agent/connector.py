@@ -63,9 +63,10 @@ from flyte_agent.provisioner import (
 )
 from flyte_agent.settings import Settings, make_provisioner
 from flyte_agent.shared_fleets import SharedFleets, shared_provision
-from graph_engine import health, store
+from graph_engine import health, sizing, store
 from infra.names import STATEFULSET_NAME_MAX, name_hash
-from infra.spec import DataServiceSpec, describe_error
+from infra.quantity import parse_memory
+from infra.spec import SIZED_FIELDS, DataServiceSpec, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +205,37 @@ def resolve_spec(custom: dict[str, Any], inputs: dict[str, Any], settings: Setti
         raise ValueError(f"partitions: the config says {spec.partitions} but {spec.graph_uri} has {found}; "
                          "leave partitions unset to read it from the graph")
     try:
-        return spec.with_partitions(found)
+        return spec.with_partitions(found, **sized_resources(spec, found))
     except ValidationError as err:
         raise ValueError(describe_error(err, "data service")) from None
+
+
+def sized_resources(spec: DataServiceSpec, partitions: int) -> dict[str, str]:
+    """Memory and scratch per server from the sizes of the partitions it loads (graph_engine/sizing.py):
+    computed where the config leaves them unset, checked where it states them."""
+    assert spec.graph_uri is not None
+    try:
+        manifest = {**store.read_info(spec.graph_uri), "partitions": partitions}
+    except FileNotFoundError:
+        return {}  # a graph without graphfleet's manifest: nothing to size from
+    if not sizing.has_sizes(manifest):
+        return {}
+    sized = {}
+    need = sizing.memory_mib(manifest, spec.replicas)
+    if SIZED_FIELDS[0] not in spec.model_fields_set:
+        sized["memory"] = f"{need}Mi"
+    elif parse_memory(spec.memory) < need * sizing.MIB:
+        raise ValueError(f"memory: {spec.memory} per server is below the {need}Mi a server needs to hold "
+                         f"its partitions of {spec.graph_uri} with {spec.replicas} replica(s); set memory to "
+                         f"at least {need}Mi, add replicas, or leave memory unset to size it from the graph")
+    scratch = sizing.scratch_mib(manifest, spec.replicas)
+    if SIZED_FIELDS[1] not in spec.model_fields_set:
+        sized["scratch_size"] = f"{scratch}Mi"
+    elif store.is_s3(spec.graph_uri) and parse_memory(spec.scratch_size) < scratch * sizing.MIB:
+        raise ValueError(f"scratch_size: {spec.scratch_size} is below the {scratch}Mi a server needs to "
+                         f"download its partitions of {spec.graph_uri}; set at least {scratch}Mi or leave it "
+                         "unset")
+    return sized
 
 
 def fleet_outputs(name: str, endpoints: list[str]) -> LiteralMap:

@@ -51,14 +51,14 @@ def static_custom(name: str, config: DataServiceSpec | dict[str, Any]) -> dict[s
     run time (the connector refuses a run that gives neither).
     """
     if isinstance(config, DataServiceSpec):
-        return config.to_custom()
+        return config.to_template()
     if not isinstance(config, dict):
         raise TypeError(f"DataServiceTask {name!r}: config must be a DataServiceConfig or a dict of its "
                         f"fields, got {type(config).__name__}")
     from_input = config.get("graph_uri") is None and config.get("reuse") is None
     checked = {**config, "graph_uri": _GRAPH_FROM_INPUT} if from_input else config
     try:
-        custom = DataServiceSpec.model_validate(checked).to_custom()
+        custom = DataServiceSpec.model_validate(checked).to_template()
     except ValidationError as err:
         raise ValueError(describe_error(err, f"DataServiceTask {name!r} config")) from None
     if from_input:

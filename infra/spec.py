@@ -30,6 +30,8 @@ _GRAPH_URI = re.compile(r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|/.+|fil
 
 # The longest a fleet may live (a shared fleet's own time-to-live: its leases stop it sooner).
 TTL_MAX_SECONDS = 14 * 86400
+# Resources that, left unset in a task's config, the connector computes from the graph's partition sizes.
+SIZED_FIELDS = ("memory", "scratch_size")
 
 
 class DataServiceSpec(BaseModel):
@@ -115,9 +117,16 @@ class DataServiceSpec(BaseModel):
             check_coverage(self.replicas, self.partitions)
         return self
 
-    def with_partitions(self, partitions: int) -> DataServiceSpec:
-        """The spec once the graph's partition count is known (read from its meta.json)."""
-        return DataServiceSpec.model_validate({**self.to_custom(), "partitions": partitions})
+    def with_partitions(self, partitions: int, **sized: str) -> DataServiceSpec:
+        """The spec once the graph's partition count is known (read from its meta.json), with
+        `sized` resources (SIZED_FIELDS computed from the graph)."""
+        return DataServiceSpec.model_validate({**self.to_custom(), "partitions": partitions, **sized})
+
+    def to_template(self) -> dict[str, Any]:
+        """`to_custom` without the SIZED_FIELDS the author left unset: the connector sizes those
+        from the graph (flyte_agent/connector.py sized_resources)."""
+        return {k: v for k, v in self.to_custom().items()
+                if k not in SIZED_FIELDS or k in self.model_fields_set}
 
     def to_custom(self) -> dict[str, Any]:
         """The exact-typed dict for a task template's `custom`: no None, ints stay ints."""

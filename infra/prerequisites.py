@@ -82,11 +82,15 @@ def missing(config: StackConfig, served: Mapping[str, Iterable[str]], namespaces
     return problems
 
 
-def read_cluster(context: str) -> tuple[dict[str, list[str]], list[str]]:
-    """(CRD name -> served versions, namespace names) of the cluster behind kubeconfig `context`."""
+def read_cluster(context: str, kubeconfig: str | None = None) -> tuple[dict[str, list[str]], list[str]]:
+    """(CRD name -> served versions, namespace names) of the cluster behind kubeconfig `context`
+    (in `kubeconfig`, else $KUBECONFIG or ~/.kube/config, as the Pulumi provider reads it)."""
+    import os
+
     from kubernetes import client, config  # imported here: only a real `up` talks to a cluster
 
-    api = config.new_client_from_config(context=context)
+    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+    api = config.new_client_from_config(config_file=path, context=context)
     crds = client.ApiextensionsV1Api(api).list_custom_resource_definition()
     served = {str(c.metadata.name): [str(v.name) for v in c.spec.versions if v.served]  # type: ignore[union-attr]
               for c in crds.items}
@@ -94,9 +98,9 @@ def read_cluster(context: str) -> tuple[dict[str, list[str]], list[str]]:
     return served, namespaces
 
 
-def check(config: StackConfig) -> None:
+def check(config: StackConfig, kubeconfig: str | None = None) -> None:
     """Raise PrerequisiteError naming everything the cluster of `kubernetes:context` lacks."""
-    served, namespaces = read_cluster(config.kubernetes_context)
+    served, namespaces = read_cluster(config.kubernetes_context, kubeconfig)
     problems = missing(config, served, namespaces)
     if problems:
         raise PrerequisiteError(f"cluster of kubernetes:context {config.kubernetes_context!r} is not ready "

@@ -87,3 +87,15 @@ def test_diff_says_update_create_delete_warns_and_exits_3(tmp_path: Path) -> Non
                                "(--replicas 4 -> 8)") for line in lines)
     assert "2 to create, 2 to update, 4 to delete; 2 destructive-change warning(s)" in result.stderr
     assert _run("diff", "lva1", str(path), "--allow-destructive", cwd=tmp_path).returncode == 0
+
+
+def test_plan_of_a_stack_without_a_kubernetes_context_exits_2_naming_it(tmp_path: Path) -> None:
+    """Without the context the stack's provider would use whatever context is current: refused first."""
+    document = yaml.safe_load((STACKS_DIR / "Pulumi.ltx1.yaml").read_text())
+    del document["config"]["kubernetes:context"]
+    path = tmp_path / "Pulumi.ltx1.yaml"
+    path.write_text(yaml.safe_dump(document))
+    result = _run("plan", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{path}: kubernetes:context: not set" in result.stderr
+    assert result.stdout == ""  # nothing rendered

@@ -33,17 +33,19 @@ scanner: $(SCAN_STAMP)
 run: $(STAMP)
 	$(VENV)/bin/pyflyte run workflows/gnn_training.py gnn_training
 
-# The real engine (kube-apiserver, kube-controller-manager, kube-scheduler, etcd, kwok),
+# The real engine (kube-apiserver, kube-controller-manager, kube-scheduler, etcd, kwok, the pulumi CLI),
 # built from the pinned Go modules under tools/ into .tools/ (git-ignored). Each binary
 # rebuilds only when its module's go.mod/go.sum changes; Go's build cache makes a rebuild cheap.
 TOOLS := .tools/bin
 TOOL_BINS := $(TOOLS)/etcd $(TOOLS)/kube-apiserver $(TOOLS)/kube-controller-manager \
-	$(TOOLS)/kube-scheduler $(TOOLS)/kwok
+	$(TOOLS)/kube-scheduler $(TOOLS)/kwok $(TOOLS)/pulumi
 
 $(TOOLS)/etcd: tools/etcd/go.mod tools/etcd/go.sum tools/build.sh
 	tools/build.sh etcd
 $(TOOLS)/kube-apiserver $(TOOLS)/kube-controller-manager $(TOOLS)/kube-scheduler $(TOOLS)/kwok: tools/kube/go.mod tools/kube/go.sum tools/build.sh
 	tools/build.sh $(notdir $@)
+$(TOOLS)/pulumi: tools/pulumi/go.mod tools/pulumi/go.sum tools/build.sh
+	tools/build.sh pulumi
 
 # Serial on purpose: each Go build already uses every core.
 tools:

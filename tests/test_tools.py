@@ -39,6 +39,13 @@ def semver(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in v.lstrip("v").split("-")[0].split("."))
 
 
+def locked(package: str) -> str:
+    lock = (REPO / "requirements.lock").read_text()
+    found = re.search(rf"^{re.escape(package)}==(\S+)$", lock, re.M | re.I)
+    assert found, f"{package} is not in requirements.lock"
+    return found.group(1)
+
+
 def test_staging_modules_are_pinned_to_the_kubernetes_patch() -> None:
     # k8s.io/kubernetes v1.X.Y is built from staging modules at v0.X.Y: a half-done bump mixes them.
     kube = semver(pinned("kube", "k8s.io/kubernetes"))
@@ -56,6 +63,16 @@ def test_etcd_replaces_match_the_etcd_server_version() -> None:
     assert mismatched == {}
 
 
+def test_pulumi_cli_pin_is_the_nearest_servable_release_to_the_lock() -> None:
+    # The CLI should equal the lock's SDK (3.272.0); the module proxy here does not serve
+    # pkg/v3 v3.272.0 or v3.273.0, so the pin is the next release and never older than the SDK.
+    cli, sdk = semver(pinned("pulumi", "github.com/pulumi/pulumi/pkg/v3")), semver(locked("pulumi"))
+    assert cli[0] == sdk[0] and cli >= sdk
+    assert cli[1] - sdk[1] <= 2, "the CLI drifted from the lock's SDK: bump one of them"
+    sdk_replace = replaces("pulumi")["github.com/pulumi/pulumi/sdk/v3"]
+    assert sdk_replace == pinned("pulumi", "github.com/pulumi/pulumi/pkg/v3")
+
+
 @pytest.mark.parametrize("name", ["kube-apiserver", "kube-controller-manager", "kube-scheduler"])
 def test_kubernetes_binaries_report_the_pinned_version(name: str) -> None:
     assert version_output(name, "--version").split() == ["Kubernetes", pinned("kube", "k8s.io/kubernetes")]
@@ -70,8 +87,12 @@ def test_kwok_reports_the_pinned_version() -> None:
     assert pinned("kube", "sigs.k8s.io/kwok").lstrip("v") in version_output("kwok", "--version")
 
 
+def test_pulumi_cli_reports_the_pinned_version() -> None:
+    assert version_output("pulumi", "version").strip() == pinned("pulumi", "github.com/pulumi/pulumi/pkg/v3")
+
+
 def test_make_tools_builds_each_tool_from_its_pinned_module() -> None:
-    names = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+    names = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "pulumi")
     targets = [f".tools/bin/{n}" for n in names]
     dry = subprocess.run(["make", "-n", "-B", *targets], cwd=REPO, capture_output=True, text=True, timeout=60,
                          check=True).stdout

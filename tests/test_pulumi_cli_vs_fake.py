@@ -1,0 +1,137 @@
+"""The fake CLI (tests/fake_pulumi.py) against the real one: each behaviour the connector relies on,
+run through the Automation API once with each, so the fake stays a model of the real CLI.
+
+The real CLI is `make tools`' build (.tools/bin/pulumi) on a `file://` backend. The programs here
+declare no provider resources (the kubernetes provider at the lock's version cannot be built here:
+see README "Verified here, and not"); locks, tags, history and cancel live in the backend, not in
+the provider, so they are the real CLI's behaviour.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+import pytest
+from pulumi import automation as auto
+
+from tests import fake_pulumi
+from tests.control_plane import REPO, require_tools
+
+pytestmark = pytest.mark.integration
+
+PROJECT = "graphfleet-fleets"
+
+
+@dataclass
+class Cli:
+    kind: str          # "fake" or "real"
+    root: Path         # PulumiCommand(root=...): the CLI is root/bin/pulumi
+    env: dict[str, str]
+
+    def workspace_options(self) -> auto.LocalWorkspaceOptions:
+        return auto.LocalWorkspaceOptions(
+            env_vars=self.env, pulumi_command=auto.PulumiCommand(root=str(self.root)),
+            project_settings=auto.ProjectSettings(name=PROJECT, runtime="python"))
+
+    def stack(self, name: str, program: auto.PulumiFn = lambda: pulumi.export("ok", 1)) -> auto.Stack:
+        return auto.create_stack(name, PROJECT, program, opts=self.workspace_options())
+
+
+@pytest.fixture(params=["fake", "real"])
+def cli(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cli]:
+    if request.param == "real":
+        require_tools("pulumi")
+        root = REPO / ".tools"
+    else:
+        root = tmp_path / "fake"
+        (root / "bin").mkdir(parents=True)
+        fake_pulumi.install(root / "bin")
+    home = tmp_path / "pulumi-home"
+    home.mkdir()
+    env = {"PULUMI_BACKEND_URL": f"file://{tmp_path / 'backend'}", "PULUMI_CONFIG_PASSPHRASE": "test",
+           "PULUMI_HOME": str(home), "PULUMI_SKIP_UPDATE_CHECK": "true"}
+    (tmp_path / "backend").mkdir()
+    yield Cli(request.param, root, env)
+
+
+def test_stack_tags_set_get_list_remove(cli: Cli) -> None:
+    stack = cli.stack("tags")
+    ws = stack.workspace
+    ws.set_tag("tags", "graphfleet:execution", "proj/dev/x")
+    ws.set_tag("tags", "graphfleet:owner", "proj/dev")
+    assert ws.get_tag("tags", "graphfleet:execution") == "proj/dev/x"
+    tags = ws.list_tags("tags")
+    assert {k: v for k, v in tags.items() if k.startswith("graphfleet:")} == {
+        "graphfleet:execution": "proj/dev/x", "graphfleet:owner": "proj/dev"}
+    ws.remove_tag("tags", "graphfleet:owner")
+    assert "graphfleet:owner" not in ws.list_tags("tags")
+    with pytest.raises(auto.CommandError):
+        ws.get_tag("tags", "graphfleet:owner")
+
+
+def test_missing_and_duplicate_stacks_raise_the_automation_api_errors(cli: Cli) -> None:
+    cli.stack("once")
+    with pytest.raises(auto.StackAlreadyExistsError):
+        cli.stack("once")
+    with pytest.raises(auto.StackNotFoundError):
+        auto.select_stack("never", PROJECT, lambda: None, opts=cli.workspace_options())
+
+
+def test_up_records_history_and_outputs(cli: Cli) -> None:
+    stack = cli.stack("hist", lambda: pulumi.export("endpoints", ["a:1", "b:2"]))
+    result = stack.up()
+    assert result.outputs["endpoints"].value == ["a:1", "b:2"]
+    history = stack.history()
+    assert [(h.kind, h.result) for h in history] == [("update", "succeeded")]
+    assert stack.outputs()["endpoints"].value == ["a:1", "b:2"]
+
+
+_BLOCKER = """
+import sys, time, pulumi
+from pulumi import automation as auto
+root, backend, home, stack, marker = sys.argv[1:6]
+def program():
+    open(marker, "w").close()
+    time.sleep(300)   # an `up` waiting for a StatefulSet: only a kill ends it
+opts = auto.LocalWorkspaceOptions(
+    env_vars={"PULUMI_BACKEND_URL": backend, "PULUMI_CONFIG_PASSPHRASE": "test", "PULUMI_HOME": home,
+              "PULUMI_SKIP_UPDATE_CHECK": "true"},
+    pulumi_command=auto.PulumiCommand(root=root),
+    project_settings=auto.ProjectSettings(name="graphfleet-fleets", runtime="python"))
+auto.select_stack(stack, "graphfleet-fleets", program, opts=opts).up()
+"""
+
+
+def test_a_killed_up_leaves_its_lock_until_cancel(cli: Cli, tmp_path: Path) -> None:
+    stack = cli.stack("locked")
+    marker = tmp_path / "running"
+    blocker = subprocess.Popen(
+        [sys.executable, "-c", _BLOCKER, str(cli.root), cli.env["PULUMI_BACKEND_URL"],
+         cli.env["PULUMI_HOME"], "locked", str(marker)],
+        start_new_session=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert blocker.poll() is None, "the blocking up ended early"
+            assert time.monotonic() < deadline, "the blocking up never started its program"
+            time.sleep(0.1)
+        # A live `up` holds the lock: a second one is refused, as a concurrent update.
+        with pytest.raises(auto.ConcurrentUpdateError):
+            stack.up()
+    finally:
+        os.killpg(blocker.pid, signal.SIGKILL)  # the CLI and the program die without unlocking
+        blocker.wait(timeout=30)
+    # A dead process's lock stays until `cancel`, which removes it whoever held it.
+    with pytest.raises(auto.ConcurrentUpdateError):
+        stack.up()
+    stack.cancel()
+    stack.up()
+    assert [(h.kind, h.result) for h in stack.history()][0] == ("update", "succeeded")

@@ -33,8 +33,9 @@ from google.protobuf import json_format
 
 from flyte_agent import DataServiceConfig, DataServiceReleaseAllTask, DataServiceTask, DataServiceTeardownTask
 from flyte_agent.connector import DATA_SERVICE_TASK_TYPE, TEARDOWN_TASK_TYPE
-from graph_engine import health
+from graph_engine import health, sizing
 from graph_engine.convert import convert
+from graph_engine.store import read_info
 from infra.spec import DataServiceSpec
 from tests.s3_server import moto_s3, s3_env
 from tests.test_graph_server import NODES, free_port, port_is_free, ring_graph
@@ -327,7 +328,9 @@ def test_executions_sharing_a_fleet_hold_leases_until_the_last_is_released(conne
                                       connector.create(serialized(other), name="run-c"))
     assert refused.phase == execution_pb2.TaskExecution.FAILED
     assert "share 'sweep' is in use with another spec" in refused.message
-    assert "memory: '2Gi' running vs '4Gi' asked" in refused.message
+    # The running fleet's memory was sized from the graph (its config left memory unset).
+    sized = f"{sizing.memory_mib(read_info(uri), 2)}Mi"
+    assert f"memory: '{sized}' running vs '4Gi' asked" in refused.message
     assert "replicas: 2 running vs 1 asked" in refused.message
 
     env = {**os.environ, "GRAPHFLEET_BACKEND": "local", "GRAPHFLEET_STATE_DIR": str(connector.state_dir)}

@@ -80,10 +80,10 @@ def template_and_inputs(task: DataServiceTask, **inputs: Any) -> tuple[Any, Any]
 def start_connector(backend: str, state_dir: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from flyte_agent.connector import serve_on_loopback; "
-         f"serve_on_loopback({port}, {free_port()})"],
+        [sys.executable, "-m", "tests.loopback_connector", str(port), str(free_port())],
         env={**os.environ, **env, "GRAPHFLEET_BACKEND": backend, "GRAPHFLEET_STATE_DIR": state_dir},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        cwd=Path(__file__).resolve().parents[1])
     endpoint = f"127.0.0.1:{port}"
     health.wait_ready([endpoint], timeout=90)
     return proc, endpoint

@@ -51,14 +51,18 @@ from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
 from pydantic import ValidationError
 
 from flyte_agent import deck, leases, log_links, metrics, pods, progress
+from flyte_agent.graph_access import check_graph_access
 from flyte_agent.provisioner import (
     DestroyInProgress,
     FleetInfo,
+    InvalidFleetName,
+    NotOwner,
     Phase,
     Provision,
     Provisioner,
     ServerPhase,
     Status,
+    check_fleet_name,
     workflow_execution,
 )
 from flyte_agent.settings import Settings, make_provisioner
@@ -129,6 +133,7 @@ class TeardownMeta(ResourceMeta):
     service: str = ""    # the fleet to release, or
     execution: str = ""  # with RELEASE_EXECUTION: every fleet of this workflow execution
     caller: str = ""     # the teardown's own workflow execution: whose lease a shared fleet drops
+    owner: str = ""      # project/domain the teardown runs in: it releases only fleets recorded under it
 
 
 def provision_name(project: str, domain: str, execution: str, node: str) -> str:
@@ -174,8 +179,10 @@ def merge_inputs(custom: dict[str, Any], inputs: dict[str, Any]) -> dict[str, An
     return merged
 
 
-def resolve_spec(custom: dict[str, Any], inputs: dict[str, Any], settings: Settings) -> DataServiceSpec:
-    """The spec a run provisions, every check done; raises ValueError with a message for the user."""
+def resolve_spec(custom: dict[str, Any], inputs: dict[str, Any], settings: Settings,
+                 owner: str) -> DataServiceSpec:
+    """The spec `owner` (project/domain) provisions, every check done; raises ValueError with a
+    message for the user. Graph access is checked before the graph is read."""
     merged = merge_inputs(custom, inputs)
     if merged.get("graph_uri") is None and merged.get("reuse") is None:
         raise ValueError("graph_uri: no graph given; set graph_uri (or reuse) in the DataServiceConfig "
@@ -197,6 +204,7 @@ def resolve_spec(custom: dict[str, Any], inputs: dict[str, Any], settings: Setti
                              f"(known: {known}; GRAPHFLEET_SHARED_SERVICES)")
         return spec
     assert spec.graph_uri is not None
+    check_graph_access(spec.graph_uri, owner, settings.graph_access)
     try:
         found = store.partition_count(spec.graph_uri)
     except (OSError, ValueError) as err:
@@ -352,7 +360,7 @@ class DataServiceConnector(AsyncConnectorBase):
         name, owner, execution = execution_identity(task_execution_metadata, task_template.id.name)
         meta = FleetMeta(name=name, owner=owner, execution=execution, created_at=time.time())
         try:
-            spec = resolve_spec(dict(task_template.custom or {}), _plain_inputs(inputs), settings)
+            spec = resolve_spec(dict(task_template.custom or {}), _plain_inputs(inputs), settings, owner)
         except ValueError as err:
             log.warning("refusing data service %s: %s", name, err)
             meta.error = str(err)
@@ -426,7 +434,7 @@ class DataServiceConnector(AsyncConnectorBase):
             if resource_meta.share and shares is not None:
                 shares.release(resource_meta.name, workflow_execution(resource_meta.execution), time.time())
                 return
-            provisioner.delete(resource_meta.provision())
+            provisioner.delete(resource_meta.name, resource_meta.owner)
 
     def _shared(self, meta: FleetMeta) -> Resource:
         down = health.not_ready(meta.endpoints, timeout=1.0)
@@ -451,11 +459,13 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
                task_execution_metadata: TaskExecutionMetadata | None = None, **kwargs: Any) -> TeardownMeta:
         # The teardown itself happens in get(): a destroy may outlast CreateTask's deadline, and
         # get() is retried until it succeeds, while a timed-out create would only leak.
+        project, domain, name = workflow_execution_id(task_execution_metadata)
+        owner = f"{project}/{domain}"
         if dict(task_template.custom or {}) == RELEASE_EXECUTION:
             # Its own execution: the one whose nodes provisioned (an on_failure node runs in it too).
-            return TeardownMeta(execution="/".join(workflow_execution_id(task_execution_metadata)))
+            return TeardownMeta(execution="/".join((project, domain, name)), owner=owner)
         return TeardownMeta(service=str(_plain_inputs(inputs).get("service", "")),
-                            caller="/".join(workflow_execution_id(task_execution_metadata)))
+                            caller="/".join((project, domain, name)), owner=owner)
 
     async def get(self, resource_meta: TeardownMeta, **kwargs: Any) -> Resource:
         # The teardown waits for the destroy like a delete does.
@@ -470,6 +480,8 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
                             message="service: empty; pass the DataServiceTask's `service` output")
         settings, provisioner = backend.get()
         try:
+            if service:
+                check_fleet_name(service)  # before anything is looked up by it
             shares = backend.shares()
             with metrics.timed_teardown(settings.backend):
                 if execution:
@@ -480,10 +492,12 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
                 elif shares is not None and shares.is_shared(service):
                     outcome = self._release_lease(shares, service, resource_meta.caller)
                 else:
-                    provisioner.delete(by_name(service))
+                    provisioner.delete(check_fleet_name(service), resource_meta.owner)
                     outcome = f"{service}: released"
         except DestroyInProgress as err:  # get() is polled: a later one sees the outcome
             return Resource(phase=TaskExecution.RUNNING, message=str(err))
+        except (InvalidFleetName, NotOwner) as err:  # refused before anything was touched
+            return Resource(phase=TaskExecution.FAILED, message=f"service: {err}")
         except Exception as err:  # reported, never swallowed: the fleet may still be running
             what = f"the data services of {execution}" if execution else f"data service {service}"
             return Resource(phase=TaskExecution.FAILED,
@@ -552,13 +566,6 @@ def _own_namespace() -> str:
         return ""
 
 
-def by_name(name: str) -> Provision:
-    """A Provision that identifies a fleet by name only, for status()/delete(), which key on the
-    name: the teardown task is handed nothing else. The spec is a stand-in and is never applied."""
-    return Provision(name=name, spec=DataServiceSpec(reuse="teardown"), owner="", execution="",
-                     created_at=0.0)
-
-
 def _plain_inputs(inputs: LiteralMap | None) -> dict[str, Any]:
     """Scalars of the input literals (the DSL's inputs are str and int only)."""
     if inputs is None:
@@ -569,23 +576,6 @@ def _plain_inputs(inputs: LiteralMap | None) -> dict[str, Any]:
         if primitive is not None:
             plain[key] = primitive.value
     return plain
-
-
-def serve_on_loopback(port: int, prometheus_port: int) -> None:
-    """`pyflyte serve connector`, bound to 127.0.0.1 instead of every interface: for tests and
-    benchmarks on a shared machine. The served code is pyflyte's own; only the addresses change."""
-    import functools
-
-    import prometheus_client
-    from flytekit.clis.sdk_in_container.pyflyte import main
-    from grpc.aio._server import Server as server_class
-
-    bind = server_class.add_insecure_port
-    server_class.add_insecure_port = lambda self, address: bind(self, address.replace("[::]", "127.0.0.1"))
-    prometheus_client.start_http_server = functools.partial(prometheus_client.start_http_server,
-                                                            addr="127.0.0.1")
-    main(["serve", "connector", "--port", str(port), "--prometheus_port", str(prometheus_port),
-          *SERVE_MODULES])
 
 
 ConnectorRegistry.register(DataServiceConnector())

@@ -49,11 +49,14 @@ from flyte_agent import metrics, progress
 from flyte_agent.files import locked, write_json
 from flyte_agent.provisioner import (
     FleetInfo,
+    InvalidFleetName,
     Phase,
     Provision,
     ServerPhase,
     ServerState,
     Status,
+    check_fleet_name,
+    check_owner,
     check_workflow_execution,
 )
 from flyte_agent.provisioner import workflow_execution as workflow_execution_of
@@ -120,8 +123,8 @@ class LocalProvisioner:
                 return Status(Phase.ABSENT)
             return self._reconcile(record)
 
-    def delete(self, provision: Provision) -> None:
-        self._delete(provision.name)
+    def delete(self, name: str, owner: str) -> None:
+        self._delete(check_fleet_name(name), owner)
 
     def release_execution(self, workflow_execution: str) -> list[str]:
         check_workflow_execution(workflow_execution)
@@ -281,9 +284,14 @@ class LocalProvisioner:
             reason = f"exit code {code}"
         (self._dir(name) / f"server-{ordinal}.reason").write_text(reason)
 
-    def _delete(self, name: str) -> None:
+    def _delete(self, name: str, owner: str | None = None) -> None:
+        """Delete the fleet; with `owner`, only if its record (or tombstone) names that owner."""
         if self._dir(name).exists():
             with self._locked(name):
+                if owner is not None:
+                    record = self._record(name) or self._tombstoned(name)
+                    if record is not None:
+                        check_owner(name, record.get("owner"), owner)
                 self._delete_locked(name)
         with self._mutex:
             self._started.discard(name)
@@ -433,7 +441,8 @@ class LocalProvisioner:
                 log.exception("local fleet reconcile failed")
 
     def _dir(self, name: str) -> Path:
-        return self.state_dir / name
+        # Every path of a fleet is built here: a name that is not a fleet name never reaches the disk.
+        return self.state_dir / check_fleet_name(name)
 
     def _tombstone(self, name: str) -> Path:
         return self._dir(name) / _TOMBSTONE
@@ -448,13 +457,21 @@ class LocalProvisioner:
         """Every fleet's record; with `include_deleting`, also those a delete has tombstoned."""
         found = []
         for fleet in sorted(d for d in self.state_dir.iterdir() if d.is_dir()):
-            record = self._record(fleet.name)
+            try:
+                record = self._record(fleet.name)
+            except InvalidFleetName:
+                continue  # not a fleet of ours
             if record is None and include_deleting:
-                with contextlib.suppress(FileNotFoundError):
-                    record = dict(json.loads(self._tombstone(fleet.name).read_text()))
+                record = self._tombstoned(fleet.name)
             if record is not None:
                 found.append(record)
         return found
+
+    def _tombstoned(self, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self._tombstone(name).read_text()))
+        except FileNotFoundError:
+            return None
 
     def _server_int(self, name: str, ordinal: int, kind: str) -> int:
         """A server's recorded pid, start time or restart count; 0 when not (or no longer) recorded."""
@@ -477,7 +494,7 @@ class LocalProvisioner:
         return "\n".join(lines[-_LOG_TAIL_LINES:])
 
     def _locked(self, name: str) -> contextlib.AbstractContextManager[None]:
-        return locked(self.state_dir / f".{name}.lock")
+        return locked(self.state_dir / f".{check_fleet_name(name)}.lock")
 
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:

@@ -9,6 +9,7 @@ connector memory.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -104,6 +105,38 @@ def check_workflow_execution(value: str) -> None:
         raise ValueError(f"workflow execution {value!r} is not project/domain/name; nothing was released")
 
 
+# A fleet name: a DNS-1123 label (what `provision_name` makes, and what every Kubernetes object of the
+# fleet is called). Never a path: no '/', no '.', so it cannot name anything outside the fleets.
+FLEET_NAME_MAX = 63
+_FLEET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class InvalidFleetName(ValueError):
+    """A value that should name a fleet does not; nothing was looked up or touched."""
+
+
+class NotOwner(PermissionError):
+    """The fleet is recorded under another owner (project/domain); nothing was touched."""
+
+
+def check_fleet_name(name: str) -> str:
+    """`name` if it is a fleet name (a DNS-1123 label of at most 63 characters), else InvalidFleetName."""
+    if not isinstance(name, str) or len(name) > FLEET_NAME_MAX or not _FLEET_NAME.match(name):
+        raise InvalidFleetName(
+            f"{name!r} is not a data service name: expected a DataServiceTask's `service` output (lower-case "
+            f"letters, digits and '-', at most {FLEET_NAME_MAX} characters, e.g. gf-run-n0-1a2b3c4d)")
+    return name
+
+
+def check_owner(name: str, recorded: str | None, owner: str) -> None:
+    """Refuse unless the fleet's recorded owner is `owner`. A fleet that records no owner is refused
+    too: it cannot be shown to be the caller's."""
+    if not owner or recorded != owner:
+        raise NotOwner(f"data service {name} does not belong to {owner or 'an unknown project/domain'}; a "
+                       "teardown releases only fleets its own project and domain provisioned; nothing was "
+                       "touched")
+
+
 class DestroyInProgress(RuntimeError):
     """delete() is still tearing the fleet down (or another process is operating on it): a
     retryable answer; a later delete() reports the outcome."""
@@ -127,9 +160,11 @@ class Provisioner(Protocol):
     def status(self, provision: Provision) -> Status:
         """Level-triggered: look at what exists, move it toward the spec, report the phase."""
 
-    def delete(self, provision: Provision) -> None:
-        """Tear down and forget, within a bounded wait. Idempotent: an absent fleet is success.
-        Raises `DestroyInProgress` while the teardown goes on, anything else if it failed."""
+    def delete(self, name: str, owner: str) -> None:
+        """Tear down the fleet `name` on behalf of `owner` (project/domain), within a bounded wait.
+        Idempotent: an absent fleet is success. Raises `InvalidFleetName` for a name that is not one,
+        `NotOwner` when the fleet records another owner (both before anything is touched),
+        `DestroyInProgress` while the teardown goes on, anything else if it failed."""
 
     def release_execution(self, workflow_execution: str) -> list[str]:
         """Tear down every fleet of the workflow execution `project/domain/name` (whichever node made

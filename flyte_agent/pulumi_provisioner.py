@@ -10,23 +10,20 @@ a failed one a bounded number of times, and clears a lock left by a dead process
 The only in-memory state is which stacks this process's own workers are busy with (and which of
 those a release of an execution started), facts about this process, not about the fleets.
 
-Every CLI call goes through `TimedPulumiCommand`, the Automation API's `pulumi_command=` seam: it
-bounds each call with a timeout (the API has none) and lets `delete()` interrupt a running `up`.
+Every CLI call goes through `TimedPulumiCommand` (flyte_agent/pulumi_cli.py), the Automation API's
+`pulumi_command=` seam: it bounds each call with a timeout (the API has none) and lets `delete()`
+interrupt a running `up`. What the stack's tags mean is flyte_agent/stack_record.py; the workers are
+flyte_agent/worker_pool.py.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
-import itertools
 import json
 import logging
 import os
 import pkgutil
-import queue
-import signal
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -40,18 +37,14 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 from pulumi import automation as auto
-from pulumi.automation._cmd import CommandResult, _parse_and_validate_pulumi_version
-from pulumi.automation._minimum_version import _MINIMUM_VERSION
 from pulumi.automation.errors import (
     CommandError,
     ConcurrentUpdateError,
     StackAlreadyExistsError,
     StackNotFoundError,
-    create_command_error,
 )
 
-from flyte_agent import metrics
-from flyte_agent import stack_names as names
+from flyte_agent import metrics, stack_record
 from flyte_agent.pods import cluster_servers
 from flyte_agent.provisioner import (
     DestroyInProgress,
@@ -60,188 +53,23 @@ from flyte_agent.provisioner import (
     Phase,
     Provision,
     Status,
+    check_fleet_name,
+    check_owner,
     check_workflow_execution,
 )
 from flyte_agent.provisioner import workflow_execution as workflow_execution_of
+from flyte_agent.pulumi_cli import TimedPulumiCommand, cli_output, error_text
 from flyte_agent.settings import Settings
+from flyte_agent.worker_pool import DESTROY, UP, PriorityPool
 from infra.graph_service import GraphDataService, GraphDataServiceArgs, Placement, await_timeout_seconds
 
 log = logging.getLogger(__name__)
 
-# CLI subcommands that change a stack and may run as long as Kubernetes takes to converge.
-_LONG_COMMANDS = frozenset({"up", "destroy", "refresh", "preview", "cancel"})
-_ERROR_TEXT_LINES = 4
 # Beyond the StatefulSet's await: the provider's other objects, state writes, plugin start-up.
 _CLI_MARGIN_SECONDS = 300
 _PENDING_TEXT = "pending operations"
 # The `passphrase` secrets provider reads one of these; the CLI fails without them non-interactively.
 _PASSPHRASE_ENV = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
-# Worker pool priorities, most urgent first: a destroy frees capacity, an `up` takes it.
-_DESTROY, _UP, _STOP = 0, 1, 2
-_Job = tuple[Future[None], Callable[[], None]]
-
-
-class TimedPulumiCommand(auto.PulumiCommand):
-    """The seam every CLI call passes through: the real `pulumi` binary (or a fake), with timeouts.
-
-    Each call runs in its own session so a timed-out call is killed with all its plugins; the
-    running calls are tracked per stack so `interrupt(stack)` can stop one (SIGINT = Pulumi's
-    graceful cancel, which releases the lock).
-    """
-
-    def __init__(self, command: str, long_timeout: float, short_timeout: float) -> None:
-        self.command = command
-        self.long_timeout = long_timeout
-        self.short_timeout = short_timeout
-        self._running: dict[str, subprocess.Popen[str]] = {}
-        self._stack_timeouts: dict[str, float] = {}
-        self._lock = threading.Lock()
-        result = self.run(["version"], os.getcwd(), {})
-        opt_out = os.getenv("PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK") is not None
-        self.version = _parse_and_validate_pulumi_version(
-            _MINIMUM_VERSION, result.stdout.strip().removeprefix("v"), opt_out)
-
-    def run(self, args: list[str], cwd: str, additional_env: Mapping[str, str],
-            on_output: Callable[[str], Any] | None = None,
-            on_error: Callable[[str], Any] | None = None) -> CommandResult:
-        args = args if "--non-interactive" in args else ["--non-interactive", *args]
-        stack = _stack_arg(args)
-        timeout = self.short_timeout
-        if _subcommand(args) in _LONG_COMMANDS:
-            timeout = self._stack_timeouts.get(stack or "", self.long_timeout)
-        env = {**os.environ, **additional_env, "PULUMI_AUTOMATION_API": "true",
-               "PULUMI_SKIP_UPDATE_CHECK": "true"}
-        with subprocess.Popen([self.command, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True) as process:
-            if stack:
-                with self._lock:
-                    self._running[stack] = process
-            timed_out = False
-            try:
-                stdout, stderr = process.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_session(process)
-                stdout, stderr = process.communicate()
-                stderr += (f"\nerror: graphfleet: `pulumi {' '.join(args[1:3])}` timed out after "
-                           f"{timeout:g}s and was killed; raise operation_timeout_seconds if Kubernetes "
-                           "needs longer")
-            finally:
-                if stack:
-                    with self._lock:
-                        self._running.pop(stack, None)
-        for line in stdout.splitlines():
-            if on_output:
-                on_output(line)
-        for line in stderr.splitlines():
-            if on_error:
-                on_error(line)
-        result = CommandResult(stdout=stdout, stderr=stderr, code=process.returncode)
-        if _subcommand(args) in _LONG_COMMANDS:
-            outcome = "timed_out" if timed_out else "succeeded" if result.code == 0 else "failed"
-            metrics.PULUMI_OPERATIONS.labels(_subcommand(args), outcome).inc()
-        if result.code != 0:
-            raise create_command_error(result)
-        return result
-
-    def set_timeout(self, stack: str, seconds: float) -> None:
-        """Bound long operations on `stack` by `seconds` instead of the default."""
-        with self._lock:
-            self._stack_timeouts[stack] = seconds
-
-    def interrupt(self, stack: str) -> bool:
-        """Ask the CLI working on `stack` to cancel gracefully; False if none is running."""
-        with self._lock:
-            process = self._running.get(stack)
-        if process is None or process.poll() is not None:
-            return False
-        process.send_signal(signal.SIGINT)
-        return True
-
-
-class _PriorityPool:
-    """A fixed number of worker threads that start the most urgent queued job first, in submission
-    order among equals. concurrent.futures' pool is first in, first out: at 64 fleets a destroy
-    waited behind every queued `up` (delete p50 63 s, docs/benchmarks.md)."""
-
-    def __init__(self, workers: int, name: str) -> None:
-        # (priority, submission number, job); None is a worker's stop signal. The number breaks ties,
-        # so futures are never compared.
-        self._queue: queue.PriorityQueue[tuple[int, int, _Job | None]] = queue.PriorityQueue()
-        self._order = itertools.count()
-        self._lock = threading.Lock()
-        self._closed = False
-        # Daemons, like the sweep thread: an idle pool never holds the process open. A CLI call still
-        # running at exit is cut off like a killed connector's; status() recovers its stale lock.
-        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
-                         for i in range(workers)]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, priority: int, call: Callable[..., None], *args: Any) -> Future[None]:
-        future: Future[None] = Future()
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the Pulumi provisioner is closed; it starts no new operations")
-            self._queue.put((priority, next(self._order), (future, functools.partial(call, *args))))
-        return future
-
-    def close(self) -> None:
-        """Cancel the queued jobs and wait for the running ones."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            while not self._queue.empty():
-                _, _, job = self._queue.get_nowait()
-                if job is not None:
-                    job[0].cancel()
-            for _ in self._threads:
-                self._queue.put((_STOP, next(self._order), None))
-        for thread in self._threads:
-            thread.join()
-
-    def _work(self) -> None:
-        while True:
-            _, _, job = self._queue.get()
-            if job is None:
-                return
-            future, call = job
-            if not future.set_running_or_notify_cancel():
-                continue  # cancelled while queued
-            try:
-                call()
-            except BaseException as err:  # noqa: BLE001 - the future hands it to whoever waits
-                future.set_exception(err)
-            else:
-                future.set_result(None)
-
-
-def _subcommand(args: Sequence[str]) -> str:
-    return next((a for a in args if not a.startswith("-")), "")
-
-
-def _stack_arg(args: Sequence[str]) -> str | None:
-    for flag, value in zip(args, args[1:], strict=False):
-        if flag == "--stack":
-            return value
-    return None
-
-
-def _kill_session(process: subprocess.Popen[str]) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _cli_output(err: CommandError) -> str:
-    """What the CLI printed (the Automation API's errors keep it; others have only a message)."""
-    stderr, stdout = getattr(err, "stderr", None), getattr(err, "stdout", None)
-    return f"{stderr}\n{stdout}" if stderr is not None else str(err)
 
 
 def warm_import_kubernetes() -> None:
@@ -253,14 +81,6 @@ def warm_import_kubernetes() -> None:
     for module in pkgutil.walk_packages(k8s.__path__, prefix="pulumi_kubernetes."):
         if module.ispkg:
             importlib.import_module(module.name)
-
-
-def error_text(err: BaseException) -> str:
-    """The lines of a CLI failure a user needs (the `error:` lines), clipped to fit a stack tag."""
-    text = _cli_output(err) if isinstance(err, CommandError) else str(err)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()] or lines
-    return names.clip(" | ".join(errors[-_ERROR_TEXT_LINES:]) or type(err).__name__)
 
 
 def fleet_args(provision: Provision, settings: Settings) -> GraphDataServiceArgs:
@@ -304,7 +124,7 @@ class PulumiProvisioner:
                  clock: Callable[[], float] = time.time) -> None:
         if not settings.backend_url.startswith(("s3://", "file://")):
             raise ValueError(f"backend_url: {settings.backend_url!r} is not a self-managed backend; "
-                             "set GRAPHFLEET_BACKEND_URL to s3://bucket?endpoint=... or file:///path")
+                             "set GRAPHFLEET_PULUMI_BACKEND_URL to s3://bucket?endpoint=... or file:///path")
         passphrase = any(os.environ.get(var) for var in _PASSPHRASE_ENV)
         if settings.secrets_provider is None and not passphrase:
             raise ValueError("PULUMI_CONFIG_PASSPHRASE is not set: without GRAPHFLEET_SECRETS_PROVIDER "
@@ -317,9 +137,11 @@ class PulumiProvisioner:
         self._host = socket.gethostname()
         self._command = TimedPulumiCommand(settings.pulumi_command, settings.operation_timeout_seconds,
                                            settings.command_timeout_seconds)
-        self._pool = _PriorityPool(settings.max_concurrent_operations, name="pulumi")
+        self._pool = PriorityPool(settings.max_concurrent_operations, name="pulumi")
         self._jobs: dict[str, Future[None]] = {}      # `up` attempts
         self._destroys: dict[str, Future[None]] = {}  # delete()s, kept until a caller sees the outcome
+        self._destroy_owners: dict[str, str | None] = {}  # ...on whose behalf (None: release, gc)
+        self._up_owners: dict[str, str] = {}  # the owner of each `up` in _jobs
         # release_execution()'s stack listings, by workflow execution: reads, off the operation pool.
         self._listings: dict[str, Future[list[str]]] = {}
         # ...and the stacks it is destroying, until a call has seen each outcome: a stack removed
@@ -341,7 +163,7 @@ class PulumiProvisioner:
         self._enqueue(provision)
 
     def status(self, provision: Provision) -> Status:
-        name = names.stack_name(provision.name)
+        name = stack_record.stack_name(provision.name)
         local = self._local_status(name)
         if local is not None:
             return local
@@ -362,10 +184,10 @@ class PulumiProvisioner:
             if last is not None and last.kind == "destroy":
                 return Status(Phase.ABSENT, message=f"stack {name} was destroyed")
             tags = stack.list_tags()
-            tried = names.attempts(tags)
-            last_error = tags.get(names.TAG_LAST_ERROR, "")
+            tried = stack_record.attempts(tags)
+            last_error = tags.get(stack_record.TAG_LAST_ERROR, "")
             finished = sum(1 for entry in history if entry.kind == "update")
-            if tags.get(names.TAG_GAVE_UP) == "true" or (tried >= self.settings.max_attempts
+            if tags.get(stack_record.TAG_GAVE_UP) == "true" or (tried >= self.settings.max_attempts
                                                            and finished >= tried):
                 return Status(Phase.FAILED, message=(
                     f"pulumi up failed {tried} times for stack {name}: {last_error or 'no error recorded'}; "
@@ -378,14 +200,15 @@ class PulumiProvisioner:
             attempt = f"attempt {tried + 1} of {self.settings.max_attempts}"
             return Status(Phase.QUEUED, message=f"pulumi up queued for stack {name} ({attempt}){retry}")
 
-    def delete(self, provision: Provision) -> None:
+    def delete(self, name: str, owner: str) -> None:
         """Start (or rejoin) the destroy on a worker and wait `delete_wait_seconds` for it.
 
         Propeller gives DeleteTask a deadline and retries a call that misses it while the server
         side keeps running; so the destroy outlives the call, and a later call reports its outcome.
+        The worker destroys only a stack whose owner tag is `owner`.
         """
-        name = names.stack_name(provision.name)
-        job = self._start_destroy(name, provision)
+        name = stack_record.stack_name(check_fleet_name(name))
+        job = self._start_destroy(name, owner)
         wait([job], timeout=self.settings.delete_wait_seconds)
         if not job.done():
             raise DestroyInProgress(
@@ -458,12 +281,12 @@ class PulumiProvisioner:
         failures: list[str] = []
         with self._workspace(None) as ws:
             for summary in ws.list_stacks():
-                name = names.short_stack_name(summary.name)
+                name = stack_record.short_stack_name(summary.name)
                 if self._local_status(name) is not None:
                     continue
                 stack = auto.Stack.select(name, ws)
                 tags = stack.list_tags()
-                if not names.is_expired(tags, now):
+                if not stack_record.is_expired(tags, now):
                     continue
                 try:
                     self._destroy(stack, None)
@@ -481,14 +304,15 @@ class PulumiProvisioner:
         infos = []
         with self._workspace(None, workspace=_UnselectedWorkspace) as ws:
             for summary in ws.list_stacks():
-                name = names.short_stack_name(summary.name)
+                name = stack_record.short_stack_name(summary.name)
                 stack = auto.Stack.select(name, ws)
                 try:
                     tags = stack.list_tags()
                     history = stack.history(show_secrets=False)
                 except StackNotFoundError:
                     continue  # removed since the listing
-                if tags.get(names.TAG_MANAGED) != "true" or (history and history[0].kind == "destroy"):
+                if (tags.get(stack_record.TAG_MANAGED) != "true"
+                        or stack_record.is_tombstone([entry.kind for entry in history])):
                     continue
                 infos.append(self._fleet_info(stack, tags, history))
         return infos
@@ -503,7 +327,7 @@ class PulumiProvisioner:
             shown = self._command.run(["stack", "output", "--json", "--stack", stack.name], ws.work_dir,
                                       ws.env_vars)
             outputs = json.loads(shown.stdout)
-        elif tags.get(names.TAG_GAVE_UP) == "true":
+        elif tags.get(stack_record.TAG_GAVE_UP) == "true":
             phase = Phase.FAILED
         else:
             busy = self._local_status(stack.name)
@@ -512,11 +336,12 @@ class PulumiProvisioner:
         # first update's start is when the fleet was made; the replicas are known once it is up.
         endpoints = list(outputs.get("endpoints") or [])
         return FleetInfo(
-            name=stack.name, owner=tags.get(names.TAG_OWNER, ""), execution=tags.get(names.TAG_EXECUTION, ""),
+            name=stack.name, owner=tags.get(stack_record.TAG_OWNER, ""),
+            execution=tags.get(stack_record.TAG_EXECUTION, ""),
             phase=phase, created_at=history[-1].start_time.timestamp() if history else 0.0,
-            expires_at=names.expires_at(tags) or 0.0, replicas=len(endpoints), endpoints=endpoints,
+            expires_at=stack_record.expires_at(tags) or 0.0, replicas=len(endpoints), endpoints=endpoints,
             servers=cluster_servers(stack.name, self.settings.namespace, len(endpoints), endpoints),
-            message=tags.get(names.TAG_LAST_ERROR, ""))
+            message=tags.get(stack_record.TAG_LAST_ERROR, ""))
 
     def close(self) -> None:
         """Stop the sweep thread and wait for running Pulumi operations."""
@@ -534,11 +359,12 @@ class PulumiProvisioner:
         with self._jobs_lock:
             if self._destroys.get(name) is job:
                 del self._destroys[name]
+            self._destroy_owners.pop(name, None)
         err = job.exception()
         if isinstance(err, ConcurrentUpdateError):
             # A live process holds the lock: this stack's destroy or up, on another replica or by a
             # CLI that outlived its connector. Level-triggered: ask again until it is gone.
-            lock = names.parse_lock(_cli_output(err))
+            lock = stack_record.parse_lock(cli_output(err))
             holder = f" (pid {lock.pid} on {lock.host} since {lock.created})" if lock else ""
             outcome: BaseException = DestroyInProgress(
                 f"stack {name} is locked by another running pulumi operation{holder}; deleting again after "
@@ -555,13 +381,13 @@ class PulumiProvisioner:
         found = []
         with self._workspace(None, workspace=_UnselectedWorkspace) as ws:
             for summary in ws.list_stacks():
-                name = names.short_stack_name(summary.name)
+                name = stack_record.short_stack_name(summary.name)
                 try:
                     tags = auto.Stack.select(name, ws).list_tags()
                 except StackNotFoundError:
                     continue  # removed since the listing
-                if (tags.get(names.TAG_MANAGED) == "true"
-                        and workflow_execution_of(tags.get(names.TAG_EXECUTION, "")) == workflow_execution):
+                execution = workflow_execution_of(tags.get(stack_record.TAG_EXECUTION, ""))
+                if tags.get(stack_record.TAG_MANAGED) == "true" and execution == workflow_execution:
                     found.append(name)
         return found
 
@@ -579,28 +405,39 @@ class PulumiProvisioner:
         return Status(Phase.QUEUED, message=f"pulumi {operation} queued for stack {name}")
 
     def _enqueue(self, provision: Provision) -> None:
-        name = names.stack_name(provision.name)
+        name = stack_record.stack_name(provision.name)
         with self._jobs_lock:
             busy = [self._jobs.get(name), self._destroys.get(name)]
             if any(job is not None and not job.done() for job in busy):
                 return  # no new `up` while one runs, nor while the stack is being destroyed
-            self._jobs[name] = self._pool.submit(_UP, self._converge, provision)
+            self._jobs[name] = self._pool.submit(UP, self._converge, provision)
+            self._up_owners[name] = provision.owner
 
-    def _start_destroy(self, name: str, provision: Provision | None) -> Future[None]:
+    def _start_destroy(self, name: str, owner: str | None) -> Future[None]:
         """The destroy of stack `name` that this process runs, started now unless one is under way.
-        `provision` (None when only the stack is known) bounds how long a lock may be live."""
+        With `owner`, the stack is destroyed only if it records that owner (None: release, gc, which
+        chose the stack by its tags)."""
         with self._jobs_lock:
             job = self._destroys.get(name)
+            if job is not None and self._destroy_owners.get(name) != owner:
+                if not job.done():
+                    raise DestroyInProgress(f"stack {name}: another teardown of it is running; ask again "
+                                            "after it ends")
+                job = None  # someone else's outcome: not this caller's to see
             if job is None:
                 up = self._jobs.get(name)
                 # Stop our own `up` now, not from the queue: on a full pool the destroy would wait
-                # behind it. SIGINT is Pulumi's graceful cancel, which releases the lock.
+                # behind it. SIGINT is Pulumi's graceful cancel, which releases the lock. Only for its
+                # owner: a foreign teardown must not touch the fleet, not even its `up`.
+                if up is not None and owner not in (None, self._up_owners.get(name)):
+                    up = None
                 if up is not None and not up.cancel() and not up.done():
                     self._command.interrupt(name)
-                job = self._destroys[name] = self._pool.submit(_DESTROY, self._teardown, name, provision, up)
+                job = self._destroys[name] = self._pool.submit(DESTROY, self._teardown, name, owner, up)
+                self._destroy_owners[name] = owner
         return job
 
-    def _teardown(self, name: str, provision: Provision | None, up: Future[None] | None) -> None:
+    def _teardown(self, name: str, owner: str | None, up: Future[None] | None) -> None:
         if up is not None and not up.cancelled():
             try:
                 up.result(timeout=self.settings.command_timeout_seconds)
@@ -609,20 +446,19 @@ class PulumiProvisioner:
                                    f"{self.settings.command_timeout_seconds:g}s; retry the delete") from err
             except Exception:  # noqa: BLE001 - the interrupted up's own failure is expected here
                 pass
-        if provision is not None:
-            self._command.set_timeout(name, self._operation_timeout(provision))
-        # Without the fleet's program: destroy never runs it, and the teardown task's name-only
-        # provision has no spec to build one from.
+        # Without the fleet's program: destroy never runs it, and a name-only teardown has no spec.
         with self._workspace(None) as ws:
             try:
                 stack = auto.Stack.select(name, ws)
             except StackNotFoundError:
                 return
-            self._destroy(stack, provision)
+            if owner is not None:
+                check_owner(name, stack.list_tags().get(stack_record.TAG_OWNER), owner)
+            self._destroy(stack, None)
 
     def _converge(self, provision: Provision) -> None:
         """One attempt to bring the stack to "up succeeded"; runs on a worker thread."""
-        name = names.stack_name(provision.name)
+        name = stack_record.stack_name(provision.name)
         try:
             with self._workspace(provision) as ws:
                 stack = self._create_or_select(name, ws, provision)
@@ -630,27 +466,27 @@ class PulumiProvisioner:
                 if last and last[0].kind == "update" and last[0].result == "succeeded":
                     return
                 tags = stack.list_tags()
-                tried = names.attempts(tags)
+                tried = stack_record.attempts(tags)
                 if tried >= self.settings.max_attempts:
                     self._settle(stack, provision)
                     return
-                stack.set_tag(names.TAG_ATTEMPTS, str(tried + 1))
+                stack.set_tag(stack_record.TAG_ATTEMPTS, str(tried + 1))
                 try:
                     self._up(stack, tags)
                 except ConcurrentUpdateError as err:
                     # Not an attempt of ours: give it back, then see whether the holder is dead.
-                    stack.set_tag(names.TAG_ATTEMPTS, str(tried))
+                    stack.set_tag(stack_record.TAG_ATTEMPTS, str(tried))
                     if not self._stale(err, provision):
                         return
                     self._clear_stale_lock(stack, err)
-                    stack.set_tag(names.TAG_ATTEMPTS, str(tried + 1))
+                    stack.set_tag(stack_record.TAG_ATTEMPTS, str(tried + 1))
                     self._up(stack, tags)
         except CommandError as err:
             log.warning("stack %s: pulumi up failed: %s", name, error_text(err))
             self._record_error(provision, error_text(err))
         except Exception as err:  # noqa: BLE001 - a worker must record every failure on the stack
             log.exception("stack %s: converge failed", name)
-            self._record_error(provision, names.clip(f"{type(err).__name__}: {err}"))
+            self._record_error(provision, stack_record.clip(f"{type(err).__name__}: {err}"))
 
     def _settle(self, stack: auto.Stack, provision: Provision) -> None:
         """Attempts are used up but the last one has no result: once nobody holds the lock, give up."""
@@ -660,9 +496,9 @@ class PulumiProvisioner:
             if not self._stale(err, provision):
                 return  # the last attempt is still running on a live replica
             self._clear_stale_lock(stack, err)
-            stack.set_tag(names.TAG_LAST_ERROR, names.clip(
+            stack.set_tag(stack_record.TAG_LAST_ERROR, stack_record.clip(
                 "the process running the last pulumi up died mid-update (connector killed or evicted)"))
-        stack.set_tag(names.TAG_GAVE_UP, "true")
+        stack.set_tag(stack_record.TAG_GAVE_UP, "true")
 
     def _clear_stale_lock(self, stack: auto.Stack, err: CommandError) -> None:
         log.warning("stack %s: clearing a stale lock (%s)", stack.name, error_text(err))
@@ -680,13 +516,14 @@ class PulumiProvisioner:
                 raise
             stack.refresh(clear_pending_creates=True, on_output=_debug)
             stack.up(on_output=_debug, on_error=_debug)
-        if names.TAG_LAST_ERROR in tags:
-            stack.remove_tag(names.TAG_LAST_ERROR)
+        if stack_record.TAG_LAST_ERROR in tags:
+            stack.remove_tag(stack_record.TAG_LAST_ERROR)
 
     def _record_error(self, provision: Provision, text: str) -> None:
         try:
             with self._workspace(provision) as ws:
-                auto.Stack.select(names.stack_name(provision.name), ws).set_tag(names.TAG_LAST_ERROR, text)
+                stack = auto.Stack.select(stack_record.stack_name(provision.name), ws)
+                stack.set_tag(stack_record.TAG_LAST_ERROR, text)
         except CommandError:
             log.exception("stack %s: could not record the error %r", provision.name, text)
 
@@ -699,13 +536,13 @@ class PulumiProvisioner:
             stack = auto.Stack.create(name, ws)
         except StackAlreadyExistsError:  # another replica made it between our select and init
             return auto.Stack.select(name, ws)
-        for key, value in names.initial_tags(provision.owner, provision.execution,
+        for key, value in stack_record.initial_tags(provision.owner, provision.execution,
                                              provision.expires_at).items():
             stack.set_tag(key, value)
         return stack
 
     def _stale(self, err: CommandError, provision: Provision | None) -> bool:
-        lock = names.parse_lock(_cli_output(err))
+        lock = stack_record.parse_lock(cli_output(err))
         age = None
         if lock is not None:
             try:
@@ -713,7 +550,8 @@ class PulumiProvisioner:
                 age = self._clock() - created.astimezone(UTC).timestamp()
             except ValueError:
                 age = None
-        return names.lock_is_stale(lock, self._host, _pid_alive, age, self._operation_timeout(provision))
+        return stack_record.lock_is_stale(lock, self._host, _pid_alive, age,
+                                          self._operation_timeout(provision))
 
     def _operation_timeout(self, provision: Provision | None) -> float:
         """How long an `up` may run: at least pulumi-kubernetes' wait for this fleet, plus a margin."""
@@ -758,14 +596,15 @@ class PulumiProvisioner:
                    ) -> Iterator[auto.LocalWorkspace]:
         """A throw-away work dir with explicit project settings (the Python API ignores stackConfigDir)."""
         if provision is not None:
-            self._command.set_timeout(names.stack_name(provision.name), self._operation_timeout(provision))
+            self._command.set_timeout(stack_record.stack_name(provision.name),
+                                      self._operation_timeout(provision))
         with tempfile.TemporaryDirectory(prefix="graphfleet-stack-") as work_dir:
             yield workspace(
                 work_dir=work_dir,
                 # Destroy does not run the program, but an inline workspace needs one to exist.
                 program=fleet_program(provision, self.settings) if provision is not None else _no_program,
                 project_settings=auto.ProjectSettings(
-                    name=names.PROJECT, runtime="python",
+                    name=stack_record.PROJECT, runtime="python",
                     backend=auto.ProjectBackend(url=self.settings.backend_url)),
                 secrets_provider=self.settings.secrets_provider or "passphrase",
                 env_vars={"PULUMI_BACKEND_URL": self.settings.backend_url},

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from flyte_agent.graph_access import check_rules
 from flyte_agent.log_links import LogTemplate
 from flyte_agent.provisioner import Provisioner
 from infra.config import SECRETS_PROVIDER_URL, EnvName, ObjectStore, Subdomain, Toleration
@@ -36,6 +37,7 @@ _JSON = {
     "engine_env": '{"NAME": "value", ...}',
     "log_templates": '[{"displayName": "Grafana", "templateUris": ["https://.../{{ .podName }}"]}, ...]',
     "object_store": '{"endpoint": "http://...", "credentials": {"name": "secret", "key": "credentials"}}',
+    "graph_access": '{"project" or "project/domain": ["s3://bucket/prefix/", ...]}',
 }
 _ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
@@ -69,6 +71,10 @@ class Settings(BaseModel):
     shared_services: dict[str, list[str]] = Field(
         default_factory=dict,
         description='`reuse` targets, JSON {"name": ["host:port", ...]} from the Datacenter stack outputs')
+    graph_access: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="graph URI prefixes each project (or project/domain) may serve "
+                    "(flyte_agent.graph_access); empty: every graph (a single-team connector)")
     ready_timeout_seconds: float = Field(
         5.0, gt=0, le=60, description="local backend: bound on one health probe round")
     # Pulumi backend (flyte_agent.pulumi_provisioner).
@@ -121,6 +127,11 @@ class Settings(BaseModel):
             if bad:
                 raise ValueError(f"shared service {name!r}: endpoints must be host:port, got {bad}")
         return value
+
+    @field_validator("graph_access")
+    @classmethod
+    def _graph_access(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        return dict(check_rules(value))
 
     @field_validator("node_selector")
     @classmethod

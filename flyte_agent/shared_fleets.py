@@ -121,9 +121,7 @@ class SharedFleets:
         if record["leases"]:
             self._write(name, record)
             return len(record["leases"])
-        spec = DataServiceSpec.from_custom(record["spec"])
-        self.provisioner.delete(shared_provision(name, record["owner"], record["share"], spec,
-                                               record["created_at"]))
+        self.provisioner.delete(name, record["owner"])
         (self.root / f"{name}.json").unlink(missing_ok=True)
         return 0
 

@@ -17,9 +17,11 @@ the stack outputs are what GraphDataService computes, not synthesized.
 
 Every call is appended to `fake/calls.jsonl`. Faults are scripted per stack in `fake/faults.json`:
 `{"<stack>": {"up": ["fail:<text>", "hang", "ok"], "destroy": ["fail:<text>"]}}`, consumed in order;
-`hang` registers the resources (as pending creates) and then sleeps until killed, like an `up`
-waiting for a StatefulSet that never becomes ready. `sleep:<seconds>;<fault>` holds the stack's
-lock that long first, like a destroy waiting for pods to terminate (`sleep:5;ok`, `sleep:5;fail:...`).
+`hang` registers the resources (as pending creates) and then sleeps until cancelled (SIGINT/SIGTERM,
+see `Cancelled`) or killed, like an `up` waiting for a StatefulSet that never becomes ready; `wedge`
+does the same but ignores SIGINT/SIGTERM (only SIGKILL ends it), which leaves a stale lock.
+`sleep:<seconds>;<fault>` holds the stack's lock that long first, like a destroy waiting for pods to
+terminate (`sleep:5;ok`, `sleep:5;fail:...`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -44,6 +47,22 @@ _EXIT_ERROR = 255
 
 class CliError(Exception):
     pass
+
+
+class Cancelled(CliError):
+    """SIGINT or SIGTERM during an operation: like the real CLI's first signal (pulumi
+    pkg/backend/cancellation_scope.go, v3.260.0-dev), the operation is cancelled gracefully: it ends
+    as failed in the history and its lock is released (pkg/backend/diy/backend.go: `defer b.Unlock`)."""
+
+
+def _cancel_on_signal() -> None:
+    def cancel(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second signal terminates, as in the CLI
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Cancelled(f"update canceled ({signal.Signals(signum).name} received)")
+
+    signal.signal(signal.SIGINT, cancel)
+    signal.signal(signal.SIGTERM, cancel)
 
 
 def install(directory: Path) -> Path:
@@ -256,23 +275,34 @@ class Cli:
         return f"Stack '{name}' has been removed!"
 
     def tag(self, verb: str, rest: list[str], name: str) -> str:
+        # `stack tag set/rm` loads the stack's whole tags file, changes one key and writes the whole
+        # file back, with no lock (pulumi pkg/cmd/pulumi/stack/stack_tag.go: s.Tags() then
+        # backend.UpdateStackTags; pkg/backend/diy/stack_tags.go saveStackTags: bucket.WriteAll of
+        # every tag; v3.260.0-dev, commit 1b59498). So two writers at once lose one's key: here the
+        # read and the write are two steps too, and a scripted `tag <verb> <key>` fault (a delay or a
+        # failure) falls between them.
         with self.backend.state() as data:
-            tags = _get(data, name)["tags"]
-            if verb == "set":
-                tags[rest[0]] = rest[1]
-                return ""
-            if verb == "get":
-                if rest[0] not in tags:
-                    raise CliError(f"stack tag '{rest[0]}' not found for stack '{name}'")
-                return str(tags[rest[0]])
-            if verb == "rm":
-                if rest[0] not in tags:
-                    raise CliError(f"stack tag '{rest[0]}' not found for stack '{name}'")
-                del tags[rest[0]]
-                return ""
+            tags = dict(_get(data, name)["tags"])
+        if verb in ("get", "ls"):
             if verb == "ls":
                 return json.dumps(tags)
-        raise CliError(f"unknown stack tag verb {verb!r}")
+            if rest[0] not in tags:
+                raise CliError(f"stack tag '{rest[0]}' not found for stack '{name}'")
+            return str(tags[rest[0]])
+        if verb not in ("set", "rm"):
+            raise CliError(f"unknown stack tag verb {verb!r}")
+        if verb == "rm" and rest[0] not in tags:
+            raise CliError(f"stack tag '{rest[0]}' not found for stack '{name}'")
+        fault = self.backend.next_fault(name, f"tag {verb} {rest[0]}")
+        if fault.startswith("fail:"):
+            raise CliError(fault.removeprefix("fail:"))
+        if verb == "set":
+            tags[rest[0]] = rest[1]
+        else:
+            del tags[rest[0]]
+        with self.backend.state() as data:
+            _get(data, name)["tags"] = tags  # the whole file, as read above plus one change
+        return ""
 
     def history(self, name: str, page_size: str | None) -> str:
         with self.backend.state() as data:
@@ -291,10 +321,10 @@ class Cli:
                                 "config": {}, "version": len(stack["history"]) + 1}
             self.backend.log_event("lock", name)
 
-    def _end(self, name: str, ok: bool, change: Any = None) -> None:
+    def _end(self, name: str, ok: bool, change: Any = None, always: bool = False) -> None:
         with self.backend.state() as data:
             stack = _get(data, name)
-            if change is not None and ok:
+            if change is not None and (ok or always):
                 change(stack)
             # Like the DIY backend, history records an operation only when it ends.
             entry = stack.pop("running")
@@ -304,7 +334,12 @@ class Cli:
 
     def locked_op(self, name: str, kind: str, change: Any) -> str:
         self._begin(name, kind)
-        fault = self.backend.next_fault(name, kind)
+        _cancel_on_signal()
+        try:
+            fault = self.backend.next_fault(name, kind)
+        except Cancelled:
+            self._end(name, ok=False)
+            raise
         if fault.startswith("fail:"):
             self._end(name, ok=False)
             raise CliError(fault.removeprefix("fail:"))
@@ -322,6 +357,7 @@ class Cli:
 
     def up(self, name: str, client: str | None) -> str:
         self._begin(name, "update")
+        _cancel_on_signal()
         with self.backend.state() as data:
             pending = _get(data, name)["pending"]
         if pending:
@@ -334,11 +370,24 @@ class Cli:
         except CliError:
             self._end(name, ok=False)
             raise
-        if fault == "hang":
+        if fault in ("hang", "wedge"):
             with self.backend.state() as data:
                 _get(data, name)["pending"] = [r["urn"] for r in resources if r["custom"]]
-            while True:  # like an up waiting for pods that never become ready: only a kill ends it
-                time.sleep(1)
+            if fault == "wedge":  # a CLI stuck where no signal reaches it: only SIGKILL ends it
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                while True:  # like an up waiting for pods that never become ready
+                    time.sleep(1)
+            except Cancelled:
+                # The cancelled creates end as failed steps; the objects exist in the cluster and in
+                # the state (pulumi-kubernetes records a create whose await failed, with its
+                # initialization errors), so no pending operation remains.
+                def created(stack: dict[str, Any]) -> None:
+                    stack.update(resources=resources, pending=[])
+
+                self._end(name, ok=False, change=created, always=True)
+                raise
         if fault.startswith("fail:"):
             self._end(name, ok=False)
             raise CliError(fault.removeprefix("fail:"))

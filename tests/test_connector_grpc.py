@@ -41,6 +41,7 @@ from tests.s3_server import moto_s3, s3_env
 from tests.test_graph_server import NODES, free_port, port_is_free, ring_graph
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]  # where `python -m tests.loopback_connector` is found
 SETTINGS = SerializationSettings(ImageConfig.auto_default_image(), project="proj", domain="dev", version="v1")
 
 
@@ -53,8 +54,9 @@ def literal_inputs(task: Any, **values: Any) -> Any:
     return TypeEngine.dict_to_literal_map(ctx, values, task.python_interface.inputs).to_flyte_idl()
 
 
-def execution_metadata(name: str, node: str = "n0", retry: int = 0) -> agent_pb2.TaskExecutionMetadata:
-    wf = identifier_pb2.WorkflowExecutionIdentifier(project="proj", domain="dev", name=name)
+def execution_metadata(name: str, node: str = "n0", retry: int = 0, project: str = "proj",
+                       domain: str = "dev") -> agent_pb2.TaskExecutionMetadata:
+    wf = identifier_pb2.WorkflowExecutionIdentifier(project=project, domain=domain, name=name)
     return agent_pb2.TaskExecutionMetadata(task_execution_id=identifier_pb2.TaskExecutionIdentifier(
         node_execution_id=identifier_pb2.NodeExecutionIdentifier(node_id=node, execution_id=wf),
         retry_attempt=retry))
@@ -67,10 +69,9 @@ class Connector:
         self.state_dir = state_dir
         port, self.metrics_port = free_port(), free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from flyte_agent.connector import serve_on_loopback; "
-             f"serve_on_loopback({port}, {self.metrics_port})"],
+            [sys.executable, "-m", "tests.loopback_connector", str(port), str(self.metrics_port)],
             env={**os.environ, **env, "GRAPHFLEET_BACKEND": "local", "GRAPHFLEET_STATE_DIR": str(state_dir)},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
         self.endpoint = f"127.0.0.1:{port}"
         self.channel = grpc.insecure_channel(self.endpoint)
         self.stub = AsyncAgentServiceStub(self.channel)
@@ -82,9 +83,11 @@ class Connector:
             self.proc.kill()
             raise AssertionError(self.proc.communicate()[0]) from None
 
-    def create(self, template: Any, inputs: Any = None, name: str = "run1", node: str = "n0") -> bytes:
+    def create(self, template: Any, inputs: Any = None, name: str = "run1", node: str = "n0",
+               project: str = "proj", domain: str = "dev") -> bytes:
+        metadata = execution_metadata(name, node, project=project, domain=domain)
         request = agent_pb2.CreateTaskRequest(template=template, inputs=inputs, output_prefix="/tmp/unused",
-                                              task_execution_metadata=execution_metadata(name, node))
+                                              task_execution_metadata=metadata)
         # Propeller's deadline for CreateTask.
         return bytes(self.stub.CreateTask(request, timeout=10).resource_meta)
 
@@ -368,6 +371,64 @@ def test_teardown_task_releases_the_fleet_and_tolerates_absence(connector_factor
         assert done.phase == execution_pb2.TaskExecution.SUCCEEDED, done.message
         assert expected in done.outputs.literals["outcome"].scalar.primitive.string_value
     assert not any(pid_running(pid) for pid in pids)
+
+
+def test_a_teardown_releases_only_a_fleet_of_its_own_project_and_domain_by_name(
+        connector_factory, tmp_path: Path) -> None:
+    connector = connector_factory()
+    uri = convert(ring_graph(), str(tmp_path / "ring"), partitions=2)
+    task = DataServiceTask(name="graph", config=DataServiceConfig(graph_uri=uri, replicas=1))
+    service = outputs_of(connector.wait_terminal(DATA_SERVICE_TASK_TYPE, connector.create(serialized(task))))[
+        "service"]
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+
+    teardown = DataServiceTeardownTask(name="release")
+    cases = [(f"/../../../..{victim}", "proj", "dev", "is not a data service name"),
+             (f"../{victim.name}", "proj", "dev", "is not a data service name"),
+             (service, "proj", "prod", "does not belong to proj/prod"),
+             (service, "other", "dev", "does not belong to other/dev")]
+    for value, project, domain, message in cases:
+        meta = connector.create(serialized(teardown), literal_inputs(teardown, service=value),
+                                project=project, domain=domain)
+        done = connector.wait_terminal(TEARDOWN_TASK_TYPE, meta)
+        assert done.phase == execution_pb2.TaskExecution.FAILED, value
+        assert done.message.startswith("service: ") and message in done.message, done.message
+        assert "nothing was" in done.message
+    assert (victim / "keep.txt").read_text() == "precious"
+    pids = recorded_pids(connector.state_dir)
+    assert pids and all(pid_running(pid) for pid in pids)
+
+
+def test_graph_access_is_refused_at_create_naming_the_rule_and_revealing_nothing(
+        connector_factory, tmp_path: Path) -> None:
+    allowed = tmp_path / "team-a"
+    allowed.mkdir()
+    uri = convert(ring_graph(), str(allowed / "ring"), partitions=2)
+    other = convert(ring_graph(), str(tmp_path / "team-b-ring"), partitions=2)
+    rules = f'{{"proj": ["{allowed}/"], "proj/prod": ["{tmp_path}/nothing/"]}}'
+    connector = connector_factory({"GRAPHFLEET_GRAPH_ACCESS": rules})
+    task = DataServiceTask(name="graph", config=DataServiceConfig(replicas=1))
+    messages = []
+    for graph in (other, str(tmp_path / "team-b-missing"), f"{allowed}/../team-b-ring"):
+        meta = connector.create(serialized(task), literal_inputs(task, graph_uri=graph), name="denied")
+        done = connector.wait_terminal(DATA_SERVICE_TASK_TYPE, meta)
+        assert done.phase == execution_pb2.TaskExecution.FAILED
+        messages.append(done.message.replace(graph, "GRAPH"))
+    # An existing and a missing graph of another team read the same: nothing was looked at.
+    assert messages[0] == messages[1], messages
+    assert "GRAPHFLEET_GRAPH_ACCESS rule 'proj'" in messages[0] and "'..' segments" in messages[2]
+    meta = connector.create(serialized(task), literal_inputs(task, graph_uri=uri), domain="prod")
+    done = connector.wait_terminal(DATA_SERVICE_TASK_TYPE, meta)
+    assert done.phase == execution_pb2.TaskExecution.FAILED and "rule 'proj/prod'" in done.message
+    meta = connector.create(serialized(task), literal_inputs(task, graph_uri=uri), project="other")
+    done = connector.wait_terminal(DATA_SERVICE_TASK_TYPE, meta)
+    assert done.phase == execution_pb2.TaskExecution.FAILED and "has no rule for 'other/dev'" in done.message
+    assert recorded_pids(connector.state_dir) == []
+    done = connector.wait_terminal(DATA_SERVICE_TASK_TYPE,
+                                   connector.create(serialized(task), literal_inputs(task, graph_uri=uri)))
+    assert done.phase == execution_pb2.TaskExecution.SUCCEEDED, done.message
 
 
 def test_release_all_frees_the_fleets_of_its_own_execution_only(connector_factory, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flyte_agent.local_provisioner import MAX_RESTARTS, LocalProvisioner
-from flyte_agent.provisioner import Phase, Provision, ServerPhase, Status
+from flyte_agent.provisioner import InvalidFleetName, NotOwner, Phase, Provision, ServerPhase, Status
 from flyte_agent.settings import Settings
 from graph_engine.convert import convert
 from infra.spec import DataServiceSpec
@@ -70,11 +70,11 @@ def test_lifecycle_crash_restart_and_delete_freeing_ports(provisioner: LocalProv
     assert all(Path(s.log_path).is_file() and s.started_at > 0 for s in again.servers)
 
     pids = provisioner.pids(fleet.name)
-    provisioner.delete(fleet)
+    provisioner.delete(fleet.name, fleet.owner)
     assert provisioner.status(fleet).phase is Phase.ABSENT
     assert not any(pid_running(pid) for pid in pids)
     assert all(port_is_free(int(e.rsplit(":", 1)[1])) for e in ready.endpoints)
-    provisioner.delete(fleet)  # absent is success
+    provisioner.delete(fleet.name, fleet.owner)  # absent is success
 
 
 def servers_on(ports: list[int]) -> list[str]:
@@ -104,7 +104,7 @@ def test_another_process_finds_and_tears_down_a_fleet(provisioner: LocalProvisio
     other = LocalProvisioner(Settings(state_dir=provisioner.state_dir))
     try:
         assert other.status(fleet).phase is Phase.READY
-        other.delete(fleet)
+        other.delete(fleet.name, fleet.owner)
         # delete returns once the servers have exited, not merely started exiting: their ports are free.
         assert not any(pid_running(pid) for pid in pids), [Path(f"/proc/{p}/stat").read_text() for p in pids]
         assert all(port_is_free(port) for port in ports)
@@ -134,7 +134,7 @@ def test_a_half_done_delete_is_never_undone_and_is_finished(provisioner: LocalPr
 
     monkeypatch.setattr(other, "_stop_server", stop_one_then_die)
     with pytest.raises(OSError, match="died here"):
-        other.delete(fleet)
+        other.delete(fleet.name, fleet.owner)
     other.close()
     assert not pid_running(pids[0]) and pid_running(pids[1])
 
@@ -215,3 +215,27 @@ def test_a_failed_release_names_the_fleet_and_the_next_one_finishes(provisioner:
     monkeypatch.setattr(provisioner, "_delete_locked", delete)
     assert provisioner.release_execution("p/d/e") == ["gf-stuck"]
     assert provisioner.status(stuck).phase is Phase.ABSENT
+
+
+def test_a_delete_refuses_paths_and_other_owners_fleets_and_touches_nothing(
+        provisioner: LocalProvisioner, graph_uri: str, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    state = provisioner.state_dir
+    relative = os.path.relpath(victim, state)
+    for bad in (relative, "/" + relative, f"../{victim.name}", str(victim), "..", "."):
+        with pytest.raises(InvalidFleetName):
+            provisioner.delete(bad, "p/d")
+    assert (victim / "keep.txt").read_text() == "precious"
+
+    fleet = provision(graph_uri, replicas=1)
+    provisioner.create(fleet)
+    wait_for(lambda: provisioner.status(fleet), Phase.READY)
+    pids = provisioner.pids(fleet.name)
+    for other in ("p/prod", "q/d", ""):
+        with pytest.raises(NotOwner, match="nothing was touched"):
+            provisioner.delete(fleet.name, other)
+    assert provisioner.status(fleet).phase is Phase.READY and provisioner.pids(fleet.name) == pids
+    provisioner.delete(fleet.name, "p/d")
+    assert provisioner.status(fleet).phase is Phase.ABSENT

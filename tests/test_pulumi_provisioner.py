@@ -14,16 +14,17 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from pulumi.automation.errors import CommandError
 
-from flyte_agent import stack_names as names
-from flyte_agent.connector import by_name
+from flyte_agent import stack_record as names
 from flyte_agent.gc import collect
-from flyte_agent.provisioner import DestroyInProgress, Phase, Provision, Status
-from flyte_agent.pulumi_provisioner import PulumiProvisioner, TimedPulumiCommand, _pid_alive
+from flyte_agent.provisioner import DestroyInProgress, InvalidFleetName, NotOwner, Phase, Provision, Status
+from flyte_agent.pulumi_cli import TimedPulumiCommand
+from flyte_agent.pulumi_provisioner import PulumiProvisioner, _pid_alive
 from flyte_agent.settings import Settings
 from infra.spec import DataServiceSpec
 from tests import fake_pulumi
@@ -168,15 +169,16 @@ def test_create_get_delete_call_sequence_and_endpoints(backend: tuple[str, Path]
     ]
 
     start = len(fake_pulumi.calls(url))
-    provisioner.delete(p)
+    provisioner.delete(p.name, p.owner)
     assert [shape(c) for c in calls_for(url, "fleet-a", start)] == [
         "stack select --stack fleet-a",
+        "stack tag ls --json --stack fleet-a",  # the owner, checked before anything is touched
         "destroy --skip-preview --yes --client --exec-kind auto.inline --stack fleet-a",
         "stack history --json --show-secrets --page-size 1 --page 1 --stack fleet-a",
         "stack rm --yes fleet-a",
     ]
     assert fake_pulumi.stacks(url) == {}
-    provisioner.delete(p)  # absent is success
+    provisioner.delete(p.name, p.owner)  # absent is success
     assert fake_pulumi.stacks(url) == {}
 
 
@@ -283,7 +285,7 @@ def test_a_delete_starts_before_the_ups_queued_on_a_full_pool(backend: tuple[str
         assert time.monotonic() < deadline, "fleet-busy's up never took its lock"
         time.sleep(0.1)
 
-    provisioner.delete(done)  # waits for its destroy, which must not wait for the queued ups
+    provisioner.delete(done.name, done.owner)  # waits for its destroy, which must not wait for the queued ups
 
     locks = [stack for event, stack in fake_pulumi.events(url)[start:] if event == "lock"]
     assert locks[:2] == ["fleet-busy", "fleet-done"], f"operations in order: {locks}"
@@ -297,7 +299,7 @@ def test_a_hung_cli_call_is_killed_at_its_timeout_and_the_stack_recovers(
     url, cli = backend
     provisioner = make()
     p = ready_fleet(provisioner, "fleet-t")
-    fake_pulumi.script_faults(url, "fleet-t", up=["hang"])
+    fake_pulumi.script_faults(url, "fleet-t", up=["wedge"])
     command = TimedPulumiCommand(str(cli), long_timeout=3, short_timeout=3)
     env = {"PULUMI_BACKEND_URL": url}
     with pytest.raises(CommandError, match="timed out after 3s and was killed"):
@@ -306,11 +308,12 @@ def test_a_hung_cli_call_is_killed_at_its_timeout_and_the_stack_recovers(
     assert lock is not None and not _pid_alive(lock["pid"])  # the kill leaves a stale lock
 
     start = len(fake_pulumi.calls(url))
-    provisioner.delete(p)
+    provisioner.delete(p.name, p.owner)
     ops = [shape(c) for c in fake_pulumi.calls(url)[start:]
            if c[0] in ("destroy", "cancel", "refresh", "stack") and c[:2] != ["stack", "history"]]
     assert ops == [
         "stack select --stack fleet-t",
+        "stack tag ls --json --stack fleet-t",
         "destroy --skip-preview --yes --client --exec-kind auto.inline --stack fleet-t",  # locked: stale
         "cancel --yes --stack fleet-t",
         "refresh --skip-preview --yes --clear-pending-creates --client --exec-kind auto.inline "
@@ -321,15 +324,37 @@ def test_a_hung_cli_call_is_killed_at_its_timeout_and_the_stack_recovers(
     assert fake_pulumi.stacks(url) == {}
 
 
+def test_an_interrupt_reaches_the_up_while_other_calls_run_on_its_stack(backend: tuple[str, Path],
+                                                                       make) -> None:
+    """Item 5 of issue 8: the process table had one entry per stack, which any other call on the stack
+    (a status read's `stack tag ls`) overwrote and then removed, so a delete could not stop the `up`."""
+    url, cli = backend
+    ready_fleet(make(), "fleet-i")
+    fake_pulumi.script_faults(url, "fleet-i", up=["hang"])
+    command = TimedPulumiCommand(str(cli), long_timeout=WAIT_LIMIT, short_timeout=30)
+    env, cwd = {"PULUMI_BACKEND_URL": url}, str(cli.parent)
+    with ThreadPoolExecutor(1) as pool:
+        up = pool.submit(command.run, ["up", "--yes", "--skip-preview", "--stack", "fleet-i"], cwd, env)
+        deadline = time.monotonic() + WAIT_LIMIT
+        while fake_pulumi.stacks(url)["fleet-i"]["lock"] is None:
+            assert time.monotonic() < deadline and not up.done(), "the up never took the lock"
+            time.sleep(0.1)
+        command.run(["stack", "tag", "ls", "--json", "--stack", "fleet-i"], cwd, env)  # ends before the up
+        assert command.interrupt("fleet-i") == 1
+        with pytest.raises(CommandError, match="canceled"):
+            up.result(timeout=WAIT_LIMIT)
+    assert fake_pulumi.stacks(url)["fleet-i"]["lock"] is None  # a graceful cancel releases the lock
+
+
 def test_failing_destroy_raises_and_keeps_the_stack(backend: tuple[str, Path], make) -> None:
     url, _ = backend
     provisioner = make()
     p = ready_fleet(provisioner, "fleet-d")
     fake_pulumi.script_faults(url, "fleet-d", destroy=["fail:deleting StatefulSet: server is unavailable"])
     with pytest.raises(Exception, match="server is unavailable"):
-        provisioner.delete(p)
+        provisioner.delete(p.name, p.owner)
     assert "fleet-d" in fake_pulumi.stacks(url)
-    provisioner.delete(p)  # the caller's retry succeeds
+    provisioner.delete(p.name, p.owner)  # the caller's retry succeeds
     assert fake_pulumi.stacks(url) == {}
 
 
@@ -338,7 +363,7 @@ def delete_until_settled(provisioner: PulumiProvisioner, p: Provision) -> Except
     deadline = time.monotonic() + WAIT_LIMIT
     while True:
         try:
-            provisioner.delete(p)
+            provisioner.delete(p.name, p.owner)
         except DestroyInProgress:
             assert time.monotonic() < deadline, f"the destroy did not end within {WAIT_LIMIT}s"
             time.sleep(0.2)
@@ -356,16 +381,16 @@ def test_delete_returns_in_progress_within_its_budget_and_later_reports_success(
     fake_pulumi.script_faults(url, "fleet-slow", destroy=["sleep:8;ok"])
 
     with pytest.raises(DestroyInProgress, match="pulumi destroy is still running after 0.5s"):
-        provisioner.delete(p)
+        provisioner.delete(p.name, p.owner)
     # Another replica (or this one after a restart) finds the destroy by its lock, held by a live CLI.
     with pytest.raises(DestroyInProgress, match=r"locked by another running pulumi operation \(pid \d+"):
-        make().delete(p)
+        make().delete(p.name, p.owner)
 
     assert delete_until_settled(provisioner, p) is None
     assert fake_pulumi.stacks(url) == {}
     destroys = [c for c in calls_for(url, "fleet-slow") if c[0] == "destroy"]
     assert len(destroys) == 2, "repeated deletes must rejoin the running destroy, not start new ones"
-    make().delete(p)  # absent is success
+    make().delete(p.name, p.owner)  # absent is success
 
 
 def test_a_slow_destroy_that_fails_is_reported_by_a_later_delete(backend: tuple[str, Path], make) -> None:
@@ -376,7 +401,7 @@ def test_a_slow_destroy_that_fails_is_reported_by_a_later_delete(backend: tuple[
                               destroy=["sleep:3;fail:deleting StatefulSet: server is unavailable"])
 
     with pytest.raises(DestroyInProgress):
-        provisioner.delete(p)
+        provisioner.delete(p.name, p.owner)
     err = delete_until_settled(provisioner, p)
     assert isinstance(err, RuntimeError)
     assert "stack fleet-sf: pulumi destroy failed" in str(err) and "server is unavailable" in str(err)
@@ -530,7 +555,7 @@ def test_connector_killed_mid_update_is_finished_by_a_fresh_process(backend: tup
     assert wait(fresh, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
     stack = fake_pulumi.stacks(url)["fleet-k"]
     assert stack["lock"] is None and stack["pending"] == []
-    fresh.delete(p)
+    fresh.delete(p.name, p.owner)
     assert fake_pulumi.stacks(url) == {}
     assert not _pid_alive(cli_pid), "the killed CLI is still running"
 
@@ -585,7 +610,9 @@ def test_a_release_answers_in_progress_then_reports_a_failed_destroy(backend: tu
     fake_pulumi.script_faults(url, "fleet-slow",
                               destroy=["sleep:4;fail:deleting StatefulSet: server is unavailable"])
 
-    with pytest.raises(DestroyInProgress, match="releasing proj/dev/run3 has not ended after 0.5s"):
+    # In progress: still listing on a loaded machine, or listed and destroying.
+    with pytest.raises(DestroyInProgress, match="(releasing proj/dev/run3 has not ended|listing the stacks "
+                                                "of proj/dev/run3 is still running) after 0.5s"):
         provisioner.release_execution("proj/dev/run3")
     failed = release_until_settled(provisioner, "proj/dev/run3")
     assert isinstance(failed, RuntimeError), failed
@@ -596,10 +623,20 @@ def test_a_release_answers_in_progress_then_reports_a_failed_destroy(backend: tu
     assert fake_pulumi.stacks(url) == {}
 
 
-def test_the_teardown_tasks_name_only_provision_destroys_a_stack(backend: tuple[str, Path], make) -> None:
+def test_a_teardown_destroys_its_own_fleet_by_name_and_never_another_owners(
+        backend: tuple[str, Path], make) -> None:
     url, _ = backend
     provisioner = make()
     fleet = fleet_of(provisioner, "fleet-named", "proj/dev/run4/n0")
+    before = len(fake_pulumi.calls(url))
+    for owner in ("proj/prod", "other/dev", ""):
+        with pytest.raises(NotOwner, match="does not belong to .*nothing was touched"):
+            provisioner.delete(fleet.name, owner)
+    assert not [c for c in fake_pulumi.calls(url)[before:] if c[0] in ("destroy", "cancel", "refresh")]
+    assert provisioner.status(fleet).phase is Phase.READY
+    for bad in ("../../etc", "/abs/path", "Fleet", "a" * 64, "", "fleet/../x"):
+        with pytest.raises(InvalidFleetName):
+            provisioner.delete(bad, "proj/dev")
     # All the teardown task knows is the name: no spec to build the fleet's program from.
-    provisioner.delete(by_name(fleet.name))
+    provisioner.delete(fleet.name, "proj/dev")
     assert fake_pulumi.stacks(url) == {}

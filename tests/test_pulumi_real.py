@@ -36,5 +36,5 @@ def test_real_engine_provisions_and_destroys_a_fleet(tmp_path: Path, monkeypatch
             status = provisioner.status(p)
         assert status.phase is Phase.READY, status.message
     finally:
-        provisioner.delete(p)
+        provisioner.delete(p.name, p.owner)
         provisioner.close()

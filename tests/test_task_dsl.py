@@ -30,6 +30,7 @@ from flyte_agent.connector import (
     provision_name,
     resolve_spec,
 )
+from flyte_agent.graph_access import GraphAccessDenied, check_graph_access
 from flyte_agent.provisioner import workflow_execution
 from flyte_agent.settings import Settings, SettingsError
 from infra.names import STATEFULSET_NAME_MAX, check_label
@@ -74,18 +75,18 @@ def test_graph_uri_and_replicas_can_come_at_run_time() -> None:
     assert merge_inputs(custom, {"graph_uri": "s3://b/g", "replicas": 0})["replicas"] == 2
     assert merge_inputs(custom, {"graph_uri": "s3://b/g", "replicas": 4})["replicas"] == 4
     with pytest.raises(ValueError, match="graph_uri: no graph given"):
-        resolve_spec(custom, {}, Settings())
+        resolve_spec(custom, {}, Settings(), "p/d")
 
 
 def test_resolve_spec_checks_images_and_shared_services() -> None:
     settings = Settings(image="reg/ge:1", image_allowlist=["reg/ge", "trusted.io/"],
                         shared_services={"cora": ["ge-0.cora:50051"]})
-    assert resolve_spec({"reuse": "cora", "image": "reg/ge:2"}, {}, settings).reuse == "cora"
-    assert resolve_spec({"reuse": "cora", "image": "trusted.io/x/y:3"}, {}, settings).reuse == "cora"
+    assert resolve_spec({"reuse": "cora", "image": "reg/ge:2"}, {}, settings, "p/d").reuse == "cora"
+    assert resolve_spec({"reuse": "cora", "image": "trusted.io/x/y:3"}, {}, settings, "p/d").reuse == "cora"
     with pytest.raises(ValueError, match=r"image: 'evil/ge:1' is not allowed .*GRAPHFLEET_IMAGE_ALLOWLIST"):
-        resolve_spec({"reuse": "cora", "image": "evil/ge:1"}, {}, settings)
+        resolve_spec({"reuse": "cora", "image": "evil/ge:1"}, {}, settings, "p/d")
     with pytest.raises(ValueError, match=r"reuse: 'citeseer' is not a shared graph service .*known: cora"):
-        resolve_spec({"reuse": "citeseer"}, {}, settings)
+        resolve_spec({"reuse": "citeseer"}, {}, settings, "p/d")
 
 
 def test_provision_names_are_retry_independent_valid_and_distinct() -> None:
@@ -132,7 +133,7 @@ def test_release_all_targets_the_execution_its_fleets_were_recorded_under() -> N
     # On a cluster: the workflow execution of its own metadata, whichever node provisioned.
     _, _, provisioned = execution_identity(execution_metadata("run7", "n0"), "graph")
     meta = teardown.create(template, "", task_execution_metadata=execution_metadata("run7", "fn0-n0"))
-    assert meta == TeardownMeta(execution="proj/dev/run7")
+    assert meta == TeardownMeta(execution="proj/dev/run7", owner="proj/dev")
     assert workflow_execution(provisioned) == meta.execution
 
     # Locally there is no metadata: the process is the execution, for both tasks.
@@ -140,7 +141,7 @@ def test_release_all_targets_the_execution_its_fleets_were_recorded_under() -> N
     _, _, again = execution_identity(None, "graph")
     assert provisioned != again  # every local create is a fleet of its own
     meta = teardown.create(template, "")
-    assert meta == TeardownMeta(execution=f"local/local/{LOCAL_RUN}")
+    assert meta == TeardownMeta(execution=f"local/local/{LOCAL_RUN}", owner="local/local")
     assert workflow_execution(provisioned) == workflow_execution(again) == meta.execution
     assert owner == "local/local"
 
@@ -193,3 +194,21 @@ def test_fleet_pod_settings_name_the_variable_and_the_fix(env: dict[str, str], m
     with pytest.raises(SettingsError) as err:
         Settings.from_env(env)
     assert str(err.value).startswith(message), str(err.value)
+
+
+def test_graph_access_rules_pick_the_most_specific_and_refuse_escapes() -> None:
+    rules = {"proj": ["s3://graphs/proj/"], "proj/prod": ["s3://graphs/prod/"]}
+    check_graph_access("s3://graphs/proj/g", "proj/dev", rules)
+    check_graph_access("s3://graphs//proj/g", "proj/dev", rules)
+    check_graph_access("s3://graphs/prod/g", "proj/prod", rules)
+    check_graph_access("/anything", "x/y", {})  # no rules: a single-team connector
+    for uri, owner, message in [("s3://graphs/proj-other/g", "proj/dev", "rule 'proj'"),
+                                ("s3://graphs/proj/g", "proj/prod", "rule 'proj/prod'"),
+                                ("s3://graphs/proj/../prod/g", "proj/dev", "'..' segments"),
+                                ("s3://graphs/proj/g", "nobody/dev", "no rule for 'nobody/dev' or 'nobody'")]:
+        with pytest.raises(GraphAccessDenied, match=message):
+            check_graph_access(uri, owner, rules)
+    with pytest.raises(SettingsError, match="GRAPHFLEET_GRAPH_ACCESS.*must be a plain URI ending in '/'"):
+        Settings.from_env({"GRAPHFLEET_GRAPH_ACCESS": '{"proj": ["s3://graphs/proj"]}'})
+    assert Settings.from_env({"GRAPHFLEET_GRAPH_ACCESS": '{"proj/dev": ["/data/"]}'}).graph_access == {
+        "proj/dev": ["/data/"]}

@@ -1,4 +1,5 @@
-"""Pure facts about the ephemeral Pulumi stacks: names, tags, expiry, retry counts, stale locks.
+"""The stack record: what the self-managed backend durably says about a fleet stack (names, tags, expiry,
+retry counts, stale locks).
 
 Everything the Pulumi provisioner decides from what it reads in the backend lives here as plain
 functions, so it is tested without a CLI. The stack is the record: its tags carry who owns it, which

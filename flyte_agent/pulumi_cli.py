@@ -1,0 +1,158 @@
+"""The seam every pulumi CLI call passes through: the real binary (or tests/fake_pulumi.py), with timeouts.
+
+The Automation API runs the CLI through a `PulumiCommand` (its public `pulumi_command=` seam) and has
+no timeout or cancel hook of its own. `TimedPulumiCommand` adds them:
+
+- each call runs in its own session with a bound (long for up/destroy/refresh, short for the rest);
+  a call past its bound is killed with all its plugins;
+- every running call is in one process table, one entry per call (not per stack: a `stack tag ls`
+  running beside an `up` must not hide the `up`), so `interrupt(stack)` reaches every operation on the
+  stack. SIGINT is Pulumi's graceful cancel, which ends the operation and releases the lock.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import semver
+from pulumi.automation import CommandResult, PulumiCommand
+from pulumi.automation.errors import CommandError, create_command_error
+
+from flyte_agent import metrics, stack_record
+
+# CLI subcommands that change a stack and may run as long as Kubernetes takes to converge.
+LONG_COMMANDS = frozenset({"up", "destroy", "refresh", "preview", "cancel"})
+# Operations `interrupt()` stops: those that hold the stack's lock while they change the world.
+_INTERRUPTIBLE = frozenset({"up", "destroy", "refresh", "preview"})
+# Self-managed stack tags exist since 3.211 (the record lives in them); `--clear-pending-creates` and
+# the `stack output --json` shape used here are older.
+MINIMUM_VERSION = semver.VersionInfo(3, 211, 0)
+_ERROR_TEXT_LINES = 4
+_KILL_GRACE_SECONDS = 10
+
+
+class TimedPulumiCommand(PulumiCommand):
+    """`PulumiCommand` with a bound on every call and a table of the running ones."""
+
+    def __init__(self, command: str, long_timeout: float, short_timeout: float) -> None:
+        # Not PulumiCommand.__init__: it takes a root dir (`<root>/bin/pulumi`) and runs `pulumi
+        # version` without a bound; the version check is redone here, through run().
+        self.command = command
+        self.long_timeout = long_timeout
+        self.short_timeout = short_timeout
+        self._running: dict[int, tuple[str | None, str, subprocess.Popen[str]]] = {}
+        self._stack_timeouts: dict[str, float] = {}
+        self._lock = threading.Lock()
+        found = self.run(["version"], os.getcwd(), {}).stdout.strip().removeprefix("v")
+        try:
+            self.version: semver.VersionInfo | None = semver.VersionInfo.parse(found)
+        except ValueError:
+            self.version = None  # a development build: trusted, as the Automation API does
+        if self.version is not None and self.version.compare(MINIMUM_VERSION) < 0:
+            raise RuntimeError(f"{command} is pulumi {found}; graphfleet needs {MINIMUM_VERSION} or later "
+                               "(self-managed stack tags); set GRAPHFLEET_PULUMI_COMMAND to a newer CLI")
+
+    def run(self, args: list[str], cwd: str, additional_env: Mapping[str, str],
+            on_output: Callable[[str], Any] | None = None,
+            on_error: Callable[[str], Any] | None = None) -> CommandResult:
+        args = args if "--non-interactive" in args else ["--non-interactive", *args]
+        stack, subcommand = stack_arg(args), subcommand_of(args)
+        timeout = self.short_timeout
+        if subcommand in LONG_COMMANDS:
+            timeout = self._stack_timeouts.get(stack or "", self.long_timeout)
+        env = {**os.environ, **additional_env, "PULUMI_AUTOMATION_API": "true",
+               "PULUMI_SKIP_UPDATE_CHECK": "true"}
+        with subprocess.Popen([self.command, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True) as process:
+            with self._lock:
+                self._running[process.pid] = (stack, subcommand, process)
+            timed_out = False
+            try:
+                stdout, stderr = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                kill_session(process)
+                stdout, stderr = process.communicate()
+                stderr += (f"\nerror: graphfleet: `pulumi {' '.join(args[1:3])}` timed out after "
+                           f"{timeout:g}s and was killed; raise operation_timeout_seconds if Kubernetes "
+                           "needs longer")
+            finally:
+                with self._lock:
+                    self._running.pop(process.pid, None)
+        for line in stdout.splitlines():
+            if on_output:
+                on_output(line)
+        for line in stderr.splitlines():
+            if on_error:
+                on_error(line)
+        result = CommandResult(stdout=stdout, stderr=stderr, code=process.returncode)
+        if subcommand in LONG_COMMANDS:
+            outcome = "timed_out" if timed_out else "succeeded" if result.code == 0 else "failed"
+            metrics.PULUMI_OPERATIONS.labels(subcommand, outcome).inc()
+        if result.code != 0:
+            raise create_command_error(result)
+        return result
+
+    def set_timeout(self, stack: str, seconds: float) -> None:
+        """Bound long operations on `stack` by `seconds` instead of the default."""
+        with self._lock:
+            self._stack_timeouts[stack] = seconds
+
+    def running(self, stack: str | None = None) -> list[tuple[str | None, str, int]]:
+        """(stack, subcommand, pid) of every call running now, or of those on `stack`."""
+        with self._lock:
+            return [(s, sub, p.pid) for s, sub, p in self._running.values() if stack is None or s == stack]
+
+    def interrupt(self, stack: str | None = None, sig: int = signal.SIGINT) -> int:
+        """Send `sig` (SIGINT: Pulumi's graceful cancel) to every running operation on `stack` (every
+        stack when None); returns how many were signalled."""
+        with self._lock:
+            targets = [p for s, sub, p in self._running.values()
+                       if sub in _INTERRUPTIBLE and (stack is None or s == stack)]
+        signalled = 0
+        for process in targets:
+            if process.poll() is None:
+                process.send_signal(sig)
+                signalled += 1
+        return signalled
+
+
+def subcommand_of(args: Sequence[str]) -> str:
+    return next((a for a in args if not a.startswith("-")), "")
+
+
+def stack_arg(args: Sequence[str]) -> str | None:
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag == "--stack":
+            return value
+    return None
+
+
+def kill_session(process: subprocess.Popen[str]) -> None:
+    """SIGTERM the call's whole session (the CLI and its plugins), SIGKILL if it lingers."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=_KILL_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def cli_output(err: BaseException) -> str:
+    """What the CLI printed (the Automation API's errors keep it; others have only a message)."""
+    stderr, stdout = getattr(err, "stderr", None), getattr(err, "stdout", None)
+    return f"{stderr}\n{stdout}" if stderr is not None else str(err)
+
+
+def error_text(err: BaseException) -> str:
+    """The lines of a CLI failure a user needs (the `error:` lines), clipped to fit a stack tag."""
+    text = cli_output(err) if isinstance(err, CommandError) else str(err)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()] or lines
+    return stack_record.clip(" | ".join(errors[-_ERROR_TEXT_LINES:]) or type(err).__name__)

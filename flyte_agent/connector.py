@@ -434,7 +434,7 @@ class DataServiceConnector(AsyncConnectorBase):
             if resource_meta.share and shares is not None:
                 shares.release(resource_meta.name, workflow_execution(resource_meta.execution), time.time())
                 return
-            provisioner.delete(resource_meta.name, resource_meta.owner)
+            provisioner.delete(resource_meta.name, resource_meta.owner, abort=True)
 
     def _shared(self, meta: FleetMeta) -> Resource:
         down = health.not_ready(meta.endpoints, timeout=1.0)

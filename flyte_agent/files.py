@@ -13,13 +13,25 @@ from typing import Any
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on `path` (created if missing): one writer across processes."""
-    with open(path, "w") as lock:
+    """Hold an exclusive flock on `path` (created if missing): one writer across processes.
+
+    The holder may remove the file when what it guards is gone (no lock files left behind), so a
+    waiter may have locked a file that is no longer at `path`: it locks again until the file it
+    holds is the one there."""
+    while True:
+        lock = open(path, "a")  # noqa: SIM115 - closed below or after the yield
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = -1
+        if current == os.fstat(lock.fileno()).st_ino:
+            break
+        lock.close()
+    try:
+        yield
+    finally:
+        lock.close()  # releases the flock
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

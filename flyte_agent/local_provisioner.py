@@ -12,6 +12,7 @@ only record, so any process can answer for any fleet:
     <state_dir>/<name>/server-<i>.reason why its last process exited ("exit code 1", "SIGKILL")
     <state_dir>/<name>/server-<i>.log    its output
     <state_dir>/.<name>.lock             flock: one create, reconcile or delete of a fleet at a time
+                                         (removed by the delete that holds it)
 
 `status()` is level-triggered: it looks at the processes and ports and moves the fleet toward
 "every ordinal serving" — a crashed server is restarted on the same port with the same ordinal, as
@@ -99,7 +100,7 @@ class LocalProvisioner:
         with self._locked(provision.name):
             if self._tombstone(provision.name).exists():
                 # A delete died half-way: finish it, or its servers would outlive the new pid files.
-                self._delete_locked(provision.name)
+                self._delete_locked(provision.name, keep_lock=True)
             if self._record(provision.name) is None:
                 ports = self._free_ports(provision.spec.replicas)
                 self._dir(provision.name).mkdir(parents=True, exist_ok=True)
@@ -123,7 +124,8 @@ class LocalProvisioner:
                 return Status(Phase.ABSENT)
             return self._reconcile(record)
 
-    def delete(self, name: str, owner: str) -> None:
+    def delete(self, name: str, owner: str, abort: bool = False) -> None:
+        # `abort` needs nothing here: create() runs within CreateTask, never queued behind a delete.
         self._delete(check_fleet_name(name), owner)
 
     def release_execution(self, workflow_execution: str) -> list[str]:
@@ -296,8 +298,9 @@ class LocalProvisioner:
         with self._mutex:
             self._started.discard(name)
 
-    def _delete_locked(self, name: str) -> None:
-        """Tombstone, stop every server, remove the dir. Caller holds the fleet's lock."""
+    def _delete_locked(self, name: str, keep_lock: bool = False) -> None:
+        """Tombstone, stop every server, remove the dir and (unless the caller goes on using it) the
+        lock file. Caller holds the fleet's lock."""
         fleet, tombstone = self._dir(name) / "fleet.json", self._tombstone(name)
         with contextlib.suppress(FileNotFoundError):  # already tombstoned by a delete that died
             os.replace(fleet, tombstone)
@@ -312,6 +315,9 @@ class LocalProvisioner:
         # tombstone keeps the fleet ABSENT and unrestarted meanwhile.
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self._dir(name))
+        if not keep_lock:
+            with contextlib.suppress(FileNotFoundError):  # we hold it: waiters re-lock (see _locked)
+                os.unlink(self._lock_path(name))
 
     def _spawn(self, record: dict[str, Any], ordinal: int) -> None:
         name = record["name"]
@@ -494,7 +500,10 @@ class LocalProvisioner:
         return "\n".join(lines[-_LOG_TAIL_LINES:])
 
     def _locked(self, name: str) -> contextlib.AbstractContextManager[None]:
-        return locked(self.state_dir / f".{check_fleet_name(name)}.lock")
+        return locked(self._lock_path(name))
+
+    def _lock_path(self, name: str) -> Path:
+        return self.state_dir / f".{check_fleet_name(name)}.lock"
 
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:

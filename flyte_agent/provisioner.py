@@ -160,8 +160,10 @@ class Provisioner(Protocol):
     def status(self, provision: Provision) -> Status:
         """Level-triggered: look at what exists, move it toward the spec, report the phase."""
 
-    def delete(self, name: str, owner: str) -> None:
+    def delete(self, name: str, owner: str, abort: bool = False) -> None:
         """Tear down the fleet `name` on behalf of `owner` (project/domain), within a bounded wait.
+        `abort`: the caller is the fleet's own task (DeleteTask), whose create may still be queued; the
+        delete must leave a tombstone that create honours (Pulumi; the local create is synchronous).
         Idempotent: an absent fleet is success. Raises `InvalidFleetName` for a name that is not one,
         `NotOwner` when the fleet records another owner (both before anything is touched),
         `DestroyInProgress` while the teardown goes on, anything else if it failed."""

@@ -18,6 +18,7 @@ flyte_agent/worker_pool.py.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -68,6 +69,8 @@ log = logging.getLogger(__name__)
 # Beyond the StatefulSet's await: the provider's other objects, state writes, plugin start-up.
 _CLI_MARGIN_SECONDS = 300
 _PENDING_TEXT = "pending operations"
+# What the fleet program's guard raises when the stack is a tombstone (see _refuse_if_tombstoned).
+_TOMBSTONED = "graphfleet: tombstoned"
 # The `passphrase` secrets provider reads one of these; the CLI fails without them non-interactively.
 _PASSPHRASE_ENV = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
 
@@ -97,11 +100,14 @@ def fleet_args(provision: Provision, settings: Settings) -> GraphDataServiceArgs
 FLEET_UPSERT_EXISTING_OBJECTS = True
 
 
-def fleet_program(provision: Provision, settings: Settings) -> Callable[[], None]:
-    """The inline program: one GraphDataService on an explicitly configured Kubernetes provider."""
+def fleet_program(provision: Provision, settings: Settings,
+                  guard: Callable[[], None] = lambda: None) -> Callable[[], None]:
+    """The inline program: one GraphDataService on an explicitly configured Kubernetes provider.
+    `guard` runs first, while the `up` holds the stack's lock, and raises to create nothing."""
     args = fleet_args(provision, settings)
 
     def program() -> None:
+        guard()
         # Upsert (pulumi-kubernetes PR 4278's opt-in) so a retried `up` after an interrupted one adopts
         # what it created before `refresh --clear-pending-creates` dropped it from the state; safe
         # here because the stack alone owns these names (derived from its own) and never renames.
@@ -178,12 +184,13 @@ class PulumiProvisioner:
             except StackNotFoundError:
                 self._enqueue(provision)
                 return Status(Phase.QUEUED, message=f"stack {name} absent; pulumi up queued")
+            if stack_record.is_tombstone([entry.kind for entry in history]):
+                return Status(Phase.FAILED, message=f"data service {provision.name} was deleted (an abort or "
+                                                    "a teardown); it is not brought back")
+            tags = self._repaired_tags(stack, provision)
             last = history[0] if history else None
             if last is not None and last.kind == "update" and last.result == "succeeded":
                 return self._ready(stack)
-            if last is not None and last.kind == "destroy":
-                return Status(Phase.ABSENT, message=f"stack {name} was destroyed")
-            tags = stack.list_tags()
             tried = stack_record.attempts(tags)
             last_error = tags.get(stack_record.TAG_LAST_ERROR, "")
             finished = sum(1 for entry in history if entry.kind == "update")
@@ -200,15 +207,18 @@ class PulumiProvisioner:
             attempt = f"attempt {tried + 1} of {self.settings.max_attempts}"
             return Status(Phase.QUEUED, message=f"pulumi up queued for stack {name} ({attempt}){retry}")
 
-    def delete(self, name: str, owner: str) -> None:
+    def delete(self, name: str, owner: str, abort: bool = False) -> None:
         """Start (or rejoin) the destroy on a worker and wait `delete_wait_seconds` for it.
 
         Propeller gives DeleteTask a deadline and retries a call that misses it while the server
         side keeps running; so the destroy outlives the call, and a later call reports its outcome.
-        The worker destroys only a stack whose owner tag is `owner`.
+        The worker destroys only a stack whose owner tag is `owner`, and keeps it, empty, as a
+        tombstone (its history ends in the destroy) that no later `up` gets past; gc removes it at
+        its expiry. With `abort` (DeleteTask: the caller is the fleet's own task, whose `up` may still
+        be queued on any replica), a stack that does not exist yet is made a tombstone too.
         """
         name = stack_record.stack_name(check_fleet_name(name))
-        job = self._start_destroy(name, owner)
+        job = self._start_destroy(name, owner, abort)
         wait([job], timeout=self.settings.delete_wait_seconds)
         if not job.done():
             raise DestroyInProgress(
@@ -387,7 +397,8 @@ class PulumiProvisioner:
                 except StackNotFoundError:
                     continue  # removed since the listing
                 execution = workflow_execution_of(tags.get(stack_record.TAG_EXECUTION, ""))
-                if tags.get(stack_record.TAG_MANAGED) == "true" and execution == workflow_execution:
+                if (tags.get(stack_record.TAG_MANAGED) == "true" and execution == workflow_execution
+                        and tags.get(stack_record.TAG_DELETED) != "true"):
                     found.append(name)
         return found
 
@@ -413,7 +424,7 @@ class PulumiProvisioner:
             self._jobs[name] = self._pool.submit(UP, self._converge, provision)
             self._up_owners[name] = provision.owner
 
-    def _start_destroy(self, name: str, owner: str | None) -> Future[None]:
+    def _start_destroy(self, name: str, owner: str | None, abort: bool = False) -> Future[None]:
         """The destroy of stack `name` that this process runs, started now unless one is under way.
         With `owner`, the stack is destroyed only if it records that owner (None: release, gc, which
         chose the stack by its tags)."""
@@ -433,11 +444,12 @@ class PulumiProvisioner:
                     up = None
                 if up is not None and not up.cancel() and not up.done():
                     self._command.interrupt(name)
-                job = self._destroys[name] = self._pool.submit(DESTROY, self._teardown, name, owner, up)
+                job = self._destroys[name] = self._pool.submit(DESTROY, self._teardown, name, owner, up,
+                                                               abort)
                 self._destroy_owners[name] = owner
         return job
 
-    def _teardown(self, name: str, owner: str | None, up: Future[None] | None) -> None:
+    def _teardown(self, name: str, owner: str | None, up: Future[None] | None, abort: bool) -> None:
         if up is not None and not up.cancelled():
             try:
                 up.result(timeout=self.settings.command_timeout_seconds)
@@ -451,10 +463,17 @@ class PulumiProvisioner:
             try:
                 stack = auto.Stack.select(name, ws)
             except StackNotFoundError:
-                return
-            if owner is not None:
-                check_owner(name, stack.list_tags().get(stack_record.TAG_OWNER), owner)
-            self._destroy(stack, None)
+                if not abort or owner is None:
+                    return  # nothing to release
+                stack = self._create_tombstone(name, owner, ws)
+            else:
+                recorded = stack.list_tags().get(stack_record.TAG_OWNER)
+                # An aborting task holds the fleet's identity (the name hashes it): a stack its own
+                # `up` made but has not tagged yet is its own.
+                if owner is not None and not (abort and recorded is None):
+                    check_owner(name, recorded, owner)
+            self._destroy(stack, None, remove=False)
+            stack.set_tag(stack_record.TAG_DELETED, "true")
 
     def _converge(self, provision: Provision) -> None:
         """One attempt to bring the stack to "up succeeded"; runs on a worker thread."""
@@ -462,8 +481,10 @@ class PulumiProvisioner:
         try:
             with self._workspace(provision) as ws:
                 stack = self._create_or_select(name, ws, provision)
-                last = stack.history(page_size=1, show_secrets=False)
-                if last and last[0].kind == "update" and last[0].result == "succeeded":
+                history = stack.history(show_secrets=False)
+                if stack_record.is_tombstone([entry.kind for entry in history]):
+                    return  # deleted while this `up` was queued
+                if history and history[0].kind == "update" and history[0].result == "succeeded":
                     return
                 tags = stack.list_tags()
                 tried = stack_record.attempts(tags)
@@ -482,6 +503,9 @@ class PulumiProvisioner:
                     stack.set_tag(stack_record.TAG_ATTEMPTS, str(tried + 1))
                     self._up(stack, tags)
         except CommandError as err:
+            if _TOMBSTONED in cli_output(err):
+                log.info("stack %s: deleted before its queued up ran; nothing created", name)
+                return
             log.warning("stack %s: pulumi up failed: %s", name, error_text(err))
             self._record_error(provision, error_text(err))
         except Exception as err:  # noqa: BLE001 - a worker must record every failure on the stack
@@ -527,6 +551,37 @@ class PulumiProvisioner:
         except CommandError:
             log.exception("stack %s: could not record the error %r", provision.name, text)
 
+    def _repaired_tags(self, stack: auto.Stack, provision: Provision) -> dict[str, str]:
+        """The stack's tags, with the record (owner, execution, expiry) written back where it is
+        missing: a failed or lost tag write would leave the fleet invisible to gc and releases."""
+        tags = dict(stack.list_tags())
+        for key, value in stack_record.missing_record(tags, provision.owner, provision.execution,
+                                                      provision.expires_at).items():
+            log.warning("stack %s: restoring its %s tag", stack.name, key)
+            stack.set_tag(key, value)
+            tags[key] = value
+        return tags
+
+    def _create_tombstone(self, name: str, owner: str, ws: auto.LocalWorkspace) -> auto.Stack:
+        """An empty stack recorded under `owner`, which the caller destroys: the destroy in its history
+        stops any `up` still queued for the fleet from creating it."""
+        try:
+            stack = auto.Stack.create(name, ws)
+        except StackAlreadyExistsError:  # its `up` made it meanwhile: destroyed as it is
+            return auto.Stack.select(name, ws)
+        stack.set_tag(stack_record.TAG_OWNER, stack_record.clip(owner))
+        stack.set_tag(stack_record.TAG_MANAGED, "true")
+        stack.set_tag(stack_record.TAG_EXPIRES, str(int(self._clock() + stack_record.TOMBSTONE_SECONDS)))
+        return stack
+
+    def _refuse_if_tombstoned(self, name: str, work_dir: str) -> None:
+        """The fleet program's guard: runs while the `up` holds the lock, so a destroy that ended before
+        it is in the history, and one that starts later waits for the lock."""
+        shown = self._command.run(["stack", "history", "--json", "--stack", name], work_dir,
+                                  {"PULUMI_BACKEND_URL": self.settings.backend_url})
+        if stack_record.is_tombstone([entry.get("kind", "") for entry in json.loads(shown.stdout or "[]")]):
+            raise RuntimeError(f"{_TOMBSTONED}: stack {name} was deleted; this up creates nothing")
+
     def _create_or_select(self, name: str, ws: auto.LocalWorkspace, provision: Provision) -> auto.Stack:
         try:
             return auto.Stack.select(name, ws)
@@ -560,8 +615,9 @@ class PulumiProvisioner:
         return max(self.settings.operation_timeout_seconds,
                    await_timeout_seconds(provision.spec) + _CLI_MARGIN_SECONDS)
 
-    def _destroy(self, stack: auto.Stack, provision: Provision | None) -> None:
-        """Destroy and remove; a stale lock is cleared first. Any other failure raises."""
+    def _destroy(self, stack: auto.Stack, provision: Provision | None, remove: bool = True) -> None:
+        """Destroy, and remove the stack unless it stays as a tombstone; a stale lock is cleared
+        first. Any other failure raises."""
         try:
             stack.destroy(on_output=_debug, on_error=_debug)
         except ConcurrentUpdateError as err:
@@ -570,7 +626,8 @@ class PulumiProvisioner:
             stack.cancel()
             stack.refresh(clear_pending_creates=True, on_output=_debug)
             stack.destroy(on_output=_debug, on_error=_debug)
-        stack.workspace.remove_stack(stack.name)
+        if remove:
+            stack.workspace.remove_stack(stack.name)
 
     def _ready(self, stack: auto.Stack) -> Status:
         # One `stack output` call, where the API's outputs() makes two (masked and plain, to flag
@@ -599,10 +656,14 @@ class PulumiProvisioner:
             self._command.set_timeout(stack_record.stack_name(provision.name),
                                       self._operation_timeout(provision))
         with tempfile.TemporaryDirectory(prefix="graphfleet-stack-") as work_dir:
+            program = _no_program  # destroy does not run one, but an inline workspace needs one to exist
+            if provision is not None:
+                guard = functools.partial(self._refuse_if_tombstoned, stack_record.stack_name(provision.name),
+                                          work_dir)
+                program = fleet_program(provision, self.settings, guard)
             yield workspace(
                 work_dir=work_dir,
-                # Destroy does not run the program, but an inline workspace needs one to exist.
-                program=fleet_program(provision, self.settings) if provision is not None else _no_program,
+                program=program,
                 project_settings=auto.ProjectSettings(
                     name=stack_record.PROJECT, runtime="python",
                     backend=auto.ProjectBackend(url=self.settings.backend_url)),

@@ -29,6 +29,14 @@ TAG_EXPIRES = "graphfleet:expires-at"
 TAG_ATTEMPTS = "graphfleet:attempts"
 TAG_LAST_ERROR = "graphfleet:last-error"
 TAG_GAVE_UP = "graphfleet:gave-up"
+# A hint that the stack is a tombstone (listings skip it); the fact is the destroy in its history.
+TAG_DELETED = "graphfleet:deleted"
+# How long a tombstone made for a fleet that did not exist yet is kept: longer than any create still
+# queued on a replica could wait before it runs.
+TOMBSTONE_SECONDS = 24 * 3600
+# The tags that say who a stack belongs to: restored on every status read if lost (a failed write, or
+# a concurrent `stack tag set`, which rewrites the whole tags file: pulumi pkg/backend/diy/stack_tags.go).
+RECORD_TAGS = (TAG_MANAGED, TAG_OWNER, TAG_EXECUTION, TAG_EXPIRES)
 
 _STACK_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 _LOCK = re.compile(r"created by (?P<who>\S+)@(?P<host>\S+) \(pid (?P<pid>\d+)\) at (?P<when>\S+)")
@@ -59,6 +67,23 @@ def initial_tags(owner: str, execution: str, expires_at: float) -> dict[str, str
         TAG_EXPIRES: str(int(expires_at)),
         TAG_ATTEMPTS: "0",
     }
+
+
+def missing_record(tags: Mapping[str, str], owner: str, execution: str,
+                   expires: float) -> dict[str, str]:
+    """The record tags to write so the stack says who owns it: those absent or (owner, execution)
+    different. An expiry present is kept (it may have been renewed)."""
+    want = initial_tags(owner, execution, expires)
+    return {key: want[key] for key in RECORD_TAGS
+            if key not in tags or (key in (TAG_OWNER, TAG_EXECUTION) and tags[key] != want[key])}
+
+
+def is_tombstone(history_kinds: list[str]) -> bool:
+    """A stack whose history holds a destroy was deleted on purpose: no `up` may bring it back. The
+    self-managed backend appends the entry while the operation still holds the stack's lock (pulumi
+    pkg/backend/diy/backend.go: apply() calls addToHistory before Destroy's deferred Unlock), so an
+    `up` that takes the lock afterwards sees it."""
+    return "destroy" in history_kinds
 
 
 def attempts(tags: Mapping[str, str]) -> int:

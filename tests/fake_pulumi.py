@@ -51,8 +51,9 @@ class CliError(Exception):
 
 class Cancelled(CliError):
     """SIGINT or SIGTERM during an operation: like the real CLI's first signal (pulumi
-    pkg/backend/cancellation_scope.go, v3.260.0-dev), the operation is cancelled gracefully: it ends
-    as failed in the history and its lock is released (pkg/backend/diy/backend.go: `defer b.Unlock`)."""
+    pkg/backend/cancellation_scope.go, v3.259.0+14, commit 1b5949891b), the operation is cancelled
+    gracefully: it ends as failed in the history and its lock is released (pkg/backend/diy/backend.go:
+    `defer b.Unlock`)."""
 
 
 def _cancel_on_signal() -> None:
@@ -278,7 +279,7 @@ class Cli:
         # `stack tag set/rm` loads the stack's whole tags file, changes one key and writes the whole
         # file back, with no lock (pulumi pkg/cmd/pulumi/stack/stack_tag.go: s.Tags() then
         # backend.UpdateStackTags; pkg/backend/diy/stack_tags.go saveStackTags: bucket.WriteAll of
-        # every tag; v3.260.0-dev, commit 1b59498). So two writers at once lose one's key: here the
+        # every tag; v3.259.0+14, commit 1b5949891b). So two writers at once lose one's key: here the
         # read and the write are two steps too, and a scripted `tag <verb> <key>` fault (a delay or a
         # failure) falls between them.
         with self.backend.state() as data:

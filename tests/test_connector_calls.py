@@ -30,7 +30,7 @@ class BlockingDeletes:
     def __init__(self) -> None:
         self.release = threading.Event()
 
-    def delete(self, name: str, owner: str) -> None:
+    def delete(self, name: str, owner: str, abort: bool = False) -> None:
         self.release.wait()
 
     def status(self, provision: Provision) -> Status:

@@ -217,7 +217,7 @@ def test_a_failed_release_names_the_fleet_and_the_next_one_finishes(provisioner:
     assert provisioner.status(stuck).phase is Phase.ABSENT
 
 
-def test_a_delete_refuses_paths_and_other_owners_fleets_and_touches_nothing(
+def test_a_delete_refuses_paths_and_other_owners_fleets_touches_nothing_and_leaves_nothing(
         provisioner: LocalProvisioner, graph_uri: str, tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.mkdir()
@@ -239,3 +239,4 @@ def test_a_delete_refuses_paths_and_other_owners_fleets_and_touches_nothing(
     assert provisioner.status(fleet).phase is Phase.READY and provisioner.pids(fleet.name) == pids
     provisioner.delete(fleet.name, "p/d")
     assert provisioner.status(fleet).phase is Phase.ABSENT
+    assert list(state.iterdir()) == [], "a deleted fleet leaves nothing behind, not even its lock file"

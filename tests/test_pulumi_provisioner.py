@@ -94,6 +94,13 @@ def calls_for(url: str, stack: str, start: int = 0) -> list[list[str]]:
     return [c for c in fake_pulumi.calls(url)[start:] if stack in c]
 
 
+def live(url: str) -> list[str]:
+    """The stacks that are not tombstones (a delete keeps the stack, empty, with a destroy in its
+    history), in name order."""
+    return sorted(name for name, stack in fake_pulumi.stacks(url).items()
+                  if not any(entry["kind"] == "destroy" for entry in stack["history"]))
+
+
 def shape(call: list[str]) -> str:
     """A call without its volatile parts (the language host's port), for sequence comparisons."""
     return " ".join("--client" if a.startswith("--client=") else a for a in call)
@@ -163,8 +170,9 @@ def test_create_get_delete_call_sequence_and_endpoints(backend: tuple[str, Path]
 
     start = len(fake_pulumi.calls(url))
     assert provisioner.status(p).phase is Phase.READY
-    assert [shape(c) for c in calls_for(url, "fleet-a", start)] == [  # polled: two CLI calls per read
+    assert [shape(c) for c in calls_for(url, "fleet-a", start)] == [  # polled: three CLI calls per read
         "stack history --json --stack fleet-a",
+        "stack tag ls --json --stack fleet-a",  # the record, restored if a tag was lost
         "stack output --json --stack fleet-a",
     ]
 
@@ -175,11 +183,13 @@ def test_create_get_delete_call_sequence_and_endpoints(backend: tuple[str, Path]
         "stack tag ls --json --stack fleet-a",  # the owner, checked before anything is touched
         "destroy --skip-preview --yes --client --exec-kind auto.inline --stack fleet-a",
         "stack history --json --show-secrets --page-size 1 --page 1 --stack fleet-a",
-        "stack rm --yes fleet-a",
+        "stack tag set graphfleet:deleted true --stack fleet-a",
     ]
-    assert fake_pulumi.stacks(url) == {}
+    # Kept, empty, as a tombstone: its history ends in the destroy, which no later `up` gets past.
+    assert live(url) == [] and fake_pulumi.stacks(url)["fleet-a"]["resources"] == []
+    assert provisioner.status(p).phase is Phase.FAILED
     provisioner.delete(p.name, p.owner)  # absent is success
-    assert fake_pulumi.stacks(url) == {}
+    assert live(url) == []
 
 
 def test_a_kms_secrets_provider_replaces_the_passphrase(backend: tuple[str, Path], make,
@@ -266,7 +276,7 @@ def test_concurrent_provisions_respect_the_operation_bound(backend: tuple[str, P
         (held.add if event == "lock" else held.discard)(stack)
         most = max(most, len(held))
     assert most == 2, "four stacks, two workers: exactly two operations should overlap"
-    assert sorted(fake_pulumi.stacks(url)) == [f"fleet-{i}" for i in range(4)]
+    assert live(url) == [f"fleet-{i}" for i in range(4)]
 
 
 def test_a_delete_starts_before_the_ups_queued_on_a_full_pool(backend: tuple[str, Path], make) -> None:
@@ -319,9 +329,9 @@ def test_a_hung_cli_call_is_killed_at_its_timeout_and_the_stack_recovers(
         "refresh --skip-preview --yes --clear-pending-creates --client --exec-kind auto.inline "
         "--stack fleet-t",
         "destroy --skip-preview --yes --client --exec-kind auto.inline --stack fleet-t",
-        "stack rm --yes fleet-t",
+        "stack tag set graphfleet:deleted true --stack fleet-t",
     ]
-    assert fake_pulumi.stacks(url) == {}
+    assert live(url) == []
 
 
 def test_an_interrupt_reaches_the_up_while_other_calls_run_on_its_stack(backend: tuple[str, Path],
@@ -353,9 +363,9 @@ def test_failing_destroy_raises_and_keeps_the_stack(backend: tuple[str, Path], m
     fake_pulumi.script_faults(url, "fleet-d", destroy=["fail:deleting StatefulSet: server is unavailable"])
     with pytest.raises(Exception, match="server is unavailable"):
         provisioner.delete(p.name, p.owner)
-    assert "fleet-d" in fake_pulumi.stacks(url)
+    assert "fleet-d" in live(url)
     provisioner.delete(p.name, p.owner)  # the caller's retry succeeds
-    assert fake_pulumi.stacks(url) == {}
+    assert live(url) == []
 
 
 def delete_until_settled(provisioner: PulumiProvisioner, p: Provision) -> Exception | None:
@@ -387,7 +397,7 @@ def test_delete_returns_in_progress_within_its_budget_and_later_reports_success(
         make().delete(p.name, p.owner)
 
     assert delete_until_settled(provisioner, p) is None
-    assert fake_pulumi.stacks(url) == {}
+    assert live(url) == []
     destroys = [c for c in calls_for(url, "fleet-slow") if c[0] == "destroy"]
     assert len(destroys) == 2, "repeated deletes must rejoin the running destroy, not start new ones"
     make().delete(p.name, p.owner)  # absent is success
@@ -405,9 +415,9 @@ def test_a_slow_destroy_that_fails_is_reported_by_a_later_delete(backend: tuple[
     err = delete_until_settled(provisioner, p)
     assert isinstance(err, RuntimeError)
     assert "stack fleet-sf: pulumi destroy failed" in str(err) and "server is unavailable" in str(err)
-    assert "fleet-sf" in fake_pulumi.stacks(url)
+    assert "fleet-sf" in live(url)
     assert delete_until_settled(provisioner, p) is None  # the next call starts a fresh destroy
-    assert fake_pulumi.stacks(url) == {}
+    assert live(url) == []
 
 
 def test_gc_removes_only_expired_graphfleet_stacks(backend: tuple[str, Path], make) -> None:
@@ -426,7 +436,7 @@ def test_gc_removes_only_expired_graphfleet_stacks(backend: tuple[str, Path], ma
 
     start = len(fake_pulumi.calls(url))
     assert provisioner.gc(now) == ["fleet-old"]
-    assert sorted(fake_pulumi.stacks(url)) == ["fleet-new", "someone-else"]
+    assert live(url) == ["fleet-new", "someone-else"]
     assert [shape(c) for c in fake_pulumi.calls(url)[start:]] == [
         "stack ls --json",
         "stack select --stack fleet-new", "stack tag ls --json --stack fleet-new",
@@ -460,7 +470,7 @@ def test_collect_tears_down_expired_fleets_only(backend: tuple[str, Path]) -> No
     seed_stack(backend, "fleet-live", now + 3600)
 
     assert collect(settings(backend), now) == ["fleet-expired"]
-    assert list(fake_pulumi.stacks(url)) == ["fleet-live"]
+    assert live(url) == ["fleet-live"]
     assert collect(settings(backend), now) == []
 
 
@@ -483,13 +493,13 @@ def test_graphfleet_gc_as_an_operator_runs_it(backend: tuple[str, Path], tmp_pat
     assert failed.stdout.splitlines() == ["fleet-old-a"]
     assert "error: garbage collection removed 1 stack(s) but failed on 1" in failed.stderr
     assert "fleet-old-b: " in failed.stderr and "connection refused" in failed.stderr
-    assert sorted(fake_pulumi.stacks(url)) == ["fleet-live", "fleet-old-b"]
+    assert live(url) == ["fleet-live", "fleet-old-b"]
 
     retried = gc()  # the next run (cron) retries what failed
     assert retried.returncode == 0, retried.stderr
     assert retried.stdout.splitlines() == ["fleet-old-b"]
     assert "1 expired fleet(s) removed" in retried.stderr
-    assert list(fake_pulumi.stacks(url)) == ["fleet-live"]
+    assert live(url) == ["fleet-live"]
 
     bad = gc(GRAPHFLEET_BACKEND="k8s")
     assert bad.returncode == 2
@@ -509,7 +519,7 @@ def test_the_connector_sweeps_expired_fleets_on_its_own(backend: tuple[str, Path
     while "fleet-expired" in fake_pulumi.stacks(url):
         assert time.monotonic() < deadline, f"the sweep did not remove the expired fleet in {WAIT_LIMIT}s"
         time.sleep(0.2)
-    assert list(fake_pulumi.stacks(url)) == ["fleet-live"]
+    assert live(url) == ["fleet-live"]
 
 
 _CONNECTOR = textwrap.dedent("""
@@ -556,7 +566,7 @@ def test_connector_killed_mid_update_is_finished_by_a_fresh_process(backend: tup
     stack = fake_pulumi.stacks(url)["fleet-k"]
     assert stack["lock"] is None and stack["pending"] == []
     fresh.delete(p.name, p.owner)
-    assert fake_pulumi.stacks(url) == {}
+    assert live(url) == []
     assert not _pid_alive(cli_pid), "the killed CLI is still running"
 
 
@@ -581,11 +591,11 @@ def test_releasing_an_execution_destroys_its_stacks_only(backend: tuple[str, Pat
 
     other = make()  # any replica finds them: the stack tags are the record
     assert other.release_execution("proj/dev/run1") == ["fleet-r1-a", "fleet-r1-b"]
-    assert sorted(fake_pulumi.stacks(url)) == ["fleet-r2", "fleet-untagged"]
+    assert live(url) == ["fleet-r2", "fleet-untagged"]
     assert other.release_execution("proj/dev/run1") == []  # none left: still a success
     with pytest.raises(ValueError, match="'proj/dev' is not project/domain/name"):
         other.release_execution("proj/dev")
-    assert sorted(fake_pulumi.stacks(url)) == ["fleet-r2", "fleet-untagged"]
+    assert live(url) == ["fleet-r2", "fleet-untagged"]
 
 
 def release_until_settled(provisioner: PulumiProvisioner, execution: str) -> list[str] | Exception:
@@ -618,9 +628,9 @@ def test_a_release_answers_in_progress_then_reports_a_failed_destroy(backend: tu
     assert isinstance(failed, RuntimeError), failed
     assert "could not release 1 of the 2 fleet(s) of proj/dev/run3" in str(failed)
     assert "stack fleet-slow: pulumi destroy failed" in str(failed) and "server is unavailable" in str(failed)
-    assert list(fake_pulumi.stacks(url)) == ["fleet-slow"]
+    assert live(url) == ["fleet-slow"]
     assert release_until_settled(provisioner, "proj/dev/run3") == ["fleet-slow"]  # a retry finishes it
-    assert fake_pulumi.stacks(url) == {}
+    assert live(url) == []
 
 
 def test_a_teardown_destroys_its_own_fleet_by_name_and_never_another_owners(
@@ -639,4 +649,71 @@ def test_a_teardown_destroys_its_own_fleet_by_name_and_never_another_owners(
             provisioner.delete(bad, "proj/dev")
     # All the teardown task knows is the name: no spec to build the fleet's program from.
     provisioner.delete(fleet.name, "proj/dev")
-    assert fake_pulumi.stacks(url) == {}
+    assert live(url) == []
+
+
+# -- the stack record under races (issue 8 items 2 and 3) ---------------------------------------------
+
+def test_concurrent_tag_writes_lose_one_like_the_self_managed_backend(backend: tuple[str, Path]) -> None:
+    """The fake is as harsh as pulumi's DIY `stack tag set`: each writer rewrites the whole tags file."""
+    url, cli = backend
+    command = TimedPulumiCommand(str(cli), long_timeout=WAIT_LIMIT, short_timeout=30)
+    env, cwd = {"PULUMI_BACKEND_URL": url}, str(cli.parent)
+    command.run(["stack", "init", "s1", "--secrets-provider", "passphrase"], cwd, env)
+    fake_pulumi.script_faults(url, "s1", **{"tag set a": ["sleep:3;ok"]})
+    faults = fake_pulumi.state_dir(url) / "faults.json"
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(command.run, ["stack", "tag", "set", "a", "1", "--stack", "s1"], cwd, env)
+        deadline = time.monotonic() + WAIT_LIMIT
+        while '"tag set a": ["sleep' in faults.read_text():  # popped once the slow writer has read
+            assert time.monotonic() < deadline and not slow.done()
+            time.sleep(0.05)
+        command.run(["stack", "tag", "set", "b", "2", "--stack", "s1"], cwd, env)
+        slow.result(timeout=WAIT_LIMIT)
+    assert fake_pulumi.stacks(url)["s1"]["tags"] == {"a": "1"}  # b was written, then lost
+
+
+def test_a_lost_tag_write_is_restored_by_the_next_status_read(backend: tuple[str, Path], make) -> None:
+    url, _ = backend
+    provisioner = make()
+    p = Provision(name="fleet-tags", spec=provision("fleet-tags", replicas=1).spec, owner="proj/dev",
+                  execution="proj/dev/run9/n0", created_at=time.time())
+    fake_pulumi.script_faults(url, "fleet-tags", **{f"tag set {names.TAG_EXECUTION}": ["fail:conn reset"]})
+    provisioner.create(p)
+    assert wait(provisioner, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+    tags = fake_pulumi.stacks(url)["fleet-tags"]["tags"]
+    assert (tags[names.TAG_EXECUTION], tags[names.TAG_OWNER]) == ("proj/dev/run9/n0", "proj/dev")
+    # Without the execution tag the fleet would be invisible to the release (and to gc, without expiry).
+    assert make().release_execution("proj/dev/run9") == ["fleet-tags"]
+
+
+def test_an_abort_on_another_replica_leaves_a_tombstone_no_queued_up_gets_past(
+        backend: tuple[str, Path], make) -> None:
+    url, _ = backend
+    a, b, c = make(max_concurrent_operations=1), make(), make()
+    # 1. The `up` is still queued on A (its one worker is busy) when B's abort finds no stack.
+    fake_pulumi.script_faults(url, "fleet-busy", up=["sleep:5;ok"])
+    a.create(provision("fleet-busy", replicas=1))
+    queued = provision("fleet-q", replicas=1)
+    a.create(queued)
+    b.delete(queued.name, queued.owner, abort=True)
+    # 2. C's `up` read the history before B's destroy and takes the lock after it (its attempt count,
+    # written between the two, is held up: the first write of that tag is the initial 0).
+    raced = provision("fleet-r", replicas=1)
+    fake_pulumi.script_faults(url, "fleet-r", **{"tag set graphfleet:attempts": ["ok", "sleep:10;ok"]})
+    c.create(raced)
+    deadline = time.monotonic() + WAIT_LIMIT
+    attempt = ["stack", "tag", "set", names.TAG_ATTEMPTS, "1", "--stack", "fleet-r"]
+    while attempt not in fake_pulumi.calls(url):
+        assert time.monotonic() < deadline, "C's up never got to its attempt"
+        time.sleep(0.1)
+    b.delete(raced.name, raced.owner, abort=True)
+
+    for p, replica in ((queued, a), (raced, c)):
+        status = wait(replica, p, {Phase.FAILED, Phase.READY})
+        assert status.phase is Phase.FAILED and "was deleted" in status.message, status
+        assert fake_pulumi.stacks(url)[p.name]["resources"] == [], f"{p.name} was created after its abort"
+    assert live(url) == ["fleet-busy"]
+    # C's `up` did run, after the destroy, and its program's guard (under the lock) created nothing.
+    history = [(e["kind"], e["result"]) for e in fake_pulumi.stacks(url)["fleet-r"]["history"]]
+    assert history == [("destroy", "succeeded"), ("update", "failed")], history

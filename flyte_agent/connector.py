@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,6 +337,18 @@ async def _off_loop(pool: ThreadPoolExecutor, call: Callable[..., _T], *args: An
     return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(call, *args))
 
 
+async def _within_get_deadline(call: Awaitable[Resource], doing: str) -> Resource:
+    """`call`'s answer, or RUNNING once GRAPHFLEET_GET_WAIT_SECONDS have passed: flyteplugins counts a
+    GetTask past its deadline as a failure and fails the task after five. The work goes on in its
+    thread; being level-triggered, the next GetTask sees (or rejoins) it."""
+    settings, _ = backend.get()
+    try:
+        return await asyncio.wait_for(call, settings.get_wait_seconds)
+    except TimeoutError:
+        return Resource(phase=TaskExecution.RUNNING,
+                        message=f"{doing} is still going on after {settings.get_wait_seconds:g}s")
+
+
 class DataServiceConnector(AsyncConnectorBase):
     name = "graphfleet data service"
 
@@ -349,7 +361,8 @@ class DataServiceConnector(AsyncConnectorBase):
         return await _off_loop(_CALLS, self._create, task_template, inputs, task_execution_metadata)
 
     async def get(self, resource_meta: FleetMeta, **kwargs: Any) -> Resource:
-        return await _off_loop(_CALLS, self._get, resource_meta)
+        return await _within_get_deadline(_off_loop(_CALLS, self._get, resource_meta),
+                                          f"data service {resource_meta.name}: reading its status")
 
     async def delete(self, resource_meta: FleetMeta, **kwargs: Any) -> None:
         await _off_loop(_DESTROY_WAITS, self._delete, resource_meta)
@@ -372,7 +385,15 @@ class DataServiceConnector(AsyncConnectorBase):
             return meta
         if spec.share is not None:
             return self._lease(meta, spec)
-        provisioner.create(meta.provision())
+        try:
+            provisioner.create(meta.provision())
+        except ValueError as err:  # the provisioner's own validation: the same as bad input
+            log.warning("refusing data service %s: %s", name, err)
+            meta.error = str(err)
+        except Exception:  # noqa: BLE001 - never a retryable CreateTask failure: get() creates again
+            # Propeller counts a failed CreateTask against the task's retries (often 0); the fleet's
+            # identity is already in the meta, and get() creates what it finds ABSENT.
+            log.exception("data service %s: create failed; the next GetTask creates it again", name)
         return meta
 
     def _lease(self, meta: FleetMeta, spec: DataServiceSpec) -> FleetMeta:
@@ -468,8 +489,10 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
                             caller="/".join((project, domain, name)), owner=owner)
 
     async def get(self, resource_meta: TeardownMeta, **kwargs: Any) -> Resource:
-        # The teardown waits for the destroy like a delete does.
-        return await _off_loop(_DESTROY_WAITS, self._get, resource_meta)
+        # The teardown waits for the destroy like a delete does, but only as long as GetTask may take.
+        what = resource_meta.service or f"the data services of {resource_meta.execution}"
+        return await _within_get_deadline(_off_loop(_DESTROY_WAITS, self._get, resource_meta),
+                                          f"releasing {what}")
 
     def _get(self, resource_meta: TeardownMeta) -> Resource:
         service, execution = resource_meta.service, resource_meta.execution

@@ -166,7 +166,8 @@ class PulumiProvisioner:
 
     def create(self, provision: Provision) -> None:
         fleet_args(provision, self.settings)  # a bad spec fails here, before any stack exists
-        self._enqueue(provision)
+        if not self._expired(provision):
+            self._enqueue(provision)
 
     def status(self, provision: Provision) -> Status:
         name = stack_record.stack_name(provision.name)
@@ -182,6 +183,8 @@ class PulumiProvisioner:
                 # or died with its process, is an attempt counted in the tags with no history entry.
                 history = stack.history(show_secrets=False)
             except StackNotFoundError:
+                if self._expired(provision):
+                    return self._expired_status(provision)
                 self._enqueue(provision)
                 return Status(Phase.QUEUED, message=f"stack {name} absent; pulumi up queued")
             if stack_record.is_tombstone([entry.kind for entry in history]):
@@ -199,6 +202,8 @@ class PulumiProvisioner:
                 return Status(Phase.FAILED, message=(
                     f"pulumi up failed {tried} times for stack {name}: {last_error or 'no error recorded'}; "
                     "fix the cause (image, quota, spec) and re-run the task"))
+            if self._expired(provision):
+                return self._expired_status(provision)
             self._enqueue(provision)
             if finished < tried:
                 return Status(Phase.UPDATING, message=f"stack {name}: pulumi up attempt {tried} is running "
@@ -478,6 +483,8 @@ class PulumiProvisioner:
     def _converge(self, provision: Provision) -> None:
         """One attempt to bring the stack to "up succeeded"; runs on a worker thread."""
         name = stack_record.stack_name(provision.name)
+        if self._expired(provision):
+            return  # past its time to live: nothing brings it up (gc collects what exists)
         try:
             with self._workspace(provision) as ws:
                 stack = self._create_or_select(name, ws, provision)
@@ -550,6 +557,15 @@ class PulumiProvisioner:
                 stack.set_tag(stack_record.TAG_LAST_ERROR, text)
         except CommandError:
             log.exception("stack %s: could not record the error %r", provision.name, text)
+
+    def _expired(self, provision: Provision) -> bool:
+        return self._clock() >= provision.expires_at
+
+    @staticmethod
+    def _expired_status(provision: Provision) -> Status:
+        return Status(Phase.FAILED, message=f"data service {provision.name} expired (ttl_seconds "
+                                            f"{provision.spec.ttl_seconds}) before it was ready; nothing is "
+                                            "created past its expiry")
 
     def _repaired_tags(self, stack: auto.Stack, provision: Provision) -> dict[str, str]:
         """The stack's tags, with the record (owner, execution, expiry) written back where it is
@@ -668,7 +684,10 @@ class PulumiProvisioner:
                     name=stack_record.PROJECT, runtime="python",
                     backend=auto.ProjectBackend(url=self.settings.backend_url)),
                 secrets_provider=self.settings.secrets_provider or "passphrase",
-                env_vars={"PULUMI_BACKEND_URL": self.settings.backend_url},
+                # Work dirs are thrown away, and with them the Pulumi.<stack>.yaml naming the stack's
+                # secrets provider: without this the CLI falls back to passphrase, not to the state's.
+                env_vars={"PULUMI_BACKEND_URL": self.settings.backend_url,
+                          "PULUMI_FALLBACK_TO_STATE_SECRETS_MANAGER": "true"},
                 pulumi_command=self._command)
 
     def _sweep(self) -> None:

@@ -91,6 +91,10 @@ class Settings(BaseModel):
         7.0, gt=0, le=600,
         description="how long delete() waits for a destroy before answering 'in progress'; keep it under "
                     "Propeller's DeleteTask deadline")
+    get_wait_seconds: float = Field(
+        7.0, gt=0, le=60,
+        description="how long a GetTask waits (for a status read or a teardown) before answering RUNNING; "
+                    "keep it under Propeller's GetTask deadline (10 s by default)")
     gc_interval_seconds: float = Field(300.0, ge=0, description="expiry sweep period; 0 disables it")
     check_endpoints: bool = Field(True, description="health-check endpoints before reporting READY")
     # Every fleet's pods (the Datacenter sets these from the stack, like its shared services).

@@ -245,12 +245,32 @@ class Cli:
         if _flag(args, "--secrets-provider") == "passphrase" and not has_passphrase:
             raise CliError("passphrase must be set with PULUMI_CONFIG_PASSPHRASE or "
                            "PULUMI_CONFIG_PASSPHRASE_FILE environment variables")
+        provider = _flag(args, "--secrets-provider") or "passphrase"
         with self.backend.state() as data:
             if name in data["stacks"]:
                 raise CliError(f"stack '{name}' already exists")
             data["stacks"][name] = {"tags": {}, "history": [], "resources": [], "pending": [],
-                                    "outputs": {}, "lock": None}
+                                    "outputs": {}, "lock": None, "secretsProvider": provider}
+        # Like the CLI, the stack's settings go to the work dir's Pulumi.<stack>.yaml, not the backend.
+        Path(f"Pulumi.{name}.yaml").write_text(f"secretsprovider: {provider}\n")
         return f"Created stack '{name}'"
+
+    def check_secrets_manager(self, name: str) -> None:
+        """An operation needs the stack's secrets manager. The CLI takes it from the work dir's
+        Pulumi.<stack>.yaml; without one (a fresh work dir) it falls back to the state's manager only
+        with PULUMI_FALLBACK_TO_STATE_SECRETS_MANAGER, else to a passphrase manager, which cannot open a
+        KMS-encrypted state (pulumi pkg/cmd/pulumi/stack/secrets.go GetSecretsManager,
+        sdk/go/common/env/env.go FallbackToStateSecretsManager; v3.259.0+14, commit 1b5949891b)."""
+        with self.backend.state() as data:
+            provider = _get(data, name).get("secretsProvider", "passphrase")
+        local = Path(f"Pulumi.{name}.yaml")
+        if provider == "passphrase" or (local.exists() and provider in local.read_text()):
+            return
+        if os.environ.get("PULUMI_FALLBACK_TO_STATE_SECRETS_MANAGER", "").lower() in ("1", "true"):
+            return
+        raise CliError(f"stack {name}'s secrets are encrypted by {provider}, and this work dir has no "
+                       f"Pulumi.{name}.yaml naming it: passphrase must be set with PULUMI_CONFIG_PASSPHRASE "
+                       "or PULUMI_CONFIG_PASSPHRASE_FILE environment variables")
 
     def ls(self) -> str:
         with self.backend.state() as data:
@@ -334,6 +354,7 @@ class Cli:
             self.backend.log_event("unlock", name)
 
     def locked_op(self, name: str, kind: str, change: Any) -> str:
+        self.check_secrets_manager(name)
         self._begin(name, kind)
         _cancel_on_signal()
         try:
@@ -357,6 +378,7 @@ class Cli:
             stack["pending"] = []
 
     def up(self, name: str, client: str | None) -> str:
+        self.check_secrets_manager(name)
         self._begin(name, "update")
         _cancel_on_signal()
         with self.backend.state() as data:

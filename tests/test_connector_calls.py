@@ -11,15 +11,17 @@ from concurrent.futures import ThreadPoolExecutor
 import fsspec
 import pytest
 from flyteidl.core.execution_pb2 import TaskExecution
+from flytekit.extend.backend.base_connector import Resource
 from flytekit.extend.backend.utils import mirror_async_methods
 
-from flyte_agent import connector
+from flyte_agent import DataServiceConfig, DataServiceTask, connector
 from flyte_agent.connector import DataServiceConnector, FleetMeta
 from flyte_agent.provisioner import Phase, Provision, Status
 from flyte_agent.settings import Settings
 from graph_engine import store
 from infra.spec import DataServiceSpec
 from tests.s3_server import moto_s3
+from tests.test_task_dsl import template_of
 
 HANG_GUARD = 60  # seconds before a call that never gets a thread fails the test instead of hanging it
 
@@ -93,3 +95,52 @@ def test_one_s3_client_serves_every_thread_until_the_endpoint_or_credentials_cha
     assert moved.endpoint_url == "http://127.0.0.1:9002"
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "rotated")
     assert store.filesystem("s3://graphs/g")[0] is not moved
+
+
+class SlowProvisioner(BlockingDeletes):
+    """Status reads and deletes that wait (a slow CLI, a long destroy); a create that fails once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.creates = 0
+
+    def status(self, provision: Provision) -> Status:
+        if self.creates < 2:
+            return Status(Phase.ABSENT)
+        self.release.wait()
+        return super().status(provision)
+
+    def create(self, provision: Provision) -> None:
+        self.creates += 1
+        if self.creates == 1:
+            raise OSError("connection reset by the backend")
+
+
+def test_get_answers_within_its_deadline_and_a_failed_create_is_retried_by_get(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 8 items 4 and 11: a teardown's GetTask waited for its destroy up to 0.7 x DeleteTask's
+    deadline (flyteplugins fails a task after 5 GetTasks past theirs); a create error escaped CreateTask
+    as a retryable failure, with 0 retries by default."""
+    provisioner = SlowProvisioner()
+    monkeypatch.setattr(connector.backend, "_made", (Settings(get_wait_seconds=0.3), provisioner))
+    monkeypatch.setattr(connector, "resolve_spec",
+                        lambda *args: DataServiceSpec(graph_uri="s3://graphs/g", partitions=1))
+    served, teardown = DataServiceConnector(), connector.DataServiceTeardownConnector()
+    template = template_of(DataServiceTask(name="graph", config=DataServiceConfig(graph_uri="s3://graphs/g")))
+
+    async def calls() -> tuple[FleetMeta, Resource, Resource, Resource]:
+        meta = await mirror_async_methods(served.create, task_template=template, output_prefix="")
+        absent = await asyncio.wait_for(mirror_async_methods(served.get, resource_meta=meta), HANG_GUARD)
+        waiting = await asyncio.wait_for(mirror_async_methods(served.get, resource_meta=meta), HANG_GUARD)
+        release = connector.TeardownMeta(service=meta.name, owner="local/local")
+        releasing = await asyncio.wait_for(mirror_async_methods(teardown.get, resource_meta=release),
+                                           HANG_GUARD)
+        provisioner.release.set()
+        return meta, absent, waiting, releasing
+
+    meta, absent, waiting, releasing = asyncio.run(calls())
+    assert not meta.error and provisioner.creates == 2  # CreateTask answered; get() created it again
+    assert absent.phase == TaskExecution.QUEUED
+    assert waiting.phase == TaskExecution.RUNNING and "still going on after 0.3s" in waiting.message
+    assert releasing.phase == TaskExecution.RUNNING
+    assert f"releasing {meta.name} is still going on" in releasing.message

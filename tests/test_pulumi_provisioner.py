@@ -96,9 +96,9 @@ def calls_for(url: str, stack: str, start: int = 0) -> list[list[str]]:
 
 def live(url: str) -> list[str]:
     """The stacks that are not tombstones (a delete keeps the stack, empty, with a destroy in its
-    history), in name order."""
+    history; a failed destroy leaves resources), in name order."""
     return sorted(name for name, stack in fake_pulumi.stacks(url).items()
-                  if not any(entry["kind"] == "destroy" for entry in stack["history"]))
+                  if stack["resources"] or not any(entry["kind"] == "destroy" for entry in stack["history"]))
 
 
 def shape(call: list[str]) -> str:
@@ -156,7 +156,7 @@ def test_create_get_delete_call_sequence_and_endpoints(backend: tuple[str, Path]
         "stack tag set graphfleet:execution exec-fleet-a --stack fleet-a",
         f"stack tag set graphfleet:expires-at {int(p.expires_at)} --stack fleet-a",
         "stack tag set graphfleet:attempts 0 --stack fleet-a",
-        "stack history --json --page-size 1 --page 1 --stack fleet-a",
+        "stack history --json --stack fleet-a",  # a destroy anywhere in it is a tombstone
         "stack tag ls --json --stack fleet-a",
         "stack tag set graphfleet:attempts 1 --stack fleet-a",
         "up --yes --skip-preview --client --exec-kind auto.inline --stack fleet-a",
@@ -204,6 +204,10 @@ def test_a_kms_secrets_provider_replaces_the_passphrase(backend: tuple[str, Path
     assert wait(provisioner, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
     inits = [c for c in fake_pulumi.calls(url) if c[:2] == ["stack", "init"]]
     assert inits == [["stack", "init", "fleet-kms", "--secrets-provider", "awskms://alias/graphfleet"]]
+    # Issue 8 item 7: every later operation runs in a fresh work dir, without the Pulumi.<stack>.yaml
+    # that names the KMS provider; the CLI must be told to use the state's secrets manager.
+    provisioner.delete(p.name, p.owner)
+    assert live(url) == []
 
 
 def test_ready_waits_for_endpoints_to_answer_health(backend: tuple[str, Path], make) -> None:
@@ -299,7 +303,7 @@ def test_a_delete_starts_before_the_ups_queued_on_a_full_pool(backend: tuple[str
 
     locks = [stack for event, stack in fake_pulumi.events(url)[start:] if event == "lock"]
     assert locks[:2] == ["fleet-busy", "fleet-done"], f"operations in order: {locks}"
-    assert "fleet-done" not in fake_pulumi.stacks(url)
+    assert "fleet-done" not in live(url)
     for p in queued:
         assert wait(provisioner, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
 
@@ -717,3 +721,14 @@ def test_an_abort_on_another_replica_leaves_a_tombstone_no_queued_up_gets_past(
     # C's `up` did run, after the destroy, and its program's guard (under the lock) created nothing.
     history = [(e["kind"], e["result"]) for e in fake_pulumi.stacks(url)["fleet-r"]["history"]]
     assert history == [("destroy", "succeeded"), ("update", "failed")], history
+
+
+def test_nothing_brings_up_a_fleet_past_its_expiry(backend: tuple[str, Path], make) -> None:
+    """Issue 8 item 11: the Pulumi backend re-created an expired fleet (skipping the connector's check)."""
+    url, _ = backend
+    provisioner = make()
+    old = provision("fleet-old", created_at=time.time() - 7 * 3600)  # ttl_seconds 6 h
+    provisioner.create(old)
+    status = wait(provisioner, old, {Phase.FAILED, Phase.READY})
+    assert status.phase is Phase.FAILED and "expired (ttl_seconds 21600)" in status.message, status
+    assert not [c for c in fake_pulumi.calls(url) if c[0] == "up" or c[:2] == ["stack", "init"]]

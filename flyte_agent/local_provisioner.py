@@ -3,7 +3,8 @@
 One `python -m graph_engine.server` per ordinal on its own free 127.0.0.1 port. The state dir is the
 only record, so any process can answer for any fleet:
 
-    <state_dir>/<name>/fleet.json        the provision and the ports (written once, at create)
+    <state_dir>/<name>/fleet.json        the provision and the ports (written at create; a renew adds
+                                         `expires_at`)
     <state_dir>/<name>/deleting.json     fleet.json renamed by delete: a tombstone (see below)
     <state_dir>/<name>/server-<i>.pid    "<pid>" of ordinal i's current process
     <state_dir>/<name>/server-<i>.start  its start time (/proc/<pid>/stat field 22): pid + start
@@ -150,8 +151,7 @@ class LocalProvisioner:
         expired: list[str] = []
         try:
             for record in self._records():
-                spec = DataServiceSpec.from_custom(record["spec"])
-                if now >= record["created_at"] + spec.ttl_seconds:
+                if now >= _expires_at(record):
                     self._delete(record["name"])
                     expired.append(record["name"])
         except OSError:
@@ -159,6 +159,17 @@ class LocalProvisioner:
             raise
         metrics.observe_gc("local", len(expired), 0)
         return expired
+
+    def renew(self, name: str, owner: str, expires_at: float) -> float:
+        with self._locked(check_fleet_name(name)):
+            record = self._record(name)
+            if record is None:
+                raise FileNotFoundError(f"no data service {name}: nothing to renew")
+            check_owner(name, record.get("owner"), owner)
+            if expires_at > _expires_at(record):
+                record["expires_at"] = expires_at
+                write_json(self._dir(name) / "fleet.json", record)
+            return _expires_at(record)
 
     def fleets(self) -> list[FleetInfo]:
         infos = []
@@ -171,7 +182,7 @@ class LocalProvisioner:
                      Phase.FAILED if ServerPhase.FAILED in phases else Phase.UPDATING)
             infos.append(FleetInfo(
                 name=record["name"], owner=record["owner"], execution=record["execution"], phase=phase,
-                created_at=record["created_at"], expires_at=record["created_at"] + spec.ttl_seconds,
+                created_at=record["created_at"], expires_at=_expires_at(record),
                 replicas=spec.replicas, endpoints=endpoints, servers=servers,
                 message=progress.summary(servers)))
         return infos
@@ -525,3 +536,10 @@ def _started_at(start_ticks: int) -> float:
     except (OSError, ValueError):
         return 0.0
     return time.time() - uptime + start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _expires_at(record: dict[str, Any]) -> float:
+    """A fleet's expiry: renewed (`expires_at`), else its creation plus its time to live."""
+    spec = DataServiceSpec.from_custom(record["spec"])
+    return float(record.get("expires_at") or record["created_at"] + spec.ttl_seconds)
+

@@ -124,7 +124,8 @@ def check_fleet_name(name: str) -> str:
     if not isinstance(name, str) or len(name) > FLEET_NAME_MAX or not _FLEET_NAME.match(name):
         raise InvalidFleetName(
             f"{name!r} is not a data service name: expected a DataServiceTask's `service` output (lower-case "
-            f"letters, digits and '-', at most {FLEET_NAME_MAX} characters, e.g. gf-run-n0-1a2b3c4d)")
+            f"letters, digits and '-', at most {FLEET_NAME_MAX} characters, e.g. gf-run-n0-1a2b3c4d); "
+            "nothing was looked up or touched")
     return name
 
 
@@ -167,6 +168,10 @@ class Provisioner(Protocol):
         Idempotent: an absent fleet is success. Raises `InvalidFleetName` for a name that is not one,
         `NotOwner` when the fleet records another owner (both before anything is touched),
         `DestroyInProgress` while the teardown goes on, anything else if it failed."""
+
+    def renew(self, name: str, owner: str, expires_at: float) -> float:
+        """Extend the fleet's expiry to `expires_at` (never shorten it) for `owner`; returns the expiry
+        now recorded. The expiry lives in the fleet's record, so any replica's gc honours it."""
 
     def release_execution(self, workflow_execution: str) -> list[str]:
         """Tear down every fleet of the workflow execution `project/domain/name` (whichever node made

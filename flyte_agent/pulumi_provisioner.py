@@ -188,6 +188,9 @@ class PulumiProvisioner:
                 self._enqueue(provision)
                 return Status(Phase.QUEUED, message=f"stack {name} absent; pulumi up queued")
             if stack_record.is_tombstone([entry.kind for entry in history]):
+                tags = stack.list_tags()
+                if tags.get(stack_record.TAG_GAVE_UP) == "true":
+                    return self._gave_up_status(name, tags, destroyed=True)
                 return Status(Phase.FAILED, message=f"data service {provision.name} was deleted (an abort or "
                                                     "a teardown); it is not brought back")
             tags = self._repaired_tags(stack, provision)
@@ -199,9 +202,12 @@ class PulumiProvisioner:
             finished = sum(1 for entry in history if entry.kind == "update")
             if tags.get(stack_record.TAG_GAVE_UP) == "true" or (tried >= self.settings.max_attempts
                                                            and finished >= tried):
-                return Status(Phase.FAILED, message=(
-                    f"pulumi up failed {tried} times for stack {name}: {last_error or 'no error recorded'}; "
-                    "fix the cause (image, quota, spec) and re-run the task"))
+                # Destroy on give-up: propeller calls DeleteTask only on abort, so a FAILED fleet's
+                # half-made objects would otherwise run until its expiry.
+                if tags.get(stack_record.TAG_GAVE_UP) != "true":
+                    stack.set_tag(stack_record.TAG_GAVE_UP, "true")
+                self._start_destroy(name, None)
+                return self._gave_up_status(name, tags, destroyed=False)
             if self._expired(provision):
                 return self._expired_status(provision)
             self._enqueue(provision)
@@ -557,6 +563,28 @@ class PulumiProvisioner:
                 stack.set_tag(stack_record.TAG_LAST_ERROR, text)
         except CommandError:
             log.exception("stack %s: could not record the error %r", provision.name, text)
+
+    def renew(self, name: str, owner: str, expires_at: float) -> float:
+        """Move the fleet's expiry to `expires_at` if that is later (never earlier); returns the expiry
+        now recorded. For a running consumer (and issue 11's leases) that outlives the TTL."""
+        name = stack_record.stack_name(check_fleet_name(name))
+        with self._workspace(None, workspace=_UnselectedWorkspace) as ws:
+            stack = auto.Stack.select(name, ws)
+            tags = stack.list_tags()  # StackNotFoundError: nothing to renew
+            check_owner(name, tags.get(stack_record.TAG_OWNER), owner)
+            current = stack_record.expires_at(tags) or 0.0
+            if expires_at > current:
+                stack.set_tag(stack_record.TAG_EXPIRES, str(int(expires_at)))
+                current = float(int(expires_at))
+            return current
+
+    def _gave_up_status(self, name: str, tags: Mapping[str, str], destroyed: bool) -> Status:
+        tried = stack_record.attempts(tags)
+        last_error = tags.get(stack_record.TAG_LAST_ERROR, "") or "no error recorded"
+        what = "destroyed" if destroyed else "being destroyed"
+        return Status(Phase.FAILED, message=(
+            f"pulumi up failed {tried} times for stack {name}: {last_error}; what it made is {what}; fix "
+            "the cause (image, quota, spec) and re-run the task"))
 
     def _expired(self, provision: Provision) -> bool:
         return self._clock() >= provision.expires_at

@@ -412,7 +412,13 @@ class Cli:
                 self._end(name, ok=False, change=created, always=True)
                 raise
         if fault.startswith("fail:"):
-            self._end(name, ok=False)
+            # The program ran and the provider created its objects; what failed is the wait for them
+            # (ImagePullBackOff, unschedulable pods): pulumi-kubernetes records such a create in the
+            # state with its initialization errors, so the objects are there to destroy.
+            def partial(stack: dict[str, Any]) -> None:
+                stack.update(resources=resources)
+
+            self._end(name, ok=False, change=partial, always=True)
             raise CliError(fault.removeprefix("fail:"))
 
         def commit(stack: dict[str, Any]) -> None:

@@ -409,7 +409,7 @@ def test_graph_access_is_refused_at_create_naming_the_rule_and_revealing_nothing
     other = convert(ring_graph(), str(tmp_path / "team-b-ring"), partitions=2)
     rules = f'{{"proj": ["{allowed}/"], "proj/prod": ["{tmp_path}/nothing/"]}}'
     connector = connector_factory({"GRAPHFLEET_GRAPH_ACCESS": rules})
-    task = DataServiceTask(name="graph", config=DataServiceConfig(replicas=1))
+    task = DataServiceTask(name="graph", config={"replicas": 1})  # the graph comes as the input
     messages = []
     for graph in (other, str(tmp_path / "team-b-missing"), f"{allowed}/../team-b-ring"):
         meta = connector.create(serialized(task), literal_inputs(task, graph_uri=graph), name="denied")

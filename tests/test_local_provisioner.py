@@ -237,6 +237,15 @@ def test_a_delete_refuses_paths_and_other_owners_fleets_touches_nothing_and_leav
         with pytest.raises(NotOwner, match="nothing was touched"):
             provisioner.delete(fleet.name, other)
     assert provisioner.status(fleet).phase is Phase.READY and provisioner.pids(fleet.name) == pids
+    # A running consumer renews the fleet past its time to live; gc honours it; only the owner may.
+    renewed = fleet.expires_at + 3600
+    assert provisioner.renew(fleet.name, "p/d", renewed) == renewed
+    assert provisioner.renew(fleet.name, "p/d", fleet.expires_at) == renewed  # never shortened
+    with pytest.raises(NotOwner):
+        provisioner.renew(fleet.name, "q/d", renewed + 1)
+    assert provisioner.gc(fleet.expires_at + 1) == [] and provisioner.gc(renewed) == [fleet.name]
+    provisioner.create(fleet)
+    wait_for(lambda: provisioner.status(fleet), Phase.READY)
     provisioner.delete(fleet.name, "p/d")
     assert provisioner.status(fleet).phase is Phase.ABSENT
     assert list(state.iterdir()) == [], "a deleted fleet leaves nothing behind, not even its lock file"

@@ -60,7 +60,7 @@ def test_listing_links_and_gauges_of_pulumi_fleets(backend: tuple[str, Path], ma
     assert [(f["name"], f["owner"], f["phase"], f["endpoints"]) for f in json.loads(shown.stdout)] == [
         (name, "proj/dev", "ready", listed[name].endpoints) for name in ("gf-list-a", "gf-list-b")]
 
-    provisioner.delete(fleets[1])
+    provisioner.delete(fleets[1].name, fleets[1].owner)
     assert [f.name for f in provisioner.fleets()] == ["gf-list-a"]
     collected = REGISTRY.get_sample_value("graphfleet_gc_collected_total", {"backend": "pulumi"}) or 0
     assert provisioner.gc(fleets[0].expires_at + 1) == ["gf-list-a"]

@@ -732,3 +732,32 @@ def test_nothing_brings_up_a_fleet_past_its_expiry(backend: tuple[str, Path], ma
     status = wait(provisioner, old, {Phase.FAILED, Phase.READY})
     assert status.phase is Phase.FAILED and "expired (ttl_seconds 21600)" in status.message, status
     assert not [c for c in fake_pulumi.calls(url) if c[0] == "up" or c[:2] == ["stack", "init"]]
+
+
+def test_a_fleet_that_gives_up_is_destroyed_and_a_renewed_one_outlives_its_ttl(
+        backend: tuple[str, Path], make) -> None:
+    """Issue 8 item 9: a FAILED fleet was left running (propeller calls DeleteTask only on abort), and a
+    consumer running longer than the TTL lost its fleet."""
+    url, _ = backend
+    provisioner = make()
+    bad = provision("fleet-bad", replicas=1)
+    fake_pulumi.script_faults(url, "fleet-bad", up=["fail:ImagePullBackOff"] * 2)
+    provisioner.create(bad)
+    status = wait(provisioner, bad, {Phase.FAILED, Phase.READY})
+    assert status.phase is Phase.FAILED and "ImagePullBackOff" in status.message, status
+    deadline = time.monotonic() + WAIT_LIMIT
+    while "fleet-bad" in live(url):  # the give-up destroys what the failed ups made
+        assert time.monotonic() < deadline, fake_pulumi.stacks(url)["fleet-bad"]["resources"]
+        time.sleep(0.2)
+    status = wait(provisioner, bad, {Phase.FAILED, Phase.READY})
+    assert "failed 2 times" in status.message and "destroyed" in status.message, status
+
+    p = ready_fleet(provisioner, "fleet-long")
+    later = p.expires_at + 3600
+    assert provisioner.renew(p.name, p.owner, later) == int(later)
+    assert provisioner.renew(p.name, p.owner, p.expires_at) == int(later)  # never shortened
+    with pytest.raises(NotOwner):
+        provisioner.renew(p.name, "other/dev", later + 3600)
+    assert make().gc(p.expires_at + 1) == ["fleet-bad"]  # only the expired tombstone
+    assert "fleet-long" in live(url)
+    assert make().gc(later) == ["fleet-long"]

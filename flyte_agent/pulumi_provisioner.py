@@ -364,6 +364,18 @@ class PulumiProvisioner:
             servers=cluster_servers(stack.name, self.settings.namespace, len(endpoints), endpoints),
             message=tags.get(stack_record.TAG_LAST_ERROR, ""))
 
+    def drain(self, timeout: float) -> None:
+        """On SIGTERM (a rollout, an eviction): start nothing new, cancel every running CLI operation
+        gracefully (SIGINT: it ends, recorded as failed, and releases its lock, so no replica has to
+        break a stale lock later) and wait up to `timeout` for them. The fleets stay as they are; any
+        replica's next status read carries on."""
+        self._stop.set()
+        self._pool.close(wait=False)
+        deadline = time.monotonic() + timeout
+        self._command.interrupt()
+        while self._command.running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
     def close(self) -> None:
         """Stop the sweep thread and wait for running Pulumi operations."""
         self._stop.set()

@@ -530,38 +530,68 @@ _CONNECTOR = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
     from tests.test_pulumi_provisioner import provision
+    from flyte_agent.drain import drain_on_sigterm
     from flyte_agent.pulumi_provisioner import PulumiProvisioner
     from flyte_agent.settings import Settings
     settings = Settings.model_validate_json({settings!r})
     provisioner = PulumiProvisioner(settings)
-    provisioner.create(provision("fleet-k"))
+    drain_on_sigterm(provisioner.drain)  # as flyte_agent/serve.py does for the served connector
+    provisioner.create(provision({name!r}))
     time.sleep(600)
 """)
 
 
-def test_connector_killed_mid_update_is_finished_by_a_fresh_process(backend: tuple[str, Path], make) -> None:
+def start_connector_child(backend: tuple[str, Path], name: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A connector process (its own session, like a pod) whose `up` of `name` hangs; returns it and
+    the pid of the CLI running that `up` once it holds the lock."""
     url, _ = backend
-    fake_pulumi.script_faults(url, "fleet-k", up=["hang"])
-    s = settings(backend)
-    script = _CONNECTOR.format(root=str(ROOT), settings=s.model_dump_json())
+    fake_pulumi.script_faults(url, name, up=["hang"])
+    script = _CONNECTOR.format(root=str(ROOT), settings=settings(backend).model_dump_json(), name=name)
     child = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    cli_pid = None
+    deadline = time.monotonic() + WAIT_LIMIT
+    while True:
+        stack = fake_pulumi.stacks(url).get(name)
+        if stack and stack["lock"] and stack["pending"]:
+            return child, int(stack["lock"]["pid"])
+        if child.poll() is not None or time.monotonic() > deadline:
+            os.killpg(child.pid, signal.SIGKILL)
+            raise AssertionError(f"the child never reached the middle of its update: "
+                                 f"{child.stderr.read() if child.stderr else ''}")
+        time.sleep(0.2)
+
+
+def test_a_replica_stopped_with_sigterm_cancels_its_operations_and_releases_their_locks(
+        backend: tuple[str, Path], make) -> None:
+    """Issue 8 item 8: nothing handled SIGTERM, so every rollout stranded in-flight fleets behind
+    locks that only a stale-lock rule (45 min across pods) could break."""
+    url, _ = backend
+    child, cli_pid = start_connector_child(backend, "fleet-term")
     try:
-        deadline = time.monotonic() + WAIT_LIMIT
-        while cli_pid is None:
-            stack = fake_pulumi.stacks(url).get("fleet-k")
-            if stack and stack["lock"] and stack["pending"]:
-                cli_pid = stack["lock"]["pid"]
-            assert child.poll() is None, child.stderr.read() if child.stderr else ""
-            assert time.monotonic() < deadline, "the child never reached the middle of its update"
-            time.sleep(0.2)
+        child.send_signal(signal.SIGTERM)  # the connector process only, as the kubelet does
+        assert child.wait(timeout=WAIT_LIMIT) == 128 + signal.SIGTERM
     finally:
-        # The pod dies: the connector and the CLI it started, with no chance to clean up.
-        os.killpg(child.pid, signal.SIGKILL)
-        if cli_pid is not None:
-            os.kill(cli_pid, signal.SIGKILL)
-        child.wait(timeout=30)
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    stack = fake_pulumi.stacks(url)["fleet-term"]
+    assert stack["lock"] is None, "the drained replica left its lock behind"
+    assert [(e["kind"], e["result"]) for e in stack["history"]] == [("update", "failed")]
+    deadline = time.monotonic() + WAIT_LIMIT
+    while _pid_alive(cli_pid):
+        assert time.monotonic() < deadline, "the CLI outlived its drained connector"
+        time.sleep(0.1)
+    # Another replica carries on at once: no lock to judge.
+    fresh = make()
+    assert wait(fresh, provision("fleet-term"), {Phase.READY, Phase.FAILED}).phase is Phase.READY
+
+
+def test_connector_killed_mid_update_is_finished_by_a_fresh_process(backend: tuple[str, Path], make) -> None:
+    url, _ = backend
+    child, cli_pid = start_connector_child(backend, "fleet-k")
+    # The pod dies: the connector and the CLI it started, with no chance to clean up.
+    os.killpg(child.pid, signal.SIGKILL)
+    os.kill(cli_pid, signal.SIGKILL)
+    child.wait(timeout=30)
     assert fake_pulumi.stacks(url)["fleet-k"]["lock"]["pid"] == cli_pid
 
     fresh = make()

@@ -1,6 +1,7 @@
 """Connector latency over gRPC, as FlytePropeller sees it.
 
-1. CreateTask / GetTask latency (p50, p99) with 1, 16, 64 concurrent executions. The tasks `reuse`
+1. CreateTask / GetTask latency (p50, p90, p99, max; at least --min-samples executions per level, and a
+   percentile only where its samples suffice) with 1, 16, 64 concurrent executions. The tasks `reuse`
    a shared service (one local fleet named in GRAPHFLEET_SHARED_SERVICES), so the numbers are the
    connector path itself (decode, validate, health-check, encode), not 64 graph loads on 2 cores.
 2. CreateTask -> SUCCEEDED for a fresh local fleet of 1, 2 and 4 servers on Cora, next to loading
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -89,9 +91,20 @@ def start_connector(backend: str, state_dir: str, env: dict[str, str]) -> tuple[
     return proc, endpoint
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+# A percentile is named only with enough samples behind it (docs/GUIDE: "call a percentile p99 only
+# with enough samples, else say max"): p90 from 10, p99 from 100. The max is always reported.
+_PERCENTILE_MIN_SAMPLES = {90: 10, 99: 100}
+
+
+def summary(values: list[float], prefix: str) -> dict[str, float]:
+    """`<prefix>_n`, `_p50`, `_p90`/`_p99` where there are enough samples, and `_max`."""
+    out: dict[str, float] = {f"{prefix}_n": len(values), f"{prefix}_p50": statistics.median(values)}
+    cuts = statistics.quantiles(values, n=100, method="inclusive") if len(values) > 1 else []
+    for q, needed in _PERCENTILE_MIN_SAMPLES.items():
+        if len(values) >= needed:
+            out[f"{prefix}_p{q}"] = cuts[q - 1]
+    out[f"{prefix}_max"] = max(values)
+    return out
 
 
 def concurrent_latency(stub: AsyncAgentServiceStub, template: Any, concurrency: int,
@@ -112,8 +125,7 @@ def concurrent_latency(stub: AsyncAgentServiceStub, template: Any, concurrency: 
         results = list(pool.map(one, range(concurrency * rounds)))
     creates = [c * 1000 for c, _ in results]
     gets = [g * 1000 for _, g in results]
-    return {"create_p50_ms": statistics.median(creates), "create_p99_ms": percentile(creates, 0.99),
-            "get_p50_ms": statistics.median(gets), "get_p99_ms": percentile(gets, 0.99)}
+    return {**summary(creates, "create_ms"), **summary(gets, "get_ms")}
 
 
 def until_succeeded(get_task: Callable[[Any], Any], meta: bytes, t0: float, poll: float,
@@ -203,10 +215,9 @@ def pulumi_fleet_latency(stub: AsyncAgentServiceStub, template: Any, inputs: Any
     wall = time.perf_counter() - t0
     own, clis = (after - before for after, before in zip(cpu_seconds(connector_pid), cpu_before, strict=True))
     creates, gets, readies, deletes = ([r[k] * 1000 for r in results] for k in range(4))
-    return {"create_p50_ms": statistics.median(creates), "create_p99_ms": percentile(creates, 0.99),
-            "first_get_p50_ms": statistics.median(gets), "first_get_p99_ms": percentile(gets, 0.99),
+    return {**summary(creates, "create_ms"), **summary(gets, "first_get_ms"),
             "ready_p50_s": statistics.median(readies) / 1000, "ready_max_s": max(readies) / 1000,
-            "deleted_p50_ms": statistics.median(deletes), "deleted_p99_ms": percentile(deletes, 0.99),
+            **summary(deletes, "deleted_ms"),
             "deadline_misses": sum(r[4] for r in results), "wall_s": wall,
             "connector_cpu_s": own, "cli_cpu_s": clis}
 
@@ -257,6 +268,8 @@ def main() -> None:
                         help="GRAPHFLEET_BACKEND of the served connector")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--rounds", type=int, default=3, help="executions per concurrent caller")
+    parser.add_argument("--min-samples", type=int, default=_PERCENTILE_MIN_SAMPLES[99],
+                        help="at least this many executions per concurrency level (p99 needs 100)")
     parser.add_argument("--fleets", default="1,2,4", help="fleet sizes for time-to-ready")
     args = parser.parse_args()
 
@@ -280,8 +293,8 @@ def main() -> None:
                 reuse, _ = template_and_inputs(DataServiceTask(name="bench_reuse", config={"reuse": "cora"}))
                 results: dict[str, Any] = {"backend": args.backend, "latency": {}, "time_to_ready_s": {}}
                 for concurrency in (int(c) for c in args.concurrency.split(",")):
-                    results["latency"][concurrency] = concurrent_latency(stub, reuse, concurrency,
-                                                                         args.rounds)
+                    rounds = max(args.rounds, math.ceil(args.min_samples / concurrency))
+                    results["latency"][concurrency] = concurrent_latency(stub, reuse, concurrency, rounds)
                 for replicas in (int(r) for r in args.fleets.split(",")):
                     results["time_to_ready_s"][replicas] = time_to_ready(stub, uri, replicas)
             results["in_process_load_s"] = in_process_load_seconds(uri)

@@ -428,8 +428,9 @@ def test_gc_removes_only_expired_graphfleet_stacks(backend: tuple[str, Path], ma
     url, _ = backend
     provisioner = make()
     now = time.time()
-    old = provision("fleet-old", created_at=now - 7200, ttl_seconds=3600, replicas=1)
-    fresh = provision("fleet-new", created_at=now, ttl_seconds=3600, replicas=1)
+    # Both live when made (nothing is brought up past its expiry); gc then runs at a later time.
+    old = provision("fleet-old", created_at=now - 1800, ttl_seconds=3600, replicas=1)
+    fresh = provision("fleet-new", created_at=now + 3600, ttl_seconds=3600, replicas=1)
     for p in (old, fresh):
         provisioner.create(p)
     for p in (old, fresh):
@@ -439,7 +440,7 @@ def test_gc_removes_only_expired_graphfleet_stacks(backend: tuple[str, Path], ma
                    check=True, capture_output=True, timeout=30)
 
     start = len(fake_pulumi.calls(url))
-    assert provisioner.gc(now) == ["fleet-old"]
+    assert provisioner.gc(now + 1801) == ["fleet-old"]
     assert live(url) == ["fleet-new", "someone-else"]
     assert [shape(c) for c in fake_pulumi.calls(url)[start:]] == [
         "stack ls --json",

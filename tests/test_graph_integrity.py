@@ -111,6 +111,6 @@ def test_the_connector_reports_failed_with_the_reason(graph: Path, tmp_path: Pat
         provisioner.create(fleet)
         failed = wait_for(lambda: provisioner.status(fleet), Phase.FAILED, timeout=120)
         assert "neighbors_1_0.index is 0 bytes, the manifest says" in failed.message
-        provisioner.delete(fleet)
+        provisioner.delete(fleet.name, fleet.owner)
     finally:
         provisioner.close()

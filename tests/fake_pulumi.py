@@ -251,8 +251,11 @@ class Cli:
                 raise CliError(f"stack '{name}' already exists")
             data["stacks"][name] = {"tags": {}, "history": [], "resources": [], "pending": [],
                                     "outputs": {}, "lock": None, "secretsProvider": provider}
-        # Like the CLI, the stack's settings go to the work dir's Pulumi.<stack>.yaml, not the backend.
-        Path(f"Pulumi.{name}.yaml").write_text(f"secretsprovider: {provider}\n")
+        # Like the CLI, the stack's settings go to Pulumi.<stack>.yaml beside the project's Pulumi.yaml
+        # (the Automation API's work dir), not to the backend.
+        project = Path("Pulumi.yaml")
+        if project.exists() and "graphfleet-fleets" in project.read_text():
+            Path(f"Pulumi.{name}.yaml").write_text(f"secretsprovider: {provider}\n")
         return f"Created stack '{name}'"
 
     def check_secrets_manager(self, name: str) -> None:

@@ -230,7 +230,7 @@ def cmd_fleets_release(args: argparse.Namespace) -> int:
     try:
         while True:
             # The teardown task's own path: the same name checks and ownership rules, nothing of our own.
-            resource = teardown._get(TeardownMeta(service=args.name, caller=caller))
+            resource = teardown._get(TeardownMeta(service=args.name, caller=caller, owner=args.owner))
             if resource.phase != TaskExecution.RUNNING or time.monotonic() > deadline:
                 break
             print(resource.message, file=sys.stderr)

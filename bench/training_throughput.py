@@ -5,11 +5,19 @@
    (prefetch=0: sample, then train), at the trainer's default torch threads (cores - 1) and with
    torch on every core (torch's own default). Configurations are interleaved round by round and
    each ratio is taken from medians of the same run, since the machine is shared and noisy.
-2. Accuracy: Cora (standard split, 2 partitions, 2 servers) over 3 seeds, and the synthetic default
-   graph, each next to the feature-only baseline (the same model with fanouts 0: no neighbours).
+2. Data-parallel trainers: samples/s with 1 and 2 trainer ranks (local processes) through 2 servers
+   vs the same ranks each loading the graph in process, interleaved in one run; and batch inference
+   nodes/s over every node with 1 and 2 ranks through the same 2 servers.
+3. Accuracy: Cora (standard split, 2 partitions, 2 servers) over 3 seeds with 1 and 2 trainers, and
+   the synthetic default graph, each next to the feature-only baseline (the same model with fanouts
+   0: no neighbours).
 
     .venv/bin/python -m bench.training_throughput [--servers 1,2,4] [--rounds 3] [--epochs 2] \
-        [--seeds 0,1,2] [--skip-accuracy] [--json out.json]
+        [--trainers 1,2] [--seeds 0,1,2] [--device auto|cpu|cuda] [--skip-throughput] \
+        [--skip-trainers] [--skip-accuracy] [--json out.json]
+
+`--device cuda` puts the model and batches on the GPU (pinned, non-blocking copies) on both sides:
+the step no longer hides the sampling cost, so the service/in-process ratio is the sampler's own.
 """
 
 from __future__ import annotations
@@ -33,7 +41,18 @@ from deepgnn.graph_engine.snark.client import MemoryGraph
 from graph_engine import datasets, health
 from graph_engine.convert import convert
 from tests.shared_data import PLANETOID_DIR as PLANETOID
-from workflows.train import GraphInfo, TrainConfig, evaluate, fit, open_service, usable_cores
+from workflows import inference
+from workflows.train import (
+    GraphInfo,
+    TrainConfig,
+    evaluate,
+    fit,
+    fit_ranks,
+    open_service,
+    resolve_device,
+    save,
+    usable_cores,
+)
 
 BASELINE = {"fanouts": (0, 0), "eval_fanouts": (0, 0)}
 
@@ -118,7 +137,7 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             handles[f"{n} server{'s' if n > 1 else ''}"] = (open_service(endpoints), endpoints)
         gil = {name: gil_release(graph, info) for name, (graph, _) in handles.items()}
         for graph, endpoints in handles.values():  # warm-up: first-call costs out of the rounds
-            fit(graph, info, TrainConfig(epochs=1), endpoints, progress=False)
+            fit(graph, info, TrainConfig(epochs=1, device=args.device), endpoints, progress=False)
         # (prefetch, torch threads); 0 threads = the trainer's default, cores - 1.
         variants = [(4, 0), (0, 0), (4, usable_cores())]
         seconds: dict[tuple[str, int, int], list[float]] = {
@@ -127,7 +146,7 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             for name, (graph, endpoints) in handles.items():
                 for prefetch, threads in variants:
                     config = TrainConfig(epochs=args.epochs, seed=round_, prefetch=prefetch,
-                                         torch_threads=threads)
+                                         torch_threads=threads, device=args.device)
                     report = fit(graph, info, config, endpoints, progress=False).report
                     seconds[(name, prefetch, threads)].append(report.train_seconds / args.epochs)
                     print(f"round {round_ + 1}/{args.rounds} {name:>10} prefetch={prefetch} "
@@ -149,18 +168,55 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "epochs_per_round": args.epochs, "rows": rows, "gil": gil}
 
 
-def accuracy(name: str, graph: datasets.Graph, seeds: list[int], work: Path) -> dict[str, Any]:
-    """Test accuracy per seed through 2 servers, GraphSAGE and the feature-only baseline."""
-    uri = convert(graph, str(work / name), 2)
+def trainers(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Samples/s of `fit_ranks` at each trainer count, through 2 servers and in process, interleaved;
+    then inference nodes/s over every node through the 2 servers at each count."""
+    uri = convert(throughput_graph(), str(work / "trainers"), 2)
     info = GraphInfo.read(uri)
+    rates: dict[tuple[int, str], list[float]] = {(n, where): [] for n in args.trainers
+                                                  for where in ("in-process", "2 servers")}
+    result: dict[str, Any] = {"train_nodes": len(info.train_ids), "epochs_per_round": args.epochs,
+                              "rounds": args.rounds}
+    with fleet(uri, 2, 2) as endpoints:
+        for round_ in range(args.rounds):
+            for n in args.trainers:
+                for where, used in (("in-process", []), ("2 servers", endpoints)):
+                    config = TrainConfig(epochs=args.epochs, seed=round_, device=args.device)
+                    _, trained = fit_ranks(uri, config, used, trainers=n, progress=False)
+                    rates[(n, where)].append(trained.report.samples_per_second)
+                    print(f"round {round_ + 1}/{args.rounds} {n} trainer(s) {where}: "
+                          f"{rates[(n, where)][-1]:.0f} samples/s", file=sys.stderr, flush=True)
+        checkpoint = save(trained, work / "trainers-model.pt")
+        nodes_per_second = {}
+        for n in args.trainers:
+            done = inference.infer(checkpoint, uri, str(work / f"predictions-{n}"), endpoints, trainers=n)
+            nodes_per_second[n] = round(done.nodes_per_second)
+            print(f"inference, {n} rank(s): {done.nodes} nodes, {nodes_per_second[n]} nodes/s",
+                  file=sys.stderr)
+    result["rows"] = [{"trainers": n, "graph": where, "samples_per_second": round(statistics.median(v)),
+                       "ratio_vs_in_process": round(statistics.median(v) /
+                                                    statistics.median(rates[(n, "in-process")]), 3)}
+                      for (n, where), v in rates.items()]
+    result["inference_nodes_per_second"] = nodes_per_second
+    result["inference_nodes"] = info.num_nodes
+    return result
+
+
+def accuracy(name: str, graph: datasets.Graph, seeds: list[int], work: Path, device: str,
+             trainer_counts: list[int], baseline: bool = True) -> dict[str, Any]:
+    """Test accuracy per seed through 2 servers: GraphSAGE at each trainer count, and the feature-only
+    baseline (one trainer)."""
+    uri = convert(graph, str(work / name), 2)
     result: dict[str, Any] = {}
     with fleet(uri, 2, 2) as endpoints:
         service = open_service(endpoints)
-        for model, extra in (("graphsage", {}), ("feature-only", BASELINE)):
+        runs: list[tuple[str, dict[str, Any], int]] = [
+            (f"graphsage, {n} trainer{'s' if n > 1 else ''}", {}, n) for n in trainer_counts]
+        for model, extra, n in [*runs, *([("feature-only", BASELINE, 1)] if baseline else [])]:
             scores = []
             for seed in seeds:
-                config = TrainConfig(seed=seed, **extra)  # type: ignore[arg-type]
-                trained = fit(service, info, config, endpoints, progress=False)
+                config = TrainConfig(seed=seed, device=device, **extra)  # type: ignore[arg-type]
+                _, trained = fit_ranks(uri, config, endpoints, trainers=n, progress=False)
                 scores.append(round(evaluate(trained, service, endpoints).test_accuracy, 4))
                 print(f"{name} {model} seed {seed}: {scores[-1]}", file=sys.stderr, flush=True)
             result[model] = {"per_seed": scores, "median": statistics.median(scores)}
@@ -184,12 +240,20 @@ def markdown(results: dict[str, Any]) -> str:
                   f"{g['share_of_calls_other_threads_ran_during']:.0%} of {g['calls']} sampling calls "
                   f"through {name}" for name, g in t["gil"].items()]
         lines.append("")
+    if "trainers" in results:
+        t = results["trainers"]
+        lines += [f"Data-parallel trainers: {t['train_nodes']} training nodes, median of {t['rounds']} "
+                  f"interleaved rounds of {t['epochs_per_round']} epochs; every rank loads the graph in "
+                  "process, or all ranks share 2 servers.", "",
+                  "| trainers | graph | samples/s | vs in-process (same trainers) |", "|---|---|---|---|"]
+        lines += [f"| {r['trainers']} | {r['graph']} | {r['samples_per_second']} | "
+                  f"{r['ratio_vs_in_process']} |" for r in t["rows"]]
+        lines += ["", f"Inference over {t['inference_nodes']} nodes through 2 servers: " + ", ".join(
+            f"{n} rank(s) {v} nodes/s" for n, v in t["inference_nodes_per_second"].items()), ""]
     for name in ("cora", "synthetic"):
         if name in results:
-            r = results[name]
-            lines.append(f"{name}: GraphSAGE test accuracy {r['graphsage']['per_seed']} (median "
-                         f"{r['graphsage']['median']}); feature-only {r['feature-only']['per_seed']} "
-                         f"(median {r['feature-only']['median']})")
+            lines += [f"{name}: {model} test accuracy {r['per_seed']} (median {r['median']})"
+                      for model, r in results[name].items()]
     return "\n".join(lines)
 
 
@@ -199,20 +263,34 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    parser.add_argument("--trainers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-trainers", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--accuracy-graphs", default="cora,synthetic", help="graphs to measure accuracy on")
+    parser.add_argument("--skip-baseline", action="store_true", help="no feature-only runs")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         work = Path(tmp)
+        results["device"] = str(resolve_device(args.device))
         if not args.skip_throughput:
             results["throughput"] = throughput(args, work)
-        if not args.skip_accuracy:
-            results["cora"] = accuracy("cora", datasets.load("cora", PLANETOID), args.seeds, work)
-            results["synthetic"] = accuracy("synthetic", datasets.load("synthetic"), args.seeds, work)
+        if not args.skip_trainers:
+            results["trainers"] = trainers(args, work)
+        graphs = args.accuracy_graphs.split(",") if not args.skip_accuracy else []
+        if "cora" in graphs:
+            cora = datasets.load("cora", PLANETOID)
+            results["cora"] = accuracy("cora", cora, args.seeds, work, args.device, args.trainers,
+                                       not args.skip_baseline)
+        if "synthetic" in graphs:
+            results["synthetic"] = accuracy("synthetic", datasets.load("synthetic"), args.seeds, work,
+                                            args.device, [1], not args.skip_baseline)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    print(f"device: {results['device']}")
     print(markdown(results))
 
 

@@ -335,7 +335,8 @@ class LocalProvisioner:
         spec = DataServiceSpec.from_custom(record["spec"])
         argv = [sys.executable, "-m", "graph_engine.server", "--data-dir", str(spec.graph_uri),
                 "--port", str(record["ports"][ordinal]), "--ordinal", str(ordinal),
-                "--replicas", str(spec.replicas), "--partitions", str(spec.partitions), "--host", HOST]
+                "--replicas", str(spec.replicas), "--partitions", str(spec.partitions), "--host", HOST,
+                *spec.args]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (_PROJECT_ROOT, os.environ.get("PYTHONPATH", "")) if p)}
         with open(self._dir(name) / f"server-{ordinal}.log", "ab") as out:

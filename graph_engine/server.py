@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from graph_engine import store
-from infra.spec import assign_partitions
+from infra.spec import SERVER_ARGS, assign_partitions
 
 log = logging.getLogger("graph_engine.server")
 
@@ -36,6 +36,8 @@ class ServerArgs:
     replicas: int
     partitions: int
     host: str
+    storage: str = "memory"       # --storage (DataServiceConfig.args): DeepGNN's PartitionStorageType
+    skip_temporal: bool = False   # --skip-temporal: DeepGNN's skip_temporal_loading
 
     @property
     def address(self) -> str:
@@ -63,8 +65,15 @@ def parse_args(argv: list[str] | None = None) -> ServerArgs:
     parser.add_argument("--replicas", type=int, required=True, help="servers in the fleet")
     parser.add_argument("--partitions", type=int, required=True, help="partitions in the graph")
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    # The user-settable ones (infra.spec.SERVER_ARGS, the allow-list DataServiceConfig.args checks).
+    for flag, values in SERVER_ARGS.items():
+        if values is None:
+            parser.add_argument(flag, action="store_true")
+        else:
+            parser.add_argument(flag, choices=values, default=values[0])
     ns = parser.parse_args(argv)
-    args = ServerArgs(ns.data_dir, ns.port, ns.ordinal, ns.replicas, ns.partitions, ns.host)
+    args = ServerArgs(ns.data_dir, ns.port, ns.ordinal, ns.replicas, ns.partitions, ns.host, ns.storage,
+                      ns.skip_temporal)
     if not 0 <= args.ordinal < args.replicas:
         parser.error(f"--ordinal must be in 0..{args.replicas - 1} (--replicas is {args.replicas}), "
                      f"got {args.ordinal}")
@@ -110,6 +119,7 @@ def check_port_free(args: ServerArgs) -> None:
 def serve(args: ServerArgs, stop: threading.Event) -> None:
     """Load this ordinal's partitions, serve until `stop` is set, then reset the server."""
     # Imported here so `--help` and argument errors do not pay for loading the native library.
+    from deepgnn.graph_engine.snark.client import PartitionStorageType
     from deepgnn.graph_engine.snark.server import Server
 
     check_port_free(args)
@@ -118,7 +128,9 @@ def serve(args: ServerArgs, stop: threading.Event) -> None:
     with tempfile.TemporaryDirectory(prefix="graphfleet-partitions-") as scratch:
         path = verified_copy(args, partitions, Path(scratch))
         log.info("loading partitions %s of %d from %s", partitions, args.partitions, args.data_dir)
-        server = Server(path, [(path, p) for p in partitions], args.address)
+        server = Server(path, [(path, p) for p in partitions], args.address,
+                        storage_type=PartitionStorageType[args.storage],
+                        skip_temporal_loading=args.skip_temporal)
         log.info("serving partitions %s of %d from %s on %s",
                  partitions, args.partitions, args.data_dir, args.address)
         try:

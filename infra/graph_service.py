@@ -190,7 +190,7 @@ def server_command(spec: DataServiceSpec) -> list[str]:
         raise ValueError("server_command needs spec.graph_uri and spec.partitions")
     return ["python", "-m", "graph_engine.server", "--data-dir", spec.graph_uri, "--port", str(spec.port),
             "--ordinal", f"$({ORDINAL_ENV})", "--replicas", str(spec.replicas),
-            "--partitions", str(spec.partitions)]
+            "--partitions", str(spec.partitions), *spec.args]
 
 
 def endpoints(fleet: FleetNames, replicas: int, port: int) -> list[str]:

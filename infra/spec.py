@@ -21,6 +21,41 @@ ENDPOINTS_ENV = "GRAPHFLEET_ENDPOINTS"
 # Label every client pod must carry to pass the data service's NetworkPolicy.
 CLIENT_LABEL = "graphfleet.io/graph-client"
 
+# Extra graph-engine server arguments a workflow author may set (`DataServiceConfig.args`): flag ->
+# its allowed values (None: a flag without a value). Each maps to a parameter of DeepGNN 0.1.66's
+# `snark.server.Server` (deepgnn/graph_engine/snark/server.py); graph_engine.server parses these.
+SERVER_ARGS: dict[str, tuple[str, ...] | None] = {
+    "--storage": ("memory", "disk"),  # storage_type: features and index in memory, or read from local disk
+    "--skip-temporal": None,          # skip_temporal_loading: no node/edge timestamps loaded
+}
+
+
+def check_server_args(args: list[str]) -> list[str]:
+    """`args` as separate tokens (`--storage=disk` -> `--storage disk`), or ValueError naming the first
+    argument the allow-list refuses. Everything else in the command (data dir, port, ordinal) is the
+    platform's: a user can neither repeat nor override it."""
+    tokens = [part for arg in args for part in (arg.split("=", 1) if arg.startswith("--") else [arg])]
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        flag = tokens[i]
+        if flag not in SERVER_ARGS:
+            raise ValueError(f"server argument {flag!r} is not allowed; allowed: {', '.join(SERVER_ARGS)}")
+        if flag in out:
+            raise ValueError(f"server argument {flag!r} is given twice")
+        values = SERVER_ARGS[flag]
+        if values is None:
+            out.append(flag)
+            i += 1
+            continue
+        value = tokens[i + 1] if i + 1 < len(tokens) else None
+        if value not in values:
+            raise ValueError(f"server argument {flag} takes one of {', '.join(values)}, got {value!r}")
+        out += [flag, value]
+        i += 2
+    return out
+
+
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
                         r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
@@ -62,6 +97,9 @@ class DataServiceSpec(BaseModel):
     startup_seconds: int = Field(
         1800, ge=30, le=24 * 3600, description="How long a server may take to load its partitions")
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on every object")
+    args: list[str] = Field(
+        default_factory=list,
+        description=f"Extra graph-engine server arguments, from the allow-list {', '.join(SERVER_ARGS)}")
 
     @field_validator("cpu", "cpu_limit")
     @classmethod
@@ -91,6 +129,11 @@ class DataServiceSpec(BaseModel):
             raise ValueError(f"must be a DNS-1123 label (a-z, 0-9, '-', starting with a letter), "
                              f"got {value!r}")
         return value
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, value: list[str]) -> list[str]:
+        return check_server_args(value)
 
     @field_validator("labels")
     @classmethod

@@ -20,15 +20,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from deepgnn.graph_engine.snark.client import MemoryGraph
 
 from flyte_agent.connector import backend
-from graph_engine import health
+from graph_engine import datasets, health
 from graph_engine.convert import convert
 from graph_engine.datasets import synthetic
 from tests.graph_tables import write_tables
 from workflows import gnn_training as job
+from workflows import inference
 from workflows import train as trainer
+from workflows.gnn_inference import gnn_inference
 from workflows.report import TrainingReport
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,10 +58,13 @@ def assert_released(endpoints: list[str]) -> None:
     assert fleets() == []
 
 
-def test_cora_through_two_servers_reaches_the_accuracy_target(planetoid_dir: Path) -> None:
-    report = job.gnn_training(dataset="cora", data_dir=str(planetoid_dir), partitions=2, epochs=20, seed=0)
+def test_cora_with_two_trainers_through_two_servers_reaches_the_accuracy_target(planetoid_dir: Path) -> None:
+    """Two data-parallel ranks (local processes) share one fleet; one trainer runs in `make run`'s test."""
+    report = job.gnn_training(dataset="cora", data_dir=str(planetoid_dir), partitions=2, epochs=20, seed=0,
+                              trainers=2)
     assert isinstance(report, TrainingReport)
     assert report.dataset == "cora" and report.epochs == 20 and len(report.endpoints) == 2
+    assert report.trainers == 2 and report.rank_samples == [70 * 20, 70 * 20]  # 140 training nodes
     assert report.test_accuracy >= 0.75, report.summary()
     assert report.samples_per_second > 0 and report.train_seconds > 0
     assert_released(report.endpoints)
@@ -81,10 +88,38 @@ def test_a_graph_brought_as_parquet_tables_with_sparse_ids(tmp_path: Path) -> No
     assert report.test_accuracy > 0.34  # 3 classes, 7 training nodes each
 
 
+def test_predict_writes_every_node_with_the_reported_test_accuracy() -> None:
+    """predict=True: a Parquet dataset through the training fleet in 2 ranks, whose accuracy on the test
+    nodes is the report's test accuracy (same batches and samples), then the fleet is released."""
+    report = job.gnn_training(epochs=2, seed=3, trainers=2, predict=True)
+    table = inference.read(report.predictions)
+    graph = datasets.load("synthetic")
+    assert table.column("node_id").to_pylist() == list(range(graph.num_nodes))
+    predicted = table.column("predicted").to_numpy()
+    assert float(np.mean(predicted[graph.test_ids] == graph.labels[graph.test_ids])) == report.test_accuracy
+    assert_released(report.endpoints)
+
+
+def test_gnn_inference_predicts_any_converted_graph_with_a_checkpoint_through_its_own_fleet(
+        tmp_path: Path) -> None:
+    graph = datasets.load("synthetic")
+    uri = convert(graph, str(tmp_path / "graph"), 2)
+    info = trainer.GraphInfo.read(uri)
+    trained = trainer.fit(MemoryGraph(uri, [0, 1]), info, trainer.TrainConfig(epochs=3), progress=False)
+    checkpoint = trainer.save(trained, tmp_path / "model.pt")
+    done = gnn_inference(graph_uri=uri, model=str(checkpoint), trainers=2)
+    assert done.nodes == graph.num_nodes and done.nodes_per_second > 0
+    table = inference.read(done.predictions)
+    assert table.num_rows == graph.num_nodes
+    predicted = table.column("predicted").to_numpy()
+    assert float(np.mean(predicted[graph.test_ids] == graph.labels[graph.test_ids])) > 0.45
+    assert fleets() == []
+
+
 def test_failed_training_still_releases_the_fleet(monkeypatch: pytest.MonkeyPatch) -> None:
     used: list[str] = []
 
-    def diverge(graph: Any, info: Any, config: Any, endpoints: list[str], progress: bool = True) -> Any:
+    def diverge(graph: Any, info: Any, config: Any, endpoints: list[str], *args: Any) -> Any:
         used.extend(endpoints)
         raise FloatingPointError("loss is NaN at epoch 3")
 
@@ -99,7 +134,7 @@ def test_a_node_that_fails_outright_is_cleaned_up_by_the_on_failure_handler(
     """As if the train pod were killed: the node fails without an outcome; on_failure releases."""
     used: list[str] = []
 
-    def crash(graph: Any, info: Any, config: Any, endpoints: list[str], progress: bool = True) -> Any:
+    def crash(graph: Any, info: Any, config: Any, endpoints: list[str], *args: Any) -> Any:
         used.extend(endpoints)
         raise MemoryError("train pod OOM-killed")
 
@@ -189,6 +224,7 @@ from flytekit.configuration import Image, ImageConfig, SerializationSettings
 from flytekit.core.base_task import PythonTask
 from flytekit.tools.translator import get_serializable
 import workflows.gnn_training as job
+from flytekit.core.context_manager import FlyteContextManager
 image = ImageConfig(default_image=Image(name="default", fqn="registry.example/gnn", tag="1"))
 settings = SerializationSettings(image_config=image)
 out = {}
@@ -198,6 +234,15 @@ for name, task in vars(job).items():
         pod = template.k8s_pod
         out[name] = {"type": template.type, "custom": template.custom,
                      "labels": pod.metadata.labels if pod else None, "spec": pod.pod_spec if pod else None}
+# What train_ranks hands propeller for a run with trainers=3: the train task as the dynamic shapes it.
+with FlyteContextManager.with_context(
+        FlyteContextManager.current_context().with_serialization_settings(settings)) as ctx:
+    spec = job.train_ranks.compile_into_workflow(ctx, job.train_ranks._task_function, graph_uri="/g",
+                                                 endpoints="a:1", epochs=1, seed=0, trainers=3)
+template, = [t for t in spec.tasks if t.id.name == "workflows.gnn_training.train"]
+pod = template.k8s_pod
+out["train_ranks(trainers=3)"] = {"type": template.type, "custom": template.custom,
+                                  "labels": pod.metadata.labels, "spec": pod.pod_spec}
 print(json.dumps(out))
 """
 
@@ -212,13 +257,13 @@ def serialize_tasks(trainer: str) -> subprocess.CompletedProcess[str]:
 def serialize_train(trainer: str) -> subprocess.CompletedProcess[str]:
     done = serialize_tasks(trainer)
     if done.returncode == 0:
-        done.stdout = json.dumps(json.loads(done.stdout.strip().splitlines()[-1])["train"])
+        done.stdout = json.dumps(json.loads(done.stdout.strip().splitlines()[-1])["train_ranks(trainers=3)"])
     return done
 
 
 # Tasks whose pods open the fleet (DistributedGraph or health checks); the connector's own tasks
 # (graph_service, release*) run in the connector, and the others never dial a server.
-FLEET_CLIENTS = {"train", "evaluate"}
+FLEET_CLIENTS = {"train", "evaluate", "predict_nodes"}
 
 
 @pytest.mark.parametrize("trainer", ["local", "pytorchjob"])
@@ -240,11 +285,12 @@ def test_every_pod_that_talks_to_a_fleet_is_a_restricted_graph_client(trainer: s
         assert context["allowPrivilegeEscalation"] is False and context["capabilities"] == {"drop": ["ALL"]}
 
 
-def test_on_a_cluster_the_train_task_is_a_pytorchjob_on_the_gpu_pool() -> None:
+def test_on_a_cluster_the_train_task_is_a_pytorchjob_of_trainers_replicas_on_the_gpu_pool() -> None:
     done = serialize_train("pytorchjob")
     assert done.returncode == 0, done.stderr[-2000:]
     task = json.loads(done.stdout.strip().splitlines()[-1])
     assert task["type"] == "pytorch" and task["custom"]["masterReplicas"]["replicas"] == 1
+    assert task["custom"]["workerReplicas"]["replicas"] == 2  # trainers=3: the master and two workers
     assert task["labels"] == {"graphfleet.io/graph-client": "true", "kueue.x-k8s.io/queue-name": "team-a"}
     assert {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present",
             "effect": "NoSchedule"} in task["spec"]["tolerations"]

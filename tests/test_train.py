@@ -28,6 +28,7 @@ from workflows.train import (
     evaluate,
     fit,
     open_service,
+    resolve_device,
     torch_threads,
     usable_cores,
 )
@@ -196,3 +197,15 @@ def test_a_server_that_is_down_is_named_instead_of_aborting_the_process() -> Non
 def test_bad_hyperparameters_name_the_field(bad: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         TrainConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_the_device_is_cuda_when_present_and_asking_for_a_missing_gpu_is_an_error() -> None:
+    """No GPU on these machines: the selection logic is what is tested; bench/gpu_check.sh runs the rest."""
+    assert resolve_device("auto", cuda_available=True) == torch.device("cuda")
+    assert resolve_device("auto", cuda_available=False) == torch.device("cpu")
+    assert resolve_device("cuda:1", cuda_available=True) == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match="torch sees no CUDA device here"):
+        resolve_device("cuda", cuda_available=False)
+    with pytest.raises(ValueError, match="device must be one of auto, cpu, cuda"):
+        TrainConfig(device="tpu")
+

@@ -5,7 +5,9 @@
         --data_dir /path/to/planetoid --epochs 30
 
 prepare (load + convert into the graph store) -> provision (DataServiceTask, one server per
-partition) -> train -> evaluate on the test nodes -> release (DataServiceTeardownTask) -> finish.
+partition) -> train (`trainers` data-parallel ranks) -> evaluate on the test nodes -> with
+`predict=True`, predict every node (Parquet: node_id, embedding, predicted) -> release
+(DataServiceTeardownTask) -> finish.
 
 Release runs whether training succeeded or failed: `train` and `evaluate` hand a failure on as
 `TrainOutcome.error` instead of failing their node, the fleet is released, and `finish` fails the
@@ -16,9 +18,11 @@ both expires at its ttl_seconds (`graphfleet gc`).
 Configuration (environment, read when this module is imported, i.e. at `pyflyte run`/register):
 - `GRAPHFLEET_GRAPH_STORE`: where converted graphs go, a local dir or s3://bucket/prefix; default
   the execution's raw output prefix (a temp dir locally, the blob store on a cluster).
-- `GRAPHFLEET_TRAINER`: `local` (default) trains in the task's own process; `pytorchjob` makes the
-  train task a Kubeflow PyTorchJob on the GPU pool: one GPU, the pool's toleration, the Kueue queue
-  `GRAPHFLEET_TRAINING_QUEUE` and the label that lets it reach the data service.
+- `GRAPHFLEET_TRAINER`: `local` (default) trains in the task's own process (with `trainers=N`, N-1
+  more rank processes beside it, all on this machine); `pytorchjob` makes the train task a Kubeflow
+  PyTorchJob on the GPU pool: a master and `trainers - 1` workers (shaped per run by `train_ranks`),
+  each with one GPU, the pool's toleration, the Kueue queue `GRAPHFLEET_TRAINING_QUEUE` and the
+  label that lets it reach the data service.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ import tempfile
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flytekit import Deck, PodTemplate, Resources, current_context, task, workflow
+from flytekit import Deck, PodTemplate, Resources, current_context, dynamic, task, workflow
+from flytekit.core.base_task import IgnoreOutputs
 from flytekit.types.error import FlyteError
 from flytekit.types.file import FlyteFile
 
@@ -42,6 +47,7 @@ from flyte_agent import DataServiceReleaseAllTask, DataServiceTask, DataServiceT
 from graph_engine import health
 from infra.spec import CLIENT_LABEL, ENDPOINTS_ENV
 from workflows import train as trainer
+from workflows.ranks import SINGLE
 from workflows.report import TrainingReport
 
 log = logging.getLogger("workflows.gnn_training")
@@ -66,7 +72,7 @@ class TrainOutcome:
     error: str = ""
 
 
-def check_inputs(dataset: str, data_dir: str, partitions: int, epochs: int) -> None:
+def check_inputs(dataset: str, data_dir: str, partitions: int, epochs: int, trainers: int = 1) -> None:
     """Every input problem at once, before anything is loaded or created."""
     from graph_engine.datasets import DATASETS, PLANETOID
 
@@ -82,6 +88,8 @@ def check_inputs(dataset: str, data_dir: str, partitions: int, epochs: int) -> N
         problems.append(f"partitions: must be >= 1 (one graph-engine server each), got {partitions}")
     if epochs < 1:
         problems.append(f"epochs: must be >= 1, got {epochs}")
+    if trainers < 1:
+        problems.append(f"trainers: must be >= 1 (data-parallel ranks), got {trainers}")
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -91,12 +99,12 @@ def graph_store() -> str:
 
 
 @task
-def prepare(dataset: str, data_dir: str, partitions: int, epochs: int) -> str:
+def prepare(dataset: str, data_dir: str, partitions: int, epochs: int, trainers: int) -> str:
     """Load the dataset and convert it into the graph store in `partitions` partitions; its URI."""
     from graph_engine import datasets
     from graph_engine.convert import convert, convert_tables
 
-    check_inputs(dataset, data_dir, partitions, epochs)
+    check_inputs(dataset, data_dir, partitions, epochs, trainers)
     # One folder per run: servers of another run may still be reading an older conversion.
     target = f"{graph_store().rstrip('/')}/{{}}-p{partitions}-{uuid.uuid4().hex[:8]}"
     if dataset == TABLES:
@@ -157,7 +165,6 @@ def _trainer_task(fn: Callable[..., Any]) -> Any:
         raise ValueError(f"{TRAINER_ENV}={trainer!r}: choose one of {', '.join(TRAINERS)}")
     if trainer == "local":
         return task(pod_template=graph_client_pod())(fn)
-    from flytekitplugins.kfpytorch import Master, PyTorch, Worker
     from kubernetes.client import V1Toleration
 
     from infra.config import Taint
@@ -168,29 +175,56 @@ def _trainer_task(fn: Callable[..., Any]) -> Any:
     if queue:
         labels[QUEUE_LABEL] = queue
     pod = graph_client_pod(labels, tolerations=[V1Toleration(**Taint().toleration())])
-    # One process: the trainer does not shard batches across ranks, so workers would repeat it.
-    config = PyTorch(master=Master(), worker=Worker(replicas=0))
     gpu = Resources(gpu="1")
-    return task(task_config=config, pod_template=pod, requests=gpu, limits=gpu)(fn)
+    return task(task_config=pytorch_job(1), pod_template=pod, requests=gpu, limits=gpu)(fn)
+
+
+def pytorch_job(trainers: int) -> Any:
+    """The PyTorchJob of `trainers` ranks: its master is rank 0, the N-1 workers the others; every
+    replica gets the train task's pod template (labels, toleration) and GPU."""
+    from flytekitplugins.kfpytorch import Master, PyTorch, Worker
+
+    return PyTorch(master=Master(), worker=Worker(replicas=trainers - 1))
 
 
 @_trainer_task
-def train(graph_uri: str, endpoints: str, epochs: int, seed: int) -> TrainOutcome:
-    """Fit GraphSAGE through the fleet; the model with the best validation accuracy is kept."""
+def train(graph_uri: str, endpoints: str, epochs: int, seed: int, trainers: int) -> TrainOutcome:
+    """Fit GraphSAGE through the fleet in `trainers` data-parallel ranks; the model with the best
+    validation accuracy is kept. In a PyTorchJob every replica runs this; only rank 0's outputs count."""
+    rank = SINGLE
+
     def body() -> TrainOutcome:
+        nonlocal rank
         os.environ[ENDPOINTS_ENV] = endpoints  # the trainer reads its endpoints from here only
-        info = trainer.GraphInfo.read(graph_uri)
         config = trainer.TrainConfig(epochs=epochs, seed=seed)
         used = trainer.endpoints_from_env()
-        print(f"graph data service: {', '.join(used)}")
-        fitted = trainer.fit(trainer.open_service(used), info, config, used)
+        print(f"graph data service: {', '.join(used)}; {trainers} trainer(s)")
+        rank, fitted = trainer.fit_ranks(graph_uri, config, used, trainers)
+        if not rank.main:
+            return TrainOutcome()
         out = Path(tempfile.mkdtemp(prefix="gnn-train-"))
         trainer.write_outputs(fitted.report, out)
         checkpoint = trainer.save(fitted, out / "model.pt")
         return TrainOutcome(report=fitted.report, checkpoint=FlyteFile(str(checkpoint)),
                             curves=FlyteFile(str(out / trainer.CURVES_FILE)))
 
-    return guarded("train", body)
+    outcome = guarded("train", body)
+    if not rank.main:
+        if outcome.error:  # this replica fails visibly; rank 0 fails the run at its next collective
+            raise RuntimeError(outcome.error)
+        # flytekit's entrypoint uploads no outputs for IgnoreOutputs: the master's are the task's.
+        raise IgnoreOutputs(f"trainer rank {rank.rank} of {rank.world}: rank 0 reports")
+    return outcome
+
+
+@dynamic
+def train_ranks(graph_uri: str, endpoints: str, epochs: int, seed: int, trainers: int) -> TrainOutcome:
+    """`train`, as a PyTorchJob of `trainers` replicas when the trainer is one (the replica count is
+    an input of the run, so the job is shaped here, when it is known)."""
+    if os.environ.get(TRAINER_ENV, "local") == "pytorchjob":
+        return train(graph_uri=graph_uri, endpoints=endpoints, epochs=epochs, seed=seed,
+                     trainers=trainers).with_overrides(task_config=pytorch_job(trainers))
+    return train(graph_uri=graph_uri, endpoints=endpoints, epochs=epochs, seed=seed, trainers=trainers)
 
 
 @task(enable_deck=True, pod_template=graph_client_pod())
@@ -210,6 +244,33 @@ def evaluate(graph_uri: str, endpoints: str, trained: TrainOutcome) -> TrainOutc
         return TrainOutcome(report=report, checkpoint=trained.checkpoint, curves=trained.curves)
 
     return guarded("evaluate", body)
+
+
+def predictions_uri() -> str:
+    """A fresh folder under the execution's raw output prefix (the blob store on a cluster)."""
+    return f"{current_context().raw_output_prefix.rstrip('/')}/predictions-{uuid.uuid4().hex[:8]}"
+
+
+@task(pod_template=graph_client_pod())
+def predict_nodes(graph_uri: str, endpoints: str, tested: TrainOutcome, predict: bool,
+                  trainers: int) -> TrainOutcome:
+    """With `predict`: every node's embedding and predicted class through the same fleet, in `trainers`
+    parallel ranks, as a Parquet dataset the report names (workflows/inference.py)."""
+    if tested.error or not predict:
+        return tested
+
+    def body() -> TrainOutcome:
+        from workflows import inference
+
+        assert tested.checkpoint is not None
+        os.environ[ENDPOINTS_ENV] = endpoints
+        done = inference.infer(Path(tested.checkpoint.download()), graph_uri, predictions_uri(),
+                               trainer.endpoints_from_env(), trainers)
+        print(f"predictions: {done.nodes} nodes at {done.nodes_per_second:.0f} nodes/s -> {done.uri}")
+        report = TrainingReport(**{**asdict(tested.report), "predictions": done.uri})
+        return TrainOutcome(report=report, checkpoint=tested.checkpoint, curves=tested.curves)
+
+    return guarded("predict", body)
 
 
 @task(enable_deck=True)
@@ -233,7 +294,8 @@ release_all = DataServiceReleaseAllTask(name="gnn_training.release_all_graph_ser
 
 @workflow
 def release_on_failure(dataset: str = "synthetic", data_dir: str = "", partitions: int = 2,
-                       epochs: int = DEFAULT_EPOCHS, seed: int = 0, err: FlyteError | None = None) -> str:
+                       epochs: int = DEFAULT_EPOCHS, seed: int = 0, trainers: int = 1,
+                       predict: bool = False, err: FlyteError | None = None) -> str:
     """The on_failure handler (it must take the workflow's inputs): the failed node's outputs never
     reach it, so it releases every fleet of this execution rather than one by name."""
     return release_all()
@@ -241,11 +303,16 @@ def release_on_failure(dataset: str = "synthetic", data_dir: str = "", partition
 
 @workflow(on_failure=release_on_failure)
 def gnn_training(dataset: str = "synthetic", data_dir: str = "", partitions: int = 2,
-                 epochs: int = DEFAULT_EPOCHS, seed: int = 0) -> TrainingReport:
-    graph_uri = prepare(dataset=dataset, data_dir=data_dir, partitions=partitions, epochs=epochs)
+                 epochs: int = DEFAULT_EPOCHS, seed: int = 0, trainers: int = 1,
+                 predict: bool = False) -> TrainingReport:
+    graph_uri = prepare(dataset=dataset, data_dir=data_dir, partitions=partitions, epochs=epochs,
+                        trainers=trainers)
     fleet = graph_service(graph_uri=graph_uri, replicas=partitions)
-    trained = train(graph_uri=graph_uri, endpoints=fleet.endpoints_env, epochs=epochs, seed=seed)
+    trained = train_ranks(graph_uri=graph_uri, endpoints=fleet.endpoints_env, epochs=epochs, seed=seed,
+                          trainers=trainers)
     tested = evaluate(graph_uri=graph_uri, endpoints=fleet.endpoints_env, trained=trained)
+    predicted = predict_nodes(graph_uri=graph_uri, endpoints=fleet.endpoints_env, tested=tested,
+                              predict=predict, trainers=trainers)
     released = release(service=fleet.service)
-    tested >> released
-    return finish(outcome=tested, released=released)
+    predicted >> released
+    return finish(outcome=predicted, released=released)

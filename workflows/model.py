@@ -53,6 +53,12 @@ class GraphSage(nn.Module):
                 masks: list[torch.Tensor]) -> torch.Tensor:
         """features (U, F) of the distinct nodes; index[k] (rows of hop k,) into them, hop 0 = the seeds;
         masks[k] (rows of hop k, fanouts[k]). Returns (seeds, num_classes) logits."""
+        return self.encode(features, index, masks)[0]
+
+    def encode(self, features: torch.Tensor, index: list[torch.Tensor],
+               masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, embedding) of the seeds; the embedding is their last hidden layer (what the last
+        SAGE layer reads for the seed itself); a one-layer model has none and gives the input features."""
         if len(index) != len(self.layers) + 1 or len(masks) != len(self.layers):
             raise ValueError(f"the batch has {len(index) - 1} hops but the model has "
                              f"{len(self.layers)} layers: sample one hop per layer")
@@ -60,7 +66,9 @@ class GraphSage(nn.Module):
         x = self.dropout(features)
         own, neigh = first.self_lin(x), first.neigh_lin(x)
         h = [own[index[k]] + masked_mean(neigh[index[k + 1]], masks[k]) for k in range(len(masks))]
+        embedding = x[index[0]]
         for layer in rest:
             h = [self.dropout(torch.relu(t)) for t in h]
+            embedding = h[0]
             h = [layer.combine(h[k], h[k + 1], masks[k]) for k in range(len(h) - 1)]
-        return h[0]
+        return h[0], embedding

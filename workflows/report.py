@@ -23,6 +23,9 @@ class TrainingReport:
     train_loss: list[float] = field(default_factory=list)  # per epoch
     val_curve: list[float] = field(default_factory=list)   # validation accuracy per epoch
     retried_batches: int = 0           # batches sampled again after a graph-engine outage
+    trainers: int = 1                  # data-parallel ranks
+    rank_samples: list[int] = field(default_factory=list)  # training seeds each rank stepped on, all epochs
+    predictions: str = ""              # the inference Parquet dataset (local path or s3:// URI), if any
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -33,9 +36,11 @@ class TrainingReport:
 
     def summary(self) -> str:
         where = f"{len(self.endpoints)} graph-engine server(s)" if self.endpoints else "an in-process graph"
-        return (f"{self.dataset}: test accuracy {self.test_accuracy:.4f}, validation {self.val_accuracy:.4f} "
+        who = f"{self.trainers} trainers" if self.trainers > 1 else "1 trainer"
+        text = (f"{self.dataset}: test accuracy {self.test_accuracy:.4f}, validation {self.val_accuracy:.4f} "
                 f"(epoch {self.best_epoch}/{self.epochs}); {self.train_seconds:.1f}s training, "
-                f"{self.samples_per_second:.0f} samples/s through {where}")
+                f"{self.samples_per_second:.0f} samples/s, {who} through {where}")
+        return text + (f"; predictions: {self.predictions}" if self.predictions else "")
 
 
 def plot_curves(report: TrainingReport, path: Path) -> Path:

@@ -46,6 +46,12 @@ class Batch:
     masks: list[torch.Tensor]     # masks[k]: (rows of hop k, fanouts[k]) bool, False = padding
     labels: torch.Tensor          # (B,) int64
 
+    def pinned(self) -> Batch:
+        """The same batch in page-locked memory, so `.to(cuda, non_blocking=True)` copies asynchronously."""
+        return Batch(seeds=self.seeds, features=self.features.pin_memory(),
+                     index=[i.pin_memory() for i in self.index], masks=[m.pin_memory() for m in self.masks],
+                     labels=self.labels.pin_memory())
+
 
 def sample_batch(graph: GraphHandle, seeds: np.ndarray, fanouts: Sequence[int], feature_dim: int,
                  seed: int) -> Batch:

@@ -30,13 +30,14 @@ from tqdm import tqdm
 
 from graph_engine import store
 from infra.spec import ENDPOINTS_ENV
+from workflows import ranks
 from workflows.model import GraphSage
+from workflows.ranks import SINGLE, Rank, shard
 from workflows.report import TrainingReport, plot_curves
 from workflows.sampler import Batch, GraphHandle, Prefetcher, batches_of, sample_batch
 
 log = logging.getLogger("workflows.train")
-# The model and its batches live here; sampling stays on the CPU.
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DEVICES = ("auto", "cpu", "cuda")
 # Evaluation batches: 128 seeds x 40 x 25 sampled positions keep the gathered hidden rows ~65 MB.
 EVAL_BATCH = 128
 
@@ -102,9 +103,17 @@ class TrainConfig:
     # torch intra-op threads; 0: one fewer than this process's cores (at least 1). On 2 shared cores,
     # 2 threads made a step 2-7x slower whenever the sampler or a server took a core (docs/benchmarks.md).
     torch_threads: int = 0
+    # Where the model and its batches live (sampling stays on the CPU); auto: CUDA when present.
+    device: str = "auto"
+    # Longest wait in a collective between trainer ranks: a rank that dies or hangs fails the run then.
+    collective_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         problems = []
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            problems.append(f"device must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
+        if self.collective_seconds <= 0:
+            problems.append(f"collective_seconds must be > 0, got {self.collective_seconds}")
         if self.epochs < 1:
             problems.append(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -143,11 +152,23 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def resolve_device(name: str, cuda_available: bool | None = None) -> torch.device:
+    """`auto`: the first GPU when torch sees one, else the CPU. Asking for CUDA without one is an error
+    (silently training on the CPU would hide a broken GPU node for hours)."""
+    available = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if name == "auto":
+        return torch.device("cuda" if available else "cpu")
+    if name.startswith("cuda") and not available:
+        raise ValueError(f"device {name!r}: torch sees no CUDA device here (torch {torch.__version__}, "
+                         f"CUDA build {torch.version.cuda}); use device='auto' or 'cpu'")
+    return torch.device(name)
+
+
 @contextlib.contextmanager
-def torch_threads(config: TrainConfig) -> Iterator[int]:
+def torch_threads(config: TrainConfig, rank: Rank = SINGLE) -> Iterator[int]:
     """torch's intra-op threads set for a fit or evaluation, and restored after: the setting is
-    process-wide and the caller's other work should not inherit it."""
-    count = config.torch_threads or max(1, usable_cores() - 1)
+    process-wide and the caller's other work should not inherit it. Ranks on one machine share it."""
+    count = config.torch_threads or max(1, (usable_cores() - 1) // rank.colocated)
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
@@ -170,8 +191,9 @@ class Sampling:
     """
 
     def __init__(self, graph: GraphHandle, feature_dim: int, endpoints: Sequence[str] = (),
-                 attempts: int = 3, outage_seconds: float = 120.0) -> None:
+                 attempts: int = 3, outage_seconds: float = 120.0, pin: bool = False) -> None:
         self.graph = graph
+        self.pin = pin  # page-locked batches: the copy to a GPU can then overlap the step
         self.feature_dim = feature_dim
         self.endpoints = list(endpoints)
         self.attempts = attempts
@@ -181,7 +203,8 @@ class Sampling:
     def batch(self, seeds: np.ndarray, fanouts: Sequence[int], seed: int) -> Batch:
         for attempt in range(1, self.attempts + 1):
             try:
-                return sample_batch(self.graph, seeds, fanouts, self.feature_dim, seed)
+                batch = sample_batch(self.graph, seeds, fanouts, self.feature_dim, seed)
+                return batch.pinned() if self.pin else batch
             except Exception as err:  # the native client raises bare Exception("Failed to ...")
                 if not self.endpoints or attempt == self.attempts:
                     raise
@@ -194,67 +217,108 @@ class Sampling:
         raise AssertionError("unreachable")
 
     def stream(self, ids: np.ndarray, batch_size: int, fanouts: Sequence[int], seed: int,
-               depth: int) -> Prefetcher[Batch]:
-        chunks = batches_of(ids, batch_size)
-        return Prefetcher(lambda i: self.batch(chunks[i], fanouts, seed * 7919 + i), len(chunks), depth)
+               depth: int, rank: Rank = SINGLE) -> Prefetcher[Batch]:
+        return self.stream_chunks(batches_of(ids, batch_size), fanouts, seed, depth, rank)
+
+    def stream_chunks(self, chunks: Sequence[np.ndarray], fanouts: Sequence[int], seed: int, depth: int,
+                      rank: Rank = SINGLE) -> Prefetcher[Batch]:
+        """Batch i samples `chunks[i]` with seed `seed * 7919 + i`; `rank` takes every world-th batch.
+        A batch's nodes and seed do not depend on the number of ranks: neither do its samples."""
+        seeded = [(chunk, seed * 7919 + i) for i, chunk in enumerate(chunks)]
+        return self.stream_seeded(seeded[rank.rank::rank.world], fanouts, depth)
+
+    def stream_seeded(self, batches: Sequence[tuple[np.ndarray, int]], fanouts: Sequence[int],
+                      depth: int) -> Prefetcher[Batch]:
+        """Each (nodes, sampling seed) sampled as one batch, in order."""
+        return Prefetcher(lambda j: self.batch(batches[j][0], fanouts, batches[j][1]), len(batches), depth)
 
 
 def logits(model: GraphSage, batch: Batch) -> torch.Tensor:
-    return model(batch.features.to(DEVICE), [i.to(DEVICE) for i in batch.index],
-                 [m.to(DEVICE) for m in batch.masks])
+    device = next(model.parameters()).device
+    return model(batch.features.to(device, non_blocking=True),
+                 [i.to(device, non_blocking=True) for i in batch.index],
+                 [m.to(device, non_blocking=True) for m in batch.masks])
+
+
+def correct(model: GraphSage, batches: Iterator[Batch]) -> int:
+    """How many seeds of `batches` the model classifies right."""
+    model.eval()
+    device = next(model.parameters()).device
+    hits = 0
+    with torch.no_grad():
+        for batch in batches:
+            labels = batch.labels.to(device, non_blocking=True)
+            hits += int((logits(model, batch).argmax(1) == labels).sum())
+    return hits
 
 
 def accuracy(model: GraphSage, sampling: Sampling, ids: Sequence[int] | np.ndarray, config: TrainConfig,
-             seed: int) -> float:
-    """Share of `ids` whose predicted class equals the label, with `config.eval_fanouts` samples."""
+             seed: int, rank: Rank = SINGLE) -> float:
+    """Share of `ids` whose predicted class equals the label, with `config.eval_fanouts` samples in
+    batches of EVAL_BATCH. With several ranks each classifies every world-th batch and the counts are
+    summed: every rank gets the same value, and the same as one rank would."""
     nodes = np.asarray(ids, dtype=np.int64)
     if len(nodes) == 0:
         raise ValueError("accuracy of an empty node set: the graph's split has no such nodes")
-    model.eval()
-    correct = 0
-    stream = sampling.stream(nodes, EVAL_BATCH, config.eval_fanouts, seed, config.prefetch)
-    with torch.no_grad(), stream as batches:
-        for batch in batches:
-            correct += int((logits(model, batch).argmax(1) == batch.labels.to(DEVICE)).sum())
-    return correct / len(nodes)
+    with sampling.stream(nodes, EVAL_BATCH, config.eval_fanouts, seed, config.prefetch, rank) as batches:
+        hits, = ranks.total([correct(model, batches)], rank)
+    return hits / len(nodes)
+
+
+def rank_seed(seed: int, rank: Rank) -> int:
+    """Ranks sample with different seeds; rank 0 with `seed` itself (one trainer as before)."""
+    return seed + rank.rank * 1_000_003
 
 
 def fit(graph: GraphHandle, info: GraphInfo, config: TrainConfig, endpoints: Sequence[str] = (),
-        progress: bool = True) -> Trained:
-    """Train on `info.train_ids`, keep the epoch with the best validation accuracy."""
-    with torch_threads(config):
+        progress: bool = True, rank: Rank = SINGLE) -> Trained:
+    """Train on `info.train_ids`, keep the epoch with the best validation accuracy.
+
+    With several ranks (inside `ranks.process_group`) every rank trains on its shard of each epoch's
+    permutation of the training ids, gradients are averaged over ranks at every step, and validation
+    is counted over the ranks' shards and summed: all ranks hold the same model and keep the same epoch.
+    """
+    device = resolve_device(config.device)
+    with torch_threads(config, rank):
         torch.manual_seed(config.seed)
         rng = np.random.default_rng(config.seed)
-        sampling = Sampling(graph, info.feature_dim, endpoints)
-        model = build_model(info, config).to(DEVICE)
+        sampling = Sampling(graph, info.feature_dim, endpoints, pin=device.type == "cuda")
+        model = build_model(info, config).to(device)
+        ranks.broadcast_model(model, rank)
+        if rank.rank:
+            torch.manual_seed(rank_seed(config.seed, rank))  # dropout masks differ between ranks
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         loss_fn = nn.CrossEntropyLoss()
         train_ids = np.asarray(info.train_ids, dtype=np.int64)
-        n_batches = -(-len(train_ids) // config.batch_size)
+        per_rank = len(shard(train_ids, rank, pad=True))
+        n_batches = -(-per_rank // config.batch_size)
         report = TrainingReport(dataset=info.dataset, seed=config.seed, epochs=config.epochs,
-                                endpoints=list(endpoints))
+                                endpoints=list(endpoints), trainers=rank.world)
         best_state: dict[str, torch.Tensor] = {}
         best_val = -1.0
+        seconds = 0.0
         for epoch in range(1, config.epochs + 1):
-            order = rng.permutation(train_ids)
+            mine = shard(rng.permutation(train_ids), rank, pad=True)
             model.train()
-            total = 0.0
+            loss_sum = 0.0
             started = time.perf_counter()
-            bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
-                       file=sys.stderr)
-            with sampling.stream(order, config.batch_size, config.fanouts, config.seed * 100003 + epoch,
-                                 config.prefetch) as batches:
+            bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{config.epochs}",
+                       disable=not progress or not rank.main, file=sys.stderr)
+            seed = rank_seed(config.seed * 100003 + epoch, rank)
+            with sampling.stream(mine, config.batch_size, config.fanouts, seed, config.prefetch) as batches:
                 for batch in batches:
                     optimizer.zero_grad()
-                    loss = loss_fn(logits(model, batch), batch.labels.to(DEVICE))
+                    loss = loss_fn(logits(model, batch), batch.labels.to(device, non_blocking=True))
                     loss.backward()
+                    ranks.average_gradients(model, rank)
                     optimizer.step()
-                    total += loss.item() * len(batch.seeds)
+                    loss_sum += loss.item() * len(batch.seeds)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss.item():.3f}")
-            report.train_seconds += time.perf_counter() - started
-            val = accuracy(model, sampling, info.val_ids, config, seed=-epoch)
-            report.train_loss.append(total / len(train_ids))
+            seconds += time.perf_counter() - started
+            loss_sum, = ranks.total([loss_sum], rank)
+            val = accuracy(model, sampling, info.val_ids, config, seed=-epoch, rank=rank)
+            report.train_loss.append(loss_sum / (per_rank * rank.world))
             report.val_curve.append(val)
             bar.set_postfix(loss=f"{report.train_loss[-1]:.3f}", val_acc=f"{val:.3f}")
             bar.close()
@@ -262,17 +326,56 @@ def fit(graph: GraphHandle, info: GraphInfo, config: TrainConfig, endpoints: Seq
                 best_val, report.best_epoch = val, epoch
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}
         model.load_state_dict(best_state)
+        ranks.check_same_model(model, rank)
         report.val_accuracy = best_val
-        report.samples_per_second = len(train_ids) * config.epochs / report.train_seconds
-        report.retried_batches = sampling.retried
+        # The slowest rank's time: the step waits for it at every all-reduce.
+        report.train_seconds, = ranks.total([seconds], rank, op="max")
+        report.rank_samples = ranks.gather(per_rank * config.epochs, rank)
+        report.samples_per_second = sum(report.rank_samples) / report.train_seconds
+        report.retried_batches = int(ranks.total([sampling.retried], rank)[0])
         return Trained(model=model, config=config, report=report, info=info)
+
+
+def open_graph(uri: str, endpoints: Sequence[str], partitions: int) -> GraphHandle:
+    """The graph through the data service at `endpoints`; with none, loaded in this process (the
+    benchmark's baseline and tests)."""
+    if endpoints:
+        return open_service(endpoints)
+    from deepgnn.graph_engine.snark.client import MemoryGraph
+
+    from graph_engine.server import loadable_path
+
+    return MemoryGraph(loadable_path(uri), list(range(partitions)))
+
+
+def _fit_rank(uri: str, config: TrainConfig, endpoints: Sequence[str], progress: bool, rank: Rank,
+              store: Any) -> Trained:
+    """One rank: its own graph client (clients cannot be shared between processes), then `fit`."""
+    info = GraphInfo.read(uri)
+    with ranks.process_group(rank, store, resolve_device(config.device), config.collective_seconds):
+        return fit(open_graph(uri, endpoints, info.partitions), info, config, endpoints,
+                   progress and rank.main, rank)
+
+
+def fit_ranks(uri: str, config: TrainConfig, endpoints: Sequence[str] = (), trainers: int = 1,
+              progress: bool = True) -> tuple[Rank, Trained]:
+    """`fit` in `trainers` data-parallel ranks on the graph at `uri`, all reading the same fleet
+    (`ranks.launch`: PyTorchJob replicas, or local processes). Returns this process's rank and its
+    model (the same on every rank)."""
+    body = functools.partial(_fit_rank, uri, config, list(endpoints), progress)
+    return ranks.launch(trainers, body, config.collective_seconds)  # type: ignore[no-any-return]
+
+
+# The sampling seed of the test accuracy; inference over the test nodes uses it too (same batches,
+# same samples, the same predictions).
+TEST_SEED = 1 << 20
 
 
 def evaluate(trained: Trained, graph: GraphHandle, endpoints: Sequence[str] = ()) -> TrainingReport:
     """The fitting report with the test accuracy of the kept model filled in."""
     sampling = Sampling(graph, trained.info.feature_dim, endpoints)
     with torch_threads(trained.config):
-        test = accuracy(trained.model, sampling, trained.info.test_ids, trained.config, seed=1 << 20)
+        test = accuracy(trained.model, sampling, trained.info.test_ids, trained.config, seed=TEST_SEED)
     report = TrainingReport(**{**asdict(trained.report), "test_accuracy": test})
     report.retried_batches += sampling.retried
     return report
@@ -294,7 +397,7 @@ def load(path: Path) -> Trained:
     info = GraphInfo(**saved["info"])
     model = build_model(info, config)
     model.load_state_dict(saved["state"])
-    model.to(DEVICE)
+    model.to(resolve_device(config.device))
     return Trained(model=model, config=config, report=TrainingReport(**saved["report"]), info=info)
 
 

@@ -3,7 +3,8 @@
 For each training seed, GraphSAGE is trained once on Cora with the default configuration (training
 fanouts 25,10), then the kept model's validation accuracy is measured with each candidate evaluation
 fanout, over several sampling seeds different from the ones model selection used. The candidate with
-the best median validation accuracy is the choice; the test split is not read.
+the best median validation accuracy is the choice, a tie going to the cheaper one (candidates are
+listed in increasing sample size); the test split is not read.
 
     .venv/bin/python -m bench.eval_fanout_sweep [--seeds 0,1,2] \\
         [--candidates 10,10:25,10:25,25:40,25:60,40] \\
@@ -56,7 +57,7 @@ def sweep(seeds: list[int], candidates: list[tuple[int, ...]], eval_seeds: int, 
                   flush=True)
     medians = {name: round(statistics.median(v), 4) for name, v in scores.items()}
     return {"seeds": seeds, "eval_seeds": eval_seeds, "per_seed": scores, "median_validation": medians,
-            "chosen": max(medians, key=lambda name: medians[name])}
+            "chosen": max(medians, key=lambda name: medians[name])}  # first of equals: the cheapest
 
 
 def main() -> None:

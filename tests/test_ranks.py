@@ -39,17 +39,6 @@ def test_shards_cover_every_id_with_equal_step_counts_for_training_and_once_for_
         Rank(2, 2)
 
 
-def test_two_ranks_train_one_model_on_their_shards(uri: str) -> None:
-    """Ranks end bit-identical (ranks.check_same_model raises otherwise) and report their samples."""
-    rank, trained = fit_ranks(uri, SMALL, trainers=2, progress=False)
-    report = trained.report
-    assert rank == Rank(0, 2, 2) and report.trainers == 2
-    train = len(trained.info.train_ids)
-    assert report.rank_samples == [-(-train // 2) * SMALL.epochs] * 2
-    assert report.val_accuracy == max(report.val_curve) == report.val_curve[report.best_epoch - 1]
-    assert report.samples_per_second == pytest.approx(sum(report.rank_samples) / report.train_seconds)
-
-
 @pytest.fixture
 def rank_one() -> Iterator[list[int]]:
     """The pid of trainer rank 1 once it is spawned (watched from a thread: fit_ranks blocks)."""
@@ -111,3 +100,16 @@ def test_a_pytorchjob_replica_reads_its_rank_from_the_operators_env() -> None:
     assert ranks.from_env({}) is None
     with pytest.raises(ValueError, match="MASTER_ADDR unset"):
         ranks.from_env({**env, "MASTER_ADDR": ""})
+
+
+def test_two_ranks_train_one_model_on_their_shards(uri: str) -> None:
+    """Ranks end bit-identical (ranks.check_same_model raises otherwise) and report their samples.
+    Last in this file: the task process has run failed ranks before (a fresh rank process must still
+    meet it: the group has a fixed name, not torch's per-process counter)."""
+    rank, trained = fit_ranks(uri, SMALL, trainers=2, progress=False)
+    report = trained.report
+    assert rank == Rank(0, 2, 2) and report.trainers == 2
+    train = len(trained.info.train_ids)
+    assert report.rank_samples == [-(-train // 2) * SMALL.epochs] * 2
+    assert report.val_accuracy == max(report.val_curve) == report.val_curve[report.best_epoch - 1]
+    assert report.samples_per_second == pytest.approx(sum(report.rank_samples) / report.train_seconds)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed import distributed_c10d
 
 log = logging.getLogger("workflows.ranks")
 
@@ -80,6 +81,11 @@ def process_group(rank: Rank, store: dist.Store | None, device: torch.device,
         yield rank
         return
     timeout = timedelta(seconds=timeout_seconds)
+    # torch prefixes the group's store keys with a per-process group counter (it ignores group_name)
+    # and resets it only when a destroy completes; after a failed run in this process the counter
+    # is not 0 while a freshly spawned rank's is, and they never meet. Start every group at 0.
+    if not dist.is_initialized():
+        distributed_c10d._world.group_count = 0
     if store is None:
         dist.init_process_group(backend(device), init_method="env://", rank=rank.rank,
                                 world_size=rank.world, timeout=timeout)
@@ -89,7 +95,8 @@ def process_group(rank: Rank, store: dist.Store | None, device: torch.device,
     try:
         yield rank
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def from_env(environ: dict[str, str] | None = None) -> Rank | None:

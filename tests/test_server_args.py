@@ -68,5 +68,5 @@ def test_a_local_fleet_serves_the_same_graph_from_disk_storage(tmp_path: Path) -
         assert np.array_equal(served.node_features(nodes, spec, np.float32),
                               local.node_features(nodes, spec, np.float32))
     finally:
-        provisioner.delete(fleet)
+        provisioner.delete(fleet.name, fleet.owner)
         provisioner.close()

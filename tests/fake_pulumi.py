@@ -15,6 +15,12 @@ monitor and an engine over gRPC and calls the Automation API's language host at 
 echoes every resource's inputs as its outputs (what Kubernetes returns for declarative objects), so
 the stack outputs are what GraphDataService computes, not synthesized.
 
+The backend also keeps the cluster: the Kubernetes objects (`kind:namespace/name`) that programs
+created, which outlive a stack's state when `refresh --clear-pending-creates` drops pending creates.
+Like pulumi-kubernetes >= 4.29 (PR 4278, `provider/pkg/provider/provider.go` Create), creating an
+object that exists and is not in the stack's state fails with AlreadyExists unless the stack's
+kubernetes provider sets `upsertExistingObjects`; destroy deletes the state's objects from it.
+
 Every call is appended to `fake/calls.jsonl`. Faults are scripted per stack in `fake/faults.json`:
 `{"<stack>": {"up": ["fail:<text>", "hang", "ok"], "destroy": ["fail:<text>"]}}`, consumed in order;
 `hang` registers the resources (as pending creates) and then sleeps until cancelled (SIGINT/SIGTERM,
@@ -158,6 +164,11 @@ def script_faults(backend_url: str, stack: str, **ops: list[str]) -> None:
     path.write_text(json.dumps(faults))
 
 
+def cluster(backend_url: str) -> dict[str, str]:
+    """The Kubernetes objects that exist, `type:namespace/name` -> the stack whose program made them."""
+    return dict(Backend(state_dir(backend_url)).read().get("cluster", {}))
+
+
 def stacks(backend_url: str) -> dict[str, Any]:
     path = state_dir(backend_url) / "state.json"
     return json.loads(path.read_text())["stacks"] if path.exists() else {}
@@ -232,7 +243,7 @@ class Cli:
             return self.locked_op(_stack_of(args), "destroy", self._destroyed)
         if head == ["refresh"]:
             clear = "--clear-pending-creates" in args
-            return self.locked_op(_stack_of(args), "refresh", lambda s: self._refreshed(s, clear))
+            return self.locked_op(_stack_of(args), "refresh", lambda s, _: self._refreshed(s, clear))
         if head == ["cancel"]:
             with self.backend.state() as data:
                 _get(data, _stack_of(args))["lock"] = None
@@ -349,7 +360,7 @@ class Cli:
         with self.backend.state() as data:
             stack = _get(data, name)
             if change is not None and (ok or always):
-                change(stack)
+                change(stack, data)
             # Like the DIY backend, history records an operation only when it ends.
             entry = stack.pop("running")
             stack["history"].append({**entry, "result": "succeeded" if ok else "failed", "endTime": _now()})
@@ -372,11 +383,27 @@ class Cli:
         return f"{kind} complete"
 
     @staticmethod
-    def _destroyed(stack: dict[str, Any]) -> None:
+    def _destroyed(stack: dict[str, Any], data: dict[str, Any]) -> None:
+        for key in _objects(stack["resources"]):
+            data.setdefault("cluster", {}).pop(key, None)
         stack.update(resources=[], pending=[], outputs={})
+
+    def _create_objects(self, name: str, resources: list[dict[str, Any]]) -> str | None:
+        """The provider creates the program's objects as it runs; one that exists outside the stack's
+        state fails with AlreadyExists unless the provider upserts. Returns that object, or None."""
+        with self.backend.state() as data:
+            cluster = data.setdefault("cluster", {})
+            known = set(_objects(_get(data, name)["resources"]))
+            taken = [key for key in _objects(resources) if key in cluster and key not in known]
+            if taken and not _upserts(resources):
+                return taken[0]
+            cluster.update(dict.fromkeys(_objects(resources), name))
+        return None
 
     @staticmethod
     def _refreshed(stack: dict[str, Any], clear_pending_creates: bool) -> None:
+        # The objects of cleared pending creates stay in the cluster (pulumi/pulumi
+        # pkg/engine/refresh: --clear-pending-creates only edits the state).
         if clear_pending_creates:
             stack["pending"] = []
 
@@ -396,6 +423,12 @@ class Cli:
         except CliError:
             self._end(name, ok=False)
             raise
+        taken = self._create_objects(name, resources)
+        if taken:
+            self._end(name, ok=False)
+            type_, obj = taken.rsplit(":", 1)
+            raise CliError(f'resource "{obj}" was not successfully created by the Kubernetes API server: '
+                           f'{type_.rsplit(":", 1)[1]} "{obj}" already exists')
         if fault in ("hang", "wedge"):
             with self.backend.state() as data:
                 _get(data, name)["pending"] = [r["urn"] for r in resources if r["custom"]]
@@ -409,7 +442,7 @@ class Cli:
                 # The cancelled creates end as failed steps; the objects exist in the cluster and in
                 # the state (pulumi-kubernetes records a create whose await failed, with its
                 # initialization errors), so no pending operation remains.
-                def created(stack: dict[str, Any]) -> None:
+                def created(stack: dict[str, Any], data: dict[str, Any]) -> None:
                     stack.update(resources=resources, pending=[])
 
                 self._end(name, ok=False, change=created, always=True)
@@ -418,17 +451,29 @@ class Cli:
             # The program ran and the provider created its objects; what failed is the wait for them
             # (ImagePullBackOff, unschedulable pods): pulumi-kubernetes records such a create in the
             # state with its initialization errors, so the objects are there to destroy.
-            def partial(stack: dict[str, Any]) -> None:
+            def partial(stack: dict[str, Any], data: dict[str, Any]) -> None:
                 stack.update(resources=resources)
 
             self._end(name, ok=False, change=partial, always=True)
             raise CliError(fault.removeprefix("fail:"))
 
-        def commit(stack: dict[str, Any]) -> None:
+        def commit(stack: dict[str, Any], data: dict[str, Any]) -> None:
             stack.update(resources=resources, outputs=outputs)
 
         self._end(name, ok=True, change=commit)
         return f"Update complete: {len(resources)} resources"
+
+
+def _objects(resources: list[dict[str, Any]]) -> list[str]:
+    """The Kubernetes objects among a program's resources, as `type:namespace/name`."""
+    return [f"{r['type']}:{r['id']}" for r in resources
+            if r["custom"] and r["type"].startswith("kubernetes:") and r.get("id")]
+
+
+def _upserts(resources: list[dict[str, Any]]) -> bool:
+    """Whether the program's kubernetes provider sets `upsertExistingObjects` (default false)."""
+    return any(r["type"] == "pulumi:providers:kubernetes"
+               and r["inputs"].get("upsertExistingObjects") in (True, "true") for r in resources)
 
 
 # -- the engine side of an inline program -------------------------------------------------------
@@ -476,7 +521,7 @@ def run_program(client: str, stack: str) -> tuple[list[dict[str, Any]], dict[str
             else:
                 id_ = f"{request.name}-id" if request.custom else ""
             resources.append({"urn": urn, "type": request.type, "custom": bool(request.custom),
-                              "inputs": inputs})
+                              "inputs": inputs, "id": id_})
             return resource_pb2.RegisterResourceResponse(urn=urn, id=id_, object=request.object)
 
         def RegisterResourceOutputs(self, request: Any, context: Any) -> Any:  # noqa: N802

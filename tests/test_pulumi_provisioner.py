@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from pulumi.automation.errors import CommandError
 
+from flyte_agent import pulumi_provisioner
 from flyte_agent import stack_record as names
 from flyte_agent.gc import collect
 from flyte_agent.provisioner import DestroyInProgress, InvalidFleetName, NotOwner, Phase, Provision, Status
@@ -586,23 +587,42 @@ def test_a_replica_stopped_with_sigterm_cancels_its_operations_and_releases_thei
     assert wait(fresh, provision("fleet-term"), {Phase.READY, Phase.FAILED}).phase is Phase.READY
 
 
-def test_connector_killed_mid_update_is_finished_by_a_fresh_process(backend: tuple[str, Path], make) -> None:
+def kill_mid_update(backend: tuple[str, Path], name: str) -> int:
+    """A connector pod dies in the middle of `up` of `name`: the connector and the CLI it started, with
+    no chance to clean up; the objects the `up` created are in the cluster as pending creates."""
     url, _ = backend
-    child, cli_pid = start_connector_child(backend, "fleet-k")
-    # The pod dies: the connector and the CLI it started, with no chance to clean up.
+    child, cli_pid = start_connector_child(backend, name)
     os.killpg(child.pid, signal.SIGKILL)
     os.kill(cli_pid, signal.SIGKILL)
     child.wait(timeout=30)
-    assert fake_pulumi.stacks(url)["fleet-k"]["lock"]["pid"] == cli_pid
+    assert fake_pulumi.stacks(url)[name]["lock"]["pid"] == cli_pid
+    return cli_pid
 
+
+def test_connector_killed_mid_update_is_finished_by_a_fresh_process(backend: tuple[str, Path], make) -> None:
+    url, _ = backend
+    cli_pid = kill_mid_update(backend, "fleet-k")
     fresh = make()
     p = provision("fleet-k")
+    # Recovery clears the pending creates (the objects stay in the cluster), so the retried up creates
+    # objects that exist: it succeeds only because fleet stacks upsert (pulumi-kubernetes >= 4.29).
     assert wait(fresh, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
     stack = fake_pulumi.stacks(url)["fleet-k"]
     assert stack["lock"] is None and stack["pending"] == []
     fresh.delete(p.name, p.owner)
     assert live(url) == []
+    assert fake_pulumi.cluster(url) == {}, "the destroy left objects in the cluster"
     assert not _pid_alive(cli_pid), "the killed CLI is still running"
+
+
+def test_without_upsert_the_recovered_up_fails_on_the_objects_it_made(
+        backend: tuple[str, Path], make, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 7 item 3: a create is not an upsert since pulumi-kubernetes 4.29 (PR 4278); the recovery
+    above relies on FLEET_UPSERT_EXISTING_OBJECTS, and this is what happens without it."""
+    monkeypatch.setattr(pulumi_provisioner, "FLEET_UPSERT_EXISTING_OBJECTS", False)
+    kill_mid_update(backend, "fleet-u")
+    status = wait(make(), provision("fleet-u"), {Phase.READY, Phase.FAILED})
+    assert status.phase is Phase.FAILED and "already exists" in status.message, status.message
 
 
 # -- releasing a workflow execution: the teardown of an on_failure handler ------------------------

@@ -98,7 +98,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     batch_size: int = 64
     fanouts: tuple[int, ...] = (25, 10)        # GraphSAGE's own; tuned on Cora
-    eval_fanouts: tuple[int, ...] = (40, 25)   # a larger sample at evaluation: a closer neighbourhood mean
+    eval_fanouts: tuple[int, ...] = (25, 10)   # chosen on validation only (bench/eval_fanout_sweep.py)
     prefetch: int = 4                          # batches sampled ahead of the training step; 0: no overlap
     # torch intra-op threads; 0: one fewer than this process's cores (at least 1). On 2 shared cores,
     # 2 threads made a step 2-7x slower whenever the sampler or a server took a core (docs/benchmarks.md).

@@ -35,7 +35,7 @@ def test_graph_client_task_pods_are_admitted_under_restricted(control_plane: Con
             container.pop("resources", None)
             container["image"] = container.get("image") or "registry.example/gnn:1"
         pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": f"{name}-{trainer}", "namespace": namespace,
+               "metadata": {"name": f"{name.replace('_', '-')}-{trainer}", "namespace": namespace,
                             "labels": tasks[name]["labels"]},
                "spec": spec}
         r = cp.request("POST", f"/api/v1/namespaces/{namespace}/pods", pod)

@@ -90,14 +90,15 @@ def test_the_connector_sizes_unset_memory_and_scratch_from_the_graph(sized_graph
 
     custom = static_custom("graph", {"replicas": 2, "cpu": "2"})
     assert "memory" not in custom and "scratch_size" not in custom  # left to the connector
-    spec = resolve_spec(custom, {"graph_uri": sized_graph}, Settings())
+    spec = resolve_spec(custom, {"graph_uri": sized_graph}, Settings(), "p/d")
     manifest = read_info(sized_graph)
     assert spec.memory == f"{sizing.memory_mib(manifest, 2)}Mi"
     assert spec.scratch_size == f"{sizing.scratch_mib(manifest, 2)}Mi"
     # More servers, fewer partitions each: less memory each.
-    four = resolve_spec(custom, {"graph_uri": sized_graph, "replicas": 4}, Settings())
+    four = resolve_spec(custom, {"graph_uri": sized_graph, "replicas": 4}, Settings(), "p/d")
     assert int(four.memory.removesuffix("Mi")) < int(spec.memory.removesuffix("Mi"))
-    stated = resolve_spec(static_custom("graph", {"memory": "8Gi"}), {"graph_uri": sized_graph}, Settings())
+    stated = resolve_spec(static_custom("graph", {"memory": "8Gi"}), {"graph_uri": sized_graph}, Settings(),
+                          "p/d")
     assert stated.memory == "8Gi"
     assert DataServiceTask(name="g", config={"replicas": 2}) is not None
 
@@ -109,7 +110,8 @@ def test_a_stated_memory_below_the_need_is_refused_with_the_number(sized_graph: 
 
     need = sizing.memory_mib(read_info(sized_graph), 1)
     with pytest.raises(ValueError) as err:
-        resolve_spec(static_custom("graph", {"memory": "64Mi"}), {"graph_uri": sized_graph}, Settings())
+        resolve_spec(static_custom("graph", {"memory": "64Mi"}), {"graph_uri": sized_graph}, Settings(),
+                     "p/d")
     assert str(err.value) == (f"memory: 64Mi per server is below the {need}Mi a server needs to hold its "
                               f"partitions of {sized_graph} with 1 replica(s); set memory to at least "
                               f"{need}Mi, add replicas, or leave memory unset to size it from the graph")

@@ -6,7 +6,7 @@ kube-scheduler (binds them) and kwok (simulated nodes whose pods turn Running an
 no containers). The binaries come from `make tools` (.tools/, pinned in tools/); the CRDs are the
 upstream files vendored in infra/crds/.
 
-Without the tools a test using this skips with "run `make tools`"; under `make test`
+Without the tools a test marked `needs_tools` skips with "run `make tools`"; under `make test`
 (GRAPHFLEET_REQUIRE_TOOLS=1) a missing tool fails instead, so CI can never pass by skipping.
 """
 
@@ -45,17 +45,23 @@ def tool(name: str) -> Path:
     return TOOLS_BIN / name
 
 
-def require_tools(*names: str) -> None:
-    """Skip (plain pytest) or fail (`make test`) when a tool is missing from .tools/."""
+def _missing_tools_reason(names: tuple[str, ...]) -> str:
     missing = [n for n in names if not tool(n).exists()]
-    if missing:
-        skip_or_fail(f"missing {', '.join(missing)} in {TOOLS_BIN}: run `make tools`")
+    return f"missing {', '.join(missing)} in {TOOLS_BIN}: run `make tools`" if missing else ""
 
 
-def skip_or_fail(message: str) -> None:
-    if os.environ.get(REQUIRE_TOOLS_ENV):
-        pytest.fail(message + f" ({REQUIRE_TOOLS_ENV} is set: `make test` provides it)")
-    pytest.skip(message)
+def needs_tools(*names: str) -> pytest.MarkDecorator:
+    """Skip, with the reason, a test whose tools are missing, except under `make test`
+    (GRAPHFLEET_REQUIRE_TOOLS=1): there the test runs and `require_tools` fails it."""
+    reason = _missing_tools_reason(names)
+    return pytest.mark.skipif(bool(reason) and not os.environ.get(REQUIRE_TOOLS_ENV), reason=reason or "-")
+
+
+def require_tools(*names: str) -> None:
+    """Fail when a tool is missing; outside `make test` the `needs_tools` marker skipped first."""
+    reason = _missing_tools_reason(names)
+    if reason:
+        pytest.fail(reason + f" ({REQUIRE_TOOLS_ENV} is set: `make test` provides it)")
 
 
 def free_port() -> int:

@@ -25,7 +25,7 @@ import pytest
 from pulumi import automation as auto
 
 from tests import fake_pulumi
-from tests.control_plane import REPO, require_tools
+from tests.control_plane import REPO, needs_tools, require_tools
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ class Cli:
         return auto.create_stack(name, PROJECT, program, opts=self.workspace_options())
 
 
-@pytest.fixture(params=["fake", "real"])
+@pytest.fixture(params=["fake", pytest.param("real", marks=needs_tools("pulumi"))])
 def cli(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cli]:
     if request.param == "real":
         require_tools("pulumi")
@@ -142,8 +142,6 @@ def test_a_killed_up_leaves_its_lock_until_cancel(cli: Cli, tmp_path: Path) -> N
 def _stack_init_as_unknown_uid(pulumi: Path, user: str | None) -> subprocess.CompletedProcess[str]:
     """`stack init` run as a uid with no passwd entry (as in an image without one), with or without
     `$USER`. Needs root to switch uid, as CI and these machines have."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("switching to a uid with no passwd entry needs root and setpriv")
     work = Path(tempfile.mkdtemp(prefix="graphfleet-uid-"))  # /tmp/pytest-of-root is private to root
     try:
         for d in ("backend", "home", "project"):
@@ -161,6 +159,9 @@ def _stack_init_as_unknown_uid(pulumi: Path, user: str | None) -> subprocess.Com
         shutil.rmtree(work, ignore_errors=True)
 
 
+@needs_tools("pulumi")
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="switching to a uid with no passwd entry needs root and setpriv")
 def test_the_real_backend_lock_needs_a_user_name() -> None:
     # Release builds (no cgo) resolve the user in pure Go: /etc/passwd, else $USER, else an error,
     # on every `stack init`/`up`/`destroy`. Real CLI only: the fake cannot run as another uid here

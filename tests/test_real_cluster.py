@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.control_plane import ControlPlane
+from tests.control_plane import CONTROL_PLANE_TOOLS, ControlPlane, needs_tools
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, needs_tools(*CONTROL_PLANE_TOOLS)]
 
 STACKS = ("ltx1", "lva1")
 # Applied first: what later objects live in or refer to.

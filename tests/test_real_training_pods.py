@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from tests.control_plane import ControlPlane
+from tests.control_plane import CONTROL_PLANE_TOOLS, ControlPlane, needs_tools
 from tests.test_gnn_training import FLEET_CLIENTS, serialize_tasks
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, needs_tools(*CONTROL_PLANE_TOOLS)]
 
 
 @pytest.mark.parametrize("trainer", ["local", "pytorchjob"])

@@ -66,7 +66,7 @@ from flyte_agent.provisioner import (
     workflow_execution,
 )
 from flyte_agent.settings import Settings, make_provisioner
-from flyte_agent.shared_fleets import SharedFleets, shared_provision
+from flyte_agent.shared_fleets import SharedFleets, shared_fleets, shared_provision
 from graph_engine import health, sizing, store
 from infra.names import STATEFULSET_NAME_MAX, name_hash
 from infra.quantity import parse_memory
@@ -274,8 +274,8 @@ class _Backend:
             if self._made is None:
                 settings = Settings.from_env()
                 provisioner = make_provisioner(settings)
-                if settings.backend == "local":
-                    self._shares = SharedFleets(settings.state_dir, provisioner)
+                self._shares = shared_fleets(settings, provisioner)
+                if self._shares is not None:
                     threading.Thread(target=_sweep_shares, args=(self._shares,), name="graphfleet-leases",
                                      daemon=True).start()
                 shares = self._shares
@@ -515,7 +515,7 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
                 elif shares is not None and shares.is_shared(service):
                     outcome = self._release_lease(shares, service, resource_meta.caller)
                 else:
-                    provisioner.delete(check_fleet_name(service), resource_meta.owner)
+                    provisioner.delete(service, resource_meta.owner)
                     outcome = f"{service}: released"
         except DestroyInProgress as err:  # get() is polled: a later one sees the outcome
             return Resource(phase=TaskExecution.RUNNING, message=str(err))
@@ -581,6 +581,7 @@ def fleet_links(settings: Settings, provision: Provision, status: Status) -> lis
     return links
 
 
+@functools.cache  # a pod's namespace never changes; GetTask would read the file on every poll
 def _own_namespace() -> str:
     """The connector pod's namespace: the downward API's POD_NAMESPACE, else the service account's."""
     try:

@@ -13,7 +13,7 @@ from typing import Any
 from flyte_agent import connector
 from flyte_agent.provisioner import FleetInfo
 from flyte_agent.settings import Settings, make_provisioner
-from flyte_agent.shared_fleets import SharedFleets
+from flyte_agent.shared_fleets import shared_fleets
 
 COLUMNS = ("NAME", "OWNER", "EXECUTION/LEASES", "PHASE", "AGE", "EXPIRES IN", "REPLICAS", "ENDPOINTS")
 
@@ -21,7 +21,7 @@ COLUMNS = ("NAME", "OWNER", "EXECUTION/LEASES", "PHASE", "AGE", "EXPIRES IN", "R
 def listing(settings: Settings) -> list[FleetInfo]:
     """Every live fleet of the backend `settings` name; no sweep or reconciler is started for it."""
     provisioner = make_provisioner(settings.model_copy(update={"gc_interval_seconds": 0}))
-    shares = SharedFleets(settings.state_dir, provisioner) if settings.backend == "local" else None
+    shares = shared_fleets(settings, provisioner)
     try:
         return sorted(connector.listing(provisioner, shares), key=lambda f: (f.owner, f.name))
     finally:

@@ -19,13 +19,16 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flyte_agent import leases
 from flyte_agent.files import locked, write_json
 from flyte_agent.provisioner import FleetInfo, Provision, Provisioner
 from flyte_agent.provisioner import workflow_execution as workflow_execution_of
 from infra.spec import TTL_MAX_SECONDS, DataServiceSpec
+
+if TYPE_CHECKING:
+    from flyte_agent.settings import Settings
 
 
 def shared_provision(name: str, owner: str, share: str, spec: DataServiceSpec, created_at: float
@@ -136,3 +139,8 @@ class SharedFleets:
 
     def _locked(self, name: str) -> contextlib.AbstractContextManager[None]:
         return locked(self.root / f".{name}.lock")
+
+
+def shared_fleets(settings: Settings, provisioner: Provisioner) -> SharedFleets | None:
+    """The backend's shared fleets: leases live in the local state dir; the Pulumi backend refuses `share`."""
+    return SharedFleets(settings.state_dir, provisioner) if settings.backend == "local" else None

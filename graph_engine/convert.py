@@ -29,11 +29,6 @@ from graph_engine.datasets import Graph
 from graph_engine.store import INFO, META, canonical_uri, filesystem, is_s3, local_path, s3_endpoint
 from graph_engine.tables import EdgeBatch, NodeBatch, Origin, TableError
 
-# The store's float features and edge type (docs/design.md); graph_engine/binary.py writes them.
-FEATURES_ID = 0
-LABEL_ID = 1
-EDGE_TYPE = 0
-
 
 class _Inline(Executor):
     """Runs each call in this process: one worker, or graphs too small for a pool's start-up."""

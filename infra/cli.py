@@ -23,8 +23,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from infra.config import GPU_RESOURCE, ConfigError, load_stack_config, stack_name, stack_path
-from infra.policy import KUBELET_TAINTS
+from infra.config import GPU_RESOURCE, KUBELET_TAINTS, ConfigError, load_stack_config, stack_name, stack_path
 from infra.stack_diff import StackObject, diff_stacks, markdown_report, summary, text_report
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_CONFIG, EXIT_DESTRUCTIVE = 0, 1, 2, 3
@@ -48,7 +47,7 @@ def render_objects(stack: str) -> tuple[str, list[StackObject], dict[str, Any]]:
     objects = [StackObject(urn=r.urn.split("::", 2)[2], type=r.type, manifest=r.inputs)
                for r in rendered.resources if r.is_kubernetes_object]
     # Sorted: registration order varies from run to run, a review should not.
-    return name, sorted(objects, key=lambda o: key_of(o.manifest)), rendered.outputs
+    return name, sorted(objects, key=lambda o: o.key), rendered.outputs
 
 
 def render_stack(stack: str) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
@@ -56,11 +55,6 @@ def render_stack(stack: str) -> tuple[str, list[dict[str, Any]], dict[str, Any]]
     name, objects, outputs = render_objects(stack)
     return name, [dict(o.manifest) for o in objects], outputs
 
-
-def key_of(manifest: Manifest) -> str:
-    meta = manifest.get("metadata") or {}
-    namespace = meta.get("namespace")
-    return f"{manifest.get('kind')}/{namespace + '/' if namespace else ''}{meta.get('name')}"
 
 
 def _pod(manifest: Manifest) -> Mapping[str, Any]:

@@ -36,6 +36,9 @@ KUBE_CONTEXT = "kubernetes:context"
 GPU_RESOURCE = "nvidia.com/gpu"
 # Node label every GPU pool's nodes carry; training pods select on it.
 POOL_LABEL = "graphfleet.io/gpu-pool"
+# On a static GPU node: the taints its kubelet registers with (--register-with-taints;
+# `key=value:effect`, comma-separated), for plan and policy.
+KUBELET_TAINTS = "graphfleet.io/kubelet-taints"
 # Our own label: GPU feature discovery owns nvidia.com/gpu.product and would overwrite it.
 GPU_MODEL_LABEL = "graphfleet.io/gpu-model"
 

@@ -29,7 +29,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import names
-from infra.config import GPU_MODEL_LABEL, GPU_RESOURCE, POOL_LABEL, GpuPool, TeamQuota
+from infra.config import GPU_MODEL_LABEL, GPU_RESOURCE, KUBELET_TAINTS, POOL_LABEL, GpuPool, TeamQuota
 
 TYPE_TOKEN = "graphfleet:gpu:GpuNodePool"
 KUEUE_API = "kueue.x-k8s.io/v1beta1"
@@ -38,8 +38,6 @@ EC2_NODE_CLASS = {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass"}
 # Karpenter replaces nodes this old, so drivers and AMIs do not drift for months.
 NODE_EXPIRY = "720h"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-# On a static pool's Node: the taints its kubelet registers with (`key=value:effect`, comma-separated).
-EXPECTED_TAINTS_ANNOTATION = "graphfleet.io/kubelet-taints"
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,7 @@ def node_patch_manifests(pool: GpuPool) -> list[dict[str, Any]]:
     return [{
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": node, "labels": node_labels(pool),
-                     "annotations": {EXPECTED_TAINTS_ANNOTATION: ",".join(kubelet_taints(pool))}},
+                     "annotations": {KUBELET_TAINTS: ",".join(kubelet_taints(pool))}},
     } for node in pool.nodes or []]
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from infra.config import GPU_RESOURCE, POOL_LABEL
+from infra.config import GPU_RESOURCE, KUBELET_TAINTS, POOL_LABEL
 from infra.images import check_image
 from infra.spec import check_coverage
 
@@ -20,7 +20,6 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
 ALLOWLIST_ENV = "GRAPHFLEET_IMAGE_ALLOWLIST"
 GRAPH_SERVER_MODULE = "graph_engine.server"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-KUBELET_TAINTS = "graphfleet.io/kubelet-taints"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from tests.test_graph_server import ring_graph
 
 
 def test_a_share_is_named_for_its_project_and_domain_only() -> None:
-    assert leases.fleet_name("p", "dev", "sweep") == leases.fleet_name("p", "dev", "sweep")
+    assert leases.fleet_name("p", "dev", "sweep") == leases.fleet_name("p", "dev", "sweep")  # deterministic
+    assert leases.fleet_name("p", "dev", "sweep") != leases.fleet_name("q", "dev", "sweep")
     assert leases.fleet_name("p", "dev", "sweep") != leases.fleet_name("p", "prod", "sweep")
     assert leases.fleet_name("p", "dev", "sweep").startswith("gf-share-sweep-")
 

@@ -30,8 +30,8 @@ def manifest(sizes: dict[int, int]) -> dict[str, object]:
 def test_each_server_needs_the_partitions_it_loads_plus_its_own_footprint() -> None:
     m = manifest({0: 100 * MIB, 1: 300 * MIB, 2: 50 * MIB, 3: 10 * MIB})
     assert sizing.server_bytes(m, 2) == [150 * MIB, 310 * MIB]  # ordinal 0: 0 and 2; ordinal 1: 1 and 3
-    assert sizing.memory_mib(m, 2) == 160 + 465
-    assert sizing.memory_mib(m, 4) == 160 + 450
+    assert sizing.memory_mib(m, 2) == 160 + 2 * 310  # the larger server: overhead + 2x its partitions
+    assert sizing.memory_mib(m, 4) == 160 + 2 * 300
     assert sizing.scratch_mib(m, 1) == 256 + 460
     assert not sizing.has_sizes({"partitions": 2})
 
@@ -100,7 +100,9 @@ def test_the_connector_sizes_unset_memory_and_scratch_from_the_graph(sized_graph
     stated = resolve_spec(static_custom("graph", {"memory": "8Gi"}), {"graph_uri": sized_graph}, Settings(),
                           "p/d")
     assert stated.memory == "8Gi"
-    assert DataServiceTask(name="g", config={"replicas": 2}) is not None
+    # A task that states no memory leaves it out of its template, for the connector to size.
+    task = DataServiceTask(name="g", config={"replicas": 2})
+    assert "memory" not in task.task_config and "scratch_size" not in task.task_config
 
 
 def test_a_stated_memory_below_the_need_is_refused_with_the_number(sized_graph: str) -> None:

@@ -28,7 +28,7 @@ from infra.config import ConnectorConfig, ObjectStore, Placement, parse_duration
 from infra.graph_service import ENGINE_SERVICE_ACCOUNT
 from infra.image_contract import CONNECTOR_UID, CONNECTOR_USER, IMAGE_PULUMI_HOME
 from infra.images import check_image
-from infra.pod_security import container_security_context, pod_security_context
+from infra.pod_security import container_security_context, pod_security_context, secret_file
 from infra.spec import CLIENT_LABEL
 
 TYPE_TOKEN = "graphfleet:connector:FlyteConnector"
@@ -199,10 +199,9 @@ def passphrase_volumes(args: FlyteConnectorArgs) -> tuple[list[dict[str, Any]], 
     ref = args.config.secrets.passphrase
     if ref is None:
         return [], []
-    # 0440: readable by the pod's fsGroup (the container's gid), nobody else.
-    volume = {"name": PASSPHRASE_VOLUME, "secret": {
-        "secretName": ref.name, "items": [{"key": ref.key, "path": PASSPHRASE_FILE}], "defaultMode": 0o440}}
-    return [volume], [{"name": PASSPHRASE_VOLUME, "mountPath": PASSPHRASE_DIR, "readOnly": True}]
+    volume, mount = secret_file(PASSPHRASE_VOLUME, ref.name, PASSPHRASE_DIR,
+                                [{"key": ref.key, "path": PASSPHRASE_FILE}])
+    return [volume], [mount]
 
 
 def runtime_env() -> list[dict[str, Any]]:
@@ -237,8 +236,7 @@ def deployment_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
     # The kubelet's gRPC probe speaks plaintext only: with TLS, probe the port's TCP accept instead.
     check = {"tcpSocket": {"port": GRPC_PORT}} if config.tls_secret else {"grpc": {"port": GRPC_PORT}}
     grpc_probe = {**check, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3}
-    tls_volumes = ([{"name": "tls", "secret": {"secretName": config.tls_secret, "defaultMode": 0o440}}]
-                   if config.tls_secret else [])
+    tls = [secret_file("tls", config.tls_secret, TLS_DIR)] if config.tls_secret else []
     container: dict[str, Any] = {
         "name": CONNECTOR_CONTAINER,
         "image": config.image,
@@ -255,7 +253,7 @@ def deployment_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": "work", "mountPath": WORK_DIR}, *passphrase_mount,
                          *object_store.volume_mounts(args.object_store),
-                         *({"name": v["name"], "mountPath": TLS_DIR, "readOnly": True} for v in tls_volumes)],
+                         *(mount for _, mount in tls)],
     }
     if env_from:
         container["envFrom"] = env_from
@@ -275,7 +273,7 @@ def deployment_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
                 # A `pulumi up` in flight is bounded by the provisioner; give it time to stop cleanly.
                 "terminationGracePeriodSeconds": 60,
                 "volumes": [{"name": "work", "emptyDir": {"sizeLimit": "4Gi"}}, *passphrase_volume,
-                            *object_store.volumes(args.object_store), *tls_volumes],
+                            *object_store.volumes(args.object_store), *(volume for volume, _ in tls)],
                 "topologySpreadConstraints": [{
                     "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
                     "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": selector()},

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.config import ObjectStore
+from infra.config import ObjectStore, SecretKeyRef
+from infra.pod_security import secret_file
 
 CREDENTIALS_VOLUME = "object-store-credentials"
 CREDENTIALS_DIR = "/var/run/secrets/graphfleet/object-store"
@@ -35,15 +36,13 @@ def env(store: ObjectStore) -> list[dict[str, Any]]:
 
 
 def volumes(store: ObjectStore) -> list[dict[str, Any]]:
-    if store.credentials is None:
-        return []
-    ref = store.credentials
-    # 0440: readable by the pod's fsGroup (the container's gid), nobody else.
-    return [{"name": CREDENTIALS_VOLUME, "secret": {
-        "secretName": ref.name, "items": [{"key": ref.key, "path": CREDENTIALS_FILE}], "defaultMode": 0o440}}]
+    return [_secret_file(store.credentials)[0]] if store.credentials is not None else []
 
 
 def volume_mounts(store: ObjectStore) -> list[dict[str, Any]]:
-    if store.credentials is None:
-        return []
-    return [{"name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_DIR, "readOnly": True}]
+    return [_secret_file(store.credentials)[1]] if store.credentials is not None else []
+
+
+def _secret_file(ref: SecretKeyRef) -> tuple[dict[str, Any], dict[str, Any]]:
+    return secret_file(CREDENTIALS_VOLUME, ref.name, CREDENTIALS_DIR,
+                       [{"key": ref.key, "path": CREDENTIALS_FILE}])

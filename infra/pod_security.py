@@ -20,3 +20,14 @@ def container_security_context() -> dict[str, Any]:
         "runAsNonRoot": True,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+
+
+def secret_file(volume: str, secret: str, mount_path: str, items: list[dict[str, str]] | None = None
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volume, volumeMount) of a Secret mounted read-only as files. Mode 0440 with the pod's fsGroup:
+    the kubelet gives a Secret volume's files the fsGroup as their group, so the container's gid reads
+    them and other uids do not (docs/external-contracts.md, Kubernetes: Secret files and fsGroup)."""
+    source: dict[str, Any] = {"secretName": secret, "defaultMode": 0o440}
+    if items is not None:
+        source["items"] = items
+    return ({"name": volume, "secret": source}, {"name": volume, "mountPath": mount_path, "readOnly": True})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from infra.config import StackConfig
 from infra.gpu_pool import KARPENTER_API, KUEUE_API
@@ -82,15 +83,25 @@ def missing(config: StackConfig, served: Mapping[str, Iterable[str]], namespaces
     return problems
 
 
+def api_client(context: str, kubeconfig: str | None = None) -> Any:
+    """A client for kubeconfig `context`, found as the Pulumi provider finds it: in `kubeconfig`, else
+    in the merge of every file $KUBECONFIG lists, else ~/.kube/config. The kubernetes client's
+    KubeConfigMerger splits a path list itself (kubernetes/config/kube_config.py, 37.0.1), so the
+    whole list is passed, not its first file."""
+    import os
+
+    from kubernetes import config
+
+    return config.new_client_from_config(config_file=kubeconfig or os.environ.get("KUBECONFIG") or None,
+                                         context=context)
+
+
 def read_cluster(context: str, kubeconfig: str | None = None) -> tuple[dict[str, list[str]], list[str]]:
     """(CRD name -> served versions, namespace names) of the cluster behind kubeconfig `context`
     (in `kubeconfig`, else $KUBECONFIG or ~/.kube/config, as the Pulumi provider reads it)."""
-    import os
+    from kubernetes import client  # imported here: only a real `up` talks to a cluster
 
-    from kubernetes import client, config  # imported here: only a real `up` talks to a cluster
-
-    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
-    api = config.new_client_from_config(config_file=path, context=context)
+    api = api_client(context, kubeconfig)
     crds = client.ApiextensionsV1Api(api).list_custom_resource_definition()
     served = {str(c.metadata.name): [str(v.name) for v in c.spec.versions if v.served]  # type: ignore[union-attr]
               for c in crds.items}

@@ -43,3 +43,25 @@ def test_missing_crds_wrong_versions_and_namespaces_are_each_named() -> None:
         "namespace graphfleet-system does not exist: create it (and the Secrets the stack names) before the "
         "first `up` (docs/design.md, 'What the datacenter stack owns')",
     ]
+
+
+def test_the_context_is_found_in_any_file_kubeconfig_lists(tmp_path, monkeypatch) -> None:
+    """$KUBECONFIG is a path list that kubectl and the Pulumi provider merge; a context defined in its
+    second file must be found (reading only the first named a context 'not found')."""
+    import yaml
+
+    from infra.prerequisites import api_client
+
+    def kubeconfig(name: str, server: str):
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": name,
+            "clusters": [{"name": name, "cluster": {"server": server}}],
+            "users": [{"name": name, "user": {"token": "t"}}],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": name}}]}))
+        return str(path)
+
+    first = kubeconfig("other", "https://127.0.0.1:1")
+    second = kubeconfig("ltx1-admin", "https://127.0.0.1:2")
+    monkeypatch.setenv("KUBECONFIG", f"{first}:{second}")
+    assert api_client("ltx1-admin").configuration.host == "https://127.0.0.1:2"

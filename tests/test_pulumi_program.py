@@ -99,6 +99,26 @@ def test_connector_and_servers_read_graphs_from_the_same_store() -> None:
         assert "AWS_SECRET_ACCESS_KEY" not in yaml.safe_dump(manifest)
 
 
+def test_every_mounted_secret_file_is_readable_by_the_container_group_only() -> None:
+    """The kubelet chowns a Secret volume's files to the pod's fsGroup and keeps defaultMode's bits
+    (pkg/volume/volume_linux.go): 0440 plus fsGroup = the container's gid reads them, other uids
+    do not, and the non-root containers can still read their passphrase, TLS key and credentials."""
+    config = load_stack_config(stack_path("ltx1"))
+    rendered = render(lambda: program(config), stack="ltx1")
+    pods = [m["spec"]["template"]["spec"] for m in rendered.manifests()
+            if m.get("kind") in ("Deployment", "StatefulSet")] + [_fleet_pod(_connector_settings(config))]
+    checked = 0
+    for pod in pods:
+        for volume in (v for v in pod["volumes"] if "secret" in v):
+            assert volume["secret"]["defaultMode"] == 0o440, volume
+            context = pod["securityContext"]
+            for container in pod["containers"]:
+                gid = container.get("securityContext", {}).get("runAsGroup", context["runAsGroup"])
+                assert gid == context["fsGroup"], (volume["name"], container["name"])
+            checked += 1
+    assert checked >= 3  # the connector's passphrase and credentials, every server's credentials
+
+
 def test_workload_identity_reaches_both_service_accounts_and_every_fleet() -> None:
     config = load_stack_config(stack_path("lva1"))
     rendered = render(lambda: program(config), stack="lva1")

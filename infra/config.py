@@ -502,12 +502,20 @@ class StackConfig(BaseModel):
                     raise ValueError(f"sharedServices[{index}].spec.image ({service.name}): {exc}") from None
         return value
 
+    def stack_namespaces(self) -> list[str]:
+        """The namespaces this stack's own objects live in (one namespace may serve several roles)."""
+        ns = self.namespaces
+        return list(dict.fromkeys([ns.connector, ns.data_services, ns.shared_services, ns.training]))
+
+    def team_namespaces(self) -> list[str]:
+        """Every team's Flyte project-domain namespaces (Flyte creates them; they hold LocalQueues)."""
+        teams = (team for pool in self.gpu_pools for team in pool.teams)
+        return list(dict.fromkeys(n for team in teams for n in team.namespaces))
+
     def client_namespaces(self) -> list[str]:
         """Where pods that read graph fleets run: the connector (it health-checks fleets), the training
         namespace and every team's Flyte namespaces."""
-        ns = self.namespaces
-        teams = [n for pool in self.gpu_pools for team in pool.teams for n in team.namespaces]
-        return sorted({ns.connector, ns.training, *teams})
+        return sorted({self.namespaces.connector, self.namespaces.training, *self.team_namespaces()})
 
     def image_of(self, service: SharedService) -> str:
         return service.spec.image or self.graph_engine_image

@@ -69,7 +69,7 @@ def plan(config: StackConfig) -> DatacenterPlan:
     # Deterministic names: the connector is told them up front and never waits for a graph to load.
     shared_endpoints = {a.name: endpoints(FleetNames.of(a), a.spec.replicas, a.spec.port) for a in shared}
     return DatacenterPlan(
-        namespaces=list(dict.fromkeys([ns.connector, ns.data_services, ns.shared_services, ns.training])),
+        namespaces=config.stack_namespaces(),
         pools=[GpuNodePoolArgs(pool=p, training_namespace=ns.training, datacenter=config.datacenter.name)
                for p in config.gpu_pools],
         shared=shared,

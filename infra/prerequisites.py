@@ -57,10 +57,7 @@ def required_crds(config: StackConfig) -> list[Crd]:
 
 
 def required_namespaces(config: StackConfig) -> list[str]:
-    ns = config.namespaces
-    # Flyte's project-domain namespaces (Flyte creates them per project) hold the teams' LocalQueues.
-    teams = [n for pool in config.gpu_pools for team in pool.teams for n in team.namespaces]
-    return list(dict.fromkeys([ns.connector, ns.data_services, ns.shared_services, ns.training, *teams]))
+    return list(dict.fromkeys([*config.stack_namespaces(), *config.team_namespaces()]))
 
 
 def missing(config: StackConfig, served: Mapping[str, Iterable[str]], namespaces: Iterable[str]) -> list[str]:

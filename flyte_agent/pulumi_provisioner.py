@@ -4,8 +4,8 @@ The stack in the self-managed backend is the only record: its name comes from `P
 its tags carry owner, execution, expiry and the number of `up` attempts, its history says whether
 the last `up` succeeded, and its outputs carry the endpoints. So `status()` on any replica, after any
 restart, reads the stack and moves it toward "up succeeded": it starts an `up` when none ran, retries
-a failed one a bounded number of times, and clears a lock left by a dead process (`cancel`, then
-`refresh --clear-pending-creates`, then `up` again).
+a failed one a bounded number of times, and clears a lock whose holder is dead (that lock file only,
+never `cancel`: flyte_agent/replicas.py; then `refresh --clear-pending-creates`, then `up` again).
 
 The only in-memory state is which stacks this process's own workers are busy with (and which of
 those a release of an execution started), facts about this process, not about the fleets.
@@ -24,15 +24,12 @@ import json
 import logging
 import os
 import pkgutil
-import socket
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -60,6 +57,7 @@ from flyte_agent.provisioner import (
 )
 from flyte_agent.provisioner import workflow_execution as workflow_execution_of
 from flyte_agent.pulumi_cli import TimedPulumiCommand, cli_output, error_text
+from flyte_agent.replicas import Backend, Liveness
 from flyte_agent.settings import Settings
 from flyte_agent.worker_pool import DESTROY, UP, PriorityPool
 from infra.graph_service import GraphDataService, GraphDataServiceArgs, Placement, await_timeout_seconds
@@ -140,7 +138,7 @@ class PulumiProvisioner:
         self.settings = settings
         self._health = health or _default_health
         self._clock = clock
-        self._host = socket.gethostname()
+        self._liveness = Liveness(Backend(settings.backend_url), settings.heartbeat_seconds, clock)
         self._command = TimedPulumiCommand(settings.pulumi_command, settings.operation_timeout_seconds,
                                            settings.command_timeout_seconds)
         self._pool = PriorityPool(settings.max_concurrent_operations, name="pulumi")
@@ -379,6 +377,7 @@ class PulumiProvisioner:
     def close(self) -> None:
         """Stop the sweep thread and wait for running Pulumi operations."""
         self._stop.set()
+        self._liveness.stop()
         if self._sweeper is not None:
             self._sweeper.join(timeout=5)
         self._pool.close()
@@ -519,12 +518,11 @@ class PulumiProvisioner:
                 stack.set_tag(stack_record.TAG_ATTEMPTS, str(tried + 1))
                 try:
                     self._up(stack, tags)
-                except ConcurrentUpdateError as err:
+                except ConcurrentUpdateError:
                     # Not an attempt of ours: give it back, then see whether the holder is dead.
                     stack.set_tag(stack_record.TAG_ATTEMPTS, str(tried))
-                    if not self._stale(err, provision):
+                    if not self._clear_dead_locks(stack, provision):
                         return
-                    self._clear_stale_lock(stack, err)
                     stack.set_tag(stack_record.TAG_ATTEMPTS, str(tried + 1))
                     self._up(stack, tags)
         except CommandError as err:
@@ -541,18 +539,21 @@ class PulumiProvisioner:
         """Attempts are used up but the last one has no result: once nobody holds the lock, give up."""
         try:
             stack.refresh(clear_pending_creates=True, on_output=_debug)
-        except ConcurrentUpdateError as err:
-            if not self._stale(err, provision):
+        except ConcurrentUpdateError:
+            if not self._clear_dead_locks(stack, provision):
                 return  # the last attempt is still running on a live replica
-            self._clear_stale_lock(stack, err)
             stack.set_tag(stack_record.TAG_LAST_ERROR, stack_record.clip(
                 "the process running the last pulumi up died mid-update (connector killed or evicted)"))
         stack.set_tag(stack_record.TAG_GAVE_UP, "true")
 
-    def _clear_stale_lock(self, stack: auto.Stack, err: CommandError) -> None:
-        log.warning("stack %s: clearing a stale lock (%s)", stack.name, error_text(err))
-        stack.cancel()
+    def _clear_dead_locks(self, stack: auto.Stack, provision: Provision | None) -> bool:
+        """Remove the lock files of dead holders (never `cancel`, which removes live ones too) and the
+        pending creates their operations left; False while a live holder keeps the stack locked."""
+        if not self._liveness.break_dead_locks(stack_record.PROJECT, stack.name,
+                                               self._operation_timeout(provision)):
+            return False
         stack.refresh(clear_pending_creates=True, on_output=_debug)
+        return True
 
     def _up(self, stack: auto.Stack, tags: Mapping[str, str]) -> None:
         try:
@@ -652,18 +653,6 @@ class PulumiProvisioner:
             stack.set_tag(key, value)
         return stack
 
-    def _stale(self, err: CommandError, provision: Provision | None) -> bool:
-        lock = stack_record.parse_lock(cli_output(err))
-        age = None
-        if lock is not None:
-            try:
-                created = datetime.fromisoformat(lock.created)
-                age = self._clock() - created.astimezone(UTC).timestamp()
-            except ValueError:
-                age = None
-        return stack_record.lock_is_stale(lock, self._host, _pid_alive, age,
-                                          self._operation_timeout(provision))
-
     def _operation_timeout(self, provision: Provision | None) -> float:
         """How long an `up` may run: at least pulumi-kubernetes' wait for this fleet, plus a margin."""
         if provision is None:
@@ -676,11 +665,9 @@ class PulumiProvisioner:
         first. Any other failure raises."""
         try:
             stack.destroy(on_output=_debug, on_error=_debug)
-        except ConcurrentUpdateError as err:
-            if not self._stale(err, provision):
+        except ConcurrentUpdateError:
+            if not self._clear_dead_locks(stack, provision):
                 raise
-            stack.cancel()
-            stack.refresh(clear_pending_creates=True, on_output=_debug)
             stack.destroy(on_output=_debug, on_error=_debug)
         if remove:
             stack.workspace.remove_stack(stack.name)
@@ -750,21 +737,6 @@ class _UnselectedWorkspace(auto.LocalWorkspace):
 
     def select_stack(self, stack_name: str) -> None:
         pass
-
-
-def _pid_alive(pid: int) -> bool:
-    """A running process (a zombie, dead but not yet reaped, counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _no_program() -> None:

@@ -96,6 +96,10 @@ class Settings(BaseModel):
         description="how long a GetTask waits (for a status read or a teardown) before answering RUNNING; "
                     "keep it under Propeller's GetTask deadline (10 s by default)")
     gc_interval_seconds: float = Field(300.0, ge=0, description="expiry sweep period; 0 disables it")
+    heartbeat_seconds: float = Field(
+        10.0, gt=0, le=300,
+        description="how often a replica writes its heartbeat to the backend; another replica breaks "
+                    "its stack locks once 4 beats are missed (flyte_agent.replicas)")
     check_endpoints: bool = Field(True, description="health-check endpoints before reporting READY")
     # Every fleet's pods (the Datacenter sets these from the stack, like its shared services).
     node_selector: dict[str, str] = Field(default_factory=dict, description="graph-engine node selector")

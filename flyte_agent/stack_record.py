@@ -10,7 +10,7 @@ after any restart reaches the same decision.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from infra.names import shorten
@@ -118,18 +118,3 @@ def parse_lock(error_text: str) -> Lock | None:
     if match is None:
         return None
     return Lock(host=match["host"], pid=int(match["pid"]), created=match["when"])
-
-
-def lock_is_stale(lock: Lock | None, this_host: str, pid_alive: Callable[[int], bool],
-                  age_seconds: float | None, max_operation_seconds: float) -> bool:
-    """A lock nobody will ever release.
-
-    On this host, a lock whose CLI process is gone is stale at once. A lock from another host is
-    stale once it is older than the longest operation any replica allows (every replica kills its CLI
-    at that bound), so a live replica's update is never cancelled.
-    """
-    if lock is None:
-        return False
-    if lock.host == this_host:
-        return not pid_alive(lock.pid)
-    return age_seconds is not None and age_seconds > max_operation_seconds

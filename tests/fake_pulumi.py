@@ -5,10 +5,13 @@ provisioner's `TimedPulumiCommand` starts, times out and kills it like the real 
 processes (two connector replicas, or a connector and its successor) share one backend.
 
 State lives under the `file://` directory of `PULUMI_BACKEND_URL`, in `fake/state.json`, guarded by
-an flock: per stack its tags, history (newest last), resources, pending operations, outputs and the
-lock (`{user, host, pid, time}`) that `up`/`destroy`/`refresh` hold while running. A process that
-dies while holding it leaves it behind, exactly like the DIY backend, and the conflict error has
-the real CLI's wording (so the Automation API raises `ConcurrentUpdateError`).
+an flock: per stack its tags, history (newest last), resources, pending operations and outputs.
+Stack locks are the real backend's files (pulumi pkg/backend/diy/lock.go, v3.274.0): `up`, `destroy`,
+`refresh` and `stack rm` write `.pulumi/locks/organization/<project>/<stack>/<uuid>.json` =
+`{pid, username, hostname, timestamp}` (hostname is the process's, os.Hostname()) and delete it when they
+end; any other file in that folder refuses the lock, with the real CLI's wording (so the Automation API
+raises `ConcurrentUpdateError`). A process that dies while holding one leaves it behind, and `cancel`
+deletes every file in the folder, whoever wrote it (backend.go CancelCurrentUpdate).
 
 `up` with `--client=ADDR` runs the inline program for real: like the CLI, it serves a resource
 monitor and an engine over gRPC and calls the Automation API's language host at ADDR. The monitor
@@ -28,6 +31,8 @@ see `Cancelled`) or killed, like an `up` waiting for a StatefulSet that never be
 does the same but ignores SIGINT/SIGTERM (only SIGKILL ends it), which leaves a stale lock.
 `sleep:<seconds>;<fault>` holds the stack's lock that long first, like a destroy waiting for pods to
 terminate (`sleep:5;ok`, `sleep:5;fail:...`).
+`until:<path>;<fault>` holds it until the file `path` exists (at most 120 s), so a test decides when
+the operation ends instead of racing a delay against its own polling.
 """
 
 from __future__ import annotations
@@ -35,10 +40,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pwd
 import signal
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
@@ -110,11 +117,16 @@ class Backend:
             return data
 
     def next_fault(self, stack: str, op: str) -> str:
-        """The op's next scripted fault, after its scripted delay (`sleep:<seconds>;`) has passed."""
+        """The op's next scripted fault, after its scripted delay (`sleep:` or `until:`) has passed."""
         fault = self._pop_fault(stack, op)
         if fault.startswith("sleep:"):
             seconds, _, fault = fault.removeprefix("sleep:").partition(";")
             time.sleep(float(seconds))
+        elif fault.startswith("until:"):
+            gate, _, fault = fault.removeprefix("until:").partition(";")
+            deadline = time.monotonic() + 120
+            while not Path(gate).exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
         return fault or "ok"
 
     def _pop_fault(self, stack: str, op: str) -> str:
@@ -203,17 +215,35 @@ def _get(data: dict[str, Any], name: str) -> dict[str, Any]:
     return stack
 
 
-def _conflict(name: str, lock: dict[str, Any]) -> CliError:
+PROJECT = "graphfleet-fleets"  # the Automation API's project (flyte_agent.stack_record.PROJECT)
+
+
+def lock_dir(backend_url: str, stack: str) -> Path:
+    """Where the self-managed backend keeps a stack's lock files (pulumi pkg/backend/diy/lock.go
+    stackLockDir: `.pulumi/locks/` + the stack's fully qualified name, v3.274.0)."""
+    return Path(backend_url.removeprefix("file://")) / ".pulumi" / "locks" / "organization" / PROJECT / stack
+
+
+def locks(backend_url: str, stack: str) -> list[dict[str, Any]]:
+    """The stack's lock files' contents, each with its `path`."""
+    folder = lock_dir(backend_url, stack)
+    return [{**json.loads(f.read_text()), "path": str(f)} for f in sorted(folder.glob("*.json"))]
+
+
+def _conflict(backend_url: str, name: str, held: list[dict[str, Any]]) -> CliError:
+    """diy/lock.go checkForLock's error, one line per lock file (v3.274.0)."""
+    lines = [f"\n  file://{lock['path']}: created by {lock['username']}@{lock['hostname']} "
+             f"(pid {lock['pid']}) at {lock['timestamp'][:19]}Z" for lock in held]
     return CliError(
-        "the stack is currently locked by 1 lock(s). Either wait for the other process(es) to end or "
-        "delete the lock file with `pulumi cancel`.\n"
-        f"  file://.pulumi/locks/organization/graphfleet/{name}/{lock['id']}.json: created by "
-        f"{lock['user']}@{lock['host']} (pid {lock['pid']}) at {lock['time']}")
+        f"the stack is currently locked by {len(held)} lock(s). Either wait for the other process(es) to "
+        "end or delete the lock file with `pulumi cancel`." + "".join(lines))
 
 
 class Cli:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, backend_url: str) -> None:
         self.backend = backend
+        self.url = backend_url
+        self.lock_id = str(uuid.uuid4())  # one per CLI process, like the diy backend's lockID
 
     def run(self, args: list[str]) -> str:
         words = [a for a in args if not a.startswith("-")]
@@ -246,7 +276,9 @@ class Cli:
             return self.locked_op(_stack_of(args), "refresh", lambda s, _: self._refreshed(s, clear))
         if head == ["cancel"]:
             with self.backend.state() as data:
-                _get(data, _stack_of(args))["lock"] = None
+                _get(data, _stack_of(args))
+                for lock in locks(self.url, _stack_of(args)):  # every lock file, whoever holds it
+                    Path(lock["path"]).unlink(missing_ok=True)
             return "The currently running update has been canceled!"
         raise CliError(f"the fake pulumi does not implement {' '.join(args)!r}; add it to fake_pulumi.py")
 
@@ -261,7 +293,7 @@ class Cli:
             if name in data["stacks"]:
                 raise CliError(f"stack '{name}' already exists")
             data["stacks"][name] = {"tags": {}, "history": [], "resources": [], "pending": [],
-                                    "outputs": {}, "lock": None, "secretsProvider": provider}
+                                    "outputs": {}, "secretsProvider": provider}
         # Like the CLI, the stack's settings go to Pulumi.<stack>.yaml beside the project's Pulumi.yaml
         # (the Automation API's work dir), not to the backend.
         project = Path("Pulumi.yaml")
@@ -291,7 +323,7 @@ class Cli:
             rows = []
             for name, stack in sorted(data["stacks"].items()):
                 row = {"name": f"organization/graphfleet-fleets/{name}", "current": False,
-                       "updateInProgress": stack["lock"] is not None,
+                       "updateInProgress": bool(locks(self.url, name)),
                        "resourceCount": len(stack["resources"])}
                 if stack["history"]:
                     row["lastUpdate"] = stack["history"][-1]["startTime"]
@@ -304,8 +336,9 @@ class Cli:
             if stack["resources"] and not force:
                 raise CliError(f"'{name}' still has resources; removal rejected. Possible actions:\n"
                                "- Make sure that 'pulumi destroy' has run successfully")
-            if stack["lock"] is not None:
-                raise _conflict(name, stack["lock"])
+            # RemoveStack takes the stack's lock first (diy/backend.go, v3.274.0).
+            if locks(self.url, name):
+                raise _conflict(self.url, name, locks(self.url, name))
             del data["stacks"][name]
         return f"Stack '{name}' has been removed!"
 
@@ -345,13 +378,18 @@ class Cli:
         return json.dumps(entries[: int(page_size)] if page_size else entries)
 
     def _begin(self, name: str, kind: str) -> None:
-        """Take the stack's lock, or fail on a held lock."""
+        """Take the stack's lock, or fail on a held lock. diy/lock.go Lock() checks for other lock
+        files, writes its own and checks again; the state's flock makes those three steps one here."""
         with self.backend.state() as data:
             stack = _get(data, name)
-            if stack["lock"] is not None:
-                raise _conflict(name, stack["lock"])
-            stack["lock"] = {"id": f"{os.getpid()}-{time.time_ns()}", "user": "graphfleet",
-                             "host": socket.gethostname(), "pid": os.getpid(), "time": _now()}
+            held = locks(self.url, name)
+            if held:
+                raise _conflict(self.url, name, held)
+            mine = lock_dir(self.url, name) / f"{self.lock_id}.json"
+            mine.parent.mkdir(parents=True, exist_ok=True)
+            mine.write_text(json.dumps({"pid": os.getpid(), "username": pwd.getpwuid(os.getuid()).pw_name,
+                                        "hostname": socket.gethostname(),
+                                        "timestamp": datetime.now(UTC).isoformat()}))
             stack["running"] = {"kind": kind, "startTime": _now(), "message": "", "environment": {},
                                 "config": {}, "version": len(stack["history"]) + 1}
             self.backend.log_event("lock", name)
@@ -364,7 +402,7 @@ class Cli:
             # Like the DIY backend, history records an operation only when it ends.
             entry = stack.pop("running")
             stack["history"].append({**entry, "result": "succeeded" if ok else "failed", "endTime": _now()})
-            stack["lock"] = None
+            (lock_dir(self.url, name) / f"{self.lock_id}.json").unlink(missing_ok=True)
             self.backend.log_event("unlock", name)
 
     def locked_op(self, name: str, kind: str, change: Any) -> str:
@@ -577,7 +615,7 @@ def main(argv: list[str]) -> int:
             return 0
         backend = Backend(state_dir(os.environ.get("PULUMI_BACKEND_URL", "")))
         backend.log_call(args)
-        out = Cli(backend).run(args)
+        out = Cli(backend, os.environ.get("PULUMI_BACKEND_URL", "")).run(args)
     except CliError as err:
         print(f"error: {err}", file=sys.stderr)
         return _EXIT_ERROR

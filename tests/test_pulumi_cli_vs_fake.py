@@ -9,9 +9,11 @@ the provider, so they are the real CLI's behaviour.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,7 @@ import pulumi
 import pytest
 from pulumi import automation as auto
 
+from flyte_agent.replicas import Backend
 from tests import fake_pulumi
 from tests.control_plane import REPO, needs_tools, require_tools
 
@@ -128,13 +131,24 @@ def test_a_killed_up_leaves_its_lock_until_cancel(cli: Cli, tmp_path: Path) -> N
         # A live `up` holds the lock: a second one is refused, as a concurrent update.
         with pytest.raises(auto.ConcurrentUpdateError):
             stack.up()
+        # The lock is one file per CLI process, `.pulumi/locks/organization/<project>/<stack>/<uuid>.json`
+        # with the holder's pid, user, host and time (pulumi pkg/backend/diy/lock.go, v3.274.0), and
+        # flyte_agent.replicas reads it as the CLI wrote it.
+        backend = Backend(cli.env["PULUMI_BACKEND_URL"])
+        [held] = backend.lock_files(PROJECT, "locked")
+        raw = json.loads(Path(held.path).read_text())
+        assert set(raw) == {"pid", "username", "hostname", "timestamp"}
+        assert held.hostname == socket.gethostname() and abs(held.taken_at - time.time()) < 300
     finally:
         os.killpg(blocker.pid, signal.SIGKILL)  # the CLI and the program die without unlocking
         blocker.wait(timeout=30)
-    # A dead process's lock stays until `cancel`, which removes it whoever held it.
+    # A dead process's lock stays until `cancel`, which removes it and every other lock file of the
+    # stack, whoever holds it (diy/backend.go CancelCurrentUpdate).
     with pytest.raises(auto.ConcurrentUpdateError):
         stack.up()
+    (Path(held.path).parent / "another-holder.json").write_text(Path(held.path).read_text())
     stack.cancel()
+    assert backend.lock_files(PROJECT, "locked") == []
     stack.up()
     assert [(h.kind, h.result) for h in stack.history()][0] == ("update", "succeeded")
 

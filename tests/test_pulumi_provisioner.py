@@ -25,7 +25,8 @@ from flyte_agent import stack_record as names
 from flyte_agent.gc import collect
 from flyte_agent.provisioner import DestroyInProgress, InvalidFleetName, NotOwner, Phase, Provision, Status
 from flyte_agent.pulumi_cli import TimedPulumiCommand
-from flyte_agent.pulumi_provisioner import PulumiProvisioner, _pid_alive
+from flyte_agent.pulumi_provisioner import PulumiProvisioner
+from flyte_agent.replicas import pid_alive as _pid_alive
 from flyte_agent.settings import Settings
 from infra.spec import DataServiceSpec
 from tests import fake_pulumi
@@ -124,19 +125,15 @@ def test_expiry_only_applies_to_graphfleet_stacks() -> None:
     assert not names.is_expired({names.TAG_EXPIRES: "1"}, now=5000)  # not ours: never collected
 
 
-def test_a_lock_is_stale_when_its_cli_is_dead_here_or_too_old_elsewhere() -> None:
+def test_a_lock_conflict_names_its_holder() -> None:
     text = ("the stack is currently locked by 1 lock(s). ...\n  file://x.json: created by "
             "me@node-a (pid 4242) at 2026-01-01T00:00:00Z")
-    lock = names.parse_lock(text)
-    assert lock == names.Lock(host="node-a", pid=4242, created="2026-01-01T00:00:00Z")
-    assert names.lock_is_stale(lock, "node-a", lambda pid: False, 1.0, 600)
-    assert not names.lock_is_stale(lock, "node-a", lambda pid: True, 10_000.0, 600)
-    assert not names.lock_is_stale(lock, "node-b", lambda pid: False, 599.0, 600)
-    assert names.lock_is_stale(lock, "node-b", lambda pid: True, 601.0, 600)
-    assert not names.lock_is_stale(names.parse_lock("some other error"), "node-a", lambda pid: False, 1e9, 1)
+    assert names.parse_lock(text) == names.Lock(host="node-a", pid=4242, created="2026-01-01T00:00:00Z")
+    assert names.parse_lock("some other error") is None
 
 
 # -- through the fake CLI -------------------------------------------------------------------------
+
 
 def test_create_get_delete_call_sequence_and_endpoints(backend: tuple[str, Path], make) -> None:
     url, _ = backend
@@ -296,7 +293,7 @@ def test_a_delete_starts_before_the_ups_queued_on_a_full_pool(backend: tuple[str
     for p in (busy, *queued):
         provisioner.create(p)
     deadline = time.monotonic() + WAIT_LIMIT
-    while (fake_pulumi.stacks(url).get("fleet-busy") or {}).get("lock") is None:
+    while not fake_pulumi.locks(url, "fleet-busy"):
         assert time.monotonic() < deadline, "fleet-busy's up never took its lock"
         time.sleep(0.1)
 
@@ -319,8 +316,8 @@ def test_a_hung_cli_call_is_killed_at_its_timeout_and_the_stack_recovers(
     env = {"PULUMI_BACKEND_URL": url}
     with pytest.raises(CommandError, match="timed out after 3s and was killed"):
         command.run(["up", "--yes", "--skip-preview", "--stack", "fleet-t"], str(cli.parent), env)
-    lock = fake_pulumi.stacks(url)["fleet-t"]["lock"]
-    assert lock is not None and not _pid_alive(lock["pid"])  # the kill leaves a stale lock
+    [lock] = fake_pulumi.locks(url, "fleet-t")
+    assert not _pid_alive(lock["pid"])  # the kill leaves a stale lock
 
     start = len(fake_pulumi.calls(url))
     provisioner.delete(p.name, p.owner)
@@ -330,7 +327,7 @@ def test_a_hung_cli_call_is_killed_at_its_timeout_and_the_stack_recovers(
         "stack select --stack fleet-t",
         "stack tag ls --json --stack fleet-t",
         "destroy --skip-preview --yes --client --exec-kind auto.inline --stack fleet-t",  # locked: stale
-        "cancel --yes --stack fleet-t",
+        # the dead CLI's lock file is removed (never `cancel`, which removes every lock of the stack)
         "refresh --skip-preview --yes --clear-pending-creates --client --exec-kind auto.inline "
         "--stack fleet-t",
         "destroy --skip-preview --yes --client --exec-kind auto.inline --stack fleet-t",
@@ -351,14 +348,14 @@ def test_an_interrupt_reaches_the_up_while_other_calls_run_on_its_stack(backend:
     with ThreadPoolExecutor(1) as pool:
         up = pool.submit(command.run, ["up", "--yes", "--skip-preview", "--stack", "fleet-i"], cwd, env)
         deadline = time.monotonic() + WAIT_LIMIT
-        while fake_pulumi.stacks(url)["fleet-i"]["lock"] is None:
+        while not fake_pulumi.locks(url, "fleet-i"):
             assert time.monotonic() < deadline and not up.done(), "the up never took the lock"
             time.sleep(0.1)
         command.run(["stack", "tag", "ls", "--json", "--stack", "fleet-i"], cwd, env)  # ends before the up
         assert command.interrupt("fleet-i") == 1
         with pytest.raises(CommandError, match="canceled"):
             up.result(timeout=WAIT_LIMIT)
-    assert fake_pulumi.stacks(url)["fleet-i"]["lock"] is None  # a graceful cancel releases the lock
+    assert fake_pulumi.locks(url, "fleet-i") == []  # a graceful cancel releases the lock
 
 
 def test_failing_destroy_raises_and_keeps_the_stack(backend: tuple[str, Path], make) -> None:
@@ -554,8 +551,9 @@ def start_connector_child(backend: tuple[str, Path], name: str) -> tuple[subproc
     deadline = time.monotonic() + WAIT_LIMIT
     while True:
         stack = fake_pulumi.stacks(url).get(name)
-        if stack and stack["lock"] and stack["pending"]:
-            return child, int(stack["lock"]["pid"])
+        held = fake_pulumi.locks(url, name)
+        if stack and held and stack["pending"]:
+            return child, int(held[0]["pid"])
         if child.poll() is not None or time.monotonic() > deadline:
             os.killpg(child.pid, signal.SIGKILL)
             raise AssertionError(f"the child never reached the middle of its update: "
@@ -576,7 +574,7 @@ def test_a_replica_stopped_with_sigterm_cancels_its_operations_and_releases_thei
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
     stack = fake_pulumi.stacks(url)["fleet-term"]
-    assert stack["lock"] is None, "the drained replica left its lock behind"
+    assert fake_pulumi.locks(url, "fleet-term") == [], "the drained replica left its lock behind"
     assert [(e["kind"], e["result"]) for e in stack["history"]] == [("update", "failed")]
     deadline = time.monotonic() + WAIT_LIMIT
     while _pid_alive(cli_pid):
@@ -595,7 +593,7 @@ def kill_mid_update(backend: tuple[str, Path], name: str) -> int:
     os.killpg(child.pid, signal.SIGKILL)
     os.kill(cli_pid, signal.SIGKILL)
     child.wait(timeout=30)
-    assert fake_pulumi.stacks(url)[name]["lock"]["pid"] == cli_pid
+    assert [lock["pid"] for lock in fake_pulumi.locks(url, name)] == [cli_pid]
     return cli_pid
 
 
@@ -608,7 +606,7 @@ def test_connector_killed_mid_update_is_finished_by_a_fresh_process(backend: tup
     # objects that exist: it succeeds only because fleet stacks upsert (pulumi-kubernetes >= 4.29).
     assert wait(fresh, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
     stack = fake_pulumi.stacks(url)["fleet-k"]
-    assert stack["lock"] is None and stack["pending"] == []
+    assert fake_pulumi.locks(url, "fleet-k") == [] and stack["pending"] == []
     fresh.delete(p.name, p.owner)
     assert live(url) == []
     assert fake_pulumi.cluster(url) == {}, "the destroy left objects in the cluster"
@@ -668,17 +666,21 @@ def release_until_settled(provisioner: PulumiProvisioner, execution: str) -> lis
 
 def test_a_release_answers_in_progress_then_reports_a_failed_destroy(backend: tuple[str, Path],
                                                                       make) -> None:
-    url, _ = backend
+    url, cli = backend
     provisioner = make(delete_wait_seconds=0.5)
     fleet_of(provisioner, "fleet-ok", "proj/dev/run3/n0")
     fleet_of(provisioner, "fleet-slow", "proj/dev/run3/n1")
+    # fleet-slow's destroy holds on until the test opens the gate: however loaded the machine (however
+    # long the listing takes), the first call cannot see it end.
+    gate = cli.parent / "destroy-may-end"
     fake_pulumi.script_faults(url, "fleet-slow",
-                              destroy=["sleep:4;fail:deleting StatefulSet: server is unavailable"])
+                              destroy=[f"until:{gate};fail:deleting StatefulSet: server is unavailable"])
 
-    # In progress: still listing on a loaded machine, or listed and destroying.
+    # In progress: still listing, or listed and destroying.
     with pytest.raises(DestroyInProgress, match="(releasing proj/dev/run3 has not ended|listing the stacks "
                                                 "of proj/dev/run3 is still running) after 0.5s"):
         provisioner.release_execution("proj/dev/run3")
+    gate.touch()
     failed = release_until_settled(provisioner, "proj/dev/run3")
     assert isinstance(failed, RuntimeError), failed
     assert "could not release 1 of the 2 fleet(s) of proj/dev/run3" in str(failed)

@@ -1,10 +1,12 @@
 """Graph-engine fleets as local subprocesses on loopback: the `Provisioner` for development and tests.
 
-One `python -m graph_engine.server` per ordinal on its own free 127.0.0.1 port. The state dir is the
-only record, so any process can answer for any fleet:
+One `python -m graph_engine.server` per ordinal on its own free 127.0.0.1 port, which the server
+chooses and holds itself (`--port 0`) before it loads anything, and reports in its port file: a port
+chosen here and bound minutes later could be taken by anyone meanwhile. The state dir is the only
+record, so any process can answer for any fleet:
 
-    <state_dir>/<name>/fleet.json        the provision and the ports (written at create; a renew adds
-                                         `expires_at`)
+    <state_dir>/<name>/fleet.json        the provision (written at create; a renew adds `expires_at`)
+    <state_dir>/<name>/server-<i>.port   the port ordinal i's server holds (absent until it binds)
     <state_dir>/<name>/deleting.json     fleet.json renamed by delete: a tombstone (see below)
     <state_dir>/<name>/server-<i>.pid    "<pid>" of ordinal i's current process
     <state_dir>/<name>/server-<i>.start  its start time (/proc/<pid>/stat field 22): pid + start
@@ -38,7 +40,6 @@ import os
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -103,11 +104,10 @@ class LocalProvisioner:
                 # A delete died half-way: finish it, or its servers would outlive the new pid files.
                 self._delete_locked(provision.name, keep_lock=True)
             if self._record(provision.name) is None:
-                ports = self._free_ports(provision.spec.replicas)
                 self._dir(provision.name).mkdir(parents=True, exist_ok=True)
                 record = {"name": provision.name, "spec": provision.spec.to_custom(),
                           "owner": provision.owner, "execution": provision.execution,
-                          "created_at": provision.created_at, "ports": ports}
+                          "created_at": provision.created_at}
                 write_json(self._dir(provision.name) / "fleet.json", record)
                 with self._mutex:
                     self._started.add(provision.name)
@@ -175,7 +175,7 @@ class LocalProvisioner:
         infos = []
         for record in self._records():
             spec = DataServiceSpec.from_custom(record["spec"])
-            endpoints = [f"{HOST}:{p}" for p in record["ports"]]
+            endpoints = self._endpoints(record)
             servers = self._servers(record, set(health.not_ready(endpoints, timeout=self.probe_timeout)))
             phases = {s.phase for s in servers}
             phase = (Phase.READY if phases == {ServerPhase.SERVING} else
@@ -191,14 +191,14 @@ class LocalProvisioner:
 
     def endpoints(self, name: str) -> list[str]:
         record = self._record(name)
-        return [] if record is None else [f"{HOST}:{p}" for p in record["ports"]]
+        return [] if record is None else self._endpoints(record)
 
     def pids(self, name: str) -> list[int]:
         """The recorded server process of each ordinal (0 if none), for inspection and tests."""
         record = self._record(name)
         if record is None:
             return []
-        return [self._server_int(name, i, "pid") for i in range(len(record["ports"]))]
+        return [self._server_int(name, i, "pid") for i in range(len(self._ports(record)))]
 
     def close(self) -> None:
         """Stop reconciling and delete the fleets this process started."""
@@ -230,9 +230,10 @@ class LocalProvisioner:
     def _reconcile(self, record: dict[str, Any]) -> Status:
         name = record["name"]
         spec = DataServiceSpec.from_custom(record["spec"])
-        endpoints = [f"{HOST}:{p}" for p in record["ports"]]
+        ports = self._ports(record)
+        endpoints = self._endpoints(record)
         for ordinal in range(len(endpoints)):
-            if self._alive(name, ordinal, record["ports"][ordinal]):
+            if self._alive(name, ordinal, ports[ordinal]):
                 continue
             restarts = self._server_int(name, ordinal, "restarts")
             if self._server_int(name, ordinal, "pid"):
@@ -243,7 +244,7 @@ class LocalProvisioner:
                     return Status(Phase.FAILED, endpoints, self._failure(
                         name, servers[ordinal], f"exited {restarts + 1} times"), servers)
                 log.warning("local fleet %s: server %s exited (%s); restarting it on port %s", name, ordinal,
-                            self._server_text(name, ordinal, "reason"), record["ports"][ordinal])
+                            self._server_text(name, ordinal, "reason"), ports[ordinal])
                 (self._dir(name) / f"server-{ordinal}.restarts").write_text(str(restarts + 1))
             self._spawn(record, ordinal)
         down = health.not_ready(endpoints, timeout=self.probe_timeout)
@@ -261,7 +262,7 @@ class LocalProvisioner:
     def _servers(self, record: dict[str, Any], down: set[str]) -> list[ServerState]:
         """Each server's state from its files and whether its endpoint answered."""
         name, servers = record["name"], []
-        for ordinal, port in enumerate(record["ports"]):
+        for ordinal, port in enumerate(self._ports(record)):
             endpoint, restarts = f"{HOST}:{port}", self._server_int(name, ordinal, "restarts")
             if endpoint not in down:
                 phase = ServerPhase.SERVING
@@ -320,7 +321,7 @@ class LocalProvisioner:
         except FileNotFoundError:
             record = None  # a create that died before writing fleet.json: no server was started
         if record is not None:
-            for ordinal, port in enumerate(record["ports"]):
+            for ordinal, port in enumerate(self._ports(record)):
                 self._stop_server(name, ordinal, port)
         # Not ignore_errors: a dir left behind must make delete raise (the caller retries), and the
         # tombstone keeps the fleet ABSENT and unrestarted meanwhile.
@@ -334,7 +335,10 @@ class LocalProvisioner:
         name = record["name"]
         spec = DataServiceSpec.from_custom(record["spec"])
         argv = [sys.executable, "-m", "graph_engine.server", "--data-dir", str(spec.graph_uri),
-                "--port", str(record["ports"][ordinal]), "--ordinal", str(ordinal),
+                # A restart comes back on the port its ordinal holds (clients have the endpoint); the
+                # first start takes any free one and reports it.
+                "--port", str(self._server_int(name, ordinal, "port")),
+                "--port-file", str(self._dir(name) / f"server-{ordinal}.port"), "--ordinal", str(ordinal),
                 "--replicas", str(spec.replicas), "--partitions", str(spec.partitions), "--host", HOST,
                 *spec.args]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -426,22 +430,14 @@ class LocalProvisioner:
             if self._children.pop(pid, None) is not None and child.returncode is not None:
                 self._exit_codes[pid] = child.returncode
 
-    def _free_ports(self, count: int) -> list[int]:
-        taken = {p for record in self._records() for p in record["ports"]}
-        ports: list[int] = []
-        sockets = []
-        try:
-            while len(ports) < count:
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind((HOST, 0))
-                port = int(sock.getsockname()[1])
-                if port not in taken:
-                    ports.append(port)
-        finally:
-            for sock in sockets:
-                sock.close()
-        return ports
+    def _ports(self, record: dict[str, Any]) -> list[int]:
+        """Each ordinal's port as its server reported it; 0 until that server has bound one."""
+        replicas = DataServiceSpec.from_custom(record["spec"]).replicas
+        return [self._server_int(record["name"], i, "port") for i in range(replicas)]
+
+    def _endpoints(self, record: dict[str, Any]) -> list[str]:
+        # `127.0.0.1:0` (never SERVING) stands for a server that has not bound its port yet.
+        return [f"{HOST}:{port}" for port in self._ports(record)]
 
     def _ensure_reconciler(self) -> None:
         with self._mutex:

@@ -6,6 +6,10 @@ provisioner run this same module. Unlike `deepgnn.graph_engine.snark.server` it 
 SIGTERM (the server is reset and downloaded partitions removed) instead of sleeping forever, and it
 checks every file it loads against the manifest's size and SHA-256 first, refusing a truncated or
 corrupt partition (the port never opens, so readiness fails and the connector reports the log line).
+
+`--port 0 --port-file F` takes any free port: the server holds it from the start (before loading,
+which can take minutes) and writes it to F, so nothing else can take it between the choice and the
+bind, as a port picked by the caller long before the server binds could be (the local provisioner).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import socket
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
@@ -38,6 +42,7 @@ class ServerArgs:
     host: str
     storage: str = "memory"       # --storage (DataServiceConfig.args): DeepGNN's PartitionStorageType
     skip_temporal: bool = False   # --skip-temporal: DeepGNN's skip_temporal_loading
+    port_file: str | None = None  # --port-file: where the port it holds is written
 
     @property
     def address(self) -> str:
@@ -59,7 +64,9 @@ def parse_args(argv: list[str] | None = None) -> ServerArgs:
     parser.add_argument("--data-dir", required=True,
                         help="converted graph: /path, file:///path or s3://bucket/prefix")
     parser.add_argument("--port", type=int, required=True,
-                        help="gRPC port; opens only once the graph is loaded")
+                        help="gRPC port, 0 for any free one; held from the start, serving only once the "
+                             "graph is loaded")
+    parser.add_argument("--port-file", help="write the port held here (with --port 0: the one chosen)")
     parser.add_argument("--ordinal", type=int, required=True,
                         help="this server's index (StatefulSet ordinal)")
     parser.add_argument("--replicas", type=int, required=True, help="servers in the fleet")
@@ -73,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> ServerArgs:
             parser.add_argument(flag, choices=values, default=values[0])
     ns = parser.parse_args(argv)
     args = ServerArgs(ns.data_dir, ns.port, ns.ordinal, ns.replicas, ns.partitions, ns.host, ns.storage,
-                      ns.skip_temporal)
+                      ns.skip_temporal, ns.port_file)
     if not 0 <= args.ordinal < args.replicas:
         parser.error(f"--ordinal must be in 0..{args.replicas - 1} (--replicas is {args.replicas}), "
                      f"got {args.ordinal}")
@@ -81,8 +88,8 @@ def parse_args(argv: list[str] | None = None) -> ServerArgs:
         args.my_partitions()
     except ValueError as err:
         parser.error(f"--replicas/--partitions: {err}")
-    if not 1 <= args.port <= 65535:
-        parser.error(f"--port must be in 1..65535, got {args.port}")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be in 0..65535 (0: any free port), got {args.port}")
     return args
 
 
@@ -101,36 +108,62 @@ def check_graph(args: ServerArgs) -> None:
                           f"partitions; pass --partitions {found}")
 
 
-def check_port_free(args: ServerArgs) -> None:
-    """gRPC binds with SO_REUSEPORT, so a second server on a taken port would silently share it
-    and clients would reach either one. A plain bind fails if anyone holds the port."""
-    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as sock:
+def hold_port(args: ServerArgs) -> socket.socket:
+    """Bind the port (a free one for --port 0) and keep it until DeepGNN's server binds it too.
+
+    gRPC binds with SO_REUSEPORT, so a second server on a taken port would silently share it and
+    clients would reach either one: a plain bind first fails if anyone holds the port. The socket kept
+    sets SO_REUSEPORT, which lets DeepGNN's gRPC server (same process) bind beside it and refuses
+    every plain bind meanwhile; it never listens, so no connection reaches it.
+    """
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    with socket.socket(family) as probe:
         # SO_REUSEADDR: a restarted server may reuse its port while old connections sit in TIME_WAIT.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((args.host, args.port))
+            probe.bind((args.host, args.port))
         except OSError as err:
             if err.errno == errno.EADDRINUSE:
                 raise CannotServe(
                     f"--port {args.port} is already in use on {args.host}; pick a free port") from err
             raise CannotServe(f"--host/--port: cannot bind {args.address}: {err}") from err
+        port = int(probe.getsockname()[1])
+        held = socket.socket(family)
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        held.bind((args.host, port))
+    except OSError as err:
+        held.close()
+        raise CannotServe(f"--port {port} was taken while it was being held; start again") from err
+    return held
+
+
+def report_port(path: str, port: int) -> None:
+    """Write the port whole (a reader never sees a partial file)."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(str(port))
+    tmp.replace(path)
 
 
 def serve(args: ServerArgs, stop: threading.Event) -> None:
-    """Load this ordinal's partitions, serve until `stop` is set, then reset the server."""
+    """Hold the port, load this ordinal's partitions, serve until `stop` is set, then reset the server."""
     # Imported here so `--help` and argument errors do not pay for loading the native library.
     from deepgnn.graph_engine.snark.client import PartitionStorageType
     from deepgnn.graph_engine.snark.server import Server
 
-    check_port_free(args)
-    check_graph(args)
-    partitions = args.my_partitions()
-    with tempfile.TemporaryDirectory(prefix="graphfleet-partitions-") as scratch:
+    with hold_port(args) as held, tempfile.TemporaryDirectory(prefix="graphfleet-partitions-") as scratch:
+        args = replace(args, port=int(held.getsockname()[1]))
+        if args.port_file:
+            report_port(args.port_file, args.port)
+        check_graph(args)
+        partitions = args.my_partitions()
         path = verified_copy(args, partitions, Path(scratch))
         log.info("loading partitions %s of %d from %s", partitions, args.partitions, args.data_dir)
         server = Server(path, [(path, p) for p in partitions], args.address,
                         storage_type=PartitionStorageType[args.storage],
                         skip_temporal_loading=args.skip_temporal)
+        held.close()  # DeepGNN's server has the port now
         log.info("serving partitions %s of %d from %s on %s",
                  partitions, args.partitions, args.data_dir, args.address)
         try:

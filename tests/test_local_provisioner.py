@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from flyte_agent.local_provisioner import MAX_RESTARTS, LocalProvisioner
 from flyte_agent.provisioner import InvalidFleetName, NotOwner, Phase, Provision, ServerPhase, Status
 from flyte_agent.settings import Settings
+from graph_engine import health
 from graph_engine.convert import convert
 from infra.spec import DataServiceSpec
 from tests.test_connector_grpc import pid_running
@@ -77,16 +79,61 @@ def test_lifecycle_crash_restart_and_delete_freeing_ports(provisioner: LocalProv
     provisioner.delete(fleet.name, fleet.owner)  # absent is success
 
 
+def test_a_port_another_process_takes_before_the_server_binds_cannot_break_the_fleet(
+        provisioner: LocalProvisioner, graph_uri: str) -> None:
+    """Issue 8 item 12: ports were chosen at create and bound seconds later by the servers (after Python
+    and DeepGNN start), so another process could take one meanwhile and the fleet failed on it."""
+    fleet = provision(graph_uri, name="gf-taken", replicas=2)
+    provisioner.create(fleet)
+    intruders: list[socket.socket] = []
+    tried: set[int] = set()
+    deadline = time.monotonic() + 60
+    try:
+        # Another process binds each port as soon as the fleet names it.
+        while len(tried) < 2:
+            assert time.monotonic() < deadline, "the fleet never named its ports"
+            for endpoint in provisioner.endpoints(fleet.name):
+                port = int(endpoint.rsplit(":", 1)[1])
+                if port and port not in tried:
+                    tried.add(port)
+                    intruder = socket.socket()
+                    try:
+                        intruder.bind(("127.0.0.1", port))
+                    except OSError:
+                        intruder.close()  # the server holds it already
+                    else:
+                        intruders.append(intruder)
+            time.sleep(0.01)
+        ready = wait_for(lambda: provisioner.status(fleet), Phase.READY)
+        assert {int(e.rsplit(":", 1)[1]) for e in ready.endpoints} == tried
+        assert intruders == [], "another process could take a port the fleet named"
+        assert health.not_ready(ready.endpoints, timeout=5) == []
+    finally:
+        for intruder in intruders:
+            intruder.close()
+        provisioner.delete(fleet.name, fleet.owner)
+
+
 def servers_on(ports: list[int]) -> list[str]:
-    """Every running graph-engine server on one of `ports`, whoever started it (restarts included)."""
+    """Every running graph-engine server holding one of `ports` (bound or listening), whoever started
+    it (restarts included): by the sockets it has open, since a server started with `--port 0` does
+    not name its port on its command line."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) in ports:
+                inodes.add(f"socket:[{fields[9]}]")
     found = []
     for proc in Path("/proc").iterdir():
         try:
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"graph_engine.server" not in cmdline:
+                continue
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                found.append(f"{proc.name}: {b' '.join(cmdline).decode(errors='replace')}")
         except OSError:
             continue
-        if b"graph_engine.server" in cmdline and any(str(p).encode() in cmdline for p in ports):
-            found.append(f"{proc.name}: {b' '.join(cmdline).decode(errors='replace')}")
     return found
 
 

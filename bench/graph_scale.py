@@ -8,6 +8,9 @@ average out-degree `--degree`, `--dim` float32 features), then, side by side in 
 - conversion: `python -m graph_engine.convert` (a child process tree: the CLI and its workers);
 - server load: 2 graph-engine servers, seconds to SERVING and RSS (the larger of the two);
 - training: GraphSAGE samples/s through the 2 servers and in-process (MemoryGraph), interleaved.
+With `--weighted`, the same edges are converted a second time with a `weight` column (log-normal,
+a tenth of them 0), so the alias tables of unequal weights are built: seconds and peak side by side.
+`--convert-only` skips the servers and training.
 Peak memory is the largest sum of RSS over the whole process tree, sampled every 20 ms.
 """
 
@@ -34,11 +37,14 @@ from graph_engine import health  # noqa: E402
 from tests.test_graph_server import free_port  # noqa: E402
 
 
-def write_tables(root: Path, nodes: int, degree: int, dim: int, shards: int, seed: int = 0) -> None:
+def write_tables(root: Path, nodes: int, degree: int, dim: int, shards: int, weighted: bool,
+                 seed: int = 0) -> None:
+    """nodes/ and edges/ shards; with `weighted`, edges_weighted/ too: the same edges with weights."""
     rng = np.random.default_rng(seed)
     ids = rng.choice(1 << 40, nodes, replace=False).astype(np.int64) * 1000 + 7
     (root / "nodes").mkdir(parents=True)
     (root / "edges").mkdir()
+    (root / "edges_weighted").mkdir()
     splits = np.array(["train", "val", "test", None], dtype=object)
     for k, rows in enumerate(np.array_split(np.arange(nodes), shards)):
         n = len(rows)
@@ -49,9 +55,13 @@ def write_tables(root: Path, nodes: int, degree: int, dim: int, shards: int, see
                        root / "nodes" / f"part-{k:05d}.parquet")
     edges = nodes * degree
     for k, count in enumerate(np.diff(np.linspace(0, edges, shards * 2 + 1).astype(np.int64))):
-        pq.write_table(pa.table({"src": ids[rng.integers(0, nodes, count)],
-                                 "dst": ids[rng.integers(0, nodes, count)]}),
-                       root / "edges" / f"part-{k:05d}.parquet")
+        src, dst = ids[rng.integers(0, nodes, count)], ids[rng.integers(0, nodes, count)]
+        table = pa.table({"src": src, "dst": dst})
+        pq.write_table(table, root / "edges" / f"part-{k:05d}.parquet")
+        if weighted:
+            weight = (rng.lognormal(0, 1, count) * (rng.random(count) > 0.1)).astype(np.float32)
+            pq.write_table(table.append_column("weight", pa.array(weight)),
+                           root / "edges_weighted" / f"part-{k:05d}.parquet")
 
 
 def baseline(root: Path, out: Path) -> float:
@@ -95,16 +105,34 @@ def run_tree(cmd: list[str], ready: str | None = None) -> tuple[float, int, subp
     return seconds, peak, proc
 
 
-def measure(nodes: int, degree: int, dim: int, partitions: int, work: Path) -> dict[str, float]:
+def convert(tables: Path, edges: str, partitions: int, out: Path) -> tuple[float, int]:
+    seconds, peak, _ = run_tree(
+        [sys.executable, "-m", "graph_engine.convert", "--nodes", str(tables / "nodes"), "--edges",
+         str(tables / edges), "--partitions", str(partitions), "--out", str(out)])
+    return seconds, peak
+
+
+def measure(nodes: int, degree: int, dim: int, partitions: int, work: Path, weighted: bool,
+            convert_only: bool) -> dict[str, float]:
     shards = max(2, nodes // 250_000)
     tables = work / "tables"
-    write_tables(tables, nodes, degree, dim, shards)
-    size = sum(f.stat().st_size for f in tables.rglob("*.parquet"))
+    write_tables(tables, nodes, degree, dim, shards, weighted)
+    size = sum(f.stat().st_size for f in tables.rglob("*.parquet") if f.parent.name != "edges_weighted")
     base = baseline(tables, work / "raw")
-    convert_s, convert_rss, _ = run_tree(
-        [sys.executable, "-m", "graph_engine.convert", "--nodes", str(tables / "nodes"), "--edges",
-         str(tables / "edges"), "--partitions", str(partitions), "--out", str(work / "graph")])
+    convert_s, convert_rss = convert(tables, "edges", partitions, work / "graph")
     graph_bytes = sum(f.stat().st_size for f in (work / "graph").iterdir())
+    edges = nodes * degree
+    row = {"nodes": nodes, "edges": edges, "dim": dim, "partitions": partitions, "parquet_mb": size / 2**20,
+           "graph_mb": graph_bytes / 2**20, "baseline_s": base, "convert_s": convert_s,
+           "ratio": convert_s / base, "edges_per_s": edges / convert_s,
+           "convert_peak_mb": convert_rss / 2**20}
+    if weighted:
+        weighted_s, weighted_rss = convert(tables, "edges_weighted", partitions, work / "graph_weighted")
+        shutil.rmtree(work / "graph_weighted")
+        row.update({"convert_weighted_s": weighted_s, "weighted_vs_unweighted": weighted_s / convert_s,
+                    "weighted_ratio": weighted_s / base, "convert_weighted_peak_mb": weighted_rss / 2**20})
+    if convert_only:
+        return row
     servers, loads = [], []
     try:
         for ordinal in range(2):
@@ -120,11 +148,7 @@ def measure(nodes: int, degree: int, dim: int, partitions: int, work: Path) -> d
         for server, _ in servers:
             server.terminate()
             server.wait(timeout=60)
-    edges = nodes * degree
-    return {"nodes": nodes, "edges": edges, "dim": dim, "partitions": partitions, "parquet_mb": size / 2**20,
-            "graph_mb": graph_bytes / 2**20, "baseline_s": base, "convert_s": convert_s,
-            "ratio": convert_s / base, "edges_per_s": edges / convert_s,
-            "convert_peak_mb": convert_rss / 2**20, "server_load_s": max(s for s, _ in loads),
+    return {**row, "server_load_s": max(s for s, _ in loads),
             "server_rss_mb": max(r for _, r in loads) / 2**20, **training}
 
 
@@ -157,13 +181,15 @@ def main() -> None:
     parser.add_argument("--degree", type=int, default=8)
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--weighted", action="store_true", help="also convert the edges with unequal weights")
+    parser.add_argument("--convert-only", action="store_true", help="skip the servers and training")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here too")
     ns = parser.parse_args()
     rows = []
     for nodes in ns.nodes:
         work = Path(tempfile.mkdtemp(prefix="graph-scale-"))
         try:
-            row = measure(nodes, ns.degree, ns.dim, ns.partitions, work)
+            row = measure(nodes, ns.degree, ns.dim, ns.partitions, work, ns.weighted, ns.convert_only)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         rows.append(row)

@@ -3,7 +3,8 @@
 Byte for byte what deepgnn-ge 0.1.66's `converter/writers.py` (`BinaryWriter` and its node, edge,
 feature and alias writers) writes for the same nodes in the same order, each node's edges sorted by
 dst, and the `meta.json` that `MultiWorkersConverter` and its dispatcher assemble from the
-partitions (tests/test_binary.py holds both against DeepGNN's own converter). The store's records:
+partitions (tests/test_convert_tables.py holds both against DeepGNN's own converter, tests/test_binary.py the
+alias tables against its `Vose`). The store's records:
 float feature 0 = the node's features, float feature 1 = its label, no edge features, one edge type.
 
 A partition is written from a node stream (any number of node chunks, in order) and its edges,
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from deepgnn.graph_engine.snark.alias import Vose
 from deepgnn.graph_engine.snark.meta import BINARY_DATA_VERSION
 
 EDGE_TYPE = 0
@@ -85,14 +85,91 @@ class NodeChunk:
     labels: np.ndarray    # float32 (-1: none)
 
 
-def _alias_probabilities(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Vose's (alias, prob) for `weights` exactly as DeepGNN computes them, or None when every
-    element keeps itself (prob 1): what equal weights give, without Vose's per-element Python loop."""
-    normalized = np.multiply(weights, len(weights) / np.sum(weights))
-    if not (normalized < 1).any():
+# Steps of Vose's loop replayed per numpy pass: grown while the float64 forecast of the stacks' merge
+# holds, shrunk after it misses; below _SCALAR_STEPS a plain loop is cheaper than numpy's per-call cost.
+_MIN_WINDOW, _MAX_WINDOW, _SCALAR_STEPS = 1 << 10, 1 << 20, 256
+
+
+def vose_alias(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Vose's (alias, prob) for `weights` exactly as DeepGNN's `alias.Vose` computes them, or None when
+    every element keeps itself (prob 1), as equal weights give.
+
+    Vose pops a small (normalized weight < 1) and a large, aliases the small to the large and sets the
+    large's weight to float32 `(large + small) - 1`; the large goes back on top of its stack, or, below
+    1, on top of the small stack, so the next pop takes it again. That is one float32 running value r
+    that takes the next small while r >= 1 and the next large otherwise: for a guessed order of takes,
+    r = (r + u) - 1 is one sequential float32 `cumsum` of r, u1, -1, u2, -1, ... (subtracting 1 from a
+    the same two float32 operations Vose does). The order is guessed from float64 sums, checked
+    against the float32 values, and kept up to its first miss.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):  # all weights 0: NaN, every element keeps itself
+        w = np.multiply(weights, len(weights) / np.sum(weights))
+    if not (w < 1).any():
         return None
-    table = Vose(list(range(len(weights))), weights)  # DeepGNN's own loop: byte-identical by construction
-    return table.alias.astype(np.int64), table.prob
+    return _vose(w)
+
+
+def _vose(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    is_small = w < 1
+    smalls = np.flatnonzero(is_small)[::-1]  # Vose's two stacks, in the order it pops them
+    larges = np.flatnonzero(~is_small)[::-1]
+    alias = np.zeros(len(w), np.int64)
+    prob = np.ones(len(w), np.float32)  # what Vose gives the elements left on either stack
+    if not len(larges):
+        return alias, prob
+    ws, wl = w[smalls], w[larges]
+    i, j, cur, r = 0, 1, int(larges[0]), w[larges[0]]  # next small, next large, the large held, its r
+    window = _MIN_WINDOW
+    while (j < len(larges)) if r < 1 else (i < len(smalls)):
+        if window < _SCALAR_STEPS:  # the forecast keeps missing (weights within float32 rounding of 1)
+            for _ in range(_SCALAR_STEPS):
+                if r < 1 and j < len(larges):
+                    alias[cur], prob[cur] = larges[j], r
+                    r = (wl[j] + r) - 1
+                    cur, j = int(larges[j]), j + 1
+                elif not r < 1 and i < len(smalls):
+                    alias[smalls[i]], prob[smalls[i]] = cur, ws[i]
+                    r = (r + ws[i]) - 1
+                    i += 1
+                else:
+                    break
+            window = _MIN_WINDOW
+            continue
+        # Forecast which takes are larges: the next large comes once the smalls' deficit passes r - 1
+        # plus the surplus of the larges taken so far.
+        s_ws, s_wl = ws[i:i + window], wl[j:j + window]
+        deficit = np.concatenate([[0.0], np.cumsum(1.0 - s_ws.astype(np.float64))])
+        surplus = np.concatenate([[0.0], np.cumsum(s_wl.astype(np.float64) - 1.0)])
+        smalls_before = np.searchsorted(deficit, float(r) + surplus - 1.0, side="right")
+        nl = int(np.count_nonzero(smalls_before[:-1] <= len(s_ws)))
+        steps = nl + min(int(smalls_before[nl]), len(s_ws))
+        is_large = np.zeros(steps, bool)
+        is_large[smalls_before[:nl] + np.arange(nl)] = True
+        u = np.empty(steps, np.float32)
+        u[is_large] = s_wl[:nl]
+        u[~is_large] = s_ws[:steps - nl]
+        seq = np.empty(2 * steps + 1, np.float32)
+        seq[0], seq[1::2], seq[2::2] = r, u, -1
+        acc = np.cumsum(seq, dtype=np.float32)  # sequential, in float32
+        r_before = acc[0:-1:2]
+        missed = np.flatnonzero((r_before < 1) != is_large)
+        k = int(missed[0]) if len(missed) else steps  # the takes before the first miss are Vose's
+        is_large, u, r_before = is_large[:k], u[:k], r_before[:k]
+        nl = int(np.count_nonzero(is_large))
+        elem = np.empty(k, np.int64)
+        elem[is_large] = larges[j:j + nl]
+        elem[~is_large] = smalls[i:i + k - nl]
+        # The large held before each take: the last large taken before it.
+        last_large = np.maximum.accumulate(np.where(is_large, np.arange(k), -1))
+        held = np.concatenate([[cur], elem])[np.concatenate([[-1], last_large[:-1]]) + 1]
+        alias[elem[~is_large]], prob[elem[~is_large]] = held[~is_large], u[~is_large]
+        alias[held[is_large]], prob[held[is_large]] = elem[is_large], r_before[is_large]
+        r = acc[2 * k]
+        if last_large[-1] >= 0:
+            cur = int(elem[last_large[-1]])
+        i, j = i + k - nl, j + nl
+        window = min(2 * window, _MAX_WINDOW) if k == steps else 2 * k
+    return alias, prob
 
 
 def _node_alias(ids: np.ndarray) -> np.ndarray:
@@ -101,7 +178,7 @@ def _node_alias(ids: np.ndarray) -> np.ndarray:
     alias["left"] = ids
     alias["prob"] = 1.0
     if len(ids):
-        vose = _alias_probabilities(np.ones(len(ids), np.float32))
+        vose = vose_alias(np.ones(len(ids), np.float32))
         if vose is not None:
             other, prob = vose
             aliased = prob < 1.0
@@ -116,7 +193,7 @@ def _edge_alias(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> np.nda
     alias["src"] = src
     alias["dst"] = dst
     alias["prob"] = 1.0
-    vose = _alias_probabilities(weights)
+    vose = vose_alias(weights)
     if vose is not None:
         other, prob = vose
         aliased = prob < 1.0

@@ -33,16 +33,22 @@ SPLIT_NAMES = np.array(["train", "val", "test", None], dtype=object)
 class Tables:
     """A small graph with sparse 64-bit ids as Spark would write it: 2 node shards, 2 edge shards."""
 
-    def __init__(self, seed: int = 0, weighted: bool = True) -> None:
+    def __init__(self, seed: int = 0, weights: str | None = "uniform", edges: int = E) -> None:
+        """`weights`: uniform in [0, 1), "skewed" (a few nodes hold most edges; heavy-tailed weights, a
+        third of them 0), "equal", or None (no weight column)."""
         rng = np.random.default_rng(seed)
         self.ids = rng.choice(1 << 50, N, replace=False).astype(np.int64) * 1000  # a common stride
         self.features = rng.normal(size=(N, DIM)).astype(np.float32)
         self.labels = rng.integers(0, 3, N)
         self.split = SPLIT_NAMES[rng.integers(0, 4, N)]
         self.labels[(self.split == None) & (rng.random(N) < 0.5)] = -1  # noqa: E711 - object array
-        self.src = self.ids[rng.integers(0, N, E)]
-        self.dst = self.ids[rng.integers(0, N, E)]
-        self.weight = rng.random(E).astype(np.float32) if weighted else None
+        hubs = np.minimum(rng.zipf(1.5, edges) - 1, N - 1)  # node k has about k**-1.5 of the edges
+        self.src = self.ids[hubs if weights == "skewed" else rng.integers(0, N, edges)]
+        self.dst = self.ids[rng.integers(0, N, edges)]
+        draws = {"uniform": lambda: rng.random(edges),
+                 "skewed": lambda: rng.lognormal(0, 2, edges) * (rng.random(edges) > 0.3),
+                 "equal": lambda: np.full(edges, 2.5)}
+        self.weight = draws[weights]().astype(np.float32) if weights else None
 
     def node_table(self, rows: slice) -> pa.Table:
         n = len(self.ids[rows])
@@ -61,7 +67,7 @@ class Tables:
         (root / "edges").mkdir()
         for k, rows in enumerate((slice(0, N // 3), slice(N // 3, N))):
             pq.write_table(self.node_table(rows), root / "nodes" / f"part-{k:05d}.parquet", row_group_size=50)
-        for k, rows in enumerate((slice(0, E // 2), slice(E // 2, E))):
+        for k, rows in enumerate((slice(0, len(self.src) // 2), slice(len(self.src) // 2, None))):
             pq.write_table(self.edge_table(rows), root / "edges" / f"part-{k:05d}.parquet")
         (root / "nodes" / "_SUCCESS").write_text("")
         return root / "nodes", root / "edges"
@@ -76,7 +82,7 @@ class _Reference(Decoder):
         self.types = np.select([t.split == "train", t.split == "val", t.split == "test"], [0, 1, 2], 3)
         order = np.lexsort((t.dst, t.src))
         self.src, self.dst = t.src[order], t.dst[order]
-        self.weight = (t.weight if t.weight is not None else np.ones(E, np.float32))[order]
+        self.weight = (t.weight if t.weight is not None else np.ones(len(t.src), np.float32))[order]
 
     def decode(self, line: str) -> Iterator[tuple[Any, ...]]:
         i = int(line)
@@ -88,9 +94,10 @@ class _Reference(Decoder):
             yield node, int(self.dst[k]), 0, float(self.weight[k]), None, None, []
 
 
-@pytest.mark.parametrize("weighted", [True, False])
-def test_partitions_are_byte_identical_to_deepgnns_converter(tmp_path: Path, weighted: bool) -> None:
-    t = Tables(weighted=weighted)
+@pytest.mark.parametrize(("weights", "count"), [("uniform", E), ("skewed", 20 * E), ("equal", E), (None, E)])
+def test_partitions_are_byte_identical_to_deepgnns_converter(tmp_path: Path, weights: str | None,
+                                                             count: int) -> None:
+    t = Tables(weights=weights, edges=count)
     nodes, edges = t.write(tmp_path / "in")
     out = Path(convert_tables(str(nodes), str(edges), str(tmp_path / "ours"), 3, workers=2))
 
@@ -161,7 +168,7 @@ def test_servers_load_it_and_answer_features_neighbours_and_splits(tmp_path: Pat
 
 
 def _bad(tmp_path: Path, nodes: pa.Table | None = None, edges: pa.Table | None = None) -> tuple[str, Path]:
-    t = Tables(weighted=False)
+    t = Tables(weights=None)
     nodes_dir, edges_dir = t.write(tmp_path / "in")
     if nodes is not None:
         pq.write_table(nodes, nodes_dir / "part-00001.parquet")

@@ -7,8 +7,8 @@ partitions (tests/test_convert_tables.py holds both against DeepGNN's own conver
 alias tables against its `Vose`). The store's records:
 float feature 0 = the node's features, float feature 1 = its label, no edge features, one edge type.
 
-A partition is written from a node stream (any number of node chunks, in order) and its edges,
-already sorted; files are hashed as they are written, so the manifest's checksums cost no re-read.
+A partition is written from consecutive slices of its nodes (each a stream of node chunks) and their
+edges, already sorted; files are hashed as they are written, so the manifest's checksums cost no re-read.
 """
 
 from __future__ import annotations
@@ -172,123 +172,157 @@ def _vose(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return alias, prob
 
 
-def _node_alias(ids: np.ndarray) -> np.ndarray:
-    """NodeAliasWriter's table: every node weighs 1.0."""
+# Reading back a partition's own files for its weighted edge alias table, this many edges at a time.
+_READ_BACK = 1 << 20
+
+
+class PartitionWriter:
+    """Writes partition `partition` into `folder` from consecutive slices of its nodes (`add`, in node
+    order), so memory is one slice, then `close` returns DeepGNN's worker report plus the files' digests.
+
+    The alias tables: every node weighs 1.0, so a node's record keeps itself (checked in `close`), and
+    with `equal_weights` so does every edge's, and both stream. Unequal edge weights need Vose over the
+    partition's edges at once, as DeepGNN's EdgeAliasWriter does: `close` reads the weights back from
+    the edge index and writes the table in slices.
+    """
+
+    PER_NODE = 2  # float feature 0 (features) and 1 (label)
+
+    def __init__(self, folder: Path, partition: int, equal_weights: bool) -> None:
+        self.files = HashedFiles(folder)
+        self.folder, self.p, self.equal_weights = folder, partition, equal_weights
+        self.nodes = self.edges = self.data_pos = 0
+        self.per_type: list[int] = []
+        self.weight_total = 0.0
+
+    def add(self, nodes: Iterable[NodeChunk], num_nodes: int, edge_src_index: np.ndarray,
+            edge_dst: np.ndarray, edge_weight: np.ndarray) -> None:
+        """The next `num_nodes` nodes (`nodes` yields them in order) and their edges: an edge is given
+        by the position of its source among these nodes (`edge_src_index`, sorted; each node's edges
+        sorted by dst), its dst id and its weight."""
+        files, p = self.files, self.p
+        degree = np.bincount(edge_src_index, minlength=num_nodes)
+        # Where each node's edges start in the edge index; `close` adds the total.
+        files.write(f"neighbors_{p}_0.index", np.uint64(self.edges) + np.concatenate(
+            [[0], np.cumsum(degree)])[:-1].astype(np.uint64))
+        del degree
+        ids = np.empty(num_nodes, np.int64)
+        count = 0
+        for chunk in nodes:
+            n = len(chunk.ids)
+            if count + n > num_nodes:
+                raise ValueError(f"partition {p}: more than the {num_nodes} nodes announced")
+            index = np.arange(self.nodes + count, self.nodes + count + n, dtype=np.uint64)
+            node_map = np.empty(n, NODE_MAP)
+            node_map["id"] = chunk.ids
+            node_map["index"] = index
+            node_map["type"] = chunk.types
+            files.write(f"node_{p}_0.map", node_map)
+            files.write(f"node_{p}_0.index", index * np.uint64(self.PER_NODE))
+            width = chunk.features.shape[1] * 4
+            starts = np.uint64(self.data_pos) + np.arange(n, dtype=np.uint64) * np.uint64(width + 4)
+            files.write(f"node_features_{p}_0.index", np.stack([starts, starts + np.uint64(width)], axis=1))
+            rows = np.empty((n, chunk.features.shape[1] + 1), np.float32)
+            rows[:, :-1] = chunk.features
+            rows[:, -1] = chunk.labels
+            files.write(f"node_features_{p}_0.data", rows)
+            del rows, node_map, starts, index
+            self.data_pos += n * (width + 4)
+            for t in range(int(chunk.types.max(initial=-1)) + 1):
+                of_type = chunk.ids[chunk.types == t]
+                if t == len(self.per_type):
+                    self.per_type.append(0)
+                self.per_type[t] += len(of_type)
+                files.write(node_alias_name(t, p), _kept_alias(of_type))
+            ids[count:count + n] = chunk.ids
+            count += n
+        if count != num_nodes:
+            raise ValueError(f"partition {p}: {count} nodes written, {num_nodes} announced")
+        self.nodes += count
+        edges = len(edge_dst)
+        edge_index = np.zeros(edges, EDGE_INDEX)
+        edge_index["dst"] = edge_dst
+        edge_index["type"] = EDGE_TYPE
+        edge_index["weight"] = edge_weight
+        files.write(f"edge_{p}_0.index", edge_index)
+        del edge_index
+        if edges and self.equal_weights:
+            files.write(edge_alias_name(EDGE_TYPE, p), _kept_edges(ids[edge_src_index], edge_dst))
+        # The writer adds each float32 weight to a Python float, in order: a sequential float64 sum.
+        self.weight_total = float(np.cumsum(np.concatenate([[self.weight_total], edge_weight]),
+                                            dtype=np.float64)[-1])
+        self.edges += edges
+
+    def close(self) -> dict[str, Any]:
+        files, p, count, edges = self.files, self.p, self.nodes, self.edges
+        if count < 1:
+            raise ValueError(f"partition {p} has no nodes")
+        files.write(f"node_{p}_0.index", np.array([count * self.PER_NODE], np.uint64))
+        files.write(f"node_features_{p}_0.index", np.array([self.data_pos], np.uint64))
+        files.write(f"neighbors_{p}_0.index", np.array([edges], np.uint64))
+        sentinel = np.zeros(1, EDGE_INDEX)
+        sentinel["weight"] = -1  # the writer's closing sentinel (0, 0, 0, -1)
+        files.write(f"edge_{p}_0.index", sentinel)
+        files.write(f"edge_features_{p}_0.index", np.zeros(1, np.uint64))
+        files.write(f"edge_features_{p}_0.data", b"")
+        for t, n in enumerate(self.per_type):
+            files.write(node_alias_name(t, p), b"")  # a type this partition lacks still gets its file
+            if n >= 1 << 24 and vose_alias(np.ones(n, np.float32)) is not None:
+                # Past 2**24, float32 no longer sums n ones exactly, and DeepGNN's table would alias nodes.
+                raise ValueError(f"partition {p} has {n} nodes of type {t}, more than DeepGNN's float32 "
+                                 "node alias table handles exactly; use more partitions")
+        if edges and not self.equal_weights:
+            self._weighted_edge_alias()
+        node_weight: list[float | int] = [float(n) if n else 0 for n in self.per_type]
+        return {"node_count": count, "edge_count": edges, "node_type_count": len(self.per_type),
+                "edge_type_count": 1 if edges else 0, "node_feature_count": self.PER_NODE,
+                "edge_feature_count": 0,
+                "partition": {"id": p, "node_weight": node_weight, "node_type_count": list(self.per_type),
+                              "edge_weight": [self.weight_total] if edges else [],
+                              "edge_type_count": [edges] if edges else []},
+                "files": files.close(p)}
+
+    def _weighted_edge_alias(self) -> None:
+        """EdgeAliasWriter's table over the partition's edges, from the files written so far."""
+        files, p = self.files, self.p
+        for name in (f"node_{p}_0.map", f"neighbors_{p}_0.index", f"edge_{p}_0.index"):
+            files.open[name].flush()
+        node_ids = np.memmap(self.folder / f"node_{p}_0.map", NODE_MAP, "r")["id"]
+        starts = np.memmap(self.folder / f"neighbors_{p}_0.index", np.uint64, "r")
+        edge_index = np.memmap(self.folder / f"edge_{p}_0.index", EDGE_INDEX, "r")[:self.edges]
+
+        def ends(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            src = node_ids[np.searchsorted(starts, edges.astype(np.uint64), side="right") - 1]
+            return src, edge_index["dst"][edges].astype(np.int64)
+
+        vose = vose_alias(np.array(edge_index["weight"]))
+        for a in range(0, self.edges, _READ_BACK):
+            rows = np.arange(a, min(a + _READ_BACK, self.edges))
+            src, dst = ends(rows)
+            table = _kept_edges(src, dst)
+            if vose is not None:
+                other, prob = vose[0][rows], vose[1][rows]
+                table["prob"] = prob
+                aliased = prob < 1.0
+                table["alias_src"][aliased], table["alias_dst"][aliased] = ends(other[aliased])
+            files.write(edge_alias_name(EDGE_TYPE, p), table)
+
+
+def _kept_alias(ids: np.ndarray) -> np.ndarray:
+    """NodeAliasWriter's records of nodes that keep themselves (prob 1, no alias)."""
     alias = np.zeros(len(ids), NODE_ALIAS)
     alias["left"] = ids
     alias["prob"] = 1.0
-    if len(ids):
-        vose = vose_alias(np.ones(len(ids), np.float32))
-        if vose is not None:
-            other, prob = vose
-            aliased = prob < 1.0
-            alias["prob"] = prob
-            alias["right"][aliased] = ids[other[aliased]]
     return alias
 
 
-def _edge_alias(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """EdgeAliasWriter's table over the partition's edges in order."""
+def _kept_edges(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """EdgeAliasWriter's records of edges that keep themselves (prob 1, no alias)."""
     alias = np.zeros(len(src), EDGE_ALIAS)
     alias["src"] = src
     alias["dst"] = dst
     alias["prob"] = 1.0
-    vose = vose_alias(weights)
-    if vose is not None:
-        other, prob = vose
-        aliased = prob < 1.0
-        alias["prob"] = prob
-        alias["alias_src"][aliased] = src[other[aliased]]
-        alias["alias_dst"][aliased] = dst[other[aliased]]
     return alias
-
-
-def write_partition(folder: Path, partition: int, nodes: Iterable[NodeChunk], num_nodes: int,
-                    edge_src_index: np.ndarray, edge_dst: np.ndarray, edge_weight: np.ndarray
-                    ) -> dict[str, Any]:
-    """Write partition `partition` into `folder`; return DeepGNN's worker report plus the files' digests.
-
-    `nodes` yields the partition's `num_nodes` nodes in order; an edge is given by the position of
-    its source in that order (`edge_src_index`, sorted; each node's edges sorted by dst), its dst id
-    and its weight.
-    """
-    if num_nodes < 1:
-        raise ValueError(f"partition {partition} has no nodes")
-    files = HashedFiles(folder)
-    p = partition
-    per_node = 2  # float feature 0 (features) and 1 (label)
-    edges = len(edge_dst)
-    degree = np.bincount(edge_src_index, minlength=num_nodes)
-    # Where each node's edges start in the edge index, then the total: the neighbours index.
-    edge_starts = np.concatenate([[0], np.cumsum(degree)]).astype(np.uint64)
-    del degree
-    ids = np.empty(num_nodes, np.int64)
-    types = np.empty(num_nodes, np.int32)
-    count = 0
-    data_pos = 0
-    for chunk in nodes:
-        n = len(chunk.ids)
-        if count + n > num_nodes:
-            raise ValueError(f"partition {p}: more than the {num_nodes} nodes announced")
-        index = np.arange(count, count + n, dtype=np.uint64)
-        node_map = np.empty(n, NODE_MAP)
-        node_map["id"] = chunk.ids
-        node_map["index"] = index
-        node_map["type"] = chunk.types
-        files.write(f"node_{p}_0.map", node_map)
-        files.write(f"node_{p}_0.index", index * np.uint64(per_node))
-        width = chunk.features.shape[1] * 4
-        starts = np.uint64(data_pos) + np.arange(n, dtype=np.uint64) * np.uint64(width + 4)
-        files.write(f"node_features_{p}_0.index", np.stack([starts, starts + np.uint64(width)], axis=1))
-        rows = np.empty((n, chunk.features.shape[1] + 1), np.float32)
-        rows[:, :-1] = chunk.features
-        rows[:, -1] = chunk.labels
-        files.write(f"node_features_{p}_0.data", rows)
-        del rows, node_map, starts, index
-        data_pos += n * (width + 4)
-        ids[count:count + n] = chunk.ids
-        types[count:count + n] = chunk.types
-        count += n
-    if count != num_nodes:
-        raise ValueError(f"partition {p}: {count} nodes written, {num_nodes} announced")
-    files.write(f"node_{p}_0.index", np.array([count * per_node], np.uint64))
-    files.write(f"node_features_{p}_0.index", np.array([data_pos], np.uint64))
-    files.write(f"neighbors_{p}_0.index", edge_starts)
-    del edge_starts
-    edge_index = np.zeros(edges + 1, EDGE_INDEX)
-    edge_index["dst"][:edges] = edge_dst
-    edge_index["type"][:edges] = EDGE_TYPE
-    edge_index["weight"][:edges] = edge_weight
-    edge_index["weight"][edges] = -1  # the writer's closing sentinel (0, 0, 0, -1)
-    files.write(f"edge_{p}_0.index", edge_index)
-    del edge_index
-    files.write(f"edge_features_{p}_0.index", np.zeros(1, np.uint64))
-    files.write(f"edge_features_{p}_0.data", b"")
-
-    node_type_num = int(types.max()) + 1
-    node_weight: list[float | int] = []
-    node_type_count: list[int] = []
-    for t in range(node_type_num):
-        of_type = ids[types == t]
-        files.write(node_alias_name(t, p), _node_alias(of_type))
-        node_type_count.append(len(of_type))
-        # The writer starts each type's weight at int 0 and adds float 1.0 per node.
-        node_weight.append(float(len(of_type)) if len(of_type) else 0)
-    del types
-    edge_weight_total: list[float | int] = []
-    if edges:
-        weights = np.ascontiguousarray(edge_weight, np.float32)
-        src = ids[edge_src_index]
-        files.write(edge_alias_name(EDGE_TYPE, p), _edge_alias(src, edge_dst, weights))
-        del src
-        # The writer adds each float32 weight to a Python float, in order: a sequential float64 sum.
-        edge_weight_total.append(float(np.cumsum(weights, dtype=np.float64)[-1]))
-    return {"node_count": count, "edge_count": edges, "node_type_count": node_type_num,
-            "edge_type_count": 1 if edges else 0, "node_feature_count": per_node,
-            "edge_feature_count": 0,
-            "partition": {"id": p, "node_weight": node_weight, "node_type_count": node_type_count,
-                          "edge_weight": edge_weight_total, "edge_type_count": [edges] if edges else []},
-            "files": files.close(p)}
 
 
 def pad_alias_files(folder: Path, reports: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

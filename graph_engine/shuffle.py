@@ -7,19 +7,23 @@ Flyte map task can run them (graph_engine/convert.py, workflows/convert_graph.py
    No shard needs another; memory is one batch.
 2. Build: each partition reads only its spill files, checks its ids (duplicates, edges naming unknown
    nodes), sorts its nodes by id and its edges by (src, dst), and writes DeepGNN's binary files
-   (graph_engine/binary.py). Memory is that partition's ids and edges (its features stream in
-   chunks): what its server will hold anyway.
+   (graph_engine/binary.py). A partition bigger than `BUCKET_ROWS` nodes plus edges is first routed,
+   a piece at a time, into ranges of ids (an external sort) and built range by range, so memory is
+   one range's ids and edges, whatever the partition's size (features stream in chunks); only a
+   partition with unequal edge weights holds its weights at once, for DeepGNN's alias table.
 
 Then `finish` writes the split id files, DeepGNN's meta.json and graphfleet's manifest.
 
 Spill layout under a scratch folder: `nodes/<p>/<shard>.{ids,types,labels,features}`,
-`edges/<p>/<shard>.{src,dst,weight}`, `refs/<p>/<shard>.ids`, `splits/<p>.<split>`; all raw
-little-endian arrays.
+`edges/<p>/<shard>.{src,dst,weight}`, `refs/<p>/<shard>.ids`, `splits/<p>.<split>`, and while a
+partition builds in ranges `buckets/<p>/<range>/{nodes,edges,refs}/<shard>.*` (nodes add `.rows`,
+their rows in the partition's spill files); all raw little-endian arrays.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,8 +36,13 @@ from graph_engine.tables import SPLITS, EdgeBatch, NodeBatch, TableError
 INFO_FORMAT = 2
 # Nodes per chunk handed to the binary writer: bounds the feature rows held at once.
 _CHUNK = 1 << 16
+# A partition builds in ranges of ids of at most about this many nodes plus edges (~60 bytes each while
+# sorting and writing), so a worker's memory does not grow with the partition.
+BUCKET_ROWS = 1 << 21
+# Rows read from a spill file at a time when routing it into ranges.
+_PIECE = 1 << 20
 _FIELDS = {"ids": np.int64, "types": np.int32, "labels": np.int64, "features": np.float32,
-           "src": np.int64, "dst": np.int64, "weight": np.float32}
+           "src": np.int64, "dst": np.int64, "weight": np.float32, "rows": np.int64}
 
 
 class IdError(TableError):
@@ -119,6 +128,24 @@ def _spilled(folder: Path, suffix: str) -> list[Path]:
     return sorted(folder.glob(f"*.{suffix}")) if folder.is_dir() else []
 
 
+def _rows(path: Path, suffix: str) -> int:
+    return path.stat().st_size // np.dtype(_FIELDS[suffix]).itemsize
+
+
+def _pieces(folder: Path, suffixes: tuple[str, ...]) -> Iterator[tuple[str, int, list[np.ndarray]]]:
+    """(file stem, row of the piece in the concatenation, arrays) for the spill files with these
+    suffixes (one row count per stem), `_PIECE` rows at a time."""
+    start = 0
+    for first in _spilled(folder, suffixes[0]):
+        total = _rows(first, suffixes[0])
+        for a in range(0, total, _PIECE):
+            n = min(_PIECE, total - a)
+            yield first.stem, start + a, [np.fromfile(first.with_suffix(f".{s}"), _FIELDS[s], count=n,
+                                                      offset=a * np.dtype(_FIELDS[s]).itemsize)
+                                          for s in suffixes]
+        start += total
+
+
 def _load(folder: Path, suffix: str) -> np.ndarray:
     files = _spilled(folder, suffix)
     dtype = _FIELDS[suffix]
@@ -138,10 +165,10 @@ def _lookup(sorted_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.
 
 def _node_chunks(folder: Path, dim: int, order: np.ndarray, ids: np.ndarray, types: np.ndarray,
                  labels: np.ndarray) -> Iterator[binary.NodeChunk]:
-    """The partition's nodes in id order, `_CHUNK` at a time; features gathered from the spill files."""
+    """Nodes in the given order (`order`: their rows in the partition's spill files), `_CHUNK` at a
+    time; features gathered from the spill files."""
     files = _spilled(folder, "features")
-    sizes = [f.stat().st_size // (4 * dim) if dim else len(np.fromfile(f.with_suffix(".ids"), np.int64))
-             for f in files]
+    sizes = [f.stat().st_size // (4 * dim) if dim else _rows(f.with_suffix(".ids"), "ids") for f in files]
     starts = np.concatenate([[0], np.cumsum(sizes)])
     maps = [np.memmap(f, np.float32, "r").reshape(-1, dim) if dim and size else None
             for f, size in zip(files, sizes, strict=True)]
@@ -157,31 +184,90 @@ def _node_chunks(folder: Path, dim: int, order: np.ndarray, ids: np.ndarray, typ
         yield binary.NodeChunk(ids[part], types[part], features, labels[part])
 
 
+def _bucket_bounds(nodes: Path, edges: Path, buckets: int) -> np.ndarray:
+    """Ids splitting the partition into `buckets` ranges of about equal nodes plus edges (from a sample
+    of node ids and edge sources)."""
+    files = [(f, "ids") for f in _spilled(nodes, "ids")] + [(f, "src") for f in _spilled(edges, "src")]
+    total = sum(_rows(f, s) for f, s in files)
+    step = max(1, total // (buckets * 1024))
+    sample = np.sort(np.concatenate([np.memmap(f, _FIELDS[s], "r")[::step] for f, s in files if _rows(f, s)]))
+    return np.unique(sample[np.arange(1, buckets) * len(sample) // buckets])  # a hub's id may repeat
+
+
+def _split_into_buckets(spill: Path, p: int, bounds: np.ndarray) -> list[Path]:
+    """Route partition `p`'s spill files, a piece at a time, into one folder per id range (in id order)
+    with the same layout, each node's row in the partition's spill files in `nodes/*.rows`."""
+    root = spill / "buckets" / str(p)
+    if root.exists():  # left by an attempt that failed: appending to it would double its rows
+        shutil.rmtree(root)
+    folders = [root / str(b) for b in range(len(bounds) + 1)]
+    routes = (("nodes", ("ids", "types", "labels"), "ids"), ("edges", ("src", "dst", "weight"), "src"),
+              ("refs", ("ids",), "ids"))
+    for table, suffixes, key in routes:
+        for stem, start, arrays in _pieces(spill / table / str(p), suffixes):
+            if table == "nodes":
+                arrays.append(np.arange(start, start + len(arrays[0]), dtype=np.int64))
+            bucket = np.searchsorted(bounds, arrays[suffixes.index(key)], side="right")
+            for b, rows_of in _groups(bucket, len(folders)):
+                for suffix, array in zip((*suffixes, "rows"), arrays, strict=False):
+                    _append(folders[b] / table, f"{stem}.{suffix}", array[rows_of])
+    return folders
+
+
+def _equal_weights(edges: Path) -> bool:
+    low, high = np.inf, -np.inf
+    for _, _, (weight,) in _pieces(edges, ("weight",)):
+        low, high = min(low, float(weight.min())), max(high, float(weight.max()))
+    return not low < high
+
+
 def build_partition(spill: Path, p: int, dim: int, out: Path) -> dict[str, Any]:
     """Check and write partition `p` from its spill files into `out`; return its report.
 
-    Nodes are written in id order, each node's edges in dst order (ties in input order): then an
-    edge's source position is found by one merge-like pass instead of a random lookup per edge.
-    Split ids go to `spill/splits/<p>.<split>` for `finish`.
+    Nodes are written in id order, each node's edges in dst order (ties in input order). A partition
+    of more than `BUCKET_ROWS` nodes plus edges is first split into ranges of ids and built range by
+    range, so memory is one range's whatever the partition's size. Split ids go to
+    `spill/splits/<p>.<split>` for `finish`.
     """
-    nodes = spill / "nodes" / str(p)
-    ids = _load(nodes, "ids")
-    if not len(ids):
+    nodes, edges = spill / "nodes" / str(p), spill / "edges" / str(p)
+    num_nodes = sum(_rows(f, "ids") for f in _spilled(nodes, "ids"))
+    if not num_nodes:
         raise TableError(f"partition {p} gets no node (nodes are placed by a hash of their id); "
                          "use fewer partitions")
+    rows = num_nodes + sum(_rows(f, "src") for f in _spilled(edges, "src"))
+    buckets = -(-rows // BUCKET_ROWS)
+    writer = binary.PartitionWriter(out, p, _equal_weights(edges))
+    splits = spill / "splits"
+    splits.mkdir(exist_ok=True)
+    for name in SPLITS:  # ranges append to them; start empty, also when a failed attempt is retried
+        (splits / f"{p}.{name}").write_bytes(b"")
+    if buckets == 1:
+        _build_bucket(nodes, edges, spill / "refs" / str(p), nodes, dim, p, writer, splits)
+    else:
+        for folder in _split_into_buckets(spill, p, _bucket_bounds(nodes, edges, buckets)):
+            _build_bucket(folder / "nodes", folder / "edges", folder / "refs", nodes, dim, p, writer, splits)
+            if folder.exists():  # a range may hold no row
+                shutil.rmtree(folder)
+    return writer.close()
+
+
+def _build_bucket(nodes: Path, edges: Path, refs: Path, features: Path, dim: int, p: int,
+                  writer: binary.PartitionWriter, splits: Path) -> None:
+    """Check one range of ids of partition `p` and hand it to `writer`: nodes sorted by id, edges by
+    (src, dst); an edge's source position found by one merge-like pass, not a lookup per edge."""
+    ids = _load(nodes, "ids")
     order = np.argsort(ids, kind="stable")
     ids = ids[order]
     same = np.flatnonzero(ids[1:] == ids[:-1])
     if len(same):
         value = int(ids[same[0]])
         raise IdError(f"duplicate node id {value}", "nodes", "id", value)
-    refs = np.sort(_load(spill / "refs" / str(p), "ids"))
-    _, found = _lookup(ids, refs)
+    wanted = np.sort(_load(refs, "ids"))
+    _, found = _lookup(ids, wanted)
     if not found.all():
-        value = int(refs[np.flatnonzero(~found)[0]])
+        value = int(wanted[np.flatnonzero(~found)[0]])
         raise IdError(f"an edge's dst {value} is not a node id", "edges", "dst", value)
-    del refs, found
-    edges = spill / "edges" / str(p)
+    del wanted, found
     src, dst = _load(edges, "src"), _load(edges, "dst")
     sort = np.lexsort((dst, src))
     src, dst, weight = src[sort], dst[sort], _load(edges, "weight")[sort]
@@ -193,13 +279,11 @@ def build_partition(spill: Path, p: int, dim: int, out: Path) -> dict[str, Any]:
     del src, found
     types = _load(nodes, "types")[order]
     labels = _load(nodes, "labels")[order].astype(np.float32)
-    report = binary.write_partition(out, p, _node_chunks(nodes, dim, order, ids, types, labels), len(ids),
-                                    src_index, dst, weight)
-    splits = spill / "splits"
-    splits.mkdir(exist_ok=True)
+    rows = _load(nodes, "rows")[order] if _spilled(nodes, "rows") else order
+    writer.add(_node_chunks(features, dim, rows, ids, types, labels), len(ids), src_index, dst, weight)
     for name, code in SPLITS.items():
-        ids[types == code].tofile(splits / f"{p}.{name}")
-    return report
+        with (splits / f"{p}.{name}").open("ab") as f:
+            ids[types == code].tofile(f)
 
 
 def finish(spill: Path, out: Path, reports: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, Any]:

@@ -133,14 +133,14 @@ def test_folder_of_other_files_is_never_overwritten(small: Graph, tmp_path: Path
 @pytest.mark.timeout(60)
 def test_writer_failure_raises_and_leaves_nothing(small: Graph, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    real = binary.write_partition
+    real = binary.PartitionWriter.close
 
-    def failing(folder: Path, partition: int, *args: object) -> object:
-        if partition == 1:
+    def failing(writer: binary.PartitionWriter) -> object:
+        if writer.p == 1:
             raise OSError("disk full")
-        return real(folder, partition, *args)  # type: ignore[arg-type]
+        return real(writer)
 
-    monkeypatch.setattr(binary, "write_partition", failing)
+    monkeypatch.setattr(binary.PartitionWriter, "close", failing)
     with pytest.raises(OSError, match="disk full"):
         convert(small, str(tmp_path / "g"), 2)
     assert list(tmp_path.iterdir()) == []

@@ -18,7 +18,7 @@ from deepgnn.graph_engine.snark.convert import MultiWorkersConverter
 from deepgnn.graph_engine.snark.decoders import Decoder
 from deepgnn.graph_engine.snark.dispatcher import QueueDispatcher
 
-from graph_engine import health
+from graph_engine import health, shuffle
 from graph_engine.convert import convert_tables
 from graph_engine.shuffle import partition_of
 from graph_engine.store import INFO, read_info, read_split
@@ -94,9 +94,18 @@ class _Reference(Decoder):
             yield node, int(self.dst[k]), 0, float(self.weight[k]), None, None, []
 
 
+@pytest.fixture(params=[None, 64], ids=["whole", "ranges"])
+def ranges(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Partitions built whole, or in ranges of ids of about 64 nodes plus edges, read 50 rows at a time
+    (what a partition bigger than shuffle.BUCKET_ROWS does)."""
+    if request.param:
+        monkeypatch.setattr(shuffle, "BUCKET_ROWS", request.param)
+        monkeypatch.setattr(shuffle, "_PIECE", 50)
+
+
 @pytest.mark.parametrize(("weights", "count"), [("uniform", E), ("skewed", 20 * E), ("equal", E), (None, E)])
 def test_partitions_are_byte_identical_to_deepgnns_converter(tmp_path: Path, weights: str | None,
-                                                             count: int) -> None:
+                                                             count: int, ranges: None) -> None:
     t = Tables(weights=weights, edges=count)
     nodes, edges = t.write(tmp_path / "in")
     out = Path(convert_tables(str(nodes), str(edges), str(tmp_path / "ours"), 3, workers=2))
@@ -207,7 +216,7 @@ def test_ragged_features_name_the_row(tmp_path: Path) -> None:
                        "every node needs the same feature length (ragged features)")
 
 
-def test_unknown_edge_id_names_file_column_and_row(tmp_path: Path) -> None:
+def test_unknown_edge_id_names_file_column_and_row(tmp_path: Path, ranges: None) -> None:
     t = Tables()
     dst = t.dst[:300].copy()
     dst[211] = 12345
@@ -216,7 +225,7 @@ def test_unknown_edge_id_names_file_column_and_row(tmp_path: Path) -> None:
                        f"{tmp_path}/in/edges/part-00001.parquet row 211")
 
 
-def test_duplicate_node_ids_name_both_rows(tmp_path: Path) -> None:
+def test_duplicate_node_ids_name_both_rows(tmp_path: Path, ranges: None) -> None:
     t = Tables()
     table = t.node_table(slice(N // 3, N))
     ids = t.ids[N // 3:].copy()

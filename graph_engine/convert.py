@@ -74,13 +74,19 @@ def summarize(node_reports: list[dict[str, Any]], node_files: list[str],
     return nodes, dims.pop() if dims else 0, max(r["max_label"] for r in node_reports) + 1
 
 
+def located(err: shuffle.IdError, node_files: list[str], edge_files: list[str]) -> TableError:
+    """`err` naming the input files and rows that hold its id."""
+    found = tables.locate(node_files if err.table == "nodes" else edge_files, err.column, err.value)
+    return TableError(f"{err}: column {err.column!r}" + (" at " + "; ".join(found) if found else ""))
+
+
 def _build(spill: Path, dim: int, out: Path, partitions: int, pool: Executor,
-           locate: Callable[[shuffle.IdError], str]) -> list[dict[str, Any]]:
+           locate: Callable[[shuffle.IdError], TableError]) -> list[dict[str, Any]]:
     try:
         return list(pool.map(shuffle.build_partition, [spill] * partitions, range(partitions),
                              [dim] * partitions, [out] * partitions))
     except shuffle.IdError as err:
-        raise TableError(f"{err}: {locate(err)}") from None
+        raise locate(err) from None
 
 
 def write_tables(nodes_uri: str, edges_uri: str, folder: Path, spill: Path, partitions: int, *,
@@ -95,13 +101,9 @@ def write_tables(nodes_uri: str, edges_uri: str, folder: Path, spill: Path, part
         list(pool.map(_scatter_edge_file, edge_files, range(len(edge_files)), [partitions] * len(edge_files),
                       [spill] * len(edge_files), [symmetrize] * len(edge_files)))
 
-    def where(err: shuffle.IdError) -> str:
-        files = node_files if err.table == "nodes" else edge_files
-        found = tables.locate(files, err.column, err.value)
-        return f"column {err.column!r} at " + "; ".join(found) if found else f"column {err.column!r}"
-
     with _pool(min(workers, partitions)) as pool:
-        reports = _build(spill, dim, folder, partitions, pool, where)
+        reports = _build(spill, dim, folder, partitions, pool,
+                         lambda err: located(err, node_files, edge_files))
     info = {"dataset": name, "num_nodes": nodes, "feature_dim": dim, "num_classes": max(classes, 1),
             "partitions": partitions}
     return shuffle.finish(spill, folder, reports, info)
@@ -118,7 +120,8 @@ def write_graph(graph: Graph, folder: Path, spill: Path, partitions: int) -> dic
     src, dst = graph.edges[:, 0], graph.edges[:, 1]
     shuffle.scatter_edges([EdgeBatch(src, dst, np.ones(len(src), np.float32), origin)], 0, partitions, spill,
                           symmetrize=True)
-    reports = _build(spill, graph.feature_dim, folder, partitions, _Inline(), lambda err: f"in {origin.file}")
+    reports = _build(spill, graph.feature_dim, folder, partitions, _Inline(),
+                     lambda err: TableError(f"{err}: in {origin.file}"))
     info = {"dataset": graph.name, "num_nodes": graph.num_nodes, "feature_dim": graph.feature_dim,
             "num_classes": graph.num_classes, "partitions": partitions}
     return shuffle.finish(spill, folder, reports, info)
@@ -139,7 +142,7 @@ def _publish(out_uri: str, overwrite: bool, write: Callable[[Path, Path], Any]) 
             folder, spill = Path(tmp) / "graph", Path(tmp) / "spill"
             folder.mkdir()
             write(folder, spill)
-            _upload(folder, uri, overwrite)
+            upload(folder, uri, overwrite)
         return uri
     target = local_path(uri)
     _check_local_target(target, overwrite)
@@ -221,7 +224,8 @@ def check_s3_target(uri: str, overwrite: bool) -> None:
         raise FileExistsError(_occupied(f"{uri} already holds a converted graph", False))
 
 
-def _upload(folder: Path, uri: str, overwrite: bool) -> None:
+def upload(folder: Path, uri: str, overwrite: bool = False) -> None:
+    """Publish the store files in `folder` at s3:// `uri`, metadata last."""
     fs, path = filesystem(uri)
     if overwrite and fs.exists(f"{path}/{META}"):
         fs.rm(path, recursive=True)

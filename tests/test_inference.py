@@ -12,6 +12,7 @@ from deepgnn.graph_engine.snark.client import MemoryGraph
 from graph_engine import datasets
 from graph_engine.convert import convert
 from workflows import inference
+from workflows.ranks import Rank
 from workflows.train import GraphInfo, TrainConfig, evaluate, fit, save
 
 # Small evaluation samples make predictions sensitive to which neighbours were drawn: other batches or
@@ -62,3 +63,21 @@ def test_inference_refuses_a_used_target_and_a_graph_the_model_cannot_read(tmp_p
     other = convert(datasets.synthetic(num_nodes=300, feature_dim=8), str(tmp_path / "other"), 1)
     with pytest.raises(ValueError, match="16 features, 5 classes.*cannot read.*8 features"):
         inference.infer(checkpoint, other, str(tmp_path / "out"))
+
+
+def test_node_maps_come_from_the_manifest_without_listing_the_store(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every rank reads its partitions' node maps by the names the manifest lists: no listing of the
+    store (on S3, a LIST per partition), and every node once."""
+    import fsspec.implementations.local
+
+    uri = convert(graph(), str(tmp_path / "g"), 3)
+
+    def no_listing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("inference listed the store")
+
+    monkeypatch.setattr(fsspec.implementations.local.LocalFileSystem, "glob", no_listing)
+    info = GraphInfo.read(uri)
+    seen = np.concatenate([nodes for r in range(2) for nodes, _ in
+                           inference.rank_batches(info, Rank(r, 2))])
+    assert sorted(seen.tolist()) == list(range(graph().num_nodes))

@@ -27,8 +27,8 @@ from typing import Any
 from flytekit import map_task, task, workflow
 
 from graph_engine import shuffle, tables
-from graph_engine.convert import check_s3_target, summarize
-from graph_engine.store import META, canonical_uri, filesystem, is_s3
+from graph_engine.convert import check_s3_target, located, summarize, upload
+from graph_engine.store import canonical_uri, filesystem, is_s3
 
 
 def _groups(items: int, per_group: int) -> list[list[int]]:
@@ -124,9 +124,7 @@ def build(job: str) -> str:
             try:
                 reports.append(shuffle.build_partition(spill, p, spec["feature_dim"], out))
             except shuffle.IdError as err:
-                files = spec["node_files"] if err.table == "nodes" else spec["edge_files"]
-                found = tables.locate(files, err.column, err.value)
-                raise tables.TableError(f"{err}: column {err.column!r} at " + "; ".join(found)) from None
+                raise located(err, spec["node_files"], spec["edge_files"]) from None
         _put(out, spec["out"])
         _put(spill / "splits", f"{spec['spill']}/splits")
     return json.dumps({"reports": reports, "job": spec})
@@ -145,12 +143,7 @@ def finish(built: list[str], name: str) -> str:
         info = {"dataset": name, "num_nodes": job["num_nodes"], "feature_dim": job["feature_dim"],
                 "num_classes": job["num_classes"], "partitions": job["partitions"]}
         shuffle.finish(spill, out, reports, info)
-        meta = out / META
-        kept = meta.read_bytes()
-        meta.unlink()
-        _put(out, job["out"])
-        fs, path = filesystem(job["out"])
-        fs.pipe_file(f"{path}/{META}", kept)
+        upload(out, job["out"])
     fs, spill_path = filesystem(job["spill"])
     fs.rm(spill_path, recursive=True)
     return str(job["out"])

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from flytekit import task, workflow
 from flytekit.types.error import FlyteError
 from flytekit.types.file import FlyteFile
 
 from flyte_agent import DataServiceReleaseAllTask, DataServiceTask, DataServiceTeardownTask
-from infra.spec import ENDPOINTS_ENV
-from workflows import train as trainer
-from workflows.gnn_training import graph_client_pod, predictions_uri
+from workflows.gnn_training import graph_client_pod, predict_every_node
 
 REUSE_ENV = "GRAPHFLEET_INFERENCE_REUSE"
 REUSE = os.environ.get(REUSE_ENV, "")
@@ -39,15 +36,10 @@ class InferenceReport:
 
 @task(pod_template=graph_client_pod())  # it opens the fleet: the NetworkPolicy admits labelled pods only
 def predict_all(graph_uri: str, endpoints: str, model: FlyteFile, trainers: int) -> InferenceReport:
-    from workflows import inference
-
     try:
-        os.environ[ENDPOINTS_ENV] = endpoints
-        done = inference.infer(Path(model.download()), graph_uri, predictions_uri(),
-                               trainer.endpoints_from_env(), trainers)
+        done = predict_every_node(model, graph_uri, endpoints, trainers)
     except Exception as err:  # handed on so the fleet is released first
         return InferenceReport(error=f"predict: {type(err).__name__}: {err}")
-    print(f"predictions: {done.nodes} nodes at {done.nodes_per_second:.0f} nodes/s -> {done.uri}")
     return InferenceReport(predictions=done.uri, nodes=done.nodes, nodes_per_second=done.nodes_per_second)
 
 

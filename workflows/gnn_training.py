@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flytekit import Deck, PodTemplate, Resources, current_context, dynamic, task, workflow
 from flytekit.core.base_task import IgnoreOutputs
@@ -49,6 +49,9 @@ from infra.spec import CLIENT_LABEL, ENDPOINTS_ENV
 from workflows import train as trainer
 from workflows.ranks import SINGLE
 from workflows.report import TrainingReport
+
+if TYPE_CHECKING:
+    from workflows.inference import Inference
 
 log = logging.getLogger("workflows.gnn_training")
 
@@ -237,9 +240,9 @@ def evaluate(graph_uri: str, endpoints: str, trained: TrainOutcome) -> TrainOutc
         assert trained.checkpoint is not None
         os.environ[ENDPOINTS_ENV] = endpoints
         used = trainer.endpoints_from_env()
-        partitions = trainer.GraphInfo.read(graph_uri).partitions
-        Deck("data service", deck.fleet_html(used, partitions, health.not_ready(used, timeout=2.0)))
-        fitted = trainer.load(Path(trained.checkpoint.download()))
+        fitted = trainer.load(Path(trained.checkpoint.download()))  # holds the graph's manifest
+        ready = health.not_ready(used, timeout=2.0)
+        Deck("data service", deck.fleet_html(used, fitted.info.partitions, ready))
         report = trainer.evaluate(fitted, trainer.open_service(used), used)
         return TrainOutcome(report=report, checkpoint=trained.checkpoint, curves=trained.curves)
 
@@ -251,6 +254,18 @@ def predictions_uri() -> str:
     return f"{current_context().raw_output_prefix.rstrip('/')}/predictions-{uuid.uuid4().hex[:8]}"
 
 
+def predict_every_node(checkpoint: FlyteFile, graph_uri: str, endpoints: str, trainers: int) -> Inference:
+    """Every node's embedding and predicted class through the fleet at `endpoints` (its environment
+    value), in `trainers` ranks, into a fresh folder of the execution's raw outputs."""
+    from workflows import inference
+
+    os.environ[ENDPOINTS_ENV] = endpoints
+    done = inference.infer(Path(checkpoint.download()), graph_uri, predictions_uri(),
+                           trainer.endpoints_from_env(), trainers)
+    print(f"predictions: {done.nodes} nodes at {done.nodes_per_second:.0f} nodes/s -> {done.uri}")
+    return done
+
+
 @task(pod_template=graph_client_pod())
 def predict_nodes(graph_uri: str, endpoints: str, tested: TrainOutcome, predict: bool,
                   trainers: int) -> TrainOutcome:
@@ -260,13 +275,8 @@ def predict_nodes(graph_uri: str, endpoints: str, tested: TrainOutcome, predict:
         return tested
 
     def body() -> TrainOutcome:
-        from workflows import inference
-
         assert tested.checkpoint is not None
-        os.environ[ENDPOINTS_ENV] = endpoints
-        done = inference.infer(Path(tested.checkpoint.download()), graph_uri, predictions_uri(),
-                               trainer.endpoints_from_env(), trainers)
-        print(f"predictions: {done.nodes} nodes at {done.nodes_per_second:.0f} nodes/s -> {done.uri}")
+        done = predict_every_node(tested.checkpoint, graph_uri, endpoints, trainers)
         report = TrainingReport(**{**asdict(tested.report), "predictions": done.uri})
         return TrainOutcome(report=report, checkpoint=tested.checkpoint, curves=tested.curves)
 

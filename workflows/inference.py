@@ -40,6 +40,7 @@ from workflows.train import (
     load,
     open_graph,
     resolve_device,
+    seeded,
 )
 
 SCHEMA = pa.schema([("node_id", pa.int64()), ("embedding", pa.list_(pa.float32())),
@@ -59,15 +60,18 @@ class Inference:
         return self.nodes / self.seconds if self.seconds else 0.0
 
 
-def partition_node_ids(uri: str, partition: int) -> np.ndarray:
-    """The node ids stored in one partition of the graph at `uri` (its DeepGNN node map files)."""
+def partition_node_ids(uri: str, manifest: dict[str, Any], partition: int) -> np.ndarray:
+    """The node ids stored in one partition of the graph at `uri` (its DeepGNN node map files, as its
+    manifest lists them)."""
     fs, root = store.filesystem(uri)
-    parts = sorted(fs.glob(f"{root.rstrip('/')}/node_{partition}_*.map"))
+    parts = sorted(name for name in store.partition_files(manifest, [partition])
+                   if name.startswith(f"node_{partition}_") and name.endswith(".map"))
     if not parts:
-        raise FileNotFoundError(f"{uri}: no node map of partition {partition} (node_{partition}_*.map)")
+        raise FileNotFoundError(f"{uri}: its manifest lists no node map of partition {partition} "
+                                f"(node_{partition}_*.map)")
     ids = []
     for part in parts:
-        with fs.open(part, "rb") as f:
+        with fs.open(f"{root.rstrip('/')}/{part}", "rb") as f:
             ids.append(np.frombuffer(f.read(), NODE_MAP)["id"].astype(np.int64))
     return np.concatenate(ids)
 
@@ -75,14 +79,13 @@ def partition_node_ids(uri: str, partition: int) -> np.ndarray:
 def rank_batches(info: GraphInfo, rank: Rank) -> list[tuple[np.ndarray, int]]:
     """(nodes, sampling seed) of this rank's batches: every world-th test batch, as the test accuracy
     samples them, then the other nodes of every world-th partition."""
-    test = np.sort(np.asarray(info.test_ids, dtype=np.int64))
-    mine = [(chunk, TEST_SEED * 7919 + i) for i, chunk in enumerate(batches_of(test, EVAL_BATCH))]
-    mine = mine[rank.rank::rank.world]
+    test = np.asarray(info.test_ids, dtype=np.int64)
+    mine = seeded(batches_of(test, EVAL_BATCH), TEST_SEED)[rank.rank::rank.world]
+    manifest = store.read_info(info.uri)
     for partition in range(rank.rank, info.partitions, rank.world):
-        ids = partition_node_ids(info.uri, partition)
+        ids = partition_node_ids(info.uri, manifest, partition)
         rest = ids[~np.isin(ids, test)]
-        seed = (TEST_SEED + 1 + partition) * 7919
-        mine += [(chunk, seed + i) for i, chunk in enumerate(batches_of(rest, EVAL_BATCH))]
+        mine += seeded(batches_of(rest, EVAL_BATCH), TEST_SEED + 1 + partition)
     return mine
 
 

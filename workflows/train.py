@@ -222,15 +222,20 @@ class Sampling:
 
     def stream_chunks(self, chunks: Sequence[np.ndarray], fanouts: Sequence[int], seed: int, depth: int,
                       rank: Rank = SINGLE) -> Prefetcher[Batch]:
-        """Batch i samples `chunks[i]` with seed `seed * 7919 + i`; `rank` takes every world-th batch.
-        A batch's nodes and seed do not depend on the number of ranks: neither do its samples."""
-        seeded = [(chunk, seed * 7919 + i) for i, chunk in enumerate(chunks)]
-        return self.stream_seeded(seeded[rank.rank::rank.world], fanouts, depth)
+        """`seeded(chunks, seed)`; `rank` takes every world-th batch. A batch's nodes and seed do not
+        depend on the number of ranks: neither do its samples."""
+        return self.stream_seeded(seeded(chunks, seed)[rank.rank::rank.world], fanouts, depth)
 
     def stream_seeded(self, batches: Sequence[tuple[np.ndarray, int]], fanouts: Sequence[int],
                       depth: int) -> Prefetcher[Batch]:
         """Each (nodes, sampling seed) sampled as one batch, in order."""
         return Prefetcher(lambda j: self.batch(batches[j][0], fanouts, batches[j][1]), len(batches), depth)
+
+
+def seeded(chunks: Sequence[np.ndarray], seed: int) -> list[tuple[np.ndarray, int]]:
+    """(nodes, sampling seed) of each batch: batch i samples `chunks[i]` with seed `seed * 7919 + i`.
+    Inference replays the test accuracy's batches through it (workflows/inference.py)."""
+    return [(chunk, seed * 7919 + i) for i, chunk in enumerate(chunks)]
 
 
 def logits(model: GraphSage, batch: Batch) -> torch.Tensor:

@@ -7,7 +7,7 @@ Flyte map task can run them (graph_engine/convert.py, workflows/convert_graph.py
    No shard needs another; memory is one batch.
 2. Build: each partition reads only its spill files, checks its ids (duplicates, edges naming unknown
    nodes), sorts its nodes by id and its edges by (src, dst), and writes DeepGNN's binary files
-   (graph_engine/binary.py). A partition bigger than `BUCKET_ROWS` nodes plus edges is first routed,
+   (graph_engine/binary.py). A partition bigger than `BUCKET_BYTES` of working set is first routed,
    a piece at a time, into ranges of ids (an external sort) and built range by range, so memory is
    one range's ids and edges, whatever the partition's size (features stream in chunks); only a
    partition with unequal edge weights holds its weights at once, for DeepGNN's alias table.
@@ -16,8 +16,8 @@ Then `finish` writes the split id files, DeepGNN's meta.json and graphfleet's ma
 
 Spill layout under a scratch folder: `nodes/<p>/<shard>.{ids,types,labels,features}`,
 `edges/<p>/<shard>.{src,dst,weight}`, `refs/<p>/<shard>.ids`, `splits/<p>.<split>`, and while a
-partition builds in ranges `buckets/<p>/<range>/{nodes,edges,refs}/<shard>.*` (nodes add `.rows`,
-their rows in the partition's spill files); all raw little-endian arrays.
+partition builds in ranges `buckets/<p>/<range>/{nodes,edges,refs}/<shard>.*`; all raw little-endian
+arrays.
 """
 
 from __future__ import annotations
@@ -36,13 +36,15 @@ from graph_engine.tables import SPLITS, EdgeBatch, NodeBatch, TableError
 INFO_FORMAT = 2
 # Nodes per chunk handed to the binary writer: bounds the feature rows held at once.
 _CHUNK = 1 << 16
-# A partition builds in ranges of ids of at most about this many nodes plus edges (~60 bytes each while
-# sorting and writing), so a worker's memory does not grow with the partition.
-BUCKET_ROWS = 1 << 21
+# A partition builds in ranges of ids of about this many bytes of working set (an edge's ids, weight,
+# sort order and output records; a node's the same plus its features), so a worker's memory does not
+# grow with the partition.
+BUCKET_BYTES = 128 << 20
+_EDGE_BYTES = _NODE_BYTES = 64
 # Rows read from a spill file at a time when routing it into ranges.
 _PIECE = 1 << 20
 _FIELDS = {"ids": np.int64, "types": np.int32, "labels": np.int64, "features": np.float32,
-           "src": np.int64, "dst": np.int64, "weight": np.float32, "rows": np.int64}
+           "src": np.int64, "dst": np.int64, "weight": np.float32}
 
 
 class IdError(TableError):
@@ -132,18 +134,21 @@ def _rows(path: Path, suffix: str) -> int:
     return path.stat().st_size // np.dtype(_FIELDS[suffix]).itemsize
 
 
-def _pieces(folder: Path, suffixes: tuple[str, ...]) -> Iterator[tuple[str, int, list[np.ndarray]]]:
-    """(file stem, row of the piece in the concatenation, arrays) for the spill files with these
-    suffixes (one row count per stem), `_PIECE` rows at a time."""
-    start = 0
+def _pieces(folder: Path, suffixes: tuple[str, ...], dim: int = 0) -> Iterator[tuple[str, list[np.ndarray]]]:
+    """(file stem, arrays) for the spill files with these suffixes (one row count per stem; a
+    `features` row is `dim` values), `_PIECE` rows at a time."""
     for first in _spilled(folder, suffixes[0]):
         total = _rows(first, suffixes[0])
         for a in range(0, total, _PIECE):
             n = min(_PIECE, total - a)
-            yield first.stem, start + a, [np.fromfile(first.with_suffix(f".{s}"), _FIELDS[s], count=n,
-                                                      offset=a * np.dtype(_FIELDS[s]).itemsize)
-                                          for s in suffixes]
-        start += total
+            arrays = []
+            for s in suffixes:
+                width = dim if s == "features" else 1
+                item = np.dtype(_FIELDS[s]).itemsize * width
+                arrays.append(np.fromfile(first.with_suffix(f".{s}"), _FIELDS[s], count=n * width,
+                                          offset=a * item).reshape(n, width) if s == "features" else
+                              np.fromfile(first.with_suffix(f".{s}"), _FIELDS[s], count=n, offset=a * item))
+            yield first.stem, arrays
 
 
 def _load(folder: Path, suffix: str) -> np.ndarray:
@@ -165,8 +170,8 @@ def _lookup(sorted_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.
 
 def _node_chunks(folder: Path, dim: int, order: np.ndarray, ids: np.ndarray, types: np.ndarray,
                  labels: np.ndarray) -> Iterator[binary.NodeChunk]:
-    """Nodes in the given order (`order`: their rows in the partition's spill files), `_CHUNK` at a
-    time; features gathered from the spill files."""
+    """Nodes in the given order (`order`: their rows in the spill files of `folder`), `_CHUNK` at a
+    time; features gathered from those files."""
     files = _spilled(folder, "features")
     sizes = [f.stat().st_size // (4 * dim) if dim else _rows(f.with_suffix(".ids"), "ids") for f in files]
     starts = np.concatenate([[0], np.cumsum(sizes)])
@@ -194,29 +199,27 @@ def _bucket_bounds(nodes: Path, edges: Path, buckets: int) -> np.ndarray:
     return np.unique(sample[np.arange(1, buckets) * len(sample) // buckets])  # a hub's id may repeat
 
 
-def _split_into_buckets(spill: Path, p: int, bounds: np.ndarray) -> list[Path]:
+def _split_into_buckets(spill: Path, p: int, dim: int, bounds: np.ndarray) -> list[Path]:
     """Route partition `p`'s spill files, a piece at a time, into one folder per id range (in id order)
-    with the same layout, each node's row in the partition's spill files in `nodes/*.rows`."""
+    with the same layout."""
     root = spill / "buckets" / str(p)
     if root.exists():  # left by an attempt that failed: appending to it would double its rows
         shutil.rmtree(root)
     folders = [root / str(b) for b in range(len(bounds) + 1)]
-    routes = (("nodes", ("ids", "types", "labels"), "ids"), ("edges", ("src", "dst", "weight"), "src"),
-              ("refs", ("ids",), "ids"))
-    for table, suffixes, key in routes:
-        for stem, start, arrays in _pieces(spill / table / str(p), suffixes):
-            if table == "nodes":
-                arrays.append(np.arange(start, start + len(arrays[0]), dtype=np.int64))
-            bucket = np.searchsorted(bounds, arrays[suffixes.index(key)], side="right")
+    routes = (("nodes", ("ids", "types", "labels", "features")), ("edges", ("src", "dst", "weight")),
+              ("refs", ("ids",)))
+    for table, suffixes in routes:
+        for stem, arrays in _pieces(spill / table / str(p), suffixes, dim):
+            bucket = np.searchsorted(bounds, arrays[0], side="right")  # by node id, edge src, ref id
             for b, rows_of in _groups(bucket, len(folders)):
-                for suffix, array in zip((*suffixes, "rows"), arrays, strict=False):
+                for suffix, array in zip(suffixes, arrays, strict=True):
                     _append(folders[b] / table, f"{stem}.{suffix}", array[rows_of])
     return folders
 
 
 def _equal_weights(edges: Path) -> bool:
     low, high = np.inf, -np.inf
-    for _, _, (weight,) in _pieces(edges, ("weight",)):
+    for _, (weight,) in _pieces(edges, ("weight",)):
         low, high = min(low, float(weight.min())), max(high, float(weight.max()))
     return not low < high
 
@@ -225,7 +228,7 @@ def build_partition(spill: Path, p: int, dim: int, out: Path) -> dict[str, Any]:
     """Check and write partition `p` from its spill files into `out`; return its report.
 
     Nodes are written in id order, each node's edges in dst order (ties in input order). A partition
-    of more than `BUCKET_ROWS` nodes plus edges is first split into ranges of ids and built range by
+    of more than `BUCKET_BYTES` of working set is first split into ranges of ids and built range by
     range, so memory is one range's whatever the partition's size. Split ids go to
     `spill/splits/<p>.<split>` for `finish`.
     """
@@ -234,24 +237,24 @@ def build_partition(spill: Path, p: int, dim: int, out: Path) -> dict[str, Any]:
     if not num_nodes:
         raise TableError(f"partition {p} gets no node (nodes are placed by a hash of their id); "
                          "use fewer partitions")
-    rows = num_nodes + sum(_rows(f, "src") for f in _spilled(edges, "src"))
-    buckets = -(-rows // BUCKET_ROWS)
+    num_edges = sum(_rows(f, "src") for f in _spilled(edges, "src"))
+    buckets = -(-(num_nodes * (_NODE_BYTES + 4 * dim) + num_edges * _EDGE_BYTES) // BUCKET_BYTES)
     writer = binary.PartitionWriter(out, p, _equal_weights(edges))
     splits = spill / "splits"
     splits.mkdir(exist_ok=True)
     for name in SPLITS:  # ranges append to them; start empty, also when a failed attempt is retried
         (splits / f"{p}.{name}").write_bytes(b"")
     if buckets == 1:
-        _build_bucket(nodes, edges, spill / "refs" / str(p), nodes, dim, p, writer, splits)
+        _build_bucket(nodes, edges, spill / "refs" / str(p), dim, p, writer, splits)
     else:
-        for folder in _split_into_buckets(spill, p, _bucket_bounds(nodes, edges, buckets)):
-            _build_bucket(folder / "nodes", folder / "edges", folder / "refs", nodes, dim, p, writer, splits)
+        for folder in _split_into_buckets(spill, p, dim, _bucket_bounds(nodes, edges, buckets)):
+            _build_bucket(folder / "nodes", folder / "edges", folder / "refs", dim, p, writer, splits)
             if folder.exists():  # a range may hold no row
                 shutil.rmtree(folder)
     return writer.close()
 
 
-def _build_bucket(nodes: Path, edges: Path, refs: Path, features: Path, dim: int, p: int,
+def _build_bucket(nodes: Path, edges: Path, refs: Path, dim: int, p: int,
                   writer: binary.PartitionWriter, splits: Path) -> None:
     """Check one range of ids of partition `p` and hand it to `writer`: nodes sorted by id, edges by
     (src, dst); an edge's source position found by one merge-like pass, not a lookup per edge."""
@@ -279,8 +282,7 @@ def _build_bucket(nodes: Path, edges: Path, refs: Path, features: Path, dim: int
     del src, found
     types = _load(nodes, "types")[order]
     labels = _load(nodes, "labels")[order].astype(np.float32)
-    rows = _load(nodes, "rows")[order] if _spilled(nodes, "rows") else order
-    writer.add(_node_chunks(features, dim, rows, ids, types, labels), len(ids), src_index, dst, weight)
+    writer.add(_node_chunks(nodes, dim, order, ids, types, labels), len(ids), src_index, dst, weight)
     for name, code in SPLITS.items():
         with (splits / f"{p}.{name}").open("ab") as f:
             ids[types == code].tofile(f)

@@ -94,12 +94,12 @@ class _Reference(Decoder):
             yield node, int(self.dst[k]), 0, float(self.weight[k]), None, None, []
 
 
-@pytest.fixture(params=[None, 64], ids=["whole", "ranges"])
+@pytest.fixture(params=[None, 4096], ids=["whole", "ranges"])
 def ranges(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Partitions built whole, or in ranges of ids of about 64 nodes plus edges, read 50 rows at a time
-    (what a partition bigger than shuffle.BUCKET_ROWS does)."""
+    """Partitions built whole, or in ranges of ids of about 50 nodes plus edges (4 KB of working set),
+    read 50 rows at a time: what a partition bigger than shuffle.BUCKET_BYTES does."""
     if request.param:
-        monkeypatch.setattr(shuffle, "BUCKET_ROWS", request.param)
+        monkeypatch.setattr(shuffle, "BUCKET_BYTES", request.param)
         monkeypatch.setattr(shuffle, "_PIECE", 50)
 
 

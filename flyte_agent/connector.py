@@ -50,11 +50,10 @@ from flytekit.models.literals import LiteralMap
 from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
 from pydantic import ValidationError
 
-from flyte_agent import deck, leases, log_links, metrics, pods, progress
+from flyte_agent import consumers, deck, leases, log_links, metrics, pods, progress
 from flyte_agent.graph_access import check_graph_access
 from flyte_agent.provisioner import (
     DestroyInProgress,
-    FleetInfo,
     InvalidFleetName,
     NotOwner,
     Phase,
@@ -66,7 +65,6 @@ from flyte_agent.provisioner import (
     workflow_execution,
 )
 from flyte_agent.settings import Settings, make_provisioner
-from flyte_agent.shared_fleets import SharedFleets, shared_fleets, shared_provision
 from graph_engine import health, sizing, store
 from infra.names import STATEFULSET_NAME_MAX, name_hash
 from infra.quantity import parse_memory
@@ -91,8 +89,6 @@ SHARED_PREFIX = "shared:"
 # `pyflyte serve connector` arguments that build the settings and provisioner before serving.
 SERVE_MODULES = ("--modules", "flyte_agent.serve")
 
-# How often expired leases are looked for: a lapsed shared fleet stops within this much of its expiry.
-LEASE_SWEEP_SECONDS = 30.0
 # The connector Deployment's container (infra/connector_deployment.py) and where Kubernetes writes
 # a pod's namespace.
 CONNECTOR_CONTAINER = "connector"
@@ -102,9 +98,10 @@ _SLUG = re.compile(r"[^a-z0-9]+")
 # metadata (flytekit's AsyncConnectorExecutorMixin passes none), and flytekit names every local
 # execution local/local/local. Its connector tasks run in its own process, so locally the workflow
 # execution is this process: every fleet it provisions is recorded under local/local/<LOCAL_RUN>,
-# which a RELEASE_EXECUTION teardown of the same process releases. One process, one identity; the
-# random part keeps a later process that reuses the pid from matching a dead one's fleets.
-LOCAL_RUN = f"pid{os.getpid()}-{uuid.uuid4().hex[:8]}"
+# which a RELEASE_EXECUTION teardown of the same process releases. One process, one identity: pid
+# and start time (a later process reusing the pid differs), which is how gc tells that a local run
+# still consumes its fleets (flyte_agent/consumers.py).
+LOCAL_RUN = consumers.local_run(os.getpid())
 
 
 @dataclass
@@ -123,7 +120,8 @@ class FleetMeta(ResourceMeta):
     def provision(self) -> Provision:
         spec = DataServiceSpec.from_custom(self.spec)
         if self.share:
-            return shared_provision(self.name, self.owner, self.share, spec, self.created_at)
+            return leases.shared_provision(self.owner, self.share, spec, workflow_execution(self.execution),
+                                           self.created_at)
         return Provision(name=self.name, spec=spec, owner=self.owner, execution=self.execution,
                          created_at=self.created_at)
 
@@ -266,7 +264,6 @@ class _Backend:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._made: tuple[Settings, Provisioner] | None = None
-        self._shares: SharedFleets | None = None
         self._pods: pods.KubernetesPods | bool | None = None  # False: tried, no cluster config
 
     def get(self) -> tuple[Settings, Provisioner]:
@@ -274,12 +271,7 @@ class _Backend:
             if self._made is None:
                 settings = Settings.from_env()
                 provisioner = make_provisioner(settings)
-                self._shares = shared_fleets(settings, provisioner)
-                if self._shares is not None:
-                    threading.Thread(target=_sweep_shares, args=(self._shares,), name="graphfleet-leases",
-                                     daemon=True).start()
-                shares = self._shares
-                metrics.register_fleets(settings.backend, lambda: listing(provisioner, shares))
+                metrics.register_fleets(settings.backend, provisioner.fleets)
                 self._made = (settings, provisioner)
             return self._made
 
@@ -296,26 +288,6 @@ class _Backend:
                     self._pods = False
             return self._pods if isinstance(self._pods, pods.KubernetesPods) else None
 
-    def shares(self) -> SharedFleets | None:
-        """Shared fleets' leases (local backend; None on Pulumi, where `share` is refused)."""
-        self.get()
-        return self._shares
-
-
-def listing(provisioner: Provisioner, shares: SharedFleets | None) -> list[FleetInfo]:
-    """Every live fleet, with its lease holders if shared."""
-    fleets = provisioner.fleets()
-    return fleets if shares is None else shares.with_leases(fleets, time.time())
-
-
-def _sweep_shares(shares: SharedFleets) -> None:
-    """Stop shared fleets whose leases all expired (nobody renewed them)."""
-    while True:
-        time.sleep(LEASE_SWEEP_SECONDS)
-        try:
-            shares.sweep(time.time())
-        except Exception:  # the loop must survive one bad fleet; the next round tries again
-            log.exception("shared fleet sweep failed")
 
 
 backend = _Backend()
@@ -397,19 +369,19 @@ class DataServiceConnector(AsyncConnectorBase):
         return meta
 
     def _lease(self, meta: FleetMeta, spec: DataServiceSpec) -> FleetMeta:
-        """Take (or renew) this execution's lease on the shared fleet, making it if none runs."""
+        """Take this execution's lease on the shared fleet, making it if none runs."""
         assert spec.share is not None
-        shares = backend.shares()
-        if shares is None:
-            meta.error = (f"share: {spec.share!r}: shared fleets are kept with the local backend only for "
-                          "now; leave share unset (one fleet per execution)")
-            return meta
+        _, provisioner = backend.get()
+        meta.share = spec.share
+        provision = meta.provision()
+        meta.name = provision.name
         try:
-            provision = shares.acquire(meta.owner, spec.share, spec, meta.execution, time.time())
-        except leases.ShareConflict as err:
+            provisioner.create(provision)  # takes the lease; refuses another spec, naming the fields
+        except ValueError as err:
+            log.warning("refusing data service %s: %s", meta.name, err)
             meta.error = str(err)
-            return meta
-        meta.name, meta.share, meta.created_at = provision.name, spec.share, provision.created_at
+        except Exception:  # noqa: BLE001 - as for a fleet of its own: get() creates what it finds ABSENT
+            log.exception("data service %s: create failed; the next GetTask creates it again", meta.name)
         return meta
 
     def _get(self, resource_meta: FleetMeta) -> Resource:
@@ -418,10 +390,8 @@ class DataServiceConnector(AsyncConnectorBase):
         if resource_meta.endpoints:
             return self._shared(resource_meta)
         settings, provisioner = backend.get()
-        if resource_meta.share:  # a running consumer renews its lease (and re-makes a lapsed fleet)
-            renewed = self._lease(resource_meta, DataServiceSpec.from_custom(resource_meta.spec))
-            if renewed.error:
-                return Resource(phase=TaskExecution.FAILED, message=renewed.error)
+        # Read only, shared or not: a lease was taken at create; a lapsed fleet is re-made (with the
+        # lease) by the ABSENT branch below; a running consumer is renewed by gc.
         provision = resource_meta.provision()
         status = provisioner.status(provision)
         if settings.backend == "pulumi" and not status.servers:
@@ -451,9 +421,9 @@ class DataServiceConnector(AsyncConnectorBase):
             return
         settings, provisioner = backend.get()
         with metrics.timed_teardown(settings.backend):
-            shares = backend.shares()
-            if resource_meta.share and shares is not None:
-                shares.release(resource_meta.name, workflow_execution(resource_meta.execution), time.time())
+            if resource_meta.share:  # this execution's lease only; the last one stops the fleet
+                provisioner.release(resource_meta.name, resource_meta.owner,
+                                    workflow_execution(resource_meta.execution))
                 return
             provisioner.delete(resource_meta.name, resource_meta.owner, abort=True)
 
@@ -505,18 +475,12 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
         try:
             if service:
                 check_fleet_name(service)  # before anything is looked up by it
-            shares = backend.shares()
             with metrics.timed_teardown(settings.backend):
                 if execution:
                     released = provisioner.release_execution(execution)
-                    if shares is not None:
-                        released += shares.release_execution(execution, time.time())
                     outcome = f"{execution}: released {', '.join(released) or 'nothing (none found)'}"
-                elif shares is not None and shares.is_shared(service):
-                    outcome = self._release_lease(shares, service, resource_meta.caller)
                 else:
-                    provisioner.delete(service, resource_meta.owner)
-                    outcome = f"{service}: released"
+                    outcome = self._release(provisioner, service, resource_meta)
         except DestroyInProgress as err:  # get() is polled: a later one sees the outcome
             return Resource(phase=TaskExecution.RUNNING, message=str(err))
         except (InvalidFleetName, NotOwner) as err:  # refused before anything was touched
@@ -529,14 +493,14 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
         return Resource(phase=TaskExecution.SUCCEEDED, outputs={"outcome": outcome})
 
     @staticmethod
-    def _release_lease(shares: SharedFleets, service: str, caller: str) -> str:
-        """A teardown of a shared fleet drops its own execution's lease; the last one stops the fleet."""
-        owner = "/".join(caller.split("/")[:2])
-        if shares.owner(service) != owner:
-            raise PermissionError(f"shared data service {service} does not belong to {owner}; nothing was "
-                                  "touched")
-        left = shares.release(service, caller, time.time())
-        return (f"{service}: released the lease of {caller}; "
+    def _release(provisioner: Provisioner, service: str, meta: TeardownMeta) -> str:
+        """A teardown of a shared fleet drops its own execution's lease (the last one stops the fleet);
+        any other fleet is deleted. Both only for the fleet's own project and domain (`NotOwner`)."""
+        left = provisioner.release(service, meta.owner, meta.caller)
+        if left is None:
+            provisioner.delete(service, meta.owner)
+            return f"{service}: released"
+        return (f"{service}: released the lease of {meta.caller}; "
                 + (f"{left} other lease(s) keep it running" if left else "no lease left, fleet stopped"))
 
     def delete(self, resource_meta: TeardownMeta, **kwargs: Any) -> None:

@@ -10,10 +10,8 @@ import dataclasses
 import time
 from typing import Any
 
-from flyte_agent import connector
 from flyte_agent.provisioner import FleetInfo
 from flyte_agent.settings import Settings, make_provisioner
-from flyte_agent.shared_fleets import shared_fleets
 
 COLUMNS = ("NAME", "OWNER", "EXECUTION/LEASES", "PHASE", "AGE", "EXPIRES IN", "REPLICAS", "ENDPOINTS")
 
@@ -21,9 +19,8 @@ COLUMNS = ("NAME", "OWNER", "EXECUTION/LEASES", "PHASE", "AGE", "EXPIRES IN", "R
 def listing(settings: Settings) -> list[FleetInfo]:
     """Every live fleet of the backend `settings` name; no sweep or reconciler is started for it."""
     provisioner = make_provisioner(settings.model_copy(update={"gc_interval_seconds": 0}))
-    shares = shared_fleets(settings, provisioner)
     try:
-        return sorted(connector.listing(provisioner, shares), key=lambda f: (f.owner, f.name))
+        return sorted(provisioner.fleets(), key=lambda f: (f.owner, f.name))
     finally:
         close = getattr(provisioner, "close", None)
         if close is not None:

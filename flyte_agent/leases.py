@@ -1,11 +1,13 @@
-"""Shared fleets by lease: `DataServiceConfig(share="name")`.
+"""Shared fleets by lease: `DataServiceConfig(share="name")`. Plain rules; the provisioners keep the
+leases in the fleet's own record (local: fleet.json; Pulumi: the stack's tags, flyte_agent/stack_record.py).
 
 Within a project and domain, every execution whose config has the same `share`, graph and spec uses
 one fleet, named from (project, domain, share) alone. Each workflow execution holds a lease on it
-that expires `ttl_seconds` after it was last taken or renewed (a CreateTask or GetTask of that
-execution renews it); DeleteTask, a teardown task or a release of the execution drops it; the fleet
-is torn down when no live lease is left. A different spec under the same share is refused, naming
-the fields that differ. Plain functions: the provisioners keep the leases with the fleet's record.
+that ends `ttl_seconds` after it was taken; the fleet's expiry is its latest lease's, so the one gc
+that stops lapsed fleets stops a shared fleet when every lease has lapsed. While a holder's consumer
+runs (its pods on a cluster, its process locally: flyte_agent/consumers.py) that gc renews the lease
+instead. DeleteTask, a teardown task or a release of the execution drops the lease; the last one
+stops the fleet. A different spec under the same share is refused, naming the fields that differ.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from flyte_agent.provisioner import Provision
 from infra.names import STATEFULSET_NAME_MAX, name_hash
+from infra.spec import DataServiceSpec
 
 # Fields that may differ between the executions sharing a fleet: each lease's own duration.
-_PER_LEASE = frozenset({"ttl_seconds", "share"})
+PER_LEASE = frozenset({"ttl_seconds", "share"})
 
 Leases = dict[str, float]  # workflow execution (project/domain/name) -> expiry, epoch seconds
 
@@ -32,9 +36,14 @@ def fleet_name(project: str, domain: str, share: str) -> str:
     return f"gf-{slug}-{digest}"
 
 
+def fleet_shape(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields every holder of a shared fleet must agree on (what the record keeps)."""
+    return {k: v for k, v in spec.items() if k not in PER_LEASE}
+
+
 def differences(running: Mapping[str, Any], asked: Mapping[str, Any]) -> list[str]:
     """`field: running value vs asked value` for every fleet-shaping field that differs."""
-    keys = sorted((set(running) | set(asked)) - _PER_LEASE)
+    keys = sorted((set(running) | set(asked)) - PER_LEASE)
     return [f"{k}: {running.get(k)!r} running vs {asked.get(k)!r} asked" for k in keys
             if running.get(k) != asked.get(k)]
 
@@ -46,22 +55,36 @@ def check_same_spec(share: str, running: Mapping[str, Any], asked: Mapping[str, 
                             "same config as the running fleet, or another share name")
 
 
-def take(leases: Leases, execution: str, now: float, ttl_seconds: float) -> Leases:
-    """Take or renew `execution`'s lease; expired leases are dropped on the way."""
+def take(leases: Mapping[str, float], holder: str, expires_at: float, now: float) -> Leases:
+    """`holder`'s lease until `expires_at` (never shortened); lapsed leases are dropped on the way."""
     kept = live(leases, now)
-    kept[execution] = now + ttl_seconds
+    kept[holder] = max(expires_at, kept.get(holder, 0.0))
     return kept
 
 
-def drop(leases: Leases, execution: str) -> Leases:
-    return {e: t for e, t in leases.items() if e != execution}
+def drop(leases: Mapping[str, float], holder: str) -> Leases:
+    return {e: t for e, t in leases.items() if e != holder}
 
 
-def live(leases: Leases, now: float) -> Leases:
+def live(leases: Mapping[str, float], now: float) -> Leases:
     return {e: t for e, t in leases.items() if t > now}
+
+
+def expiry(leases: Mapping[str, float]) -> float:
+    """The fleet's expiry: its latest lease's (0: none)."""
+    return max(leases.values(), default=0.0)
 
 
 def marker_execution(project: str, domain: str, share: str) -> str:
     """What a shared fleet records as its execution: no workflow execution's (Flyte names have no
     ':'), so releasing an execution never tears down a fleet that others hold leases on."""
     return f"{project}/{domain}/share:{share}/shared"
+
+
+def shared_provision(owner: str, share: str, spec: DataServiceSpec, holder: str,
+                     taken_at: float) -> Provision:
+    """What the provisioner is asked for: the share's fleet, taking `holder`'s lease (a workflow
+    execution) for the spec's `ttl_seconds` from `taken_at`."""
+    project, domain = owner.split("/", 1)
+    return Provision(name=fleet_name(project, domain, share), spec=spec, owner=owner, created_at=taken_at,
+                     execution=marker_execution(project, domain, share), holder=holder)

@@ -5,7 +5,9 @@ chooses and holds itself (`--port 0`) before it loads anything, and reports in i
 chosen here and bound minutes later could be taken by anyone meanwhile. The state dir is the only
 record, so any process can answer for any fleet:
 
-    <state_dir>/<name>/fleet.json        the provision (written at create; a renew adds `expires_at`)
+    <state_dir>/<name>/fleet.json        the provision (written at create); `expires_at` once renewed; a
+                                         shared fleet's `leases` {execution: expiry} (flyte_agent/leases.py),
+                                         whose latest is `expires_at`
     <state_dir>/<name>/server-<i>.port   the port ordinal i's server holds (absent until it binds)
     <state_dir>/<name>/deleting.json     fleet.json renamed by delete: a tombstone (see below)
     <state_dir>/<name>/server-<i>.pid    "<pid>" of ordinal i's current process
@@ -14,6 +16,7 @@ record, so any process can answer for any fleet:
     <state_dir>/<name>/server-<i>.restarts  how often ordinal i was restarted
     <state_dir>/<name>/server-<i>.reason why its last process exited ("exit code 1", "SIGKILL")
     <state_dir>/<name>/server-<i>.log    its output
+    <state_dir>/<name>/servers.json      what the last reconcile saw of each server (read by fleets())
     <state_dir>/.<name>.lock             flock: one create, reconcile or delete of a fleet at a time
                                          (removed by the delete that holds it)
 
@@ -48,7 +51,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import graph_engine
-from flyte_agent import metrics, progress
+from flyte_agent import leases, metrics, progress
+from flyte_agent.consumers import Consumers, proc_stat
 from flyte_agent.files import locked, write_json
 from flyte_agent.provisioner import (
     FleetInfo,
@@ -82,8 +86,10 @@ _PROJECT_ROOT = str(Path(graph_engine.__file__).resolve().parent.parent)
 
 
 class LocalProvisioner:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, consumers: Consumers | None = None) -> None:
         self.state_dir = Path(settings.state_dir)
+        self.consumers = consumers
+        self.renew_seconds = settings.renew_seconds
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.probe_timeout = min(1.0, settings.ready_timeout_seconds)
         # Facts about this process only: the servers it is the parent of (to reap them) and the fleets
@@ -103,11 +109,17 @@ class LocalProvisioner:
             if self._tombstone(provision.name).exists():
                 # A delete died half-way: finish it, or its servers would outlive the new pid files.
                 self._delete_locked(provision.name, keep_lock=True)
-            if self._record(provision.name) is None:
+            record = self._record(provision.name)
+            if record is not None and provision.holder:
+                self._take_lease(record, provision)
+            if record is None:
                 self._dir(provision.name).mkdir(parents=True, exist_ok=True)
                 record = {"name": provision.name, "spec": provision.spec.to_custom(),
                           "owner": provision.owner, "execution": provision.execution,
                           "created_at": provision.created_at}
+                if provision.holder:
+                    record["leases"] = {provision.holder: provision.expires_at}
+                    record["expires_at"] = provision.expires_at
                 write_json(self._dir(provision.name) / "fleet.json", record)
                 with self._mutex:
                     self._started.add(provision.name)
@@ -134,10 +146,15 @@ class LocalProvisioner:
         released, failures = [], []
         # Tombstoned fleets too: a delete that died half-way is finished here, not left to a reconciler.
         for record in self._records(include_deleting=True):
-            if workflow_execution_of(record["execution"]) != workflow_execution:
+            held = workflow_execution in record.get("leases", {})
+            if workflow_execution_of(record["execution"]) != workflow_execution and not held:
                 continue
             try:
-                self._delete(record["name"])
+                if held:  # a shared fleet: drop the lease; the last one stops it
+                    if self.release(record["name"], record["owner"], workflow_execution) != 0:
+                        continue
+                else:
+                    self._delete(record["name"])
             except OSError as err:  # the others are still released; this one is reported below
                 failures.append(f"{record['name']}: {err}")
             else:
@@ -151,32 +168,57 @@ class LocalProvisioner:
         expired: list[str] = []
         try:
             for record in self._records():
-                if now >= _expires_at(record):
-                    self._delete(record["name"])
-                    expired.append(record["name"])
+                if now < _expires_at(record):
+                    continue
+                with self._locked(record["name"]):
+                    # Re-read under the lock: a lease taken or renewed since the listing counts.
+                    current = self._record(record["name"])
+                    if current is None or now < _expires_at(current) or self._renew_running(current, now):
+                        continue
+                    self._delete_locked(record["name"])
+                with self._mutex:
+                    self._started.discard(record["name"])
+                expired.append(record["name"])
         except OSError:
             metrics.observe_gc("local", len(expired), 1)
             raise
         metrics.observe_gc("local", len(expired), 0)
         return expired
 
-    def renew(self, name: str, owner: str, expires_at: float) -> float:
+    def renew(self, name: str, owner: str, expires_at: float, holder: str = "") -> float:
         with self._locked(check_fleet_name(name)):
             record = self._record(name)
             if record is None:
                 raise FileNotFoundError(f"no data service {name}: nothing to renew")
             check_owner(name, record.get("owner"), owner)
-            if expires_at > _expires_at(record):
-                record["expires_at"] = expires_at
-                write_json(self._dir(name) / "fleet.json", record)
+            self._extend(record, expires_at, holder, time.time())
             return _expires_at(record)
 
+    def release(self, name: str, owner: str, holder: str) -> int | None:
+        with self._locked(check_fleet_name(name)):
+            record = self._record(name)
+            if record is None or "leases" not in record:
+                return None
+            check_owner(name, record.get("owner"), owner)
+            left = leases.live(leases.drop(record["leases"], holder), time.time())
+            if left:
+                if left != record["leases"]:
+                    record.update(leases=left, expires_at=leases.expiry(left))
+                    write_json(self._dir(name) / "fleet.json", record)
+                return len(left)
+            self._delete_locked(name)
+        with self._mutex:
+            self._started.discard(name)
+        return 0
+
     def fleets(self) -> list[FleetInfo]:
+        """From the records and what the reconciler last saw of each server: no health probe."""
         infos = []
+        now = time.time()
         for record in self._records():
             spec = DataServiceSpec.from_custom(record["spec"])
             endpoints = self._endpoints(record)
-            servers = self._servers(record, set(health.not_ready(endpoints, timeout=self.probe_timeout)))
+            servers = self._seen(record)
             phases = {s.phase for s in servers}
             phase = (Phase.READY if phases == {ServerPhase.SERVING} else
                      Phase.FAILED if ServerPhase.FAILED in phases else Phase.UPDATING)
@@ -184,6 +226,7 @@ class LocalProvisioner:
                 name=record["name"], owner=record["owner"], execution=record["execution"], phase=phase,
                 created_at=record["created_at"], expires_at=_expires_at(record),
                 replicas=spec.replicas, endpoints=endpoints, servers=servers,
+                leases=sorted(leases.live(record.get("leases", {}), now)),
                 message=progress.summary(servers)))
         return infos
 
@@ -241,6 +284,7 @@ class LocalProvisioner:
                 if restarts >= MAX_RESTARTS:
                     down = health.not_ready(endpoints, timeout=self.probe_timeout)
                     servers = self._servers(record, set(down))
+                    self._remember(name, servers)
                     return Status(Phase.FAILED, endpoints, self._failure(
                         name, servers[ordinal], f"exited {restarts + 1} times"), servers)
                 log.warning("local fleet %s: server %s exited (%s); restarting it on port %s", name, ordinal,
@@ -249,6 +293,7 @@ class LocalProvisioner:
             self._spawn(record, ordinal)
         down = health.not_ready(endpoints, timeout=self.probe_timeout)
         servers = self._servers(record, set(down))
+        self._remember(name, servers)
         if not down:
             return Status(Phase.READY, endpoints, servers=servers)
         waited = time.time() - record["created_at"]
@@ -258,6 +303,64 @@ class LocalProvisioner:
                 name, first, f"not SERVING {waited:.0f}s after create (startup_seconds is "
                              f"{spec.startup_seconds}; raise it for a large graph)"), servers)
         return Status(Phase.UPDATING, endpoints, progress.summary(servers), servers)
+
+    def _take_lease(self, record: dict[str, Any], provision: Provision) -> None:
+        """`provision.holder`'s lease on the running shared fleet: refused for another spec; the record
+        is written only when the lease moves (a retried create writes nothing)."""
+        share = str(provision.spec.share)
+        leases.check_same_spec(share, leases.fleet_shape(record["spec"]),
+                               leases.fleet_shape(provision.spec.to_custom()))
+        check_owner(provision.name, record.get("owner"), provision.owner)
+        self._extend(record, provision.expires_at, provision.holder, time.time())
+
+    def _extend(self, record: dict[str, Any], expires_at: float, holder: str, now: float) -> None:
+        """Move the expiry (and `holder`'s lease) to `expires_at`, never earlier; write only a change."""
+        before = dict(record)
+        if holder:
+            record["leases"] = leases.take(record.get("leases", {}), holder, expires_at, now)
+        record["expires_at"] = max(expires_at, _expires_at(record))
+        if record != before:
+            write_json(self._dir(record["name"]) / "fleet.json", record)
+
+    def _renew_running(self, record: dict[str, Any], now: float) -> bool:
+        """At expiry: renew every holder whose consumer still runs; False if none does. Caller holds
+        the fleet's lock."""
+        if self.consumers is None:
+            return False
+        holders = list(record.get("leases") or [workflow_execution_of(record["execution"])])
+        running = [h for h in holders if h and self.consumers.running(h)]
+        for holder in running:
+            log.info("local fleet %s: %s still runs; renewed for %gs", record["name"], holder,
+                     self.renew_seconds)
+            self._extend(record, now + self.renew_seconds, holder if "leases" in record else "", now)
+        return bool(running)
+
+    def _remember(self, name: str, servers: list[ServerState]) -> None:
+        seen = [{"phase": s.phase.value, "restarts": s.restarts, "reason": s.reason} for s in servers]
+        path = self._dir(name) / "servers.json"
+        try:
+            if json.loads(path.read_text()) == {"servers": seen}:
+                return
+        except (FileNotFoundError, ValueError):
+            pass
+        write_json(path, {"servers": seen})
+
+    def _seen(self, record: dict[str, Any]) -> list[ServerState]:
+        """Each server as the last reconcile saw it (PENDING before the first)."""
+        try:
+            seen = json.loads((self._dir(record["name"]) / "servers.json").read_text())["servers"]
+        except (FileNotFoundError, ValueError, KeyError):
+            seen = []
+        servers = []
+        for ordinal, port in enumerate(self._ports(record)):
+            last: dict[str, Any] = (seen[ordinal] if ordinal < len(seen)
+                                    else {"phase": "pending", "restarts": 0, "reason": ""})
+            servers.append(ServerState(
+                ordinal=ordinal, endpoint=f"{HOST}:{port}", phase=ServerPhase(last["phase"]),
+                restarts=int(last["restarts"]), reason=str(last["reason"]),
+                started_at=_started_at(self._server_int(record["name"], ordinal, "start")),
+                log_path=str(self._dir(record["name"]) / f"server-{ordinal}.log")))
+        return servers
 
     def _servers(self, record: dict[str, Any], down: set[str]) -> list[ServerState]:
         """Each server's state from its files and whether its endpoint answered."""
@@ -350,7 +453,7 @@ class LocalProvisioner:
         with self._mutex:
             self._children[proc.pid] = proc
         # The start time is set at fork, so it is already final; our unreaped child cannot be gone.
-        started = _proc_stat(proc.pid)
+        started = proc_stat(proc.pid)
         (self._dir(name) / f"server-{ordinal}.start").write_text(str(started[1] if started else 0))
         (self._dir(name) / f"server-{ordinal}.pid").write_text(str(proc.pid))
 
@@ -404,7 +507,7 @@ class LocalProvisioner:
                 return True
             self._forget_child(pid, child)
             return False
-        stat = _proc_stat(pid)
+        stat = proc_stat(pid)
         if stat is None or stat[0] in ("Z", "X"):
             return False
         start = self._server_int(name, ordinal, "start")
@@ -512,16 +615,6 @@ class LocalProvisioner:
 
     def _lock_path(self, name: str) -> Path:
         return self.state_dir / f".{check_fleet_name(name)}.lock"
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time in clock ticks since boot) of `pid`, None if there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": field 3 is fields[0]
-    return fields[0], int(fields[19])
 
 
 def _started_at(start_ticks: int) -> float:

@@ -85,23 +85,28 @@ def cluster_servers(fleet: str, namespace: str, replicas: int, endpoints: Sequen
     return servers
 
 
+def core_api(kubeconfig: str | None) -> Any:
+    """A CoreV1Api from the settings' kubeconfig (a path or its contents), else the in-cluster account."""
+    from kubernetes import client, config
+
+    if kubeconfig is None:
+        config.load_incluster_config()
+        api = client.ApiClient()
+    elif "\n" in kubeconfig:  # contents, as the settings allow
+        import yaml
+
+        api = config.new_client_from_config_dict(yaml.safe_load(kubeconfig))
+    else:
+        api = config.new_client_from_config(config_file=kubeconfig)
+    return client.CoreV1Api(api)
+
+
 class KubernetesPods:
     """The fleet pods' states and logs through the Kubernetes API (the connector's kubeconfig or its
     in-cluster service account)."""
 
     def __init__(self, kubeconfig: str | None) -> None:
-        from kubernetes import client, config
-
-        if kubeconfig is None:
-            config.load_incluster_config()
-            api = client.ApiClient()
-        elif "\n" in kubeconfig:  # contents, as the settings allow
-            import yaml
-
-            api = config.new_client_from_config_dict(yaml.safe_load(kubeconfig))
-        else:
-            api = config.new_client_from_config(config_file=kubeconfig)
-        self._core = client.CoreV1Api(api)
+        self._core = core_api(kubeconfig)
 
     def pods(self, namespace: str, fleet: str) -> dict[str, Any] | None:
         """The fleet's pods by name; None if they cannot be read (the servers are then UNKNOWN)."""

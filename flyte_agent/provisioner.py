@@ -33,6 +33,9 @@ class Provision:
     owner: str                # who asked (project/domain or user)
     execution: str            # `project/domain/execution-name/node`: tags, logs, release_execution()
     created_at: float         # epoch seconds; expiry = created_at + spec.ttl_seconds
+    # A shared fleet (flyte_agent/leases.py): the workflow execution whose lease this provision takes;
+    # the lease ends at `expires_at`. "" for a fleet of its own.
+    holder: str = ""
 
     @property
     def expires_at(self) -> float:
@@ -156,7 +159,10 @@ class GcError(RuntimeError):
 class Provisioner(Protocol):
     def create(self, provision: Provision) -> None:
         """Start provisioning and return at once (well under a second). Idempotent: a retried
-        create of the same `provision.name` adopts what exists."""
+        create of the same `provision.name` adopts what exists. With `provision.holder` (a shared
+        fleet) it also takes that execution's lease until `provision.expires_at`, writing nothing if
+        the lease already runs that long, and raises `leases.ShareConflict` (a ValueError) if the fleet
+        runs with another spec."""
 
     def status(self, provision: Provision) -> Status:
         """Level-triggered: look at what exists, move it toward the spec, report the phase."""
@@ -169,9 +175,15 @@ class Provisioner(Protocol):
         `NotOwner` when the fleet records another owner (both before anything is touched),
         `DestroyInProgress` while the teardown goes on, anything else if it failed."""
 
-    def renew(self, name: str, owner: str, expires_at: float) -> float:
-        """Extend the fleet's expiry to `expires_at` (never shorten it) for `owner`; returns the expiry
-        now recorded. The expiry lives in the fleet's record, so any replica's gc honours it."""
+    def renew(self, name: str, owner: str, expires_at: float, holder: str = "") -> float:
+        """Extend the fleet's expiry to `expires_at` (never shorten it) for `owner`; with `holder`, that
+        execution's lease on a shared fleet. Returns the fleet's expiry now recorded. Expiry and leases
+        live in the fleet's record, so any replica's gc honours them."""
+
+    def release(self, name: str, owner: str, holder: str) -> int | None:
+        """Drop `holder`'s lease on the shared fleet `name` for `owner` (`NotOwner` otherwise); the last
+        lease stops the fleet as delete() does. Returns the live leases left; None if `name` is no
+        shared fleet (the caller deletes it as usual). Idempotent."""
 
     def release_execution(self, workflow_execution: str) -> list[str]:
         """Tear down every fleet of the workflow execution `project/domain/name` (whichever node made
@@ -180,7 +192,9 @@ class Provisioner(Protocol):
         while teardowns go on, anything else, naming each fleet that failed, once they have ended."""
 
     def gc(self, now: float) -> list[str]:
-        """Tear down every fleet whose time-to-live has passed; returns their names."""
+        """Tear down every fleet whose expiry has passed, unless a holder's consumer still runs
+        (flyte_agent/consumers.py): then that holder's lease (or the fleet's expiry) is renewed
+        instead. Returns the names torn down."""
 
     def fleets(self) -> list[FleetInfo]:
         """Every live fleet (an operator's view): read only, never starts, restarts or deletes anything."""

@@ -42,7 +42,8 @@ from pulumi.automation.errors import (
     StackNotFoundError,
 )
 
-from flyte_agent import metrics, stack_record
+from flyte_agent import leases, metrics, stack_record
+from flyte_agent.consumers import Consumers
 from flyte_agent.pods import cluster_servers
 from flyte_agent.provisioner import (
     DestroyInProgress,
@@ -125,7 +126,7 @@ class PulumiProvisioner:
 
     def __init__(self, settings: Settings,
                  health: Callable[[list[str]], list[str]] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, consumers: Consumers | None = None) -> None:
         if not settings.backend_url.startswith(("s3://", "file://")):
             raise ValueError(f"backend_url: {settings.backend_url!r} is not a self-managed backend; "
                              "set GRAPHFLEET_PULUMI_BACKEND_URL to s3://bucket?endpoint=... or file:///path")
@@ -139,6 +140,9 @@ class PulumiProvisioner:
         self._health = health or _default_health
         self._clock = clock
         self._liveness = Liveness(Backend(settings.backend_url), settings.heartbeat_seconds, clock)
+        self._consumers = consumers
+        # One lease change of a stack at a time in this process (tag writes are read-modify-write).
+        self._lease_locks: dict[str, threading.Lock] = {}
         self._command = TimedPulumiCommand(settings.pulumi_command, settings.operation_timeout_seconds,
                                            settings.command_timeout_seconds)
         self._pool = PriorityPool(settings.max_concurrent_operations, name="pulumi")
@@ -147,7 +151,7 @@ class PulumiProvisioner:
         self._destroy_owners: dict[str, str | None] = {}  # ...on whose behalf (None: release, gc)
         self._up_owners: dict[str, str] = {}  # the owner of each `up` in _jobs
         # release_execution()'s stack listings, by workflow execution: reads, off the operation pool.
-        self._listings: dict[str, Future[list[str]]] = {}
+        self._listings: dict[str, Future[tuple[list[str], list[tuple[str, str]]]]] = {}
         # ...and the stacks it is destroying, until a call has seen each outcome: a stack removed
         # before the next listing is still reported (and its destroy forgotten) by that call.
         self._releasing: dict[str, set[str]] = {}
@@ -164,8 +168,33 @@ class PulumiProvisioner:
 
     def create(self, provision: Provision) -> None:
         fleet_args(provision, self.settings)  # a bad spec fails here, before any stack exists
-        if not self._expired(provision):
-            self._enqueue(provision)
+        if self._expired(provision):
+            return
+        if provision.holder:
+            self._take_lease(provision)
+        self._enqueue(provision)
+
+    def _take_lease(self, provision: Provision) -> None:
+        """`provision.holder`'s lease on a shared stack that exists (one `stack tag ls`, and a `tag set`
+        only when the lease moves); refused for another spec. An absent stack gets the lease with its
+        first tags, when its `up` makes it."""
+        name = stack_record.stack_name(provision.name)
+        with self._lease_lock(name), self._workspace(None, workspace=_UnselectedWorkspace) as ws:
+            stack = auto.Stack.select(name, ws)
+            try:
+                tags = stack.list_tags()
+            except StackNotFoundError:
+                return
+            if tags.get(stack_record.TAG_DELETED) == "true":
+                # A shared stack destroyed but not removed (a give-up): this holder starts it afresh.
+                ws.remove_stack(name)
+                return
+            if stack_record.TAG_SHARE not in tags:
+                return  # being made by a concurrent `up`: status() adds the lease (_repaired_tags)
+            check_owner(name, tags.get(stack_record.TAG_OWNER), provision.owner)
+            leases.check_same_spec(str(provision.spec.share), stack_record.spec_of(tags) or {},
+                                   leases.fleet_shape(provision.spec.to_custom()))
+            self._extend(stack, tags, provision.expires_at, provision.holder)
 
     def status(self, provision: Provision) -> Status:
         name = stack_record.stack_name(provision.name)
@@ -259,15 +288,17 @@ class PulumiProvisioner:
         with self._jobs_lock:
             self._listings.pop(workflow_execution, None)
         try:
-            stacks = listing.result()
+            stacks, held = listing.result()
         except CommandError as err:
             raise RuntimeError(f"could not list the stacks of {workflow_execution}: "
                                f"{error_text(err)}") from err
+        # Shared stacks the execution holds a lease on: drop it; the last lease stops the stack.
+        stopped = [name for name, owner in held if self.release(name, owner, workflow_execution) == 0]
         with self._jobs_lock:
             started = self._releasing.get(workflow_execution, set())
         jobs = {name: self._start_destroy(name, None) for name in sorted(started.union(stacks))}
         try:
-            return self._settle_release(workflow_execution, jobs, deadline)
+            return sorted(self._settle_release(workflow_execution, jobs, deadline) + stopped)
         finally:
             with self._jobs_lock:
                 unseen = {name for name, job in jobs.items() if self._destroys.get(name) is job}
@@ -305,7 +336,7 @@ class PulumiProvisioner:
                     continue
                 stack = auto.Stack.select(name, ws)
                 tags = stack.list_tags()
-                if not stack_record.is_expired(tags, now):
+                if not stack_record.is_expired(tags, now) or self._renew_running(stack, tags, now):
                     continue
                 try:
                     self._destroy(stack, None)
@@ -317,6 +348,21 @@ class PulumiProvisioner:
         if failures:
             raise GcError(removed, failures)
         return removed
+
+    def _renew_running(self, stack: auto.Stack, tags: Mapping[str, str], now: float) -> bool:
+        """At expiry: renew every holder (a shared stack's lease holders, else the fleet's own workflow
+        execution) whose pods still run; False if none does (or pods cannot be read)."""
+        if self._consumers is None or tags.get(stack_record.TAG_DELETED) == "true":
+            return False
+        held = stack_record.leases_of(tags)
+        holders = list(held) or [workflow_execution_of(tags.get(stack_record.TAG_EXECUTION, ""))]
+        running = [h for h in holders if h and self._consumers.running(h)]
+        with self._lease_lock(stack.name):
+            for holder in running:
+                log.info("stack %s: %s still runs; renewed for %gs", stack.name, holder,
+                         self.settings.renew_seconds)
+                self._extend(stack, tags, now + self.settings.renew_seconds, holder if held else "")
+        return bool(running)
 
     def fleets(self) -> list[FleetInfo]:
         """Every graphfleet stack, from its tags, history and outputs: no `up`, no health probe."""
@@ -360,6 +406,7 @@ class PulumiProvisioner:
             phase=phase, created_at=history[-1].start_time.timestamp() if history else 0.0,
             expires_at=stack_record.expires_at(tags) or 0.0, replicas=len(endpoints), endpoints=endpoints,
             servers=cluster_servers(stack.name, self.settings.namespace, len(endpoints), endpoints),
+            leases=sorted(leases.live(stack_record.leases_of(tags), self._clock())),
             message=tags.get(stack_record.TAG_LAST_ERROR, ""))
 
     def drain(self, timeout: float) -> None:
@@ -408,9 +455,10 @@ class PulumiProvisioner:
         outcome.__cause__ = err
         return outcome
 
-    def _stacks_of(self, workflow_execution: str) -> list[str]:
-        """The stacks graphfleet made for the workflow execution, by their execution tag."""
-        found = []
+    def _stacks_of(self, workflow_execution: str) -> tuple[list[str], list[tuple[str, str]]]:
+        """The stacks graphfleet made for the workflow execution, by their execution tag; and the
+        shared stacks it holds a lease on, with their owners."""
+        found, held = [], []
         with self._workspace(None, workspace=_UnselectedWorkspace) as ws:
             for summary in ws.list_stacks():
                 name = stack_record.short_stack_name(summary.name)
@@ -419,10 +467,14 @@ class PulumiProvisioner:
                 except StackNotFoundError:
                     continue  # removed since the listing
                 execution = workflow_execution_of(tags.get(stack_record.TAG_EXECUTION, ""))
-                if (tags.get(stack_record.TAG_MANAGED) == "true" and execution == workflow_execution
-                        and tags.get(stack_record.TAG_DELETED) != "true"):
+                if (tags.get(stack_record.TAG_MANAGED) != "true"
+                        or tags.get(stack_record.TAG_DELETED) == "true"):
+                    continue
+                if execution == workflow_execution:
                     found.append(name)
-        return found
+                elif workflow_execution in stack_record.leases_of(tags):
+                    held.append((name, tags.get(stack_record.TAG_OWNER, "")))
+        return found, held
 
     def _local_status(self, name: str) -> Status | None:
         """What this process's own workers are doing with the stack, if anything."""
@@ -489,11 +541,18 @@ class PulumiProvisioner:
                     return  # nothing to release
                 stack = self._create_tombstone(name, owner, ws)
             else:
-                recorded = stack.list_tags().get(stack_record.TAG_OWNER)
+                tags = stack.list_tags()
+                recorded = tags.get(stack_record.TAG_OWNER)
                 # An aborting task holds the fleet's identity (the name hashes it): a stack its own
                 # `up` made but has not tagged yet is its own.
                 if owner is not None and not (abort and recorded is None):
                     check_owner(name, recorded, owner)
+                if stack_record.TAG_SHARE in tags:
+                    # A shared stack is no tombstone: its name is the share's, which a later holder
+                    # makes again; a queued `up` of a released holder finds no stack and makes it
+                    # with that holder's lease only, which lapses.
+                    self._destroy(stack, None, remove=True)
+                    return
             self._destroy(stack, None, remove=False)
             stack.set_tag(stack_record.TAG_DELETED, "true")
 
@@ -577,19 +636,55 @@ class PulumiProvisioner:
         except CommandError:
             log.exception("stack %s: could not record the error %r", provision.name, text)
 
-    def renew(self, name: str, owner: str, expires_at: float) -> float:
-        """Move the fleet's expiry to `expires_at` if that is later (never earlier); returns the expiry
-        now recorded. For a running consumer (and issue 11's leases) that outlives the TTL."""
+    def renew(self, name: str, owner: str, expires_at: float, holder: str = "") -> float:
+        """Move the fleet's expiry (and `holder`'s lease) to `expires_at` if that is later (never
+        earlier); returns the expiry now recorded."""
         name = stack_record.stack_name(check_fleet_name(name))
-        with self._workspace(None, workspace=_UnselectedWorkspace) as ws:
+        with self._lease_lock(name), self._workspace(None, workspace=_UnselectedWorkspace) as ws:
             stack = auto.Stack.select(name, ws)
             tags = stack.list_tags()  # StackNotFoundError: nothing to renew
             check_owner(name, tags.get(stack_record.TAG_OWNER), owner)
-            current = stack_record.expires_at(tags) or 0.0
-            if expires_at > current:
-                stack.set_tag(stack_record.TAG_EXPIRES, str(int(expires_at)))
-                current = float(int(expires_at))
-            return current
+            return self._extend(stack, tags, expires_at, holder)
+
+    def release(self, name: str, owner: str, holder: str) -> int | None:
+        """Remove `holder`'s lease tag; with no live lease left, destroy the stack as delete() does
+        (and remove it: a shared stack is no tombstone, a later holder makes it again)."""
+        name = stack_record.stack_name(check_fleet_name(name))
+        with self._lease_lock(name), self._workspace(None, workspace=_UnselectedWorkspace) as ws:
+            stack = auto.Stack.select(name, ws)
+            try:
+                tags = stack.list_tags()
+            except StackNotFoundError:
+                return None
+            if stack_record.TAG_SHARE not in tags:
+                return None
+            check_owner(name, tags.get(stack_record.TAG_OWNER), owner)
+            key = stack_record.lease_key(holder)
+            if key in tags:
+                stack.remove_tag(key)
+            left = leases.live(leases.drop(stack_record.leases_of(tags), holder), self._clock())
+            if left:
+                latest = int(leases.expiry(left))
+                if stack_record.expires_at(tags) != latest:
+                    stack.set_tag(stack_record.TAG_EXPIRES, str(latest))
+                return len(left)
+        self.delete(name, owner)
+        return 0
+
+    def _extend(self, stack: auto.Stack, tags: Mapping[str, str], expires_at: float, holder: str) -> float:
+        """Write `holder`'s lease and the expiry where they end before `expires_at`; nothing otherwise."""
+        if holder and stack_record.leases_of(tags).get(holder, 0.0) < int(expires_at):
+            for key, value in stack_record.lease_tag(holder, expires_at).items():
+                stack.set_tag(key, value)
+        current = stack_record.expires_at(tags) or 0.0
+        if int(expires_at) > current:
+            stack.set_tag(stack_record.TAG_EXPIRES, str(int(expires_at)))
+            current = float(int(expires_at))
+        return current
+
+    def _lease_lock(self, name: str) -> threading.Lock:
+        with self._jobs_lock:
+            return self._lease_locks.setdefault(name, threading.Lock())
 
     def _gave_up_status(self, name: str, tags: Mapping[str, str], destroyed: bool) -> Status:
         tried = stack_record.attempts(tags)
@@ -612,8 +707,12 @@ class PulumiProvisioner:
         """The stack's tags, with the record (owner, execution, expiry) written back where it is
         missing: a failed or lost tag write would leave the fleet invisible to gc and releases."""
         tags = dict(stack.list_tags())
-        for key, value in stack_record.missing_record(tags, provision.owner, provision.execution,
-                                                      provision.expires_at).items():
+        missing = stack_record.missing_record(tags, provision.owner, provision.execution,
+                                              provision.expires_at)
+        if (provision.holder and provision.holder not in stack_record.leases_of(tags)
+                and not self._expired(provision)):  # a lease lost to a concurrent tag write
+            missing |= stack_record.lease_tag(provision.holder, provision.expires_at)
+        for key, value in missing.items():
             log.warning("stack %s: restoring its %s tag", stack.name, key)
             stack.set_tag(key, value)
             tags[key] = value
@@ -648,8 +747,11 @@ class PulumiProvisioner:
             stack = auto.Stack.create(name, ws)
         except StackAlreadyExistsError:  # another replica made it between our select and init
             return auto.Stack.select(name, ws)
-        for key, value in stack_record.initial_tags(provision.owner, provision.execution,
-                                             provision.expires_at).items():
+        tags = stack_record.initial_tags(provision.owner, provision.execution, provision.expires_at)
+        if provision.holder:
+            tags |= stack_record.shared_tags(str(provision.spec.share), leases.fleet_shape(
+                provision.spec.to_custom()), provision.holder, provision.expires_at)
+        for key, value in tags.items():
             stack.set_tag(key, value)
         return stack
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from flyte_agent.consumers import Consumers, make_consumers
 from flyte_agent.graph_access import check_rules
 from flyte_agent.log_links import LogTemplate
 from flyte_agent.provisioner import Provisioner
@@ -100,6 +101,12 @@ class Settings(BaseModel):
         10.0, gt=0, le=300,
         description="how often a replica writes its heartbeat to the backend; another replica breaks "
                     "its stack locks once 4 beats are missed (flyte_agent.replicas)")
+    renew_seconds: float = Field(
+        900.0, gt=0, description="while a fleet's consumer still runs, gc renews its expiry (or lease) this "
+                                 "far ahead; longer than gc_interval_seconds")
+    consumer_namespace: str = Field(
+        "{project}-{domain}", pattern=r"^[-a-z0-9{}]+$",
+        description="where Flyte runs an execution's task pods (propeller's namespace_mapping template)")
     check_endpoints: bool = Field(True, description="health-check endpoints before reporting READY")
     # Every fleet's pods (the Datacenter sets these from the stack, like its shared services).
     node_selector: dict[str, str] = Field(default_factory=dict, description="graph-engine node selector")
@@ -196,7 +203,11 @@ def make_provisioner(settings: Settings) -> Provisioner:
         # Imported only when chosen: it loads all of pulumi_kubernetes (~1.5 s, ~90 MB).
         from flyte_agent.pulumi_provisioner import PulumiProvisioner
 
-        return PulumiProvisioner(settings)
+        return PulumiProvisioner(settings, consumers=consumers(settings))
     from flyte_agent.local_provisioner import LocalProvisioner
 
-    return LocalProvisioner(settings)
+    return LocalProvisioner(settings, consumers=consumers(settings))
+
+
+def consumers(settings: Settings) -> Consumers | None:
+    return make_consumers(settings.backend, settings.kubeconfig, settings.consumer_namespace)

@@ -9,18 +9,22 @@ after any restart reaches the same decision.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from infra.names import shorten
+from infra.names import name_hash, shorten
 
 # One Pulumi project holds every ephemeral fleet stack (distinct from the per-datacenter project).
 PROJECT = "graphfleet-fleets"
 # Pulumi stack names: letters, digits, '-', '_', '.'; at most 100 characters.
 STACK_NAME_MAX = 100
-# Pulumi tag values are capped at 256 characters.
+# Pulumi tag names: at most 40 of [a-zA-Z0-9-_.:]; values at most 256 characters (pulumi/pulumi
+# pkg/util/validation/stack.go validateStackTagName/ValidateStackTags, v3.259.0+14).
 TAG_VALUE_MAX = 256
+TAG_NAME = re.compile(r"^[a-zA-Z0-9\-_.:]{1,40}$")
 
 TAG_MANAGED = "graphfleet:managed"
 TAG_OWNER = "graphfleet:owner"
@@ -31,6 +35,14 @@ TAG_LAST_ERROR = "graphfleet:last-error"
 TAG_GAVE_UP = "graphfleet:gave-up"
 # A hint that the stack is a tombstone (listings skip it); the fact is the destroy in its history.
 TAG_DELETED = "graphfleet:deleted"
+# A shared fleet (flyte_agent/leases.py): its share name, the spec its holders agree on (JSON in
+# 256-character chunks `graphfleet:spec.0`, `.1`, ...) and one tag per lease, named by a hash of the
+# holding workflow execution: "<expiry, epoch seconds> <execution>". Each lease is its own tag, so a
+# lease write never rewrites another's value; TAG_EXPIRES is the latest lease's expiry, which the one
+# gc honours.
+TAG_SHARE = "graphfleet:share"
+SPEC_PREFIX = "graphfleet:spec."
+LEASE_PREFIX = "graphfleet:lease."
 # How long a tombstone made for a fleet that did not exist yet is kept: longer than any create still
 # queued on a replica could wait before it runs.
 TOMBSTONE_SECONDS = 24 * 3600
@@ -76,6 +88,52 @@ def missing_record(tags: Mapping[str, str], owner: str, execution: str,
     want = initial_tags(owner, execution, expires)
     return {key: want[key] for key in RECORD_TAGS
             if key not in tags or (key in (TAG_OWNER, TAG_EXECUTION) and tags[key] != want[key])}
+
+
+def shared_tags(share: str, shape: Mapping[str, Any], holder: str, expires_at: float) -> dict[str, str]:
+    """The tags that make a stack a shared fleet held by `holder` until `expires_at`."""
+    text = json.dumps(dict(shape), sort_keys=True, separators=(",", ":"))
+    chunks = [text[i:i + TAG_VALUE_MAX] for i in range(0, len(text), TAG_VALUE_MAX)]
+    return {TAG_SHARE: clip(share), **{f"{SPEC_PREFIX}{i}": chunk for i, chunk in enumerate(chunks)},
+            **lease_tag(holder, expires_at)}
+
+
+def spec_of(tags: Mapping[str, str]) -> dict[str, Any] | None:
+    """The shared fleet's recorded spec; None if the tags hold none (or not all of it)."""
+    chunks, i = [], 0
+    while f"{SPEC_PREFIX}{i}" in tags:
+        chunks.append(tags[f"{SPEC_PREFIX}{i}"])
+        i += 1
+    try:
+        return dict(json.loads("".join(chunks))) if chunks else None
+    except ValueError:
+        return None
+
+
+def lease_key(holder: str) -> str:
+    return f"{LEASE_PREFIX}{name_hash(holder)}"
+
+
+def lease_tag(holder: str, expires_at: float) -> dict[str, str]:
+    return {lease_key(holder): clip(f"{int(expires_at)} {holder}")}
+
+
+def leases_of(tags: Mapping[str, str]) -> dict[str, float]:
+    """Every lease recorded on the stack: holder -> expiry (garbled tags are skipped)."""
+    found = {}
+    for key, value in tags.items():
+        expiry, _, holder = value.partition(" ")
+        if key.startswith(LEASE_PREFIX) and expiry.isdigit() and holder:
+            found[holder] = float(expiry)
+    return found
+
+
+def check_tags(tags: Mapping[str, str]) -> None:
+    """What the CLI would refuse: a bad tag name or an over-long value (a bug here, not user input)."""
+    for key, value in tags.items():
+        if not TAG_NAME.match(key) or len(value) > TAG_VALUE_MAX:
+            raise ValueError(f"stack tag {key!r}={value!r} breaks Pulumi's tag rules (name: 1-40 of "
+                             "[a-zA-Z0-9-_.:], value: at most 256 characters)")
 
 
 def is_tombstone(history_kinds: list[str]) -> bool:

@@ -41,6 +41,7 @@ import fcntl
 import json
 import os
 import pwd
+import re
 import signal
 import socket
 import sys
@@ -361,6 +362,14 @@ class Cli:
             raise CliError(f"unknown stack tag verb {verb!r}")
         if verb == "rm" and rest[0] not in tags:
             raise CliError(f"stack tag '{rest[0]}' not found for stack '{name}'")
+        if verb == "set":
+            # pulumi pkg/util/validation/stack.go (v3.259.0+14): validateStackTagName, ValidateStackTags.
+            if not re.match(r"^[a-zA-Z0-9\-_.:]{1,40}$", rest[0]):
+                raise CliError(f"stack tag {rest[0]!r} is too long (max length 40 characters)"
+                               if len(rest[0]) > 40 else "stack tag names may only contain alphanumerics, "
+                               "hyphens, underscores, periods, or colons")
+            if len(rest[1]) > 256:
+                raise CliError(f"stack tag {rest[0]!r} value is too long (max length 256 characters)")
         fault = self.backend.next_fault(name, f"tag {verb} {rest[0]}")
         if fault.startswith("fail:"):
             raise CliError(fault.removeprefix("fail:"))

@@ -30,10 +30,13 @@ class BlockingDeletes:
     """A provisioner whose deletes wait (like a running destroy) until the test releases them."""
 
     def __init__(self) -> None:
-        self.release = threading.Event()
+        self.unblock = threading.Event()
+
+    def release(self, name: str, owner: str, holder: str) -> int | None:
+        return None  # no shared fleet: a teardown deletes
 
     def delete(self, name: str, owner: str, abort: bool = False) -> None:
-        self.release.wait()
+        self.unblock.wait()
 
     def status(self, provision: Provision) -> Status:
         return Status(Phase.READY, ["fleet-0:50051"], message="up")
@@ -54,7 +57,7 @@ def test_waiting_deletes_do_not_hold_the_threads_gets_need(monkeypatch: pytest.M
             poll = mirror_async_methods(served.get, resource_meta=meta)
             resource = await asyncio.wait_for(poll, HANG_GUARD)
         finally:
-            provisioner.release.set()
+            provisioner.unblock.set()
         await asyncio.gather(*deletes)
         return resource.phase
 
@@ -107,7 +110,7 @@ class SlowProvisioner(BlockingDeletes):
     def status(self, provision: Provision) -> Status:
         if self.creates < 2:
             return Status(Phase.ABSENT)
-        self.release.wait()
+        self.unblock.wait()
         return super().status(provision)
 
     def create(self, provision: Provision) -> None:
@@ -135,7 +138,7 @@ def test_get_answers_within_its_deadline_and_a_failed_create_is_retried_by_get(
         release = connector.TeardownMeta(service=meta.name, owner="local/local")
         releasing = await asyncio.wait_for(mirror_async_methods(teardown.get, resource_meta=release),
                                            HANG_GUARD)
-        provisioner.release.set()
+        provisioner.unblock.set()
         return meta, absent, waiting, releasing
 
     meta, absent, waiting, releasing = asyncio.run(calls())

@@ -1,20 +1,39 @@
-"""Shared fleets by lease: the plain rules, and expiry with the local provisioner."""
+"""Shared fleets by lease: the plain rules, and leases kept in the fleet's own record on both backends
+(local: fleet.json; Pulumi: the stack's tags, through the CLI seam tests/fake_pulumi.py), with one
+expiry that the one gc honours, renewed while a holder's consumer runs."""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from flyte_agent import leases
+from flyte_agent import leases, stack_record
 from flyte_agent.local_provisioner import LocalProvisioner
-from flyte_agent.provisioner import Phase
+from flyte_agent.provisioner import NotOwner, Phase, Provision
+from flyte_agent.pulumi_provisioner import PulumiProvisioner
 from flyte_agent.settings import Settings
-from flyte_agent.shared_fleets import SharedFleets
+from graph_engine import health
 from graph_engine.convert import convert
 from infra.spec import DataServiceSpec
+from tests import fake_pulumi
 from tests.test_graph_server import ring_graph
+from tests.test_pulumi_provisioner import backend, settings, wait  # noqa: F401
+
+
+class Running:
+    """A consumer probe whose running executions a test sets."""
+
+    def __init__(self) -> None:
+        self.executions: set[str] = set()
+        self.asked: list[str] = []
+
+    def running(self, workflow_execution: str) -> bool:
+        self.asked.append(workflow_execution)
+        return workflow_execution in self.executions
 
 
 def test_a_share_is_named_for_its_project_and_domain_only() -> None:
@@ -33,31 +52,239 @@ def test_differences_name_the_fields_and_ignore_the_lease_duration() -> None:
         leases.check_same_spec("s", running, {**running, "replicas": 4})
 
 
-def test_take_renews_and_drops_expired_leases() -> None:
-    held = leases.take({"p/d/old": 5.0}, "p/d/a", now=10.0, ttl_seconds=100)
+def test_take_never_shortens_and_drops_lapsed_leases() -> None:
+    held = leases.take({"p/d/old": 5.0}, "p/d/a", 110.0, now=10.0)
     assert held == {"p/d/a": 110.0}
-    assert leases.take(held, "p/d/a", now=50.0, ttl_seconds=100) == {"p/d/a": 150.0}
-    assert leases.drop(held, "p/d/a") == {}
+    assert leases.take(held, "p/d/a", 50.0, now=20.0) == {"p/d/a": 110.0}
+    assert leases.expiry(leases.take(held, "p/d/b", 200.0, now=20.0)) == 200.0
+    assert leases.drop(held, "p/d/a") == {} and leases.expiry({}) == 0.0
+
+
+def test_the_stack_record_keeps_spec_and_leases_within_pulumi_tag_rules() -> None:
+    shape = {"graph_uri": "s3://graphs/" + "g" * 300, "replicas": 2, "args": ["--x"] * 20}
+    tags = stack_record.shared_tags("sweep", shape, "proj/dev/run-a", 1_900_000_000.5)
+    stack_record.check_tags(tags)  # what `stack tag set` would refuse
+    assert len([k for k in tags if k.startswith(stack_record.SPEC_PREFIX)]) > 1  # chunked
+    assert stack_record.spec_of(tags) == shape
+    assert stack_record.leases_of(tags) == {"proj/dev/run-a": 1_900_000_000.0}
+    del tags[f"{stack_record.SPEC_PREFIX}1"]
+    assert stack_record.spec_of(tags) is None  # a partial spec is no spec
+    with pytest.raises(ValueError, match="tag rules"):
+        stack_record.check_tags({"graphfleet:lease." + "x" * 30: "1"})
+
+
+def lease_spec(uri: str, **fields: object) -> DataServiceSpec:
+    return DataServiceSpec.model_validate({"graph_uri": uri, "partitions": 2, "replicas": 2, "share": "sweep",
+                                           "ttl_seconds": 300, **fields})
 
 
 @pytest.mark.slow
-def test_a_fleet_stops_when_its_last_lease_expires_or_its_execution_is_released(tmp_path: Path) -> None:
+def test_local_leases_live_in_the_fleet_record_under_one_expiry(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     uri = convert(ring_graph(), str(tmp_path / "ring"), partitions=2)
-    provisioner = LocalProvisioner(Settings(state_dir=tmp_path / "state"))
-    shares = SharedFleets(tmp_path / "state", provisioner)
+    consumers = Running()
+    provisioner = LocalProvisioner(Settings(state_dir=tmp_path / "state", renew_seconds=600),
+                                   consumers=consumers)
     try:
-        spec = DataServiceSpec(graph_uri=uri, partitions=2, share="s", ttl_seconds=300)
         now = time.time()
-        fleet = shares.acquire("p/d", "s", spec, "p/d/run-a/n0", now)
-        shares.acquire("p/d", "s", spec, "p/d/run-b/n0", now + 100)  # run-b's lease ends 100 s later
-        assert provisioner.status(fleet).phase is not Phase.ABSENT
-        assert shares.sweep(now + 301) == []           # run-b still holds it
-        assert shares.release_execution("p/d/run-a", now + 302) == []
-        assert shares.sweep(now + 401) == [fleet.name]  # nobody renewed: stopped
-        assert provisioner.status(fleet).phase is Phase.ABSENT and not shares.is_shared(fleet.name)
-        # Releasing the last holder's execution stops it too.
-        fleet = shares.acquire("p/d", "s", spec, "p/d/run-c/n0", now)
-        assert shares.release_execution("p/d/run-c", now + 1) == [fleet.name]
-        assert provisioner.status(fleet).phase is Phase.ABSENT
+        a = leases.shared_provision("p/d", "sweep", lease_spec(uri), "p/d/run-a", now)
+        b = leases.shared_provision("p/d", "sweep", lease_spec(uri), "p/d/run-b", now + 100)
+        provisioner.create(a)
+        provisioner.create(b)  # adopts a's fleet: one fleet, two leases
+        assert a.name == b.name and len(provisioner.pids(a.name)) == 2
+        record = tmp_path / "state" / a.name / "fleet.json"
+        assert json.loads(record.read_text())["leases"] == {"p/d/run-a": now + 300, "p/d/run-b": now + 400}
+        assert json.loads(record.read_text())["expires_at"] == now + 400
+        # A retried create of a holder whose lease runs long enough writes nothing (CreateTask retries).
+        written = record.stat().st_mtime_ns
+        provisioner.create(a)
+        assert record.stat().st_mtime_ns == written
+
+        # Another spec under the share is refused, naming the field; another project cannot release.
+        with pytest.raises(leases.ShareConflict, match="replicas: 2 running vs 1 asked"):
+            provisioner.create(leases.shared_provision("p/d", "sweep", lease_spec(uri, replicas=1), "p/d/c",
+                                                       now))
+        with pytest.raises(NotOwner):
+            provisioner.release(a.name, "q/d", "p/d/run-a")
+
+        # The listing is read only: no health probe (the metrics collector calls it every 15 s).
+        assert provisioner.status(a).phase is not Phase.ABSENT
+        monkeypatch.setattr(health, "not_ready", lambda *a, **k: pytest.fail("fleets() probed health"))
+        [listed] = provisioner.fleets()
+        assert listed.leases == ["p/d/run-a", "p/d/run-b"] and listed.expires_at == now + 400
+        monkeypatch.undo()
+
+        # run-a releases; run-b's lease lapses at now+400, but its consumer still runs: gc renews it.
+        assert provisioner.release(a.name, "p/d", "p/d/run-a") == 1
+        consumers.executions.add("p/d/run-b")
+        assert provisioner.gc(now + 401) == [] and consumers.asked == ["p/d/run-b"]  # not run-a: released
+        renewed = json.loads(record.read_text())
+        assert renewed["leases"]["p/d/run-b"] >= now + 400 and renewed["expires_at"] > time.time() + 500
+        # Once it stops, the lease lapses at the renewed expiry and the same gc stops the fleet.
+        consumers.executions.clear()
+        pids = provisioner.pids(a.name)
+        assert provisioner.gc(renewed["expires_at"] + 1) == [a.name]
+        assert provisioner.status(a).phase is Phase.ABSENT and all(pid > 0 for pid in pids)
+
+        # Releasing the last holder's execution stops the fleet at once.
+        c = leases.shared_provision("p/d", "sweep", lease_spec(uri), "p/d/run-c", time.time())
+        provisioner.create(c)
+        assert provisioner.release_execution("p/d/run-c") == [c.name]
+        assert provisioner.status(c).phase is Phase.ABSENT and provisioner.release(c.name, "p/d", "x") is None
     finally:
         provisioner.close()
+
+
+def test_a_fleet_of_its_own_is_renewed_while_its_execution_runs(tmp_path: Path) -> None:
+    uri = convert(ring_graph(), str(tmp_path / "ring"), partitions=1)
+    consumers = Running()
+    provisioner = LocalProvisioner(Settings(state_dir=tmp_path / "state", renew_seconds=600),
+                                   consumers=consumers)
+    try:
+        spec = DataServiceSpec(graph_uri=uri, partitions=1, ttl_seconds=300)
+        fleet = Provision(name="gf-own-1", spec=spec, owner="p/d", execution="p/d/run-x/n0",
+                          created_at=time.time())
+        provisioner.create(fleet)
+        consumers.executions.add("p/d/run-x")  # e.g. its training pods still run
+        assert provisioner.gc(fleet.expires_at + 1) == []
+        assert consumers.asked == ["p/d/run-x"]
+        [listed] = provisioner.fleets()
+        assert listed.expires_at > time.time() + 500 and listed.leases == []
+        consumers.executions.clear()
+        assert provisioner.gc(listed.expires_at + 1) == ["gf-own-1"]
+    finally:
+        provisioner.close()
+
+
+@pytest.fixture
+def pulumi(backend: tuple[str, Path]) -> Iterator[Callable[..., PulumiProvisioner]]:  # noqa: F811
+    made: list[PulumiProvisioner] = []
+
+    def build(consumers: Running | None = None) -> PulumiProvisioner:
+        made.append(PulumiProvisioner(settings(backend, renew_seconds=600), consumers=consumers))
+        return made[-1]
+
+    yield build
+    for provisioner in made:
+        provisioner.close()
+
+
+def tag_writes(url: str, stack: str, start: int) -> list[list[str]]:
+    return [c for c in fake_pulumi.calls(url)[start:] if stack in c and c[:3] in (["stack", "tag", "set"],
+                                                                                  ["stack", "tag", "rm"])]
+
+
+def test_pulumi_leases_live_in_the_stack_and_the_last_release_removes_it(
+        backend: tuple[str, Path], pulumi: Callable[..., PulumiProvisioner]) -> None:  # noqa: F811
+    url, _ = backend
+    consumers = Running()
+    provisioner = pulumi(consumers)
+    now = time.time()
+    spec = lease_spec("s3://graphs/cora")
+    a = leases.shared_provision("proj/dev", "sweep", spec, "proj/dev/run-a", now)
+    b = leases.shared_provision("proj/dev", "sweep", spec, "proj/dev/run-b", now + 100)
+    provisioner.create(a)
+    assert wait(provisioner, a, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+    provisioner.create(b)
+    name = stack_record.stack_name(a.name)
+    tags = fake_pulumi.stacks(url)[name]["tags"]
+    assert stack_record.leases_of(tags) == {"proj/dev/run-a": int(now + 300),
+                                            "proj/dev/run-b": int(now + 400)}
+    assert stack_record.expires_at(tags) == int(now + 400) and tags[stack_record.TAG_SHARE] == "sweep"
+    assert stack_record.spec_of(tags) == leases.fleet_shape(spec.to_custom())
+
+    # A second connector process (another replica, after a restart) sees the same leases.
+    other = pulumi()
+    [listed] = other.fleets()
+    assert listed.leases == ["proj/dev/run-a", "proj/dev/run-b"]
+    # Read only when nothing changes: a retried create and a status read write no tag.
+    start = len(fake_pulumi.calls(url))
+    other.create(b)
+    assert wait(other, b, {Phase.READY}).phase is Phase.READY
+    assert tag_writes(url, name, start) == []
+
+    with pytest.raises(leases.ShareConflict, match="memory: '2Gi' running vs '4Gi' asked"):
+        other.create(leases.shared_provision(
+            "proj/dev", "sweep", lease_spec("s3://graphs/cora", memory="4Gi"), "proj/dev/run-c", now))
+    with pytest.raises(NotOwner):
+        other.release(a.name, "other/dev", "proj/dev/run-a")
+
+    # run-a's release drops its tag only; run-b's lapsed lease is renewed by gc while its pods run.
+    assert other.release(a.name, "proj/dev", "proj/dev/run-a") == 1
+    assert stack_record.leases_of(fake_pulumi.stacks(url)[name]["tags"]) == {"proj/dev/run-b": int(now + 400)}
+    consumers.executions.add("proj/dev/run-b")
+    assert provisioner.gc(now + 401) == [] and consumers.asked == ["proj/dev/run-b"]
+    renewed = stack_record.expires_at(fake_pulumi.stacks(url)[name]["tags"])
+    assert renewed is not None and renewed > time.time() + 500
+    consumers.executions.clear()
+    assert provisioner.gc(now + 401) == []  # not lapsed any more
+    assert provisioner.gc(renewed + 1) == [name] and name not in fake_pulumi.stacks(url)
+
+    # A later holder makes it again (no tombstone), and the last release removes the stack.
+    c = leases.shared_provision("proj/dev", "sweep", spec, "proj/dev/run-c", time.time())
+    other.create(c)
+    assert wait(other, c, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+    assert other.release_execution("proj/dev/run-c") == [name]
+    assert name not in fake_pulumi.stacks(url)
+    assert other.release(c.name, "proj/dev", "proj/dev/run-c") is None  # absent: nothing to release
+
+
+def test_pulumi_renews_a_fleet_of_its_own_while_its_pods_run(
+        backend: tuple[str, Path], pulumi: Callable[..., PulumiProvisioner]) -> None:  # noqa: F811
+    from tests.test_pulumi_provisioner import ready_fleet
+
+    url, _ = backend
+    consumers = Running()
+    provisioner = pulumi(consumers)
+    fleet = ready_fleet(provisioner, "gf-own-2")  # execution exec-gf-own-2: not a workflow execution
+    own = Provision(name="gf-own-3", spec=fleet.spec, owner="proj/dev", execution="proj/dev/run-y/n1",
+                    created_at=time.time())
+    provisioner.create(own)
+    assert wait(provisioner, own, {Phase.READY}).phase is Phase.READY
+    consumers.executions.add("proj/dev/run-y")
+    assert provisioner.gc(own.expires_at + 1) == ["gf-own-2"]  # its execution is no running one
+    assert "gf-own-3" in fake_pulumi.stacks(url)
+    expiry = stack_record.expires_at(fake_pulumi.stacks(url)["gf-own-3"]["tags"])
+    assert expiry is not None and expiry > time.time() + 500
+
+
+def test_the_connector_shares_a_pulumi_fleet_and_each_execution_releases_its_lease(
+        backend: tuple[str, Path], pulumi: Callable[..., PulumiProvisioner],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from flyteidl.core.execution_pb2 import TaskExecution
+
+    from flyte_agent import DataServiceConfig, DataServiceTask, connector
+    from tests.test_task_dsl import execution_metadata, template_of
+
+    url, _ = backend
+    provisioner = pulumi()
+    monkeypatch.setattr(connector.backend, "_made", (settings(backend), provisioner))
+    def resolve(custom: dict[str, object], *_: object) -> DataServiceSpec:  # partitions, without reading S3
+        return DataServiceSpec.from_custom({**custom, "partitions": 2})
+
+    monkeypatch.setattr(connector, "resolve_spec", resolve)
+    served, teardown = connector.DataServiceConnector(), connector.DataServiceTeardownConnector()
+    config = {"graph_uri": "s3://graphs/cora", "replicas": 2, "share": "sweep"}
+    template = template_of(DataServiceTask(name="graph", config=DataServiceConfig(**config)))
+    metas = {run: served._create(template, None, execution_metadata(run, "n0")) for run in ("run-a", "run-b")}
+    assert not metas["run-a"].error and metas["run-a"].name == metas["run-b"].name
+    name = metas["run-a"].name
+    deadline = time.monotonic() + 90
+    while (done := served._get(metas["run-b"])).phase != TaskExecution.SUCCEEDED:
+        assert done.phase != TaskExecution.FAILED and time.monotonic() < deadline, done.message
+        time.sleep(0.2)
+    assert sorted(stack_record.leases_of(fake_pulumi.stacks(url)[name]["tags"])) == ["proj/dev/run-a",
+                                                                                    "proj/dev/run-b"]
+    other = template_of(DataServiceTask(name="graph", config=DataServiceConfig(**config, memory="4Gi")))
+    refused = served._create(other, None, execution_metadata("run-c", "n0"))
+    assert "share 'sweep' is in use with another spec (memory: '2Gi' running vs '4Gi' asked)" in refused.error
+
+    # Another project's teardown is refused with a clear message; run-a's abort drops its lease only.
+    foreign = teardown._get(connector.TeardownMeta(service=name, caller="q/dev/run-q", owner="q/dev"))
+    assert foreign.phase == TaskExecution.FAILED and "does not belong to q/dev" in foreign.message
+    served._delete(metas["run-a"])
+    assert sorted(stack_record.leases_of(fake_pulumi.stacks(url)[name]["tags"])) == ["proj/dev/run-b"]
+    released = teardown._get(connector.TeardownMeta(service=name, caller="proj/dev/run-b", owner="proj/dev"))
+    assert released.phase == TaskExecution.SUCCEEDED, released.message
+    assert "no lease left, fleet stopped" in released.outputs["outcome"]
+    assert name not in fake_pulumi.stacks(url)

@@ -338,6 +338,16 @@ class PropellerTimeouts(_Model):
         return value
 
 
+class ServiceMonitor(_Model):
+    """A prometheus-operator `monitoring.coreos.com/v1` ServiceMonitor for the connector's metrics port,
+    beside the pods' `prometheus.io/*` scrape annotations (for Prometheus set up without the operator)."""
+
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels your Prometheus' serviceMonitorSelector matches, "
+                                          "e.g. {release: kube-prometheus-stack}")
+    interval: Duration = Field("30s", description="Scrape interval")
+
+
 class ConnectorConfig(_Model):
     image: str
     replicas: int = 2
@@ -360,6 +370,8 @@ class ConnectorConfig(_Model):
                                                                "admitted to the connector's gRPC port")
     prometheus_namespace: DnsLabel | None = Field(
         None, description="Prometheus' namespace, admitted to the metrics port; unset: none")
+    service_monitor: ServiceMonitor | None = Field(
+        None, description="Render a ServiceMonitor (needs prometheus-operator's CRD in the cluster)")
 
     @field_validator("image")
     @classmethod

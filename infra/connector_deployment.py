@@ -101,6 +101,8 @@ class FlyteConnectorArgs:
             raise ValueError(f"FlyteConnectorArgs.default_image: {exc}") from None
 
 
+# prometheus-operator's ServiceMonitor, vendored in infra/crds (v0.85.0).
+SERVICE_MONITOR_API = "monitoring.coreos.com/v1"
 # The de-facto scrape annotations (Prometheus' kubernetes_sd example relabelling, the prometheus
 # community Helm chart's default pod job): the connector's graphfleet_* and flyte_connector_* metrics.
 SCRAPE_ANNOTATIONS = {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
@@ -306,6 +308,22 @@ def service_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
     }
 
 
+def service_monitor_manifest(args: FlyteConnectorArgs) -> dict[str, Any] | None:
+    """prometheus-operator's scrape target for the Service's `metrics` port (infra/crds, v0.85.0), when
+    the stack config asks for one."""
+    monitor = args.config.service_monitor
+    if monitor is None:
+        return None
+    metadata = {**_meta(args.namespace), "labels": {**monitor.labels, **labels()}}
+    return {
+        "apiVersion": SERVICE_MONITOR_API, "kind": "ServiceMonitor", "metadata": metadata,
+        "spec": {"selector": {"matchLabels": selector()},
+                 "namespaceSelector": {"matchNames": [args.namespace]},
+                 "endpoints": [{"port": "metrics", "path": SCRAPE_ANNOTATIONS["prometheus.io/path"],
+                                "interval": monitor.interval}]},
+    }
+
+
 def pdb_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(args.namespace),
             "spec": {"minAvailable": 1, "selector": {"matchLabels": selector()}}}
@@ -415,6 +433,11 @@ class FlyteConnector(pulumi.ComponentResource):
         pdb = pdb_manifest(args)
         k8s.policy.v1.PodDisruptionBudget(f"{name}-pdb", metadata=pdb["metadata"], spec=pdb["spec"],
                                           opts=child)
+        monitor = service_monitor_manifest(args)
+        if monitor is not None:
+            k8s.apiextensions.CustomResource(f"{name}-servicemonitor", api_version=monitor["apiVersion"],
+                                             kind=monitor["kind"], metadata=monitor["metadata"],
+                                             spec=monitor["spec"], opts=child)
         hpa = hpa_manifest(args)
         if hpa is not None:
             k8s.autoscaling.v2.HorizontalPodAutoscaler(f"{name}-hpa", metadata=hpa["metadata"],

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.config import StackConfig
+from infra.connector_deployment import SERVICE_MONITOR_API
 from infra.gpu_pool import KARPENTER_API, KUEUE_API
 
 # The training operator's PyTorchJob (flytekitplugins-kfpytorch renders kubeflow.org/v1).
@@ -43,11 +44,15 @@ def _version(api: str) -> str:
 
 def required_crds(config: StackConfig) -> list[Crd]:
     """The CRDs the stack's objects (and its training jobs) need, at the versions we render."""
+    crds = []
+    if config.connector.service_monitor is not None:
+        crds.append(Crd("servicemonitors.monitoring.coreos.com", _version(SERVICE_MONITOR_API),
+                        "the Prometheus operator (prometheus-operator/prometheus-operator)"))
     if not config.gpu_pools:
-        return []
+        return crds
     kueue = "Kueue (kubernetes-sigs/kueue)"
-    crds = [Crd(f"{plural}.kueue.x-k8s.io", _version(KUEUE_API), kueue)
-            for plural in ("resourceflavors", "clusterqueues", "localqueues")]
+    crds += [Crd(f"{plural}.kueue.x-k8s.io", _version(KUEUE_API), kueue)
+             for plural in ("resourceflavors", "clusterqueues", "localqueues")]
     if any(pool.kind == "karpenter" for pool in config.gpu_pools):
         crds.append(Crd("nodepools.karpenter.sh", _version(KARPENTER_API),
                         "Karpenter (kubernetes-sigs/karpenter)"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -10,13 +11,15 @@ from typing import Any
 import pulumi
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from flyte_agent.connector import SERVE_MODULES, DataServiceConnector, DataServiceTeardownConnector
 from flyte_agent.settings import Settings
 from infra import policy
-from infra.config import ConnectorConfig, ConnectorSecrets, load_stack_config, stack_path
+from infra.config import ConnectorConfig, ConnectorSecrets, ServiceMonitor, load_stack_config, stack_path
 from infra.connector_deployment import FlyteConnector, FlyteConnectorArgs, helm_values
 from infra.image_contract import CONNECTOR_UID, CONNECTOR_USER, IMAGE_PULUMI_HOME
+from infra.k8s_schema import validate_manifest
 from infra.render import Rendered
 
 SHARED = {"member-graph": ["member-graph-0.member-graph.graphfleet-data.svc.cluster.local:50051"]}
@@ -253,3 +256,38 @@ def test_tls_option_serves_grpc_over_the_mounted_certificate(render_valid: Calla
     values = yaml.safe_load(rendered.outputs["helm"]["flyte-core"])
     service = values["configmap"]["enabled_plugins"]["plugins"]["connector-service"]
     assert service["connectors"]["graphfleet"]["insecure"] is False
+
+
+def test_a_service_monitor_option_scrapes_the_metrics_port_beside_the_annotations(
+        render_valid: Callable[..., Rendered]) -> None:
+    assert _render(render_valid, _args()).of_kind("ServiceMonitor") == []  # off unless asked for
+    monitor_config = ServiceMonitor.model_validate({"labels": {"release": "kube-prometheus-stack"},
+                                                    "interval": "15s"})
+    rendered = _render(render_valid, _args(service_monitor=monitor_config))  # schema: the vendored CRD
+    monitor = rendered.one("ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert validate_manifest(monitor) == []
+    # It selects the connector's Service and scrapes its port named like the container's metrics port.
+    service = rendered.one("Service")
+    assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"]
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [service["metadata"]["namespace"]]}
+    matched = monitor["spec"]["selector"]["matchLabels"]
+    assert matched.items() <= service["metadata"]["labels"].items()
+    [endpoint_] = monitor["spec"]["endpoints"]
+    assert endpoint_ == {"port": "metrics", "path": "/metrics", "interval": "15s"}
+    assert "metrics" in [p["name"] for p in service["spec"]["ports"]]
+    # The scrape annotations stay, for a Prometheus without the operator.
+    pod = rendered.one("Deployment")["spec"]["template"]["metadata"]
+    assert pod["annotations"]["prometheus.io/scrape"] == "true"
+    # The CRD's own rules hold: an interval it does not accept fails the schema, naming the field.
+    broken = copy.deepcopy(monitor)
+    broken["spec"]["endpoints"][0]["interval"] = "15 seconds"
+    assert any("interval" in e for e in validate_manifest(broken))
+
+
+def test_the_service_monitor_config_is_typed() -> None:
+    with pytest.raises(ValidationError, match="interval"):
+        ServiceMonitor.model_validate({"interval": "soon"})
+    with pytest.raises(ValidationError, match="scrapeInterval|scrape_interval"):
+        ServiceMonitor.model_validate({"scrapeInterval": "30s"})

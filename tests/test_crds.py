@@ -28,8 +28,8 @@ def test_vendored_crds_are_the_pinned_upstream_files() -> None:
     assert on_disk == set(listed)
     for name, entry in listed.items():
         assert hashlib.sha256((CRDS_DIR / name).read_bytes()).hexdigest() == entry["sha256"], name
-    assert (crd_version("kueue"), crd_version("karpenter"), crd_version("training-operator")) == \
-        ("v0.13.2", "v1.6.2", "v1.9.2")
+    assert (crd_version("kueue"), crd_version("karpenter"), crd_version("training-operator"),
+            crd_version("prometheus-operator")) == ("v0.13.2", "v1.6.2", "v1.9.2", "v0.85.0")
 
 
 def test_every_custom_resource_of_both_stacks_passes_its_upstream_crd(

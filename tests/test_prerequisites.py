@@ -3,7 +3,7 @@ namespaces (held by the operator's Secrets). Plain logic over what a cluster ser
 
 from __future__ import annotations
 
-from infra.config import load_stack_config, stack_path
+from infra.config import ServiceMonitor, load_stack_config, stack_path
 from infra.gpu_pool import KARPENTER_API, KUEUE_API
 from infra.prerequisites import TRAINING_OPERATOR_API, missing, required_crds, required_namespaces
 
@@ -27,6 +27,12 @@ def test_the_crds_follow_what_the_stack_renders() -> None:
                      "pytorchjobs.kubeflow.org": TRAINING_OPERATOR_API.split("/")[1]}
     # ltx1's pools are static: no Karpenter needed there.
     assert "nodepools.karpenter.sh" not in {crd.name for crd in required_crds(LTX1)}
+    # A ServiceMonitor in the stack config needs the Prometheus operator's CRD.
+    assert "servicemonitors.monitoring.coreos.com" not in names
+    monitored = LVA1.model_copy(update={"connector": LVA1.connector.model_copy(
+        update={"service_monitor": ServiceMonitor()})})
+    assert {crd.name: crd.version for crd in required_crds(monitored)}[
+        "servicemonitors.monitoring.coreos.com"] == "v1"
 
 
 def test_missing_crds_wrong_versions_and_namespaces_are_each_named() -> None:

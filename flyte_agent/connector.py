@@ -116,6 +116,7 @@ class FleetMeta(ResourceMeta):
     endpoints: list[str] = field(default_factory=list)  # `reuse` only: the shared service's
     error: str = ""                                     # bad input: reported as FAILED, nothing created
     share: str = ""                                     # a shared fleet this execution holds a lease on
+    output_prefix: str = ""                             # where propeller looks for this task's Deck
 
     def provision(self) -> Provision:
         spec = DataServiceSpec.from_custom(self.spec)
@@ -330,7 +331,9 @@ class DataServiceConnector(AsyncConnectorBase):
     async def create(self, task_template: TaskTemplate, output_prefix: str, inputs: LiteralMap | None = None,
                      task_execution_metadata: TaskExecutionMetadata | None = None,
                      **kwargs: Any) -> FleetMeta:
-        return await _off_loop(_CALLS, self._create, task_template, inputs, task_execution_metadata)
+        meta = await _off_loop(_CALLS, self._create, task_template, inputs, task_execution_metadata)
+        meta.output_prefix = output_prefix
+        return meta
 
     async def get(self, resource_meta: FleetMeta, **kwargs: Any) -> Resource:
         return await _within_get_deadline(_off_loop(_CALLS, self._get, resource_meta),
@@ -398,6 +401,8 @@ class DataServiceConnector(AsyncConnectorBase):
             status = with_pods(settings, provision, status, backend.pod_reader())
         links = fleet_links(settings, provision, status)
         info = deck.custom_info(provision.spec, status.servers)
+        if status.phase in (Phase.READY, Phase.FAILED):  # the last GetTask propeller makes: the Deck
+            deck.write_fleet_deck(resource_meta.output_prefix, provision, status, links)
         if status.phase is Phase.READY:
             metrics.PROVISION_SECONDS.labels(settings.backend).observe(time.time() - provision.created_at)
             return Resource(phase=TaskExecution.SUCCEEDED, message=f"{len(status.endpoints)} servers ready",

@@ -1,23 +1,30 @@
-"""What a fleet and a training run look like in Flyte: the servers table and the training Deck.
+"""What a fleet and a training run look like in Flyte: the data service's Deck, the servers table and
+the training Deck.
 
-The data-service task is a connector task: flyteplugins' connector plugin turns GetTask into a phase,
-a message, log links and `custom_info` (webapi/connector/plugin.go Status()), and sets no Deck URI, so
-a connector task cannot show a Deck. Its servers (partitions, endpoint, phase, restarts, age) travel in
-`custom_info` instead, shown with the task execution. The tasks that run in pods render Decks: the
-evaluation task a "data service" Deck of the fleet it reads from (each endpoint's partitions and
-whether it answers SERVING now), and the final task a "training" Deck with the curves and the report.
+The data-service task is a connector task. Propeller gives every task, whatever its plugin, a Deck at
+`<output_prefix>/deck.html` (flytepropeller v1.16.2 pkg/controller/nodes/task/handler.go
+`invokePlugin`: with the template's `generates_deck` unset, a succeeded task gets the Deck URI when
+that file exists, by a HEAD on it; flyteplugins ioutils/paths.go `deckSuffix`), and CreateTask hands
+the connector that `output_prefix` (webapi/connector/plugin.go Create). So the connector writes the
+fleet's Deck there when GetTask sees it ready (or failed): servers with partitions, endpoints, phase,
+restarts and age, and the log links. The same table also travels in GetTask's `custom_info`. A failed
+task gets no Deck URI from propeller with `generates_deck` unset (the HEAD is made for successes only),
+so a failure's Deck file is written but shown only by `generates_deck` tasks; its message and log
+links say what failed. The tasks that run in pods render their own Decks: the evaluation task a "data
+service" Deck of the fleet it reads from, and the final task a "training" Deck.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flyte_agent.provisioner import ServerState
+from flyte_agent.provisioner import Provision, ServerState, Status
 from infra.spec import DataServiceSpec, assign_partitions
 
 
@@ -30,6 +37,42 @@ def server_rows(spec: DataServiceSpec, servers: Sequence[ServerState], now: floa
                 held) else [], "phase": s.phase.value, "restarts": s.restarts, "last_exit": s.reason,
              "age_seconds": round(now - s.started_at) if s.started_at else None}
             for s in servers]
+
+
+log = logging.getLogger(__name__)
+DECK_FILE = "deck.html"  # flyteplugins ioutils/paths.go deckSuffix
+
+
+def fleet_deck_html(provision: Provision, status: Status, links: Sequence[Any] = ()) -> str:
+    """The data-service task's Deck: one self-contained HTML page."""
+    spec = provision.spec
+    title = (f"data service {provision.name}: {status.phase.value}, {spec.replicas} server(s), "
+             f"{spec.partitions} partitions")
+    where = f"graph {spec.graph_uri}; endpoints {','.join(status.endpoints) or '-'}"
+    body = [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(where)}</p>"]
+    if status.message:
+        body.append(f"<pre>{html.escape(status.message)}</pre>")
+    body.append(table(server_rows(spec, status.servers)))
+    if links:
+        items = "".join(f'<li><a href="{html.escape(link.uri)}">{html.escape(link.name)}</a></li>'
+                        for link in links)
+        body.append(f"<h3>logs</h3><ul>{items}</ul>")
+    return "<html><body>" + "".join(body) + "</body></html>"
+
+
+def write_fleet_deck(output_prefix: str, provision: Provision, status: Status, links: Sequence[Any] = ()
+                     ) -> None:
+    """Write the Deck where propeller looks; best effort: a Deck that cannot be written (no write
+    access to Flyte's metadata bucket) is logged, never a failed task."""
+    if not output_prefix:
+        return
+    import fsspec
+
+    try:
+        with fsspec.open(f"{output_prefix.rstrip('/')}/{DECK_FILE}", "w", auto_mkdir=True) as out:
+            out.write(fleet_deck_html(provision, status, links))
+    except Exception as err:  # noqa: BLE001 - the Deck is a view; the task's outcome does not depend on it
+        log.warning("data service %s: cannot write its Deck to %s: %s", provision.name, output_prefix, err)
 
 
 def custom_info(spec: DataServiceSpec, servers: Sequence[ServerState]) -> dict[str, Any] | None:

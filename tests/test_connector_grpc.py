@@ -86,10 +86,16 @@ class Connector:
     def create(self, template: Any, inputs: Any = None, name: str = "run1", node: str = "n0",
                project: str = "proj", domain: str = "dev") -> bytes:
         metadata = execution_metadata(name, node, project=project, domain=domain)
-        request = agent_pb2.CreateTaskRequest(template=template, inputs=inputs, output_prefix="/tmp/unused",
+        request = agent_pb2.CreateTaskRequest(template=template, inputs=inputs,
+                                              output_prefix=self.output_prefix(name, node, project, domain),
                                               task_execution_metadata=metadata)
         # Propeller's deadline for CreateTask.
         return bytes(self.stub.CreateTask(request, timeout=10).resource_meta)
+
+    def output_prefix(self, name: str = "run1", node: str = "n0", project: str = "proj",
+                      domain: str = "dev") -> str:
+        """The task's output prefix, as propeller passes it (here a folder beside the state dir)."""
+        return str(self.state_dir.parent / "outputs" / project / domain / name / node)
 
     def get(self, task_type: str, meta: bytes) -> agent_pb2.Resource:
         category = agent_pb2.TaskCategory(name=task_type, version=0)
@@ -181,6 +187,13 @@ def run_fleet_lifecycle(connector: Connector, graph_uri: str, replicas: int) -> 
                                                           enumerate(out["endpoints"])]
     assert all(Path(link.uri.removeprefix("file://")).is_file() for link in resource.log_links)
     assert out["endpoints_env"] == ",".join(out["endpoints"])
+    # The Deck, where propeller HEADs it for a succeeded task: every server, its partitions and phase.
+    deck_html = (Path(connector.output_prefix()) / "deck.html").read_text()
+    for ordinal, endpoint_ in enumerate(out["endpoints"]):
+        partitions = ", ".join(str(p) for p in range(ordinal, 2, replicas))
+        assert (f"<tr><td>{ordinal}</td><td>{endpoint_}</td><td>{partitions}</td><td>serving</td>"
+                in deck_html), deck_html
+    assert f": ready, {replicas} server(s), 2 partitions" in deck_html and "<h3>logs</h3>" in deck_html
     features = sample_all_nodes(out["endpoints"])
     assert features[:, 0].tolist() == [float(i) for i in range(NODES)]
 

@@ -36,3 +36,28 @@ def test_training_deck_inlines_the_curves_and_escapes_the_report(tmp_path: Path)
     assert base64.b64encode(b"\x89PNG fake").decode() in page
     assert "&lt;cora&gt;" in page and "<td>0.8123</td>" in page
     assert "<img" not in deck.training_html({"dataset": "cora"}, None)
+
+
+def test_the_data_service_deck_is_written_where_propeller_looks_and_never_fails_the_task(
+        tmp_path: Path, caplog) -> None:
+    from flyteidl.core.execution_pb2 import TaskLog
+
+    from flyte_agent.provisioner import Phase, Provision, Status
+
+    provision = Provision(name="gf-x", spec=SPEC, owner="p/d", execution="p/d/r/n0", created_at=0.0)
+    status = Status(Phase.FAILED, ["h:1", "h:2"], message="server 1 <exited>",
+                    servers=[ServerState(0, "h:1", ServerPhase.SERVING),
+                             ServerState(1, "h:2", ServerPhase.FAILED, restarts=5, reason="exit code 1")])
+    links = [TaskLog(uri="file:///logs/server-1.log", name="server 1 (h:2)")]
+    prefix = tmp_path / "outputs" / "n0"
+    deck.write_fleet_deck(str(prefix), provision, status, links)
+    page = (prefix / deck.DECK_FILE).read_text()  # flyteplugins ioutils/paths.go: <output_prefix>/deck.html
+    assert "data service gf-x: failed, 2 server(s), 5 partitions" in page
+    assert "<td>1</td><td>h:2</td><td>1, 3</td><td>failed</td><td>5</td><td>exit code 1</td>" in page
+    assert "server 1 &lt;exited&gt;" in page and 'href="file:///logs/server-1.log"' in page
+    # No write access (here: the prefix is a file): logged, not raised; no prefix (local runs): nothing.
+    blocked = tmp_path / "blocked"
+    blocked.write_text("")
+    deck.write_fleet_deck(str(blocked), provision, status)
+    assert "cannot write its Deck" in caplog.text
+    deck.write_fleet_deck("", provision, status)

@@ -173,7 +173,10 @@ class LocalProvisioner:
                 with self._locked(record["name"]):
                     # Re-read under the lock: a lease taken or renewed since the listing counts.
                     current = self._record(record["name"])
-                    if current is None or now < _expires_at(current) or self._renew_running(current, now):
+                    if current is None:
+                        self._drop_lock_if_gone(record["name"])
+                        continue
+                    if now < _expires_at(current) or self._renew_running(current, now):
                         continue
                     self._delete_locked(record["name"])
                 with self._mutex:
@@ -269,6 +272,8 @@ class LocalProvisioner:
                 record = self._record(name)
                 if record is not None:
                     self._reconcile(record)
+                else:
+                    self._drop_lock_if_gone(name)
 
     def _reconcile(self, record: dict[str, Any]) -> Status:
         name = record["name"]
@@ -612,6 +617,13 @@ class LocalProvisioner:
 
     def _locked(self, name: str) -> contextlib.AbstractContextManager[None]:
         return locked(self._lock_path(name))
+
+    def _drop_lock_if_gone(self, name: str) -> None:
+        """Locking a fleet that a delete removed since it was listed made its lock file again: remove
+        it, as that delete did (we hold it; waiters re-lock, see files.locked)."""
+        if not self._dir(name).exists():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._lock_path(name))
 
     def _lock_path(self, name: str) -> Path:
         return self.state_dir / f".{check_fleet_name(name)}.lock"

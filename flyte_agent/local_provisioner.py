@@ -263,7 +263,14 @@ class LocalProvisioner:
         restart crashed servers. Public so tests can run a round deterministically."""
         self._reap()
         for tombstone in sorted(self.state_dir.glob(f"*/{_TOMBSTONE}")):
-            self._delete(tombstone.parent.name)
+            name = tombstone.parent.name
+            with self._locked(name):
+                # Re-checked under the lock: once that delete ended, a create may have made the fleet
+                # again, which the stale listing must not delete.
+                if self._tombstone(name).exists():
+                    self._delete_locked(name)
+                else:
+                    self._drop_lock_if_gone(name)
         self.gc(time.time())
         for name in sorted(r["name"] for r in self._records()):
             with self._locked(name):

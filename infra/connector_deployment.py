@@ -141,6 +141,32 @@ def role_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
             "metadata": _meta(args.data_namespace), "rules": RBAC_RULES}
 
 
+# gc asks whether a fleet's consumer still runs before stopping it at its expiry: a task pod of the
+# execution by Flyte's labels (flyte_agent/consumers.py). Only `list pods`, only where graph clients run.
+CONSUMER_RULES: list[dict[str, Any]] = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
+CONSUMERS_NAME = f"{NAME}-consumers"
+
+
+def consumer_namespaces(args: FlyteConnectorArgs) -> list[str]:
+    """The graph clients' namespaces (the teams' Flyte project-domain ones, training) where the
+    connector looks for running task pods; not its own, nor the fleets'."""
+    return sorted(set(args.client_namespaces) - {args.namespace, args.data_namespace})
+
+
+def consumer_rbac_manifests(args: FlyteConnectorArgs) -> list[dict[str, Any]]:
+    """A Role and RoleBinding per consumer namespace: list pods, nothing else."""
+    out = []
+    for namespace in consumer_namespaces(args):
+        meta = _meta(namespace, CONSUMERS_NAME)
+        out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
+                    "rules": CONSUMER_RULES})
+        out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                "name": CONSUMERS_NAME},
+                    "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": args.namespace}]})
+    return out
+
+
 def role_binding_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
@@ -420,6 +446,16 @@ class FlyteConnector(pulumi.ComponentResource):
         binding = role_binding_manifest(args)
         k8s.rbac.v1.RoleBinding(f"{name}-rolebinding", metadata=binding["metadata"],
                                 role_ref=binding["roleRef"], subjects=binding["subjects"], opts=child)
+        for manifest in consumer_rbac_manifests(args):
+            namespace = manifest["metadata"]["namespace"]
+            meta = manifest["metadata"]
+            if manifest["kind"] == "Role":
+                k8s.rbac.v1.Role(f"{name}-consumers-{namespace}", metadata=meta, rules=manifest["rules"],
+                                 opts=child)
+            else:
+                k8s.rbac.v1.RoleBinding(f"{name}-consumers-binding-{namespace}", metadata=meta,
+                                        role_ref=manifest["roleRef"], subjects=manifest["subjects"],
+                                        opts=child)
         policy = network_policy_manifest(args)
         k8s.networking.v1.NetworkPolicy(f"{name}-ingress", metadata=policy["metadata"], spec=policy["spec"],
                                         opts=child)

@@ -29,7 +29,8 @@ def _args(stack: str = "ltx1", **changes: Any) -> FlyteConnectorArgs:
     config = load_stack_config(stack_path(stack))
     connector = config.connector.model_copy(update=changes) if changes else config.connector
     return FlyteConnectorArgs(connector, config.namespaces.connector, config.namespaces.data_services,
-                              config.graph_engine_image, SHARED)
+                              config.graph_engine_image, SHARED,
+                              client_namespaces=tuple(config.client_namespaces()))
 
 
 def _render(render_valid: Callable[..., Rendered], args: FlyteConnectorArgs) -> Rendered:
@@ -111,8 +112,7 @@ def test_a_kms_stack_tells_the_connector_its_secrets_provider(render_valid: Call
 def test_rbac_is_exactly_what_provisioning_needs(render_valid: Callable[..., Rendered]) -> None:
     rendered = _render(render_valid, _args())
     assert not rendered.of_kind("ClusterRole") and not rendered.of_kind("ClusterRoleBinding")
-    role = rendered.one("Role")
-    assert role["metadata"]["namespace"] == "graphfleet-data"
+    [role] = [r for r in rendered.of_kind("Role") if r["metadata"]["namespace"] == "graphfleet-data"]
     granted = {(r, tuple(rule["verbs"])) for rule in role["rules"] for r in rule["resources"]}
     full = ("get", "list", "watch", "create", "update", "patch", "delete")
     read = ("get", "list", "watch")
@@ -122,14 +122,28 @@ def test_rbac_is_exactly_what_provisioning_needs(render_valid: Callable[..., Ren
                        ("pods/log", ("get",))}
     groups = {g for rule in role["rules"] if "events" in rule["resources"] for g in rule["apiGroups"]}
     assert groups == {"", "events.k8s.io"}
-    binding = rendered.one("RoleBinding")
+    [binding] = [b for b in rendered.of_kind("RoleBinding")
+                 if b["metadata"]["namespace"] == "graphfleet-data"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "graphfleet-connector",
                                     "namespace": "graphfleet-system"}]
+    # Elsewhere only `list pods`, where graph clients (Flyte task pods) run: gc renews a fleet whose
+    # execution still has running pods (flyte_agent/consumers.py).
+    others = [r for r in rendered.of_kind("Role") if r is not role]
+    config = load_stack_config(stack_path("ltx1"))
+    expected = sorted(set(config.client_namespaces()) - {"graphfleet-system", "graphfleet-data"})
+    assert sorted(r["metadata"]["namespace"] for r in others) == expected and expected
+    assert set(config.team_namespaces()) <= set(expected)
+    assert all(r["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}] for r in others)
+    bound = {b["metadata"]["namespace"]: b for b in rendered.of_kind("RoleBinding") if b is not binding}
+    assert sorted(bound) == expected
+    assert all(b["subjects"] == binding["subjects"]
+               and b["roleRef"]["name"] == "graphfleet-connector-consumers" for b in bound.values())
 
 
 def test_policy_flags_wildcards_secrets_and_cluster_roles(render_valid: Callable[..., Rendered]) -> None:
     manifests = _render(render_valid, _args()).manifests()
-    role = next(m for m in manifests if m["kind"] == "Role")
+    role = next(m for m in manifests
+                if m["kind"] == "Role" and m["metadata"]["namespace"] == "graphfleet-data")
     added = len(role["rules"])
     role["rules"].append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["*"]})
     manifests.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",

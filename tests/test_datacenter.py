@@ -21,7 +21,12 @@ def test_composes_everything_with_restricted_namespaces(render_valid: Callable[.
     sts = rendered.one("StatefulSet")
     # Shared services live apart from the connector's fleets, where its Role does not reach.
     assert sts["metadata"]["namespace"] == "graphfleet-shared"
-    assert rendered.one("Role")["metadata"]["namespace"] == "graphfleet-data"
+    roles = {r["metadata"]["namespace"]: r for r in rendered.of_kind("Role")}
+    assert roles["graphfleet-data"]["metadata"]["name"] == "graphfleet-connector"
+    assert "graphfleet-shared" not in roles
+    # Elsewhere (the graph clients' namespaces) the connector may only list pods (flyte_agent/consumers.py).
+    assert all(r["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
+               for ns, r in roles.items() if ns != "graphfleet-data")
     assert sts["spec"]["replicas"] == 8
     pod = sts["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"node.ltx1.example.com/pool": "highmem"}

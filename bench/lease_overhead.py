@@ -1,14 +1,18 @@
-"""What a lease adds to CreateTask and GetTask, over gRPC, local backend.
+"""What a lease adds to CreateTask and GetTask: local backend over gRPC, and the Pulumi backend
+through its CLI seam (tests/fake_pulumi.py, a Python process per CLI call like the real CLI's).
 
-One served connector, one ready fleet of each kind on the same graph: a shared one (`share=`) and an
-ordinary one. Then, interleaved, `--calls` times each:
+Local: one served connector, one ready fleet of each kind on the same graph: a shared one (`share=`)
+and an ordinary one. Then, interleaved, `--calls` times each:
 
-- CreateTask: a new execution joining the shared fleet (takes a lease: flock, JSON read/write, the
-  provisioner's adopting create) vs a retried CreateTask of the ordinary fleet's execution (adopting
-  create only);
-- GetTask of a ready fleet: shared (renews the lease, then the status read) vs ordinary.
+- CreateTask: a new execution joining the shared fleet (takes a lease: flock, a read and one atomic
+  write of fleet.json) vs a retried CreateTask of the ordinary fleet's execution (adopting create only);
+- GetTask of a ready fleet: shared vs ordinary (both read only: no lease is written on GetTask).
 
-    .venv/bin/python -m bench.lease_overhead [--calls 50]
+Pulumi (`--pulumi-calls`): the provisioner calls the connector makes (create, status of a ready fleet),
+shared vs ordinary, with the CLI processes each one ran: the CLI call count is what a real backend's
+latency multiplies.
+
+    .venv/bin/python -m bench.lease_overhead [--calls 50] [--pulumi-calls 10]
 """
 
 from __future__ import annotations
@@ -33,10 +37,73 @@ def timed(call: Callable[[], object]) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+def pulumi_seam(calls: int) -> dict[str, tuple[list[float], list[int]]]:
+    """ms and CLI processes per provisioner call, shared vs ordinary, through the fake CLI."""
+    import os
+    from concurrent.futures import wait
+
+    from flyte_agent import leases
+    from flyte_agent.provisioner import Phase, Provision
+    from flyte_agent.pulumi_provisioner import PulumiProvisioner
+    from flyte_agent.settings import Settings
+    from infra.spec import DataServiceSpec
+    from tests import fake_pulumi
+
+    out: dict[str, tuple[list[float], list[int]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("PULUMI_CONFIG_PASSPHRASE", "bench-only")
+        url = f"file://{tmp}/state"
+        cli_path = fake_pulumi.install(Path(tmp))
+        settings = Settings(backend="pulumi", backend_url=url, pulumi_command=str(cli_path),
+                            gc_interval_seconds=0, check_endpoints=False)
+        provisioner = PulumiProvisioner(settings)
+        spec = DataServiceSpec(graph_uri="s3://graphs/g", partitions=2, replicas=2, share="b")
+        now = time.time()
+        shared = leases.shared_provision("p/d", "b", spec, "p/d/first", now)
+        plain_spec = DataServiceSpec(graph_uri="s3://graphs/g", partitions=2, replicas=2)
+        plain = Provision(name="gf-plain", spec=plain_spec, owner="p/d", execution="p/d/x/n0", created_at=now)
+        try:
+            for p in (shared, plain):
+                provisioner.create(p)
+                deadline = time.monotonic() + 120
+                while provisioner.status(p).phase is not Phase.READY:
+                    assert time.monotonic() < deadline, "fleet not ready through the fake"
+                    time.sleep(0.2)
+
+            def measured(key: str, call: Callable[[], object]) -> None:
+                before = len(fake_pulumi.calls(url))
+                ms = timed(call)
+                with provisioner._jobs_lock:  # an adopting create queues an `up` that finds nothing to do
+                    jobs = list(provisioner._jobs.values())
+                wait(jobs, timeout=120)
+                ms_list, cli = out.setdefault(key, ([], []))
+                ms_list.append(ms)
+                cli.append(len(fake_pulumi.calls(url)) - before)
+
+            for i in range(calls):
+                joining = leases.shared_provision("p/d", "b", spec, f"p/d/join-{i}", time.time())
+                measured("create shared (a new lease)", lambda j=joining: provisioner.create(j))
+                measured("create plain (retried, adopts)", lambda: provisioner.create(plain))
+                measured("status shared (ready)", lambda: provisioner.status(shared))
+                measured("status plain (ready)", lambda: provisioner.status(plain))
+        finally:
+            provisioner.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--pulumi-calls", type=int, default=10)
     args = parser.parse_args()
+    if args.pulumi_calls:
+        seam = pulumi_seam(args.pulumi_calls)
+        print(f"Pulumi seam: {args.pulumi_calls} calls each, interleaved; ms (median, max), CLI processes "
+              "(create: the call itself, plus the queued adopting up):")
+        for key, (ms, cli) in seam.items():
+            print(f"  {key}: {statistics.median(ms):.0f}, {max(ms):.0f}; CLI {statistics.median(cli):g}")
+    if not args.calls:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         uri = convert(ring_graph(), str(Path(tmp) / "ring"), partitions=2)
         connector = Connector(Path(tmp) / "state", {})

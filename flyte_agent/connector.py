@@ -399,6 +399,10 @@ class DataServiceConnector(AsyncConnectorBase):
         status = provisioner.status(provision)
         if settings.backend == "pulumi" and not status.servers:
             status = with_pods(settings, provision, status, backend.pod_reader())
+        if settings.backend == "pulumi" and not status.servers and status.endpoints:
+            # Pods are not read once READY: the servers by name (pod, endpoint), their phase unknown.
+            status = dataclasses.replace(status, servers=pods.cluster_servers(
+                provision.name, settings.namespace, provision.spec.replicas, status.endpoints))
         links = fleet_links(settings, provision, status)
         info = deck.custom_info(provision.spec, status.servers)
         if status.phase in (Phase.READY, Phase.FAILED):  # the last GetTask propeller makes: the Deck

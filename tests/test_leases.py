@@ -250,7 +250,7 @@ def test_pulumi_renews_a_fleet_of_its_own_while_its_pods_run(
 
 def test_the_connector_shares_a_pulumi_fleet_and_each_execution_releases_its_lease(
         backend: tuple[str, Path], pulumi: Callable[..., PulumiProvisioner],  # noqa: F811
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from flyteidl.core.execution_pb2 import TaskExecution
 
     from flyte_agent import DataServiceConfig, DataServiceTask, connector
@@ -269,12 +269,18 @@ def test_the_connector_shares_a_pulumi_fleet_and_each_execution_releases_its_lea
     metas = {run: served._create(template, None, execution_metadata(run, "n0")) for run in ("run-a", "run-b")}
     assert not metas["run-a"].error and metas["run-a"].name == metas["run-b"].name
     name = metas["run-a"].name
+    metas["run-b"].output_prefix = str(tmp_path / "outputs" / "run-b")  # as the async create records it
     deadline = time.monotonic() + 90
     while (done := served._get(metas["run-b"])).phase != TaskExecution.SUCCEEDED:
         assert done.phase != TaskExecution.FAILED and time.monotonic() < deadline, done.message
         time.sleep(0.2)
     assert sorted(stack_record.leases_of(fake_pulumi.stacks(url)[name]["tags"])) == ["proj/dev/run-a",
                                                                                     "proj/dev/run-b"]
+    # The Deck of a Pulumi fleet: its servers as pods (phase unknown without a cluster to read).
+    deck_html = (tmp_path / "outputs" / "run-b" / "deck.html").read_text()
+    assert f"data service {name}: ready, 2 server(s), 2 partitions" in deck_html
+    endpoint = f"{name}-0.{name}.graphfleet.svc.cluster.local:50051"
+    assert f"<tr><td>0</td><td>{endpoint}</td><td>0</td><td>unknown</td>" in deck_html
     other = template_of(DataServiceTask(name="graph", config=DataServiceConfig(**config, memory="4Gi")))
     refused = served._create(other, None, execution_metadata("run-c", "n0"))
     assert "share 'sweep' is in use with another spec (memory: '2Gi' running vs '4Gi' asked)" in refused.error

@@ -260,7 +260,7 @@ def test_a_crashing_server_fails_the_fleet_naming_it_with_its_log(connector_fact
     assert "graph-engine server 1 of gf-" in resource.message
     assert "(last exit: exit code 1)" in resource.message
     assert "partition file node_1_0.map is missing" in resource.message
-    # The servers table travels with the task execution (custom_info): a connector task has no Deck.
+    # The servers table travels with the task execution (custom_info); the Deck file is written too.
     rows = json_format.MessageToDict(resource.custom_info)["servers"]
     assert [(r["ordinal"], r["phase"], r["last_exit"]) for r in rows] == [(0, "serving", ""),
                                                                           (1, "failed", "exit code 1")]

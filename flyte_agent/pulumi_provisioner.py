@@ -70,6 +70,9 @@ _CLI_MARGIN_SECONDS = 300
 _PENDING_TEXT = "pending operations"
 # What the fleet program's guard raises when the stack is a tombstone (see _refuse_if_tombstoned).
 _TOMBSTONED = "graphfleet: tombstoned"
+# What the CLI prints when SIGINT/SIGTERM cancels an operation (pulumi pkg/backend/cancellation_scope.go,
+# v3.274.0: "^C received; cancelling." / "SIGTERM received; cancelling."): a drain, a rollout.
+_CANCELLED = "received; cancelling"
 # The `passphrase` secrets provider reads one of these; the CLI fails without them non-interactively.
 _PASSPHRASE_ENV = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
 
@@ -582,8 +585,16 @@ class PulumiProvisioner:
                     stack.set_tag(stack_record.TAG_ATTEMPTS, str(tried))
                     if not self._clear_dead_locks(stack, provision):
                         return
-                    stack.set_tag(stack_record.TAG_ATTEMPTS, str(tried + 1))
+                    # The dead holder's attempt (counted in `tried`) died with its replica or CLI: it
+                    # did not fail, so it is given back and this one counts instead.
+                    stack.set_tag(stack_record.TAG_ATTEMPTS, str(max(tried, 1)))
                     self._up(stack, tags)
+                except CommandError as err:
+                    if _CANCELLED not in cli_output(err):
+                        raise
+                    # Cancelled (a drain, a rollout, a signal), not failed: the attempt is given back.
+                    stack.set_tag(stack_record.TAG_ATTEMPTS, str(tried))
+                    log.info("stack %s: pulumi up was cancelled; the next status read starts it again", name)
         except CommandError as err:
             if _TOMBSTONED in cli_output(err):
                 log.info("stack %s: deleted before its queued up ran; nothing created", name)
@@ -595,14 +606,17 @@ class PulumiProvisioner:
             self._record_error(provision, stack_record.clip(f"{type(err).__name__}: {err}"))
 
     def _settle(self, stack: auto.Stack, provision: Provision) -> None:
-        """Attempts are used up but the last one has no result: once nobody holds the lock, give up."""
+        """Attempts are used up but the last one has no result: if its process died holding the lock, it
+        is given back; else (once nobody holds the lock) give up."""
         try:
             stack.refresh(clear_pending_creates=True, on_output=_debug)
         except ConcurrentUpdateError:
             if not self._clear_dead_locks(stack, provision):
                 return  # the last attempt is still running on a live replica
-            stack.set_tag(stack_record.TAG_LAST_ERROR, stack_record.clip(
-                "the process running the last pulumi up died mid-update (connector killed or evicted)"))
+            # It died with its replica or CLI (killed, evicted): not a failure of the fleet, so it is
+            # given back and the next status read starts another.
+            stack.set_tag(stack_record.TAG_ATTEMPTS, str(self.settings.max_attempts - 1))
+            return
         stack.set_tag(stack_record.TAG_GAVE_UP, "true")
 
     def _clear_dead_locks(self, stack: auto.Stack, provision: Provision | None) -> bool:

@@ -74,6 +74,11 @@ def _cancel_on_signal() -> None:
     def cancel(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second signal terminates, as in the CLI
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # The real CLI's notice on stdout (cancellation_scope.go, v3.274.0), which the connector reads.
+        print("^C received; cancelling. If you would like to terminate immediately, press ^C again."
+              if signum == signal.SIGINT else
+              "SIGTERM received; cancelling. If you would like to terminate immediately, send SIGTERM again.",
+              flush=True)
         raise Cancelled(f"update canceled ({signal.Signals(signum).name} received)")
 
     signal.signal(signal.SIGINT, cancel)

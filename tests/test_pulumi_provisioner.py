@@ -540,12 +540,14 @@ _CONNECTOR = textwrap.dedent("""
 """)
 
 
-def start_connector_child(backend: tuple[str, Path], name: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_connector_child(backend: tuple[str, Path], name: str,
+                          **overrides: object) -> tuple[subprocess.Popen[bytes], int]:
     """A connector process (its own session, like a pod) whose `up` of `name` hangs; returns it and
     the pid of the CLI running that `up` once it holds the lock."""
     url, _ = backend
     fake_pulumi.script_faults(url, name, up=["hang"])
-    script = _CONNECTOR.format(root=str(ROOT), settings=settings(backend).model_dump_json(), name=name)
+    script = _CONNECTOR.format(root=str(ROOT), settings=settings(backend, **overrides).model_dump_json(),
+                               name=name)
     child = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + WAIT_LIMIT
@@ -566,7 +568,8 @@ def test_a_replica_stopped_with_sigterm_cancels_its_operations_and_releases_thei
     """Issue 8 item 8: nothing handled SIGTERM, so every rollout stranded in-flight fleets behind
     locks that only a stale-lock rule (45 min across pods) could break."""
     url, _ = backend
-    child, cli_pid = start_connector_child(backend, "fleet-term")
+    # One attempt allowed: the drained attempt was cancelled, not failed, so it does not use it up.
+    child, cli_pid = start_connector_child(backend, "fleet-term", max_attempts=1)
     try:
         child.send_signal(signal.SIGTERM)  # the connector process only, as the kubelet does
         assert child.wait(timeout=WAIT_LIMIT) == 128 + signal.SIGTERM
@@ -581,15 +584,15 @@ def test_a_replica_stopped_with_sigterm_cancels_its_operations_and_releases_thei
         assert time.monotonic() < deadline, "the CLI outlived its drained connector"
         time.sleep(0.1)
     # Another replica carries on at once: no lock to judge.
-    fresh = make()
+    fresh = make(max_attempts=1)
     assert wait(fresh, provision("fleet-term"), {Phase.READY, Phase.FAILED}).phase is Phase.READY
 
 
-def kill_mid_update(backend: tuple[str, Path], name: str) -> int:
+def kill_mid_update(backend: tuple[str, Path], name: str, **overrides: object) -> int:
     """A connector pod dies in the middle of `up` of `name`: the connector and the CLI it started, with
     no chance to clean up; the objects the `up` created are in the cluster as pending creates."""
     url, _ = backend
-    child, cli_pid = start_connector_child(backend, name)
+    child, cli_pid = start_connector_child(backend, name, **overrides)
     os.killpg(child.pid, signal.SIGKILL)
     os.kill(cli_pid, signal.SIGKILL)
     child.wait(timeout=30)
@@ -599,8 +602,9 @@ def kill_mid_update(backend: tuple[str, Path], name: str) -> int:
 
 def test_connector_killed_mid_update_is_finished_by_a_fresh_process(backend: tuple[str, Path], make) -> None:
     url, _ = backend
-    cli_pid = kill_mid_update(backend, "fleet-k")
-    fresh = make()
+    # One attempt allowed: the killed one did not fail, it died with its replica, so it is given back.
+    cli_pid = kill_mid_update(backend, "fleet-k", max_attempts=1)
+    fresh = make(max_attempts=1)
     p = provision("fleet-k")
     # Recovery clears the pending creates (the objects stay in the cluster), so the retried up creates
     # objects that exist: it succeeds only because fleet stacks upsert (pulumi-kubernetes >= 4.29).

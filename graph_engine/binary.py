@@ -110,10 +110,12 @@ def vose_alias(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _vose(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    index = np.int32 if len(w) < 1 << 31 else np.int64  # half the memory of a partition's edges
     is_small = w < 1
-    smalls = np.flatnonzero(is_small)[::-1]  # Vose's two stacks, in the order it pops them
-    larges = np.flatnonzero(~is_small)[::-1]
-    alias = np.zeros(len(w), np.int64)
+    smalls = np.flatnonzero(is_small)[::-1].astype(index)  # Vose's two stacks, in the order it pops them
+    larges = np.flatnonzero(~is_small)[::-1].astype(index)
+    del is_small
+    alias = np.zeros(len(w), index)
     prob = np.ones(len(w), np.float32)  # what Vose gives the elements left on either stack
     if not len(larges):
         return alias, prob
@@ -283,29 +285,39 @@ class PartitionWriter:
                 "files": files.close(p)}
 
     def _weighted_edge_alias(self) -> None:
-        """EdgeAliasWriter's table over the partition's edges, from the files written so far."""
+        """EdgeAliasWriter's table over the partition's edges, from the files written so far. Read in
+        pieces, not mapped: a map's pages of the whole edge index would count in the worker's memory."""
         files, p = self.files, self.p
         for name in (f"node_{p}_0.map", f"neighbors_{p}_0.index", f"edge_{p}_0.index"):
             files.open[name].flush()
-        node_ids = np.memmap(self.folder / f"node_{p}_0.map", NODE_MAP, "r")["id"]
-        starts = np.memmap(self.folder / f"neighbors_{p}_0.index", np.uint64, "r")
-        edge_index = np.memmap(self.folder / f"edge_{p}_0.index", EDGE_INDEX, "r")[:self.edges]
+        node_ids = np.fromfile(self.folder / f"node_{p}_0.map", NODE_MAP)["id"].copy()
+        starts = np.fromfile(self.folder / f"neighbors_{p}_0.index", np.uint64)
+        weight = np.empty(self.edges, np.float32)
+        for a in range(0, self.edges, _READ_BACK):
+            weight[a:a + _READ_BACK] = self._edge_index(a)["weight"]
+        vose = vose_alias(weight)
+        del weight
+        dst = np.empty(self.edges, np.int64)
+        for a in range(0, self.edges, _READ_BACK):
+            dst[a:a + _READ_BACK] = self._edge_index(a)["dst"]
 
         def ends(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            src = node_ids[np.searchsorted(starts, edges.astype(np.uint64), side="right") - 1]
-            return src, edge_index["dst"][edges].astype(np.int64)
+            return node_ids[np.searchsorted(starts, edges.astype(np.uint64), side="right") - 1], dst[edges]
 
-        vose = vose_alias(np.array(edge_index["weight"]))
         for a in range(0, self.edges, _READ_BACK):
             rows = np.arange(a, min(a + _READ_BACK, self.edges))
-            src, dst = ends(rows)
-            table = _kept_edges(src, dst)
+            table = _kept_edges(*ends(rows))
             if vose is not None:
                 other, prob = vose[0][rows], vose[1][rows]
                 table["prob"] = prob
                 aliased = prob < 1.0
                 table["alias_src"][aliased], table["alias_dst"][aliased] = ends(other[aliased])
             files.write(edge_alias_name(EDGE_TYPE, p), table)
+
+    def _edge_index(self, start: int) -> np.ndarray:
+        """Up to `_READ_BACK` records of the edge index from edge `start` on."""
+        return np.fromfile(self.folder / f"edge_{self.p}_0.index", EDGE_INDEX,
+                           count=min(_READ_BACK, self.edges - start), offset=start * EDGE_INDEX.itemsize)
 
 
 def _kept_alias(ids: np.ndarray) -> np.ndarray:

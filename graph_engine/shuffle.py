@@ -189,13 +189,12 @@ def _node_chunks(folder: Path, dim: int, order: np.ndarray, ids: np.ndarray, typ
         yield binary.NodeChunk(ids[part], types[part], features, labels[part])
 
 
-def _bucket_bounds(nodes: Path, edges: Path, buckets: int) -> np.ndarray:
-    """Ids splitting the partition into `buckets` ranges of about equal nodes plus edges (from a sample
-    of node ids and edge sources)."""
-    files = [(f, "ids") for f in _spilled(nodes, "ids")] + [(f, "src") for f in _spilled(edges, "src")]
-    total = sum(_rows(f, s) for f, s in files)
-    step = max(1, total // (buckets * 1024))
-    sample = np.sort(np.concatenate([np.memmap(f, _FIELDS[s], "r")[::step] for f, s in files if _rows(f, s)]))
+def _bucket_bounds(nodes: Path, edges: Path, rows: int, buckets: int) -> np.ndarray:
+    """Ids splitting the partition's `rows` nodes plus edges into `buckets` ranges of about equal rows
+    (from a sample of node ids and edge sources, read a piece at a time)."""
+    step = max(1, rows // (buckets * 1024))
+    sample = np.sort(np.concatenate([ids[::step] for folder, suffix in ((nodes, "ids"), (edges, "src"))
+                                     for _, (ids,) in _pieces(folder, (suffix,))]))
     return np.unique(sample[np.arange(1, buckets) * len(sample) // buckets])  # a hub's id may repeat
 
 
@@ -247,7 +246,8 @@ def build_partition(spill: Path, p: int, dim: int, out: Path) -> dict[str, Any]:
     if buckets == 1:
         _build_bucket(nodes, edges, spill / "refs" / str(p), dim, p, writer, splits)
     else:
-        for folder in _split_into_buckets(spill, p, dim, _bucket_bounds(nodes, edges, buckets)):
+        bounds = _bucket_bounds(nodes, edges, num_nodes + num_edges, buckets)
+        for folder in _split_into_buckets(spill, p, dim, bounds):
             _build_bucket(folder / "nodes", folder / "edges", folder / "refs", dim, p, writer, splits)
             if folder.exists():  # a range may hold no row
                 shutil.rmtree(folder)

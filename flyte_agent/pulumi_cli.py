@@ -26,6 +26,9 @@ from pulumi.automation.errors import CommandError, create_command_error
 from flyte_agent import metrics, stack_record
 
 # CLI subcommands that change a stack and may run as long as Kubernetes takes to converge.
+# Said of a CLI process a signal ended that graphfleet did not send (its timeout kill says so itself):
+# killed with its pod, by the OOM killer, by an operator. What it was doing did not fail.
+KILLED = "was killed by a signal from outside graphfleet"
 LONG_COMMANDS = frozenset({"up", "destroy", "refresh", "preview", "cancel"})
 # Operations `interrupt()` stops: those that hold the stack's lock while they change the world.
 _INTERRUPTIBLE = frozenset({"up", "destroy", "refresh", "preview"})
@@ -90,6 +93,9 @@ class TimedPulumiCommand(PulumiCommand):
         for line in stderr.splitlines():
             if on_error:
                 on_error(line)
+        if process.returncode < 0 and not timed_out:
+            stderr += (f"\nerror: graphfleet: `pulumi {' '.join(args[1:3])}` {KILLED} "
+                       f"({signal.Signals(-process.returncode).name})")
         result = CommandResult(stdout=stdout, stderr=stderr, code=process.returncode)
         if subcommand in LONG_COMMANDS:
             outcome = "timed_out" if timed_out else "succeeded" if result.code == 0 else "failed"

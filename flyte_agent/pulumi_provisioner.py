@@ -57,7 +57,7 @@ from flyte_agent.provisioner import (
     check_workflow_execution,
 )
 from flyte_agent.provisioner import workflow_execution as workflow_execution_of
-from flyte_agent.pulumi_cli import TimedPulumiCommand, cli_output, error_text
+from flyte_agent.pulumi_cli import KILLED, TimedPulumiCommand, cli_output, error_text
 from flyte_agent.replicas import Backend, Liveness
 from flyte_agent.settings import Settings
 from flyte_agent.worker_pool import DESTROY, UP, PriorityPool
@@ -590,11 +590,13 @@ class PulumiProvisioner:
                     stack.set_tag(stack_record.TAG_ATTEMPTS, str(max(tried, 1)))
                     self._up(stack, tags)
                 except CommandError as err:
-                    if _CANCELLED not in cli_output(err):
+                    if _CANCELLED not in cli_output(err) and KILLED not in cli_output(err):
                         raise
-                    # Cancelled (a drain, a rollout, a signal), not failed: the attempt is given back.
+                    # Cancelled (a drain, a rollout) or killed from outside, not failed: the attempt is
+                    # given back.
                     stack.set_tag(stack_record.TAG_ATTEMPTS, str(tried))
-                    log.info("stack %s: pulumi up was cancelled; the next status read starts it again", name)
+                    log.info("stack %s: pulumi up was cancelled or killed; the next status read starts it "
+                             "again", name)
         except CommandError as err:
             if _TOMBSTONED in cli_output(err):
                 log.info("stack %s: deleted before its queued up ran; nothing created", name)

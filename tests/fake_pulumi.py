@@ -29,6 +29,7 @@ Every call is appended to `fake/calls.jsonl`. Faults are scripted per stack in `
 `hang` registers the resources (as pending creates) and then sleeps until cancelled (SIGINT/SIGTERM,
 see `Cancelled`) or killed, like an `up` waiting for a StatefulSet that never becomes ready; `wedge`
 does the same but ignores SIGINT/SIGTERM (only SIGKILL ends it), which leaves a stale lock.
+`{"up-start": ["die"]}` SIGKILLs an `up` before it takes the lock.
 `sleep:<seconds>;<fault>` holds the stack's lock that long first, like a destroy waiting for pods to
 terminate (`sleep:5;ok`, `sleep:5;fail:...`).
 `until:<path>;<fault>` holds it until the file `path` exists (at most 120 s), so a test decides when
@@ -142,7 +143,7 @@ class Backend:
             faults = json.loads(path.read_text()) if path.exists() else {}
             queue = faults.get(stack, {}).get(op, [])
             fault = queue.pop(0) if queue else "ok"
-            path.write_text(json.dumps(faults))
+            _write_whole(path, json.dumps(faults))
             return fault
 
     def log_call(self, args: list[str]) -> None:
@@ -155,6 +156,14 @@ class Backend:
         with open(self.root / file, "a") as out:
             fcntl.flock(out, fcntl.LOCK_EX)
             out.write(json.dumps(record) + "\n")
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """A killed process leaves the old file or the new one, never half of one: the diy backend's file
+    bucket (gocloud fileblob WriteAll) writes a temporary file and renames it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def calls(backend_url: str) -> list[list[str]]:
@@ -401,9 +410,9 @@ class Cli:
                 raise _conflict(self.url, name, held)
             mine = lock_dir(self.url, name) / f"{self.lock_id}.json"
             mine.parent.mkdir(parents=True, exist_ok=True)
-            mine.write_text(json.dumps({"pid": os.getpid(), "username": pwd.getpwuid(os.getuid()).pw_name,
-                                        "hostname": socket.gethostname(),
-                                        "timestamp": datetime.now(UTC).isoformat()}))
+            _write_whole(mine, json.dumps({"pid": os.getpid(), "username": pwd.getpwuid(os.getuid()).pw_name,
+                                           "hostname": socket.gethostname(),
+                                           "timestamp": datetime.now(UTC).isoformat()}))
             stack["running"] = {"kind": kind, "startTime": _now(), "message": "", "environment": {},
                                 "config": {}, "version": len(stack["history"]) + 1}
             self.backend.log_event("lock", name)
@@ -461,6 +470,8 @@ class Cli:
 
     def up(self, name: str, client: str | None) -> str:
         self.check_secrets_manager(name)
+        if self.backend.next_fault(name, "up-start") == "die":
+            os.kill(os.getpid(), signal.SIGKILL)  # killed from outside before it took the lock (OOM, a pod)
         self._begin(name, "update")
         _cancel_on_signal()
         with self.backend.state() as data:

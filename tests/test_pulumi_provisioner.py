@@ -617,6 +617,17 @@ def test_connector_killed_mid_update_is_finished_by_a_fresh_process(backend: tup
     assert not _pid_alive(cli_pid), "the killed CLI is still running"
 
 
+def test_an_up_killed_from_outside_before_it_locks_does_not_use_up_an_attempt(backend: tuple[str, Path],
+                                                                             make) -> None:
+    """Found by bench/chaos.py: a CLI killed before it took the lock (OOM killer, its pod) left no lock
+    and no history, only a used attempt with "no error recorded"; three made a healthy fleet FAILED."""
+    url, _ = backend
+    fake_pulumi.script_faults(url, "fleet-oom", **{"up-start": ["die"]})
+    p = provision("fleet-oom")
+    assert wait(make(max_attempts=1), p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+    assert [c[0] for c in calls_for(url, "fleet-oom") if c[0] == "up"] == ["up", "up"]
+
+
 def test_without_upsert_the_recovered_up_fails_on_the_objects_it_made(
         backend: tuple[str, Path], make, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 7 item 3: a create is not an upsert since pulumi-kubernetes 4.29 (PR 4278); the recovery

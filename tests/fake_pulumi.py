@@ -188,7 +188,15 @@ def script_faults(backend_url: str, stack: str, **ops: list[str]) -> None:
     path = root / "faults.json"
     faults = json.loads(path.read_text()) if path.exists() else {}
     faults.setdefault(stack, {}).update(ops)
-    path.write_text(json.dumps(faults))
+    _write_whole(path, json.dumps(faults))
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Replace `path` atomically: the test process reads faults.json without the CLI's state lock, and
+    a plain write_text let it read an empty file (a JSONDecodeError seen under load)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def cluster(backend_url: str) -> dict[str, str]:

@@ -12,7 +12,8 @@ Flyte map task can run them (graph_engine/convert.py, workflows/convert_graph.py
    one range's ids and edges, whatever the partition's size (features stream in chunks); only a
    partition with unequal edge weights holds its weights at once, for DeepGNN's alias table.
 
-Then `finish` writes the split id files, DeepGNN's meta.json and graphfleet's manifest.
+Then `finish` writes the split id files (the partitions' sorted lists merged a piece at a time),
+DeepGNN's meta.json and graphfleet's manifest.
 
 Spill layout under a scratch folder: `nodes/<p>/<shard>.{ids,types,labels,features}`,
 `edges/<p>/<shard>.{src,dst,weight}`, `refs/<p>/<shard>.ids`, `splits/<p>.<split>`, and while a
@@ -288,6 +289,31 @@ def _build_bucket(nodes: Path, edges: Path, refs: Path, dim: int, p: int,
             ids[types == code].tofile(f)
 
 
+def _merged(files: list[Path]) -> Iterator[np.ndarray]:
+    """The ids of these files (each sorted), merged in order a piece at a time: memory is a piece per
+    file, not the graph's split."""
+    piece = max(1, _PIECE // max(len(files), 1))
+    total = [_rows(f, "ids") for f in files]
+    read = [0] * len(files)
+    held = [np.zeros(0, np.int64) for _ in files]
+    while True:
+        for k, f in enumerate(files):
+            if len(held[k]) < piece and read[k] < total[k]:
+                n = min(piece, total[k] - read[k])
+                held[k] = np.concatenate([held[k], np.fromfile(f, np.int64, count=n, offset=read[k] * 8)])
+                read[k] += n
+        live = [k for k in range(len(files)) if len(held[k])]
+        if not live:
+            return
+        # Ids up to the smallest last held id of a file with more to read are all held already.
+        unread = [held[k][-1] for k in live if read[k] < total[k]]
+        bound = min(unread) if unread else max(held[k][-1] for k in live)
+        cuts = {k: int(np.searchsorted(held[k], bound, side="right")) for k in live}
+        yield np.sort(np.concatenate([held[k][:cuts[k]] for k in live]))
+        for k in live:
+            held[k] = held[k][cuts[k]:]
+
+
 def finish(spill: Path, out: Path, reports: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, Any]:
     """Write the split id files, the manifest (graphfleet.json, with every file's size and checksum)
     and DeepGNN's meta.json into `out`; return the manifest."""
@@ -300,11 +326,14 @@ def finish(spill: Path, out: Path, reports: list[dict[str, Any]], info: dict[str
     splits = {}
     for name in SPLITS:
         parts = [spill / "splits" / f"{r['partition']['id']}.{name}" for r in reports]
-        ids = np.sort(np.concatenate([np.fromfile(f, np.int64) for f in parts]))
         hashed = binary.HashedFiles(out)
-        hashed.write(split_file(name), ids)
+        hashed.write(split_file(name), np.zeros(0, np.int64))  # the file, also for an empty split
+        count = 0
+        for ids in _merged(parts):
+            hashed.write(split_file(name), ids)
+            count += len(ids)
         files.update(hashed.close())
-        splits[name] = {"file": split_file(name), "count": len(ids)}
+        splits[name] = {"file": split_file(name), "count": count}
     manifest = {**info, "format": INFO_FORMAT, "num_edges": sum(r["edge_count"] for r in reports),
                 "splits": splits, "files": dict(sorted(files.items()))}
     (out / INFO).write_text(json.dumps(manifest))

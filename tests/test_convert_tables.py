@@ -129,6 +129,8 @@ def test_partitions_are_byte_identical_to_deepgnns_converter(tmp_path: Path, wei
     assert different == []
     manifest = read_info(str(out))
     assert set(manifest["files"]) == set(theirs) - {"meta.json"} | {"train.ids", "val.ids", "test.ids"}
+    for name in ("train", "val", "test"):  # merged from the partitions' sorted lists
+        assert read_split(str(out), name).tolist() == sorted(t.ids[t.split == name].tolist())
 
 
 def test_servers_load_it_and_answer_features_neighbours_and_splits(tmp_path: Path) -> None:

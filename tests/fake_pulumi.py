@@ -191,14 +191,6 @@ def script_faults(backend_url: str, stack: str, **ops: list[str]) -> None:
     _write_whole(path, json.dumps(faults))
 
 
-def _write_whole(path: Path, text: str) -> None:
-    """Replace `path` atomically: the test process reads faults.json without the CLI's state lock, and
-    a plain write_text let it read an empty file (a JSONDecodeError seen under load)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def cluster(backend_url: str) -> dict[str, str]:
     """The Kubernetes objects that exist, `type:namespace/name` -> the stack whose program made them."""
     return dict(Backend(state_dir(backend_url)).read().get("cluster", {}))

@@ -42,7 +42,7 @@ from pulumi.automation.errors import (
     StackNotFoundError,
 )
 
-from flyte_agent import leases, metrics, stack_record
+from flyte_agent import leases, metrics, pending_creates, stack_record
 from flyte_agent.consumers import Consumers
 from flyte_agent.pods import cluster_servers
 from flyte_agent.provisioner import (
@@ -67,7 +67,6 @@ log = logging.getLogger(__name__)
 
 # Beyond the StatefulSet's await: the provider's other objects, state writes, plugin start-up.
 _CLI_MARGIN_SECONDS = 300
-_PENDING_TEXT = "pending operations"
 # What the fleet program's guard raises when the stack is a tombstone (see _refuse_if_tombstoned).
 _TOMBSTONED = "graphfleet: tombstoned"
 # What the CLI prints when SIGINT/SIGTERM cancels an operation (pulumi pkg/backend/cancellation_scope.go,
@@ -609,9 +608,10 @@ class PulumiProvisioner:
 
     def _settle(self, stack: auto.Stack, provision: Provision) -> None:
         """Attempts are used up but the last one has no result: if its process died holding the lock, it
-        is given back; else (once nobody holds the lock) give up."""
+        is given back; else (once nobody holds the lock) give up. The refresh is the lock probe; it
+        keeps pending creates, which the give-up's destroy adopts (flyte_agent/pending_creates.py)."""
         try:
-            stack.refresh(clear_pending_creates=True, on_output=_debug)
+            stack.refresh(on_output=_debug)
         except ConcurrentUpdateError:
             if not self._clear_dead_locks(stack, provision):
                 return  # the last attempt is still running on a live replica
@@ -621,26 +621,25 @@ class PulumiProvisioner:
             return
         stack.set_tag(stack_record.TAG_GAVE_UP, "true")
 
-    def _clear_dead_locks(self, stack: auto.Stack, provision: Provision | None) -> bool:
-        """Remove the lock files of dead holders (never `cancel`, which removes live ones too) and the
-        pending creates their operations left; False while a live holder keeps the stack locked."""
+    def _clear_dead_locks(self, stack: auto.Stack, provision: Provision | None,
+                          clear_pending_creates: bool = True) -> bool:
+        """Remove the lock files of dead holders (never `cancel`, which removes live ones too) and, before
+        a retried `up` (whose provider upserts what they made), the pending creates their operations
+        left; False while a live holder keeps the stack locked. The real `up` would carry those pending
+        creates on with a warning (pulumi pkg/resource/deploy/deployment_executor.go, v3.274.0)."""
         if not self._liveness.break_dead_locks(stack_record.PROJECT, stack.name,
                                                self._operation_timeout(provision)):
             return False
+        if not clear_pending_creates:
+            return True
         stack.refresh(clear_pending_creates=True, on_output=_debug)
         return True
 
     def _up(self, stack: auto.Stack, tags: Mapping[str, str]) -> None:
-        try:
-            stack.up(on_output=_debug, on_error=_debug)
-        except ConcurrentUpdateError:
-            raise
-        except CommandError as err:
-            # An interrupted operation (e.g. our own timeout kill) leaves pending creates behind.
-            if _PENDING_TEXT not in str(err):
-                raise
-            stack.refresh(clear_pending_creates=True, on_output=_debug)
-            stack.up(on_output=_debug, on_error=_debug)
+        # Pending operations left by an interrupted `up` do not stop this one: the CLI warns and
+        # carries on (pulumi pkg/resource/deploy/deployment_executor.go, v3.274.0), and the provider's
+        # upsert adopts their objects.
+        stack.up(on_output=_debug, on_error=_debug)
         if stack_record.TAG_LAST_ERROR in tags:
             stack.remove_tag(stack_record.TAG_LAST_ERROR)
 
@@ -780,15 +779,26 @@ class PulumiProvisioner:
 
     def _destroy(self, stack: auto.Stack, provision: Provision | None, remove: bool = True) -> None:
         """Destroy, and remove the stack unless it stays as a tombstone; a stale lock is cleared
-        first. Any other failure raises."""
+        first. Any other failure raises. Pending creates of an interrupted `up` are adopted into the
+        state first, or their objects would outlive the stack (flyte_agent/pending_creates.py)."""
         try:
+            self._adopt_pending_creates(stack)
             stack.destroy(on_output=_debug, on_error=_debug)
         except ConcurrentUpdateError:
-            if not self._clear_dead_locks(stack, provision):
+            if not self._clear_dead_locks(stack, provision, clear_pending_creates=False):
                 raise
+            self._adopt_pending_creates(stack)
             stack.destroy(on_output=_debug, on_error=_debug)
         if remove:
             stack.workspace.remove_stack(stack.name)
+
+    def _adopt_pending_creates(self, stack: auto.Stack) -> None:
+        exported = stack.export_stack()
+        adopted = pending_creates.adopt(exported.deployment or {}, self.settings.namespace)
+        if adopted is not None:
+            log.warning("stack %s: adopting the pending creates of an interrupted up before destroying it",
+                        stack.name)
+            stack.import_stack(auto.Deployment(version=exported.version, deployment=adopted))
 
     def _ready(self, stack: auto.Stack) -> Status:
         # One `stack output` call, where the API's outputs() makes two (masked and plain, to flag

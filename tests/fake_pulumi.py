@@ -20,6 +20,14 @@ the stack outputs are what GraphDataService computes, not synthesized.
 
 The backend also keeps the cluster: the Kubernetes objects (`kind:namespace/name`) that programs
 created, which outlive a stack's state when `refresh --clear-pending-creates` drops pending creates.
+Pending operations are kept as the real deployment's `pending_operations` (`{"resource", "type":
+"creating"}`, the resource without an id: its create never returned). Like the real CLI, `up` and
+`destroy` warn about them and carry on, and keep every pending create in the state they write
+(pulumi pkg/resource/deploy/deployment_executor.go printPendingOperationsWarning and
+pkg/backend/journal.go "propagate them to the new snapshot", pkg/v3 v3.274.0); only `refresh
+--clear-pending-creates` drops them (pkg/cmd/pulumi/operations/refresh.go). `stack export`/`stack
+import` read and replace the state, the import under the stack's lock (pkg/backend/diy/backend.go
+ImportDeployment).
 Like pulumi-kubernetes >= 4.29 (PR 4278, `provider/pkg/provider/provider.go` Create), creating an
 object that exists and is not in the stack's state fails with AlreadyExists unless the stack's
 kubernetes provider sets `upsertExistingObjects`; destroy deletes the state's objects from it.
@@ -282,9 +290,17 @@ class Cli:
                 return json.dumps(_get(data, _stack_of(args))["outputs"])
         if head[:2] == ["stack", "history"]:
             return self.history(_stack_of(args), _flag(args, "--page-size"))
+        if head[:2] == ["stack", "export"]:
+            with self.backend.state() as data:
+                stack = _get(data, _stack_of(args))
+                return json.dumps({"version": 3, "deployment": {
+                    "resources": stack["resources"], "pending_operations": stack["pending"]}})
+        if head[:2] == ["stack", "import"]:
+            return self.import_(_stack_of(args), Path(_flag(args, "--file") or ""))
         if head == ["up"]:
             return self.up(_stack_of(args), _flag(args, "--client"))
         if head == ["destroy"]:
+            self._warn_pending(_stack_of(args))
             return self.locked_op(_stack_of(args), "destroy", self._destroyed)
         if head == ["refresh"]:
             clear = "--clear-pending-creates" in args
@@ -395,6 +411,17 @@ class Cli:
             _get(data, name)["tags"] = tags  # the whole file, as read above plus one change
         return ""
 
+    def import_(self, name: str, file: Path) -> str:
+        deployment = json.loads(file.read_text())["deployment"]
+        with self.backend.state() as data:
+            stack = _get(data, name)
+            held = locks(self.url, name)
+            if held:
+                raise _conflict(self.url, name, held)
+            stack.update(resources=deployment.get("resources") or [],
+                         pending=deployment.get("pending_operations") or [])
+        return "Import complete."
+
     def history(self, name: str, page_size: str | None) -> str:
         with self.backend.state() as data:
             entries = list(reversed(_get(data, name)["history"]))
@@ -445,9 +472,10 @@ class Cli:
 
     @staticmethod
     def _destroyed(stack: dict[str, Any], data: dict[str, Any]) -> None:
+        # Only what the state holds is deleted; pending creates stay pending, their objects stay.
         for key in _objects(stack["resources"]):
             data.setdefault("cluster", {}).pop(key, None)
-        stack.update(resources=[], pending=[], outputs={})
+        stack.update(resources=[], outputs={})
 
     def _create_objects(self, name: str, resources: list[dict[str, Any]]) -> str | None:
         """The provider creates the program's objects as it runs; one that exists outside the stack's
@@ -466,7 +494,18 @@ class Cli:
         # The objects of cleared pending creates stay in the cluster (pulumi/pulumi
         # pkg/engine/refresh: --clear-pending-creates only edits the state).
         if clear_pending_creates:
-            stack["pending"] = []
+            stack["pending"] = [op for op in stack["pending"] if op["type"] != "creating"]
+
+    def _warn_pending(self, name: str) -> list[dict[str, Any]]:
+        """The stack's pending operations, after the engine's warning about them (it carries on)."""
+        with self.backend.state() as data:
+            pending: list[dict[str, Any]] = _get(data, name)["pending"]
+        if pending:
+            print(f"warning: Attempting to deploy or update resources with {len(pending)} pending operations "
+                  "from previous deployment.\n" + "".join(
+                      f"  * {op['resource']['urn']}, interrupted while {op['type']}\n" for op in pending),
+                  file=sys.stderr)
+        return pending
 
     def up(self, name: str, client: str | None) -> str:
         self.check_secrets_manager(name)
@@ -474,12 +513,7 @@ class Cli:
             os.kill(os.getpid(), signal.SIGKILL)  # killed from outside before it took the lock (OOM, a pod)
         self._begin(name, "update")
         _cancel_on_signal()
-        with self.backend.state() as data:
-            pending = _get(data, name)["pending"]
-        if pending:
-            self._end(name, ok=False)
-            raise CliError(f"the current deployment has {len(pending)} resource(s) with pending operations: "
-                           + ", ".join(pending) + "; run `pulumi refresh --clear-pending-creates`")
+        base_pending = self._warn_pending(name)
         fault = self.backend.next_fault(name, "up")
         try:
             resources, outputs = run_program(client, name) if client else ([], {})
@@ -494,7 +528,8 @@ class Cli:
                            f'{type_.rsplit(":", 1)[1]} "{obj}" already exists')
         if fault in ("hang", "wedge"):
             with self.backend.state() as data:
-                _get(data, name)["pending"] = [r["urn"] for r in resources if r["custom"]]
+                _get(data, name)["pending"] = base_pending + [
+                    {"resource": {**r, "id": ""}, "type": "creating"} for r in resources if r["custom"]]
             if fault == "wedge":  # a CLI stuck where no signal reaches it: only SIGKILL ends it
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -506,7 +541,7 @@ class Cli:
                 # the state (pulumi-kubernetes records a create whose await failed, with its
                 # initialization errors), so no pending operation remains.
                 def created(stack: dict[str, Any], data: dict[str, Any]) -> None:
-                    stack.update(resources=resources, pending=[])
+                    stack.update(resources=resources, pending=base_pending)
 
                 self._end(name, ok=False, change=created, always=True)
                 raise

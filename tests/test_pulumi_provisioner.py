@@ -179,6 +179,7 @@ def test_create_get_delete_call_sequence_and_endpoints(backend: tuple[str, Path]
     assert [shape(c) for c in calls_for(url, "fleet-a", start)] == [
         "stack select --stack fleet-a",
         "stack tag ls --json --stack fleet-a",  # the owner, checked before anything is touched
+        "stack export --show-secrets --stack fleet-a",  # pending creates of an interrupted up, if any
         "destroy --skip-preview --yes --client --exec-kind auto.inline --stack fleet-a",
         "stack history --json --show-secrets --page-size 1 --page 1 --stack fleet-a",
         "stack tag set graphfleet:deleted true --stack fleet-a",
@@ -326,10 +327,11 @@ def test_a_hung_cli_call_is_killed_at_its_timeout_and_the_stack_recovers(
     assert ops == [
         "stack select --stack fleet-t",
         "stack tag ls --json --stack fleet-t",
+        "stack export --show-secrets --stack fleet-t",
         "destroy --skip-preview --yes --client --exec-kind auto.inline --stack fleet-t",  # locked: stale
-        # the dead CLI's lock file is removed (never `cancel`, which removes every lock of the stack)
-        "refresh --skip-preview --yes --clear-pending-creates --client --exec-kind auto.inline "
-        "--stack fleet-t",
+        # the dead CLI's lock file is removed (never `cancel`, which removes every lock of the stack),
+        # and the wedged up's pending creates are adopted into the state, not cleared
+        "stack export --show-secrets --stack fleet-t",
         "destroy --skip-preview --yes --client --exec-kind auto.inline --stack fleet-t",
         "stack tag set graphfleet:deleted true --stack fleet-t",
     ]
@@ -626,6 +628,25 @@ def test_an_up_killed_from_outside_before_it_locks_does_not_use_up_an_attempt(ba
     p = provision("fleet-oom")
     assert wait(make(max_attempts=1), p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
     assert [c[0] for c in calls_for(url, "fleet-oom") if c[0] == "up"] == ["up", "up"]
+
+
+@pytest.mark.parametrize("how", ["abort", "gc"])
+def test_a_destroy_after_an_interrupted_create_removes_what_exists_in_the_cluster(
+        backend: tuple[str, Path], make, how: str) -> None:
+    """Issue 8 item 6: the killed `up`'s creates are pending operations whose objects exist. A destroy
+    deletes only the state's resources (pending creates are carried over), and clearing them first
+    dropped them from the state: the StatefulSet outlived its deleted fleet."""
+    url, _ = backend
+    kill_mid_update(backend, "fleet-o")
+    made = set(fake_pulumi.cluster(url))
+    assert any(key.startswith("kubernetes:apps/v1:StatefulSet:") for key in made), made
+    p = provision("fleet-o")
+    if how == "abort":  # the task's DeleteTask, on a replica that did not run the up
+        make().delete(p.name, p.owner, abort=True)
+        assert live(url) == []
+    else:  # its expiry passed (gc) before any replica read its status again
+        assert make().gc(p.expires_at + 1) == ["fleet-o"]
+    assert fake_pulumi.cluster(url) == {}, "objects of the interrupted create outlived the destroy"
 
 
 def test_without_upsert_the_recovered_up_fails_on_the_objects_it_made(

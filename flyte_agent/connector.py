@@ -50,7 +50,7 @@ from flytekit.models.literals import LiteralMap
 from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
 from pydantic import ValidationError
 
-from flyte_agent import consumers, deck, leases, log_links, metrics, pods, progress
+from flyte_agent import consumers, deck, leases, log_links, metrics, pods
 from flyte_agent.graph_access import check_graph_access
 from flyte_agent.provisioner import (
     DestroyInProgress,
@@ -59,7 +59,6 @@ from flyte_agent.provisioner import (
     Phase,
     Provision,
     Provisioner,
-    ServerPhase,
     Status,
     check_fleet_name,
     workflow_execution,
@@ -265,7 +264,6 @@ class _Backend:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._made: tuple[Settings, Provisioner] | None = None
-        self._pods: pods.KubernetesPods | bool | None = None  # False: tried, no cluster config
 
     def get(self) -> tuple[Settings, Provisioner]:
         with self._lock:
@@ -275,20 +273,6 @@ class _Backend:
                 metrics.register_fleets(settings.backend, provisioner.fleets)
                 self._made = (settings, provisioner)
             return self._made
-
-    def pod_reader(self) -> pods.KubernetesPods | None:
-        """The Kubernetes pod reader of a Pulumi connector, made once; None where no cluster is
-        configured (the servers are then reported as unknown)."""
-        settings, _ = self.get()
-        with self._lock:
-            if self._pods is None and settings.backend == "pulumi":
-                try:
-                    self._pods = pods.KubernetesPods(settings.kubeconfig)
-                except Exception as err:  # noqa: BLE001 - no cluster config: progress stays coarse
-                    log.warning("fleet pods cannot be read (%s); GetTask reports Pulumi progress only", err)
-                    self._pods = False
-            return self._pods if isinstance(self._pods, pods.KubernetesPods) else None
-
 
 
 backend = _Backend()
@@ -397,8 +381,6 @@ class DataServiceConnector(AsyncConnectorBase):
         # lease) by the ABSENT branch below; a running consumer is renewed by gc.
         provision = resource_meta.provision()
         status = provisioner.status(provision)
-        if settings.backend == "pulumi" and not status.servers:
-            status = with_pods(settings, provision, status, backend.pod_reader())
         if settings.backend == "pulumi" and not status.servers and status.endpoints:
             # Pods are not read once READY: the servers by name (pod, endpoint), their phase unknown.
             status = dataclasses.replace(status, servers=pods.cluster_servers(
@@ -514,30 +496,6 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
 
     def delete(self, resource_meta: TeardownMeta, **kwargs: Any) -> None:
         """Aborting a teardown leaves the fleet to its TTL; there is nothing of its own to delete."""
-
-
-def with_pods(settings: Settings, provision: Provision, status: Status, reader: pods.KubernetesPods | None
-              ) -> Status:
-    """A cluster fleet's status with its pods' states: progress while it comes up, and for a failure
-    the first crashing server and the tail of its previous log. Pods are read only before READY."""
-    if reader is None or status.phase not in (Phase.UPDATING, Phase.FAILED):
-        return status
-    found = reader.pods(settings.namespace, provision.name)
-    if found is None:
-        return status
-    servers = pods.cluster_servers(provision.name, settings.namespace, provision.spec.replicas,
-                                   status.endpoints, found)
-    message = status.message
-    said = progress.summary(servers)
-    if status.phase is Phase.UPDATING and said:
-        message = f"{said} ({status.message})" if status.message else said
-    crashed = next((s for s in servers if s.phase is ServerPhase.RESTARTING), None)
-    if status.phase is Phase.FAILED and crashed is not None:
-        tail = reader.log_tail(crashed)
-        message += (f"\ngraph-engine server {crashed.ordinal} (pod {crashed.namespace}/{crashed.pod}) "
-                    f"restarted {crashed.restarts} times, last: {crashed.reason or 'unknown'}"
-                    + (f"; last lines of its previous log:\n{tail}" if tail else ""))
-    return dataclasses.replace(status, message=message, servers=servers)
 
 
 def fleet_links(settings: Settings, provision: Provision, status: Status) -> list[Any]:

@@ -13,11 +13,13 @@ allows) and, for a failure message, the tail of a crashed container's previous l
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from flyte_agent.provisioner import ServerPhase, ServerState
+from flyte_agent import progress
+from flyte_agent.provisioner import Phase, ServerPhase, ServerState, Status
 from infra import names
 from infra.graph_service import APP_NAME, CONTAINER_NAME
 
@@ -42,7 +44,7 @@ def server_state(ordinal: int, endpoint: str, pod: Any | None, namespace: str, f
         return ServerState(phase=ServerPhase.PENDING, **base)  # type: ignore[arg-type]
     restarts = int(status.restart_count or 0)
     last = status.last_state.terminated if status.last_state is not None else None
-    reason = _termination(last) if last is not None else ""
+    reason = termination(last) if last is not None else ""
     state = status.state
     started = (state.running.started_at.timestamp()
                if state is not None and state.running is not None and state.running.started_at else 0.0)
@@ -60,7 +62,7 @@ def server_state(ordinal: int, endpoint: str, pod: Any | None, namespace: str, f
                        **base)  # type: ignore[arg-type]
 
 
-def _termination(terminated: Any) -> str:
+def termination(terminated: Any) -> str:
     """`OOMKilled`, `Error (exit code 1)`: the reason Kubernetes gives, with the code when it says little."""
     reason = str(terminated.reason or "")
     code = terminated.exit_code
@@ -99,6 +101,24 @@ def core_api(kubeconfig: str | None) -> Any:
     else:
         api = config.new_client_from_config(config_file=kubeconfig)
     return client.CoreV1Api(api)
+
+
+def with_servers(status: Status, fleet: str, namespace: str, replicas: int, found: Mapping[str, Any],
+                 log_tail: Callable[[ServerState], str]) -> Status:
+    """A cluster fleet's status with its pods' states: progress while it comes up, and for a failure
+    the first crashing server and the tail of its previous log (`log_tail`)."""
+    servers = cluster_servers(fleet, namespace, replicas, status.endpoints, found)
+    message = status.message
+    said = progress.summary(servers)
+    if status.phase in (Phase.QUEUED, Phase.UPDATING) and said:
+        message = f"{said} ({status.message})" if status.message else said
+    crashed = next((s for s in servers if s.phase is ServerPhase.RESTARTING), None)
+    if status.phase is Phase.FAILED and crashed is not None:
+        tail = log_tail(crashed)
+        message += (f"\ngraph-engine server {crashed.ordinal} (pod {crashed.namespace}/{crashed.pod}) "
+                    f"restarted {crashed.restarts} times, last: {crashed.reason or 'unknown'}"
+                    + (f"; last lines of its previous log:\n{tail}" if tail else ""))
+    return dataclasses.replace(status, message=message, servers=servers)
 
 
 class KubernetesPods:

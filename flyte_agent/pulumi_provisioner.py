@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -42,15 +42,16 @@ from pulumi.automation.errors import (
     StackNotFoundError,
 )
 
-from flyte_agent import leases, metrics, pending_creates, stack_record
+from flyte_agent import leases, metrics, pending_creates, pod_failures, stack_record
 from flyte_agent.consumers import Consumers
-from flyte_agent.pods import cluster_servers
+from flyte_agent.pods import KubernetesPods, cluster_servers, with_servers
 from flyte_agent.provisioner import (
     DestroyInProgress,
     FleetInfo,
     GcError,
     Phase,
     Provision,
+    ServerState,
     Status,
     check_fleet_name,
     check_owner,
@@ -128,7 +129,8 @@ class PulumiProvisioner:
 
     def __init__(self, settings: Settings,
                  health: Callable[[list[str]], list[str]] | None = None,
-                 clock: Callable[[], float] = time.time, consumers: Consumers | None = None) -> None:
+                 clock: Callable[[], float] = time.time, consumers: Consumers | None = None,
+                 pods: PodReader | None = None) -> None:
         if not settings.backend_url.startswith(("s3://", "file://")):
             raise ValueError(f"backend_url: {settings.backend_url!r} is not a self-managed backend; "
                              "set GRAPHFLEET_PULUMI_BACKEND_URL to s3://bucket?endpoint=... or file:///path")
@@ -140,6 +142,7 @@ class PulumiProvisioner:
         warm_import_kubernetes()
         self.settings = settings
         self._health = health or _default_health
+        self._pods: PodReader | bool | None = pods  # None: made on first use; False: no cluster config
         self._clock = clock
         self._liveness = Liveness(Backend(settings.backend_url), settings.heartbeat_seconds, clock)
         self._consumers = consumers
@@ -152,6 +155,9 @@ class PulumiProvisioner:
         self._destroys: dict[str, Future[None]] = {}  # delete()s, kept until a caller sees the outcome
         self._destroy_owners: dict[str, str | None] = {}  # ...on whose behalf (None: release, gc)
         self._up_owners: dict[str, str] = {}  # the owner of each `up` in _jobs
+        # Stacks whose `up` a destroy stopped: the program's guard refuses them too, since an
+        # interrupt before the `up`'s CLI process starts reaches nothing.
+        self._stopping: set[str] = set()
         # release_execution()'s stack listings, by workflow execution: reads, off the operation pool.
         self._listings: dict[str, Future[tuple[list[str], list[tuple[str, str]]]]] = {}
         # ...and the stacks it is destroying, until a call has seen each outcome: a stack removed
@@ -199,6 +205,23 @@ class PulumiProvisioner:
             self._extend(stack, tags, provision.expires_at, provision.holder)
 
     def status(self, provision: Provision) -> Status:
+        """The stack's status, and until READY its pods': their progress, and a fleet that cannot
+        start (flyte_agent/pod_failures.py) fails now instead of after every `up` timed out."""
+        status = self._stack_status(provision)
+        if status.phase not in (Phase.QUEUED, Phase.UPDATING, Phase.FAILED):
+            return status
+        reader = self._pod_reader()
+        found = reader.pods(self.settings.namespace, provision.name) if reader is not None else None
+        if reader is None or found is None:
+            return status
+        if status.phase is not Phase.FAILED and not self._destroying(provision.name):
+            why = pod_failures.fleet_failure(found, self._clock(), pod_failures.UNSCHEDULABLE_SECONDS)
+            if why is not None:
+                status = self._cannot_start(provision, why)
+        return with_servers(status, provision.name, self.settings.namespace, provision.spec.replicas, found,
+                            reader.log_tail)
+
+    def _stack_status(self, provision: Provision) -> Status:
         name = stack_record.stack_name(provision.name)
         local = self._local_status(name)
         if local is not None:
@@ -519,6 +542,7 @@ class PulumiProvisioner:
                 if up is not None and owner not in (None, self._up_owners.get(name)):
                     up = None
                 if up is not None and not up.cancel() and not up.done():
+                    self._stopping.add(name)
                     self._command.interrupt(name)
                 job = self._destroys[name] = self._pool.submit(DESTROY, self._teardown, name, owner, up,
                                                                abort)
@@ -526,6 +550,13 @@ class PulumiProvisioner:
         return job
 
     def _teardown(self, name: str, owner: str | None, up: Future[None] | None, abort: bool) -> None:
+        try:
+            self._teardown_stack(name, owner, up, abort)
+        finally:
+            with self._jobs_lock:
+                self._stopping.discard(name)
+
+    def _teardown_stack(self, name: str, owner: str | None, up: Future[None] | None, abort: bool) -> None:
         if up is not None and not up.cancelled():
             try:
                 up.result(timeout=self.settings.command_timeout_seconds)
@@ -644,10 +675,17 @@ class PulumiProvisioner:
             stack.remove_tag(stack_record.TAG_LAST_ERROR)
 
     def _record_error(self, provision: Provision, text: str) -> None:
+        """Record a failed attempt; if the fleet was given up meanwhile (its pods cannot start), keep
+        that reason and destroy what this `up` made: nobody else will (the task has ended)."""
+        name = stack_record.stack_name(provision.name)
         try:
             with self._workspace(provision) as ws:
-                stack = auto.Stack.select(stack_record.stack_name(provision.name), ws)
-                stack.set_tag(stack_record.TAG_LAST_ERROR, text)
+                stack = auto.Stack.select(name, ws)
+                gave_up = stack.list_tags().get(stack_record.TAG_GAVE_UP) == "true"
+                if not gave_up:
+                    stack.set_tag(stack_record.TAG_LAST_ERROR, text)
+            if gave_up and not self._destroying(name):  # (a delete here already runs one)
+                self._teardown(name, None, None, abort=False)
         except CommandError:
             log.exception("stack %s: could not record the error %r", provision.name, text)
 
@@ -701,6 +739,39 @@ class PulumiProvisioner:
         with self._jobs_lock:
             return self._lease_locks.setdefault(name, threading.Lock())
 
+    def _cannot_start(self, provision: Provision, why: str) -> Status:
+        """Give up on a fleet its pods say cannot start: record why (the tags any replica reads), stop our
+        own `up` and destroy what it made. An `up` on another replica ends at its timeout and, finding
+        the give-up, destroys then (`_record_error`)."""
+        name = stack_record.stack_name(provision.name)
+        text = stack_record.clip(f"the fleet cannot start: {why}")
+        with self._workspace(None, workspace=_UnselectedWorkspace) as ws:
+            stack = auto.Stack.select(name, ws)
+            stack.set_tag(stack_record.TAG_LAST_ERROR, text)
+            stack.set_tag(stack_record.TAG_GAVE_UP, "true")
+        self._start_destroy(name, None)
+        log.warning("stack %s: %s; giving up", name, text)
+        return Status(Phase.FAILED, message=(
+            f"data service {provision.name} cannot start: {why}; what it made is being destroyed; fix the "
+            "cause (image, Secret, resources, node capacity) and re-run the task"))
+
+    def _destroying(self, name: str) -> bool:
+        with self._jobs_lock:
+            job = self._destroys.get(stack_record.stack_name(name))
+        return job is not None and not job.done()
+
+    def _pod_reader(self) -> PodReader | None:
+        """The fleets' pod reader, made once; None where no cluster is configured (tests, local runs):
+        the status is then the stack's alone."""
+        with self._jobs_lock:
+            if self._pods is None:
+                try:
+                    self._pods = KubernetesPods(self.settings.kubeconfig)
+                except Exception as err:  # noqa: BLE001 - no cluster config: progress stays coarse
+                    log.warning("fleet pods cannot be read (%s); status reports Pulumi progress only", err)
+                    self._pods = False
+            return self._pods if not isinstance(self._pods, bool) else None
+
     def _gave_up_status(self, name: str, tags: Mapping[str, str], destroyed: bool) -> Status:
         tried = stack_record.attempts(tags)
         last_error = tags.get(stack_record.TAG_LAST_ERROR, "") or "no error recorded"
@@ -748,6 +819,10 @@ class PulumiProvisioner:
     def _refuse_if_tombstoned(self, name: str, work_dir: str) -> None:
         """The fleet program's guard: runs while the `up` holds the lock, so a destroy that ended before
         it is in the history, and one that starts later waits for the lock."""
+        with self._jobs_lock:
+            stopped = name in self._stopping
+        if stopped:
+            raise RuntimeError(f"{_TOMBSTONED}: stack {name} is being destroyed; this up creates nothing")
         shown = self._command.run(["stack", "history", "--json", "--stack", name], work_dir,
                                   {"PULUMI_BACKEND_URL": self.settings.backend_url})
         if stack_record.is_tombstone([entry.get("kind", "") for entry in json.loads(shown.stdout or "[]")]):
@@ -865,6 +940,14 @@ class _UnselectedWorkspace(auto.LocalWorkspace):
 
     def select_stack(self, stack_name: str) -> None:
         pass
+
+
+class PodReader(Protocol):
+    """What the provisioner reads of a fleet's pods (flyte_agent/pods.py `KubernetesPods`)."""
+
+    def pods(self, namespace: str, fleet: str) -> dict[str, Any] | None: ...
+
+    def log_tail(self, server: ServerState) -> str: ...
 
 
 def _no_program() -> None:

@@ -17,10 +17,7 @@ from kubernetes.client import (
 )
 
 from flyte_agent import pods
-from flyte_agent.connector import with_pods
-from flyte_agent.provisioner import Phase, Provision, ServerPhase, Status
-from flyte_agent.settings import Settings
-from infra.spec import DataServiceSpec
+from flyte_agent.provisioner import Phase, ServerPhase, Status
 
 STARTED = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
 
@@ -54,35 +51,22 @@ def test_each_pod_says_what_its_server_is_doing() -> None:
     assert served.started_at == STARTED.timestamp()
 
 
-class FakeReader:
-    """The cluster as the connector's pod reader sees it."""
-
-    def __init__(self, found: dict[str, Any] | None) -> None:
-        self.found = found
-
-    def pods(self, namespace: str, fleet: str) -> dict[str, Any] | None:
-        return self.found
-
-    def log_tail(self, server: Any) -> str:
-        return f"MemoryError while loading partition 3 ({server.pod})"
-
-
 def test_pulumi_progress_and_failures_name_the_pods() -> None:
-    settings = Settings(backend="pulumi", namespace="graph-services")
-    fleet = Provision(name="gf-x", spec=DataServiceSpec(graph_uri="s3://graphs/x", partitions=4, replicas=4),
-                      owner="p/d", execution="p/d/e/n0", created_at=0.0)
     found = {"gf-x-0": pod("gf-x-0", ready=True), "gf-x-1": pod("gf-x-1"), "gf-x-2": pod("gf-x-2"),
              "gf-x-3": pod("gf-x-3", restarts=2, waiting="CrashLoopBackOff", last=("OOMKilled", 137))}
-    coming = with_pods(settings, fleet, Status(Phase.UPDATING, message="pulumi up running for stack gf-x"),
-                       FakeReader(found))  # type: ignore[arg-type]
+
+    def tail(server: Any) -> str:
+        return f"MemoryError while loading partition 3 ({server.pod})"
+
+    def with_servers(status: Status) -> Status:
+        return pods.with_servers(status, "gf-x", "graph-services", 4, found, tail)
+
+    coming = with_servers(Status(Phase.UPDATING, message="pulumi up running for stack gf-x"))
     assert coming.message == ("1/4 servers serving, 2 loading partitions, 1 restarting: OOMKilled "
                               "(pulumi up running for stack gf-x)")
-    failed = with_pods(settings, fleet, Status(Phase.FAILED, message="pulumi up failed 3 times"),
-                       FakeReader(found))  # type: ignore[arg-type]
+    assert [s.phase for s in coming.servers] == [
+        ServerPhase.SERVING, ServerPhase.LOADING, ServerPhase.LOADING, ServerPhase.RESTARTING]
+    failed = with_servers(Status(Phase.FAILED, message="pulumi up failed 3 times"))
     assert failed.message.splitlines()[1:] == [
         "graph-engine server 3 (pod graph-services/gf-x-3) restarted 2 times, last: OOMKilled; last lines "
         "of its previous log:", "MemoryError while loading partition 3 (gf-x-3)"]
-    # Without access to the pods (or once READY) the provisioner's status stands as it is.
-    unread = Status(Phase.UPDATING, message="pulumi up running")
-    assert with_pods(settings, fleet, unread, FakeReader(None)) is unread  # type: ignore[arg-type]
-    assert with_pods(settings, fleet, unread, None) is unread

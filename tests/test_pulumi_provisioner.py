@@ -56,9 +56,10 @@ def settings(backend: tuple[str, Path], **overrides: object) -> Settings:
 def make(backend: tuple[str, Path]) -> Iterator[Callable[..., PulumiProvisioner]]:
     made: list[PulumiProvisioner] = []
 
-    def build(health: Callable[[list[str]], list[str]] | None = None,
+    def build(health: Callable[[list[str]], list[str]] | None = None, pods: object = None,
               **overrides: object) -> PulumiProvisioner:
-        provisioner = PulumiProvisioner(settings(backend, **overrides), health=health)
+        provisioner = PulumiProvisioner(settings(backend, **overrides), health=health,
+                                        pods=pods)  # type: ignore[arg-type]
         made.append(provisioner)
         return provisioner
 
@@ -446,6 +447,7 @@ def test_gc_removes_only_expired_graphfleet_stacks(backend: tuple[str, Path], ma
         "stack ls --json",
         "stack select --stack fleet-new", "stack tag ls --json --stack fleet-new",
         "stack select --stack fleet-old", "stack tag ls --json --stack fleet-old",
+        "stack export --show-secrets --stack fleet-old",
         "destroy --skip-preview --yes --client --exec-kind auto.inline --stack fleet-old",
         "stack history --json --show-secrets --page-size 1 --page 1 --stack fleet-old",
         "stack rm --yes fleet-old",
@@ -850,3 +852,46 @@ def test_a_fleet_that_gives_up_is_destroyed_and_a_renewed_one_outlives_its_ttl(
     assert make().gc(p.expires_at + 1) == ["fleet-bad"]  # only the expired tombstone
     assert "fleet-long" in live(url)
     assert make().gc(later) == ["fleet-long"]
+
+
+class ClusterPods:
+    """The fleet's pods as the provisioner's pod reader sees them; `found` is set by the test."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, object] | None = {}
+
+    def pods(self, namespace: str, fleet: str) -> dict[str, object] | None:
+        return self.found
+
+    def log_tail(self, server: object) -> str:
+        return ""
+
+
+def test_a_fleet_whose_image_cannot_be_pulled_fails_now_and_is_destroyed(
+        backend: tuple[str, Path], make) -> None:
+    """Issue 8 item 10: the `up` waits for the StatefulSet (startup_seconds + 600 s, three attempts)
+    while the kubelet already says the image cannot be had; the pods tell it within a status read."""
+    from tests.test_pod_failures import container, pod
+
+    url, _ = backend
+    cluster = ClusterPods()
+    fake_pulumi.script_faults(url, "fleet-img", up=["hang"])
+    provisioner = make(pods=cluster)
+    p = provision("fleet-img", replicas=1, partitions=1)
+    provisioner.create(p)
+    coming = wait(provisioner, p, {Phase.UPDATING},
+                  lambda s: bool(fake_pulumi.stacks(url).get("fleet-img", {}).get("pending")))
+    assert [s.pod for s in coming.servers] == ["fleet-img-0"], "status carries the servers from the pods"
+    assert coming.message.startswith("1/1 servers pending ("), coming.message
+    cluster.found = {"fleet-img-0": pod(container("ImagePullBackOff", 'Back-off pulling image "bad:tag"'))}
+    failed = provisioner.status(p)
+    assert failed.phase is Phase.FAILED, failed
+    assert 'ImagePullBackOff: Back-off pulling image "bad:tag"' in failed.message
+    assert "pod graphfleet/fleet-img-0: container graph-engine" in failed.message, failed.message
+    deadline = time.monotonic() + WAIT_LIMIT
+    while "fleet-img" in live(url) or fake_pulumi.cluster(url):
+        assert time.monotonic() < deadline, "the hung up was not stopped and its objects not destroyed"
+        time.sleep(0.2)
+    cluster.found = {}
+    again = wait(provisioner, p, {Phase.FAILED})  # any later read, on any replica: from the stack's tags
+    assert again.phase is Phase.FAILED and "ImagePullBackOff" in again.message, again

@@ -1,0 +1,82 @@
+"""flyte_agent/pod_failures.py: a fleet that cannot start is told from its pods' status (issue 8 item 10),
+over Kubernetes' own V1Pod model."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from kubernetes.client import (
+    V1ContainerState,
+    V1ContainerStateRunning,
+    V1ContainerStateTerminated,
+    V1ContainerStateWaiting,
+    V1ContainerStatus,
+    V1ObjectMeta,
+    V1Pod,
+    V1PodCondition,
+    V1PodStatus,
+)
+
+from flyte_agent.pod_failures import fleet_failure, pod_failure
+
+NOW = dt.datetime(2026, 11, 30, 1, 0, tzinfo=dt.UTC)
+
+
+def container(waiting: str | None = None, message: str | None = None, restarts: int = 0,
+              last: tuple[str, int] | None = None, name: str = "graph-engine") -> V1ContainerStatus:
+    state = (V1ContainerState(waiting=V1ContainerStateWaiting(reason=waiting, message=message)) if waiting
+             else V1ContainerState(running=V1ContainerStateRunning(started_at=NOW)))
+    last_state = (V1ContainerState(terminated=V1ContainerStateTerminated(reason=last[0], exit_code=last[1]))
+                  if last else V1ContainerState())
+    return V1ContainerStatus(name=name, ready=False, restart_count=restarts, state=state,
+                             last_state=last_state, image="i", image_id="")
+
+
+def pod(*containers: V1ContainerStatus, unschedulable_for: float | None = None,
+        init: list[V1ContainerStatus] | None = None) -> V1Pod:
+    conditions = None
+    if unschedulable_for is not None:
+        conditions = [V1PodCondition(type="PodScheduled", status="False", reason="Unschedulable",
+                                     message="0/3 nodes are available: 3 Insufficient memory.",
+                                     last_transition_time=NOW - dt.timedelta(seconds=unschedulable_for))]
+    return V1Pod(metadata=V1ObjectMeta(name="gf-x-0", namespace="graphfleet"),
+                 status=V1PodStatus(container_statuses=list(containers) or None, conditions=conditions,
+                                    init_container_statuses=init))
+
+
+def failure(p: V1Pod, grace: float = 300) -> str | None:
+    return pod_failure(p, NOW.timestamp(), grace)
+
+
+def test_image_and_config_errors_fail_at_once_with_the_kubelets_reason_and_message() -> None:
+    pulled = failure(pod(container("ImagePullBackOff", 'Back-off pulling image "registry/x:bad"')))
+    assert pulled == 'container graph-engine ImagePullBackOff: Back-off pulling image "registry/x:bad"'
+    assert failure(pod(container("ErrImagePull"))) == "container graph-engine ErrImagePull"
+    assert failure(pod(container("InvalidImageName"))) == "container graph-engine InvalidImageName"
+    secret = failure(pod(container("CreateContainerConfigError", 'secret "creds" not found')))
+    assert secret == 'container graph-engine CreateContainerConfigError: secret "creds" not found'
+    # An init container that cannot pull keeps the pod from ever starting, too.
+    assert failure(pod(init=[container("ImagePullBackOff", name="link-plugins")])) == (
+        "container link-plugins ImagePullBackOff")
+
+
+def test_a_crash_loop_fails_after_repeated_restarts_naming_the_last_exit() -> None:
+    assert failure(pod(container("CrashLoopBackOff", restarts=1, last=("Error", 1)))) is None
+    assert failure(pod(container("CrashLoopBackOff", restarts=2, last=("OOMKilled", 137)))) == (
+        "container graph-engine CrashLoopBackOff after 2 restarts, last exit: OOMKilled")
+
+
+def test_an_unschedulable_pod_fails_after_the_grace_with_the_schedulers_message() -> None:
+    assert failure(pod(unschedulable_for=60)) is None, "an autoscaler may still add a node"
+    assert failure(pod(unschedulable_for=301)) == (
+        "Unschedulable for 301s: 0/3 nodes are available: 3 Insufficient memory.")
+
+
+def test_healthy_and_loading_pods_are_no_failure_and_the_fleet_names_the_pod() -> None:
+    assert failure(pod(container())) is None
+    assert failure(V1Pod(metadata=V1ObjectMeta(name="gf-x-1"))) is None
+    assert failure(pod(container("ContainerCreating"))) is None
+    pods = {"gf-x-1": pod(container()), "gf-x-0": pod(container("ImagePullBackOff"))}
+    assert fleet_failure(pods, NOW.timestamp(), 300) == (
+        "pod graphfleet/gf-x-0: container graph-engine ImagePullBackOff")
+    assert fleet_failure({"gf-x-1": pod(container())}, NOW.timestamp(), 300) is None

@@ -295,14 +295,15 @@ async def _off_loop(pool: ThreadPoolExecutor, call: Callable[..., _T], *args: An
 
 
 async def _within_get_deadline(call: Awaitable[Resource], doing: str) -> Resource:
-    """`call`'s answer, or RUNNING once GRAPHFLEET_GET_WAIT_SECONDS have passed: flyteplugins counts a
-    GetTask past its deadline as a failure and fails the task after five. The work goes on in its
-    thread; being level-triggered, the next GetTask sees (or rejoins) it."""
+    """`call`'s answer, or INITIALIZING once GRAPHFLEET_GET_WAIT_SECONDS have passed: flyteplugins counts
+    a GetTask past its deadline as a failure and fails the task after five. The work goes on in its
+    thread; being level-triggered, the next GetTask sees (or rejoins) it. INITIALIZING, not RUNNING:
+    propeller keeps the message of the one and drops the other's (see _PHASES)."""
     settings, _ = backend.get()
     try:
         return await asyncio.wait_for(call, settings.get_wait_seconds)
     except TimeoutError:
-        return Resource(phase=TaskExecution.RUNNING,
+        return Resource(phase=TaskExecution.INITIALIZING,
                         message=f"{doing} is still going on after {settings.get_wait_seconds:g}s")
 
 

@@ -35,6 +35,9 @@ _INTERRUPTIBLE = frozenset({"up", "destroy", "refresh", "preview"})
 # Self-managed stack tags exist since 3.211 (the record lives in them); `--clear-pending-creates` and
 # the `stack output --json` shape used here are older.
 MINIMUM_VERSION = semver.VersionInfo(3, 211, 0)
+# Set (to anything) to skip the version check, as the Automation API allows: pulumi 3.272.0
+# sdk/python/lib/pulumi/automation/_env.py (the name), _cmd.py PulumiCommand.__init__ (`is not None`).
+SKIP_VERSION_CHECK_ENV = "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK"
 _ERROR_TEXT_LINES = 4
 _KILL_GRACE_SECONDS = 10
 
@@ -56,7 +59,8 @@ class TimedPulumiCommand(PulumiCommand):
             self.version: semver.VersionInfo | None = semver.VersionInfo.parse(found)
         except ValueError:
             self.version = None  # a development build: trusted, as the Automation API does
-        if self.version is not None and self.version.compare(MINIMUM_VERSION) < 0:
+        opt_out = os.environ.get(SKIP_VERSION_CHECK_ENV) is not None
+        if not opt_out and self.version is not None and self.version.compare(MINIMUM_VERSION) < 0:
             raise RuntimeError(f"{command} is pulumi {found}; graphfleet needs {MINIMUM_VERSION} or later "
                                "(self-managed stack tags); set GRAPHFLEET_PULUMI_COMMAND to a newer CLI")
 

@@ -16,10 +16,14 @@ import sys
 from collections.abc import Callable
 from types import FrameType
 
+from infra.image_contract import CONNECTOR_TERMINATION_GRACE_SECONDS
+
 log = logging.getLogger(__name__)
 
-# Kubernetes' default terminationGracePeriodSeconds is 30: leave time to exit after the drain.
-DRAIN_SECONDS = 20.0
+# The pod's grace period (the Deployment's terminationGracePeriodSeconds), less time to exit after the
+# drain before the kubelet's SIGKILL.
+EXIT_MARGIN_SECONDS = 10.0
+DRAIN_SECONDS = CONNECTOR_TERMINATION_GRACE_SECONDS - EXIT_MARGIN_SECONDS
 
 
 def drain_on_sigterm(drain: Callable[[float], None], seconds: float = DRAIN_SECONDS) -> None:

@@ -26,7 +26,12 @@ from flyte_agent.settings import env_name
 from infra import names, object_store
 from infra.config import ConnectorConfig, ObjectStore, Placement, parse_duration
 from infra.graph_service import ENGINE_SERVICE_ACCOUNT
-from infra.image_contract import CONNECTOR_UID, CONNECTOR_USER, IMAGE_PULUMI_HOME
+from infra.image_contract import (
+    CONNECTOR_TERMINATION_GRACE_SECONDS,
+    CONNECTOR_UID,
+    CONNECTOR_USER,
+    IMAGE_PULUMI_HOME,
+)
 from infra.images import check_image
 from infra.pod_security import container_security_context, pod_security_context, secret_file
 from infra.spec import CLIENT_LABEL
@@ -299,7 +304,7 @@ def deployment_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
                 "securityContext": pod_security_context(CONNECTOR_UID),
                 "enableServiceLinks": False,
                 # A `pulumi up` in flight is bounded by the provisioner; give it time to stop cleanly.
-                "terminationGracePeriodSeconds": 60,
+                "terminationGracePeriodSeconds": CONNECTOR_TERMINATION_GRACE_SECONDS,
                 "volumes": [{"name": "work", "emptyDir": {"sizeLimit": "4Gi"}}, *passphrase_volume,
                             *object_store.volumes(args.object_store), *(volume for volume, _ in tls)],
                 "topologySpreadConstraints": [{

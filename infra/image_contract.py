@@ -19,3 +19,7 @@ CONNECTOR_USER = "connector"
 # Where the connector image installs the pulumi-kubernetes plugin at build time (a datacenter cannot
 # download plugins at run time). Read-only at run time (read-only root filesystem).
 IMAGE_PULUMI_HOME = "/opt/pulumi-home"
+
+# The connector pod's terminationGracePeriodSeconds: a `pulumi up` in flight is cancelled the CLI's
+# way within it (flyte_agent/drain.py), so the Deployment and the drain read this one value.
+CONNECTOR_TERMINATION_GRACE_SECONDS = 60

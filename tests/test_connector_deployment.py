@@ -305,3 +305,12 @@ def test_the_service_monitor_config_is_typed() -> None:
         ServiceMonitor.model_validate({"interval": "soon"})
     with pytest.raises(ValidationError, match="scrapeInterval|scrape_interval"):
         ServiceMonitor.model_validate({"scrapeInterval": "30s"})
+
+
+def test_the_drain_fits_the_grace_period_the_deployment_gives(render_valid: Callable[..., Rendered]) -> None:
+    """The drain on SIGTERM assumed Kubernetes' default 30 s while the Deployment gave 60 s: it gave up
+    on in-flight operations half-way through the time it had."""
+    from flyte_agent import drain
+
+    pod = _render(render_valid, _args()).one("Deployment")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] - drain.DRAIN_SECONDS == 10  # the time left to exit

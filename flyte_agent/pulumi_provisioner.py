@@ -262,6 +262,15 @@ class PulumiProvisioner:
                 return self._gave_up_status(name, tags, destroyed=False)
             if self._expired(provision):
                 return self._expired_status(provision)
+            holder = None
+            if finished < tried:
+                holder = self._liveness.live_holder(stack_record.PROJECT, name,
+                                                    self._operation_timeout(provision))
+            if holder is not None:
+                # Round-robin GetTasks reach every replica: an `up` queued here would only fail on the
+                # lock of the one running (issue 8 item 11).
+                return Status(Phase.UPDATING, message=f"stack {name}: pulumi up attempt {tried} is running "
+                                                      f"on {holder.hostname} (pid {holder.pid})")
             self._enqueue(provision)
             if finished < tried:
                 return Status(Phase.UPDATING, message=f"stack {name}: pulumi up attempt {tried} is running "

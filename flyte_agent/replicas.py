@@ -156,6 +156,16 @@ class Liveness:
                 alive = True
         return not alive
 
+    def live_holder(self, project: str, stack: str, unknown_after: float) -> LockFile | None:
+        """A lock of the stack whose holder is alive (by `holder_dead`), if any: reads only, so a status
+        read can tell an operation in flight on any replica without a CLI call."""
+        held = self.backend.lock_files(project, stack)
+        if not held:
+            return None
+        beats, now = self.backend.heartbeats(), self._clock()
+        return next((lock for lock in held if not holder_dead(lock, beats, self.me, now, self.stale_after,
+                                                              unknown_after, cli_alive)), None)
+
     def stop(self) -> None:
         self._stop.set()
 

@@ -895,3 +895,27 @@ def test_a_fleet_whose_image_cannot_be_pulled_fails_now_and_is_destroyed(
     cluster.found = {}
     again = wait(provisioner, p, {Phase.FAILED})  # any later read, on any replica: from the stack's tags
     assert again.phase is Phase.FAILED and "ImagePullBackOff" in again.message, again
+
+
+def test_round_robin_status_reads_start_no_up_while_another_replica_runs_one(
+        backend: tuple[str, Path], make) -> None:
+    """Issue 8 item 11: GetTasks reach replicas in turn; each status read on a replica other than the
+    one running the `up` queued another `up`, which could only fail on the stack's lock."""
+    url, _ = backend
+    fake_pulumi.script_faults(url, "fleet-rr", up=["sleep:4;ok"])
+    a, b = make(), make()
+    p = provision("fleet-rr", replicas=1)
+    a.create(p)
+    deadline = time.monotonic() + WAIT_LIMIT
+    while not fake_pulumi.locks(url, "fleet-rr"):
+        assert time.monotonic() < deadline, "A's up never took the lock"
+        time.sleep(0.1)
+    seen = []
+    while (status := b.status(p)).phase is not Phase.READY:  # B: the replica not running the up
+        seen.append(status)
+        assert time.monotonic() < deadline, f"still {status}"
+        a.status(p)
+        time.sleep(0.2)
+    ups = [c for c in fake_pulumi.calls(url) if c[0] == "up"]
+    assert len(ups) == 1, f"{len(ups)} ups for one attempt"
+    assert any("is running on" in s.message for s in seen), seen

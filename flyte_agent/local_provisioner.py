@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -81,6 +82,7 @@ RECONCILE_SECONDS = 2.0
 STOP_SECONDS = 10.0
 _LOG_TAIL_LINES = 5
 _TOMBSTONE = "deleting.json"
+_GIVEN_UP = "failed.json"  # a FAILED fleet whose servers were stopped: its message
 # Importable `graph_engine` for the servers, wherever the connector runs from.
 _PROJECT_ROOT = str(Path(graph_engine.__file__).resolve().parent.parent)
 
@@ -223,7 +225,8 @@ class LocalProvisioner:
             endpoints = self._endpoints(record)
             servers = self._seen(record)
             phases = {s.phase for s in servers}
-            phase = (Phase.READY if phases == {ServerPhase.SERVING} else
+            phase = (Phase.FAILED if self._given_up(record["name"]) is not None else
+                     Phase.READY if phases == {ServerPhase.SERVING} else
                      Phase.FAILED if ServerPhase.FAILED in phases else Phase.UPDATING)
             infos.append(FleetInfo(
                 name=record["name"], owner=record["owner"], execution=record["execution"], phase=phase,
@@ -287,6 +290,9 @@ class LocalProvisioner:
         spec = DataServiceSpec.from_custom(record["spec"])
         ports = self._ports(record)
         endpoints = self._endpoints(record)
+        given_up = self._given_up(name)
+        if given_up is not None:
+            return Status(Phase.FAILED, endpoints, given_up, self._seen(record))
         for ordinal in range(len(endpoints)):
             if self._alive(name, ordinal, ports[ordinal]):
                 continue
@@ -297,8 +303,8 @@ class LocalProvisioner:
                     down = health.not_ready(endpoints, timeout=self.probe_timeout)
                     servers = self._servers(record, set(down))
                     self._remember(name, servers)
-                    return Status(Phase.FAILED, endpoints, self._failure(
-                        name, servers[ordinal], f"exited {restarts + 1} times"), servers)
+                    return self._give_up(record, Status(Phase.FAILED, endpoints, self._failure(
+                        name, servers[ordinal], f"exited {restarts + 1} times"), servers))
                 log.warning("local fleet %s: server %s exited (%s); restarting it on port %s", name, ordinal,
                             self._server_text(name, ordinal, "reason"), ports[ordinal])
                 (self._dir(name) / f"server-{ordinal}.restarts").write_text(str(restarts + 1))
@@ -311,10 +317,32 @@ class LocalProvisioner:
         waited = time.time() - record["created_at"]
         if waited > spec.startup_seconds:
             first = next(s for s in servers if s.endpoint in down)
-            return Status(Phase.FAILED, endpoints, self._failure(
+            return self._give_up(record, Status(Phase.FAILED, endpoints, self._failure(
                 name, first, f"not SERVING {waited:.0f}s after create (startup_seconds is "
-                             f"{spec.startup_seconds}; raise it for a large graph)"), servers)
+                             f"{spec.startup_seconds}; raise it for a large graph)"), servers))
         return Status(Phase.UPDATING, endpoints, progress.summary(servers), servers)
+
+    def _give_up(self, record: dict[str, Any], failed: Status) -> Status:
+        """Free a FAILED fleet's servers at once: propeller sends DeleteTask only on abort, never for a
+        failed task, so nothing else would stop them before expiry. The record, the logs and the
+        message stay until a delete, a teardown or gc, and every later status answers the same FAILED.
+        Caller holds the fleet's lock."""
+        name = record["name"]
+        write_json(self._dir(name) / _GIVEN_UP, {"message": failed.message})
+        for ordinal, port in enumerate(self._ports(record)):
+            self._stop_server(name, ordinal, port)
+        stopped = "stopped: the fleet failed"
+        self._remember(name, [s if s.phase is ServerPhase.FAILED else
+                              dataclasses.replace(s, phase=ServerPhase.PENDING, reason=stopped)
+                              for s in failed.servers])
+        log.warning("local fleet %s FAILED: its servers are stopped; its record stays until deleted", name)
+        return failed
+
+    def _given_up(self, name: str) -> str | None:
+        try:
+            return str(json.loads((self._dir(name) / _GIVEN_UP).read_text())["message"])
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
 
     def _take_lease(self, record: dict[str, Any], provision: Provision) -> None:
         """`provision.holder`'s lease on the running shared fleet: refused for another spec; the record

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 
 from flyte_agent.local_provisioner import LocalProvisioner
-from flyte_agent.provisioner import Phase
+from flyte_agent.provisioner import Phase, ServerPhase
 from flyte_agent.settings import Settings
 from graph_engine import health
 from graph_engine.convert import convert
 from graph_engine.store import filesystem, read_info
 from tests.s3_server import moto_s3, s3_env
+from tests.test_connector_grpc import pid_running
 from tests.test_graph_server import free_port, ring_graph
 from tests.test_local_provisioner import provision, wait_for
 
@@ -103,14 +104,26 @@ def test_a_server_fetching_from_s3_checks_what_it_downloads(pristine: Path) -> N
     assert "partition file s3://graphs/ring/node_0_0.map is 20 bytes, the manifest says" in out
 
 
-def test_the_connector_reports_failed_with_the_reason(graph: Path, tmp_path: Path) -> None:
+def test_the_connector_reports_failed_with_the_reason_and_frees_the_fleet(graph: Path,
+                                                                        tmp_path: Path) -> None:
+    """Server 1's partition is corrupt, server 0's is not: the fleet fails naming the reason, and
+    server 0 is stopped then (propeller sends no DeleteTask for a failed task), not at expiry."""
     (graph / "neighbors_1_0.index").write_bytes(b"")
     provisioner = LocalProvisioner(Settings(state_dir=tmp_path / "state"))
     try:
-        fleet = provision(str(graph))
+        fleet = provision(str(graph), replicas=2)
         provisioner.create(fleet)
-        failed = wait_for(lambda: provisioner.status(fleet), Phase.FAILED, timeout=120)
+        wait_for(lambda: provisioner.status(fleet), Phase.FAILED, timeout=120)
+        failed = provisioner.status(fleet)
         assert "neighbors_1_0.index is 0 bytes, the manifest says" in failed.message
+        assert not any(pid_running(pid) for pid in provisioner.pids(fleet.name))
+        provisioner.reconcile_once()  # the reconciler restarts nothing of a failed fleet
+        assert not any(pid_running(pid) for pid in provisioner.pids(fleet.name))
+        again = provisioner.status(fleet)
+        assert (again.phase, again.message) == (Phase.FAILED, failed.message)
+        assert [s.phase for s in again.servers] == [ServerPhase.PENDING, ServerPhase.FAILED]  # 0 stopped
+        assert [f.phase for f in provisioner.fleets()] == [Phase.FAILED]
         provisioner.delete(fleet.name, fleet.owner)
+        assert provisioner.status(fleet).phase is Phase.ABSENT
     finally:
         provisioner.close()

@@ -4,7 +4,8 @@
 
 For each size: writes a synthetic graph as sharded Parquet with sparse 64-bit ids (random edges,
 average out-degree `--degree`, `--dim` float32 features), then, side by side in one run:
-- baseline: read every shard's columns and write them as raw arrays (the floor any converter pays);
+- baseline: read every shard's columns and write them as raw arrays (the floor any converter pays),
+  in a fresh process like the conversion;
 - conversion: `python -m graph_engine.convert` (a child process tree: the CLI and its workers);
 - server load: 2 graph-engine servers, seconds to SERVING and RSS (the larger of the two);
 - training: GraphSAGE samples/s through the 2 servers and in-process (MemoryGraph), interleaved.
@@ -66,19 +67,12 @@ def write_tables(root: Path, nodes: int, degree: int, dim: int, shards: int, wei
 
 
 def baseline(root: Path, out: Path) -> float:
-    """Read every column of every node and (unweighted) edge shard and write it as a raw array."""
-    out.mkdir()
-    start = time.perf_counter()
-    for f in sorted([*root.glob("nodes/*.parquet"), *root.glob("edges/*.parquet")]):
-        table = pq.read_table(f)
-        for name in table.column_names:
-            column = table.column(name).combine_chunks()
-            if pa.types.is_fixed_size_list(column.type):
-                column = column.flatten()
-            if pa.types.is_string(column.type):
-                column = column.dictionary_encode().indices
-            column.to_numpy(zero_copy_only=False).tofile(out / f"{f.parent.name}-{f.stem}-{name}")
-    return time.perf_counter() - start
+    """Seconds of bench/raw_floor.py in a fresh process, as the conversion runs: its interpreter start,
+    imports and first touch of memory count alike on both sides (an in-process floor repeated over
+    rounds reuses warm memory that no fresh process has)."""
+    floor = Path(__file__).with_name("raw_floor.py")
+    seconds, _, _ = run_tree([sys.executable, str(floor), str(root), str(out)])
+    return seconds
 
 
 def run_tree(cmd: list[str], ready: str | None = None) -> tuple[float, int, subprocess.Popen[bytes]]:

@@ -268,7 +268,11 @@ class PulumiProvisioner:
                                                     self._operation_timeout(provision))
             if holder is not None:
                 # Round-robin GetTasks reach every replica: an `up` queued here would only fail on the
-                # lock of the one running (issue 8 item 11).
+                # lock of the one running (issue 8 item 11). A dead holder's lock beside it goes now, by
+                # its own file, or the live `up`'s successor would meet it. (With no live holder the
+                # dead lock is left to the retried `up`, which gives back the attempt it cost.)
+                self._liveness.break_dead_locks(stack_record.PROJECT, name,
+                                                self._operation_timeout(provision))
                 return Status(Phase.UPDATING, message=f"stack {name}: pulumi up attempt {tried} is running "
                                                       f"on {holder.hostname} (pid {holder.pid})")
             self._enqueue(provision)

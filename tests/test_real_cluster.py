@@ -155,9 +155,17 @@ def test_every_pod_of_the_stack_is_admitted_under_restricted_and_runs(
 # --- the connector's Role, as its ServiceAccount ------------------------------------------------
 
 def _connector_identity(manifests: list[dict[str, Any]]) -> tuple[str, str]:
-    """(impersonated username, the namespace its Role grants) from the rendered stack."""
+    """(impersonated username, the namespace where its Role lets it manage fleets) from the rendered
+    stack. The account has other Roles too (listing pods where graph clients run), so the one that
+    grants StatefulSets is chosen."""
     sa = next(m for m in manifests if m["kind"] == "ServiceAccount" and "connector" in m["metadata"]["name"])
-    binding = next(m for m in manifests if m["kind"] == "RoleBinding"
+    roles = {(m["metadata"]["namespace"], m["metadata"]["name"]): m for m in manifests if m["kind"] == "Role"}
+
+    def manages_fleets(binding: dict[str, Any]) -> bool:
+        role = roles[(binding["metadata"]["namespace"], binding["roleRef"]["name"])]
+        return any("statefulsets" in rule.get("resources", []) for rule in role["rules"])
+
+    binding = next(m for m in manifests if m["kind"] == "RoleBinding" and manages_fleets(m)
                    if any(s.get("name") == sa["metadata"]["name"] for s in m["subjects"]))
     return f"system:serviceaccount:{sa['metadata']['namespace']}:{sa['metadata']['name']}", \
         binding["metadata"]["namespace"]

@@ -3,6 +3,7 @@ and only its own lock file (the self-managed backend's `cancel` removes every lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -118,6 +119,12 @@ def test_a_live_replicas_lock_survives_and_a_dead_replicas_is_recovered_in_secon
     finally:
         os.killpg(live.pid, signal.SIGKILL)
         live.wait(timeout=30)
+        # Its hanging CLI runs in a session of its own (the connector interrupts it by group); a pod's
+        # death would take it too, so the test does not leave it behind.
+        for lock in fake_pulumi.locks(url, "fleet-live"):
+            if lock["hostname"] == "replica-a":
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(lock["pid"], signal.SIGKILL)
 
 
 def write_dead_lock(url: str, stack: str, hostname: str) -> None:

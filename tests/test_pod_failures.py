@@ -5,31 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from kubernetes.client import (
-    V1ContainerState,
-    V1ContainerStateRunning,
-    V1ContainerStateTerminated,
-    V1ContainerStateWaiting,
-    V1ContainerStatus,
-    V1ObjectMeta,
-    V1Pod,
-    V1PodCondition,
-    V1PodStatus,
-)
+from kubernetes.client import V1ContainerStatus, V1ObjectMeta, V1Pod, V1PodCondition, V1PodStatus
 
 from flyte_agent.pod_failures import fleet_failure, pod_failure
+from tests.pod_models import container
 
 NOW = dt.datetime(2026, 11, 30, 1, 0, tzinfo=dt.UTC)
-
-
-def container(waiting: str | None = None, message: str | None = None, restarts: int = 0,
-              last: tuple[str, int] | None = None, name: str = "graph-engine") -> V1ContainerStatus:
-    state = (V1ContainerState(waiting=V1ContainerStateWaiting(reason=waiting, message=message)) if waiting
-             else V1ContainerState(running=V1ContainerStateRunning(started_at=NOW)))
-    last_state = (V1ContainerState(terminated=V1ContainerStateTerminated(reason=last[0], exit_code=last[1]))
-                  if last else V1ContainerState())
-    return V1ContainerStatus(name=name, ready=False, restart_count=restarts, state=state,
-                             last_state=last_state, image="i", image_id="")
 
 
 def pod(*containers: V1ContainerStatus, unschedulable_for: float | None = None,

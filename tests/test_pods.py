@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
-from kubernetes.client import (
-    V1ContainerState,
-    V1ContainerStateRunning,
-    V1ContainerStateTerminated,
-    V1ContainerStateWaiting,
-    V1ContainerStatus,
-    V1ObjectMeta,
-    V1Pod,
-    V1PodStatus,
-)
+from kubernetes.client import V1ObjectMeta, V1Pod, V1PodStatus
 
 from flyte_agent import pods
 from flyte_agent.provisioner import Phase, ServerPhase, Status
-
-STARTED = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
+from tests.pod_models import STARTED, container
 
 
 def pod(name: str, ready: bool = False, restarts: int = 0, waiting: str | None = None,
         last: tuple[str, int] | None = None) -> V1Pod:
-    state = (V1ContainerState(waiting=V1ContainerStateWaiting(reason=waiting)) if waiting else
-             V1ContainerState(running=V1ContainerStateRunning(started_at=STARTED)))
-    last_state = (V1ContainerState(terminated=V1ContainerStateTerminated(reason=last[0], exit_code=last[1]))
-                  if last else V1ContainerState())
-    status = V1ContainerStatus(name="graph-engine", ready=ready, restart_count=restarts, state=state,
-                               last_state=last_state, image="i", image_id="", started=not waiting)
+    status = container(waiting, restarts=restarts, last=last, ready=ready)
     return V1Pod(metadata=V1ObjectMeta(name=name), status=V1PodStatus(container_statuses=[status]))
 
 

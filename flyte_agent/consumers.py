@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
+
+from flyte_agent.provisioner import workflow_execution
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,15 @@ class KubernetesConsumers:
             log.warning("cannot read the pods of execution %s in %s: %s", workflow_execution, namespace, err)
             return False
         return bool(found.items)
+
+
+def running_holders(consumers: Consumers | None, leases: Iterable[str], execution: str) -> list[str]:
+    """Who keeps a fleet past its expiry: a shared fleet's lease holders, else the fleet's own workflow
+    execution, each only while its consumer still runs (none without a way to tell)."""
+    if consumers is None:
+        return []
+    holders = list(leases) or [workflow_execution(execution)]
+    return [h for h in holders if h and consumers.running(h)]
 
 
 def make_consumers(backend: str, kubeconfig: str | None, namespace_template: str) -> Consumers | None:

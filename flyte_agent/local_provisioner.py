@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import graph_engine
 from flyte_agent import leases, metrics, progress
-from flyte_agent.consumers import Consumers, proc_stat
+from flyte_agent.consumers import Consumers, proc_stat, running_holders
 from flyte_agent.files import locked, write_json
 from flyte_agent.provisioner import (
     FleetInfo,
@@ -365,10 +365,7 @@ class LocalProvisioner:
     def _renew_running(self, record: dict[str, Any], now: float) -> bool:
         """At expiry: renew every holder whose consumer still runs; False if none does. Caller holds
         the fleet's lock."""
-        if self.consumers is None:
-            return False
-        holders = list(record.get("leases") or [workflow_execution_of(record["execution"])])
-        running = [h for h in holders if h and self.consumers.running(h)]
+        running = running_holders(self.consumers, record.get("leases") or [], record["execution"])
         for holder in running:
             log.info("local fleet %s: %s still runs; renewed for %gs", record["name"], holder,
                      self.renew_seconds)

@@ -43,7 +43,7 @@ from pulumi.automation.errors import (
 )
 
 from flyte_agent import leases, metrics, pending_creates, pod_failures, stack_record
-from flyte_agent.consumers import Consumers
+from flyte_agent.consumers import Consumers, running_holders
 from flyte_agent.pods import KubernetesPods, cluster_servers, with_servers
 from flyte_agent.provisioner import (
     DestroyInProgress,
@@ -390,11 +390,10 @@ class PulumiProvisioner:
     def _renew_running(self, stack: auto.Stack, tags: Mapping[str, str], now: float) -> bool:
         """At expiry: renew every holder (a shared stack's lease holders, else the fleet's own workflow
         execution) whose pods still run; False if none does (or pods cannot be read)."""
-        if self._consumers is None or tags.get(stack_record.TAG_DELETED) == "true":
+        if tags.get(stack_record.TAG_DELETED) == "true":
             return False
         held = stack_record.leases_of(tags)
-        holders = list(held) or [workflow_execution_of(tags.get(stack_record.TAG_EXECUTION, ""))]
-        running = [h for h in holders if h and self._consumers.running(h)]
+        running = running_holders(self._consumers, held, tags.get(stack_record.TAG_EXECUTION, ""))
         with self._lease_lock(stack.name):
             for holder in running:
                 log.info("stack %s: %s still runs; renewed for %gs", stack.name, holder,

@@ -343,6 +343,12 @@ class DataServiceConnector(AsyncConnectorBase):
             meta.name = SHARED_PREFIX + spec.reuse
             meta.endpoints = settings.shared_services[spec.reuse]
             return meta
+        try:  # gc takes an execution it cannot find for aborted: refuse one it cannot find now
+            consumers.check_watchable(provisioner.consumers, workflow_execution(execution))
+        except ValueError as err:
+            log.warning("refusing data service %s: %s", name, err)
+            meta.error = str(err)
+            return meta
         if spec.share is not None:
             return self._lease(meta, spec)
         try:

@@ -1,29 +1,39 @@
-"""Is a fleet's consumer still running? What gc asks before it stops a lapsed fleet.
+"""Does a fleet's consumer still run, or has it ended? What gc asks of every holding execution.
 
 A fleet (or a lease on a shared one) has a time to live, but a training run may outlast it, and its
-code must not change to renew anything. So renewal is level-triggered: when gc finds a fleet past
-its expiry it asks, for each holding workflow execution, whether that execution still runs, and
-renews the expiry by `Settings.renew_seconds` instead of stopping the fleet; once nothing runs, the
-fleet lapses at its next expiry.
+code must not change to renew anything; an aborted run, on the other hand, runs no teardown
+(propeller calls DeleteTask only for running tasks, and `on_failure` does not run on abort). So gc
+follows each holder's workflow execution, level-triggered, on every pass:
 
-- Cluster (`KubernetesConsumers`): Flyte labels every task pod of a workflow execution with
-  `execution-id`, `project` and `domain` (flytepropeller v1.16.2 pkg/compiler/transformers/k8s/
-  workflow.go puts them on the FlyteWorkflow; pkg/controller/nodes/node_exec_context.go copies the
-  workflow's labels onto every node's, which become the pod's), in the execution's namespace
-  (`{project}-{domain}` by propeller's default namespace mapping). A pod not yet Succeeded or Failed
-  means the execution still runs.
-- Local (`LocalConsumers`): a local run is one process (connector.LOCAL_RUN names it by pid and
-  start time): it runs while that process lives. Executions of a served local connector carry no
-  process to look at: they are not renewed (they lapse at their expiry).
+- RUNNING: at the fleet's expiry gc renews it (or that holder's lease) by `Settings.renew_seconds`.
+- ENDED (aborted, failed, or gone): gc drops the holder's lease now (a fleet of its own: the fleet).
+- SUCCEEDED: nothing now; the release task has freed it, else it lapses at its expiry, as a fleet
+  handed on by a child launch plan must outlive its execution until then.
+- UNKNOWN (cannot be told): nothing; the fleet lapses at its expiry, as without a probe.
+
+Cluster (`FlyteExecutions`): the execution's FlyteWorkflow object, flyte.lyft.com/v1alpha1, named as
+the execution, in `{project}-{domain}` (FlyteAdmin's default namespace mapping). FlyteAdmin aborts an
+execution by deleting it; propeller's finalizer holds it (deletionTimestamp set) while it aborts the
+running nodes, then it is gone; `status.phase` is propeller's WorkflowPhase (sources:
+docs/external-contracts.md, "Flyte executions"). Gone is ENDED only because CreateTask checked that the
+execution's FlyteWorkflow is there (`check_watchable`): a connector outside the executions' cluster
+is refused at once instead of releasing every fleet at its first gc.
+
+Local (`LocalExecutions`): a local run is one process (connector.LOCAL_RUN names it by pid and start
+time): RUNNING while it lives, ENDED once it has exited (a local run cannot be told apart as
+succeeded; its fleets serve nobody after it). Executions of a served local connector carry no
+process to look at: UNKNOWN.
 """
 
 from __future__ import annotations
 
+import enum
+import json
 import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from flyte_agent.provisioner import workflow_execution
 
@@ -32,11 +42,24 @@ log = logging.getLogger(__name__)
 _REQUEST_SECONDS = 2.0
 # connector.LOCAL_RUN: pid<pid>-t<start ticks>-<random>
 _LOCAL_RUN = re.compile(r"^local/local/pid(?P<pid>\d+)-t(?P<start>\d+)-[0-9a-f]+$")
+# A Kubernetes object name (and label value) Flyte gives executions: anything else is no execution.
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+# flytepropeller v1.16.4 pkg/apis/flyteworkflow/crd.go and v1alpha1/iface.go (WorkflowPhase, iota).
+FLYTEWORKFLOW_GROUP, FLYTEWORKFLOW_VERSION, FLYTEWORKFLOWS = "flyte.lyft.com", "v1alpha1", "flyteworkflows"
+_PHASE_SUCCESS, _PHASE_FAILED, _PHASE_ABORTED = 3, 5, 6
+
+
+class Execution(enum.Enum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    ENDED = "ended"
+    UNKNOWN = "unknown"
 
 
 class Consumers(Protocol):
-    def running(self, workflow_execution: str) -> bool:
-        """Does `project/domain/name` still run? False when it cannot be told."""
+    def state(self, workflow_execution: str) -> Execution:
+        """Where `project/domain/name` stands; UNKNOWN when it cannot be told."""
 
 
 def proc_stat(pid: int) -> tuple[str, int] | None:
@@ -57,57 +80,116 @@ def local_run(pid: int) -> str:
     return f"pid{pid}-t{stat[1] if stat else 0}-{uuid.uuid4().hex[:8]}"
 
 
-class LocalConsumers:
-    def running(self, workflow_execution: str) -> bool:
+class LocalExecutions:
+    def state(self, workflow_execution: str) -> Execution:
         match = _LOCAL_RUN.match(workflow_execution)
         if match is None:
-            return False
+            return Execution.UNKNOWN
         stat = proc_stat(int(match["pid"]))
-        return stat is not None and stat[0] not in ("Z", "X") and stat[1] == int(match["start"])
+        alive = stat is not None and stat[0] not in ("Z", "X") and stat[1] == int(match["start"])
+        return Execution.RUNNING if alive else Execution.ENDED
 
 
-class KubernetesConsumers:
-    """Task pods of the execution, through the connector's kubeconfig (or in-cluster account), which
-    needs `list pods` in the executions' namespaces."""
+def flyteworkflow_state(obj: dict[str, Any] | None) -> Execution:
+    """An execution's state from its FlyteWorkflow object (None: there is none)."""
+    if obj is None or obj.get("metadata", {}).get("deletionTimestamp"):
+        return Execution.ENDED
+    phase = obj.get("status", {}).get("phase")
+    if phase == _PHASE_SUCCESS:
+        return Execution.SUCCEEDED
+    if phase in (_PHASE_FAILED, _PHASE_ABORTED):
+        return Execution.ENDED
+    return Execution.RUNNING
+
+
+def is_missing_object(status: int, body: str | None, name: str) -> bool:
+    """A 404 for the object itself (its name in the Status details), not for an unserved resource
+    (no CRD: a 404 whose details name nothing)."""
+    if status != 404:
+        return False
+    try:
+        details = json.loads(body or "{}").get("details") or {}
+    except ValueError:
+        return False
+    return bool(details.get("name") == name and details.get("kind") == FLYTEWORKFLOWS)
+
+
+class FlyteExecutions:
+    """FlyteWorkflow objects, through the connector's kubeconfig (or in-cluster account), which needs
+    `get flyteworkflows` in the executions' namespaces."""
 
     def __init__(self, kubeconfig: str | None, namespace_template: str) -> None:
-        from flyte_agent.pods import core_api
+        from kubernetes import client
 
-        self._core = core_api(kubeconfig)
+        from flyte_agent.pods import api_client
+
+        self._objects = client.CustomObjectsApi(api_client(kubeconfig))
         self._namespace = namespace_template
+        self._plural = FLYTEWORKFLOWS
 
-    def running(self, workflow_execution: str) -> bool:
+    def namespace(self, project: str, domain: str) -> str:
+        return self._namespace.replace("{project}", project).replace("{domain}", domain)
+
+    def state(self, workflow_execution: str) -> Execution:
+        if _LOCAL_RUN.match(workflow_execution):  # a local run against a cluster: its process
+            return LocalExecutions().state(workflow_execution)
         parts = workflow_execution.split("/")
-        if len(parts) != 3 or not all(parts):
-            return False
+        if len(parts) != 3 or not all(_NAME.match(p) for p in parts):
+            return Execution.UNKNOWN  # no Flyte execution (a share's marker, a local run)
         project, domain, name = parts
-        namespace = self._namespace.replace("{project}", project).replace("{domain}", domain)
+        namespace = self.namespace(project, domain)
         try:
-            found = self._core.list_namespaced_pod(
-                namespace, label_selector=f"execution-id={name},project={project},domain={domain}",
-                field_selector="status.phase!=Succeeded,status.phase!=Failed", limit=1,
+            obj = self._objects.get_namespaced_custom_object(
+                FLYTEWORKFLOW_GROUP, FLYTEWORKFLOW_VERSION, namespace, self._plural, name,
                 _request_timeout=_REQUEST_SECONDS)
-        except Exception as err:  # noqa: BLE001 - unknown is "not running": the fleet lapses as before
-            log.warning("cannot read the pods of execution %s in %s: %s", workflow_execution, namespace, err)
-            return False
-        return bool(found.items)
+        except Exception as err:  # noqa: BLE001 - unknown changes nothing: the fleet lapses as before
+            if is_missing_object(getattr(err, "status", 0), getattr(err, "body", None), name):
+                return Execution.ENDED
+            log.warning("cannot read the FlyteWorkflow of %s in %s: %s", workflow_execution, namespace, err)
+            return Execution.UNKNOWN
+        return flyteworkflow_state(obj if isinstance(obj, dict) else None)
 
 
-def running_holders(consumers: Consumers | None, leases: Iterable[str], execution: str) -> list[str]:
-    """Who keeps a fleet past its expiry: a shared fleet's lease holders, else the fleet's own workflow
-    execution, each only while its consumer still runs (none without a way to tell)."""
+def holders(leases: Iterable[str], execution: str) -> list[str]:
+    """Whose executions a fleet serves: a shared fleet's lease holders, else its own workflow execution."""
+    held = list(leases)
+    if held:
+        return held
+    own = workflow_execution(execution)
+    return [own] if own else []
+
+
+def holders_in(consumers: Consumers | None, state: Execution, leases: Iterable[str],
+               execution: str) -> list[str]:
+    """The fleet's holders (see `holders`) whose execution is in `state`; none without a probe."""
     if consumers is None:
         return []
-    holders = list(leases) or [workflow_execution(execution)]
-    return [h for h in holders if h and consumers.running(h)]
+    return [h for h in holders(leases, execution) if consumers.state(h) is state]
+
+
+def check_watchable(consumers: Consumers | None, workflow_execution: str) -> None:
+    """At CreateTask: a cluster probe must see the execution running, else gc would take its fleet
+    for gone. ValueError naming the settings to fix; an unreadable execution passes (gc then changes
+    nothing for it)."""
+    if not isinstance(consumers, FlyteExecutions):
+        return
+    if consumers.state(workflow_execution) is Execution.ENDED:
+        project, domain, name = workflow_execution.split("/")
+        raise ValueError(
+            f"execution {workflow_execution} has no running FlyteWorkflow {name!r} in namespace "
+            f"{consumers.namespace(project, domain)!r}, so this connector would release its fleet as "
+            "aborted: run the connector in the cluster whose propeller runs the executions, set "
+            "GRAPHFLEET_CONSUMER_NAMESPACE to propeller's namespace mapping, or set "
+            "GRAPHFLEET_WATCH_EXECUTIONS=false (fleets then lapse at their ttl_seconds)")
 
 
 def make_consumers(backend: str, kubeconfig: str | None, namespace_template: str) -> Consumers | None:
-    """The backend's consumer probe; None where none can be made (fleets then lapse at their expiry)."""
+    """The backend's execution probe; None where none can be made (fleets then lapse at their expiry)."""
     if backend == "local":
-        return LocalConsumers()
+        return LocalExecutions()
     try:
-        return KubernetesConsumers(kubeconfig, namespace_template)
-    except Exception as err:  # noqa: BLE001 - no cluster config: nothing is renewed, said once here
-        log.warning("execution pods cannot be read (%s): fleets are not renewed past their expiry", err)
+        return FlyteExecutions(kubeconfig, namespace_template)
+    except Exception as err:  # noqa: BLE001 - no cluster config: nothing is renewed or released, said once
+        log.warning("Flyte executions cannot be read (%s): fleets are neither renewed past their expiry "
+                    "nor released when their execution is aborted", err)
         return None

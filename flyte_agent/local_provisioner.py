@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import graph_engine
 from flyte_agent import leases, metrics, progress
-from flyte_agent.consumers import Consumers, proc_stat, running_holders
+from flyte_agent.consumers import Consumers, Execution, holders_in, proc_stat
 from flyte_agent.files import locked, write_json
 from flyte_agent.provisioner import (
     FleetInfo,
@@ -167,9 +167,12 @@ class LocalProvisioner:
         return released
 
     def gc(self, now: float) -> list[str]:
-        expired: list[str] = []
+        stopped: list[str] = []
         try:
             for record in self._records():
+                if self._release_ended(record):
+                    stopped.append(record["name"])
+                    continue
                 if now < _expires_at(record):
                     continue
                 with self._locked(record["name"]):
@@ -183,12 +186,25 @@ class LocalProvisioner:
                     self._delete_locked(record["name"])
                 with self._mutex:
                     self._started.discard(record["name"])
-                expired.append(record["name"])
+                stopped.append(record["name"])
         except OSError:
-            metrics.observe_gc("local", len(expired), 1)
+            metrics.observe_gc("local", len(stopped), 1)
             raise
-        metrics.observe_gc("local", len(expired), 0)
-        return expired
+        metrics.observe_gc("local", len(stopped), 0)
+        return stopped
+
+    def _release_ended(self, record: dict[str, Any]) -> bool:
+        """Drop the leases of holders whose execution has ended (a fleet of its own: the fleet, as its
+        execution's release would); True if that stopped the fleet."""
+        ended = holders_in(self.consumers, Execution.ENDED, record.get("leases") or [], record["execution"])
+        if not ended:
+            return False
+        log.info("local fleet %s: %s ended; released", record["name"], ", ".join(ended))
+        if "leases" not in record:
+            self._delete(record["name"])
+            return True
+        left = [self.release(record["name"], record["owner"], holder) for holder in ended]
+        return 0 in left
 
     def renew(self, name: str, owner: str, expires_at: float, holder: str = "") -> float:
         with self._locked(check_fleet_name(name)):
@@ -365,7 +381,8 @@ class LocalProvisioner:
     def _renew_running(self, record: dict[str, Any], now: float) -> bool:
         """At expiry: renew every holder whose consumer still runs; False if none does. Caller holds
         the fleet's lock."""
-        running = running_holders(self.consumers, record.get("leases") or [], record["execution"])
+        running = holders_in(self.consumers, Execution.RUNNING, record.get("leases") or [],
+                             record["execution"])
         for holder in running:
             log.info("local fleet %s: %s still runs; renewed for %gs", record["name"], holder,
                      self.renew_seconds)

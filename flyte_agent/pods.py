@@ -87,20 +87,25 @@ def cluster_servers(fleet: str, namespace: str, replicas: int, endpoints: Sequen
     return servers
 
 
-def core_api(kubeconfig: str | None) -> Any:
-    """A CoreV1Api from the settings' kubeconfig (a path or its contents), else the in-cluster account."""
+def api_client(kubeconfig: str | None) -> Any:
+    """A Kubernetes ApiClient from the settings' kubeconfig (a path or its contents), else the
+    in-cluster account."""
     from kubernetes import client, config
 
     if kubeconfig is None:
         config.load_incluster_config()
-        api = client.ApiClient()
-    elif "\n" in kubeconfig:  # contents, as the settings allow
+        return client.ApiClient()
+    if "\n" in kubeconfig:  # contents, as the settings allow
         import yaml
 
-        api = config.new_client_from_config_dict(yaml.safe_load(kubeconfig))
-    else:
-        api = config.new_client_from_config(config_file=kubeconfig)
-    return client.CoreV1Api(api)
+        return config.new_client_from_config_dict(yaml.safe_load(kubeconfig))
+    return config.new_client_from_config(config_file=kubeconfig)
+
+
+def core_api(kubeconfig: str | None) -> Any:
+    from kubernetes import client
+
+    return client.CoreV1Api(api_client(kubeconfig))
 
 
 def with_servers(status: Status, fleet: str, namespace: str, replicas: int, found: Mapping[str, Any],

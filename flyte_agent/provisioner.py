@@ -11,9 +11,12 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from infra.spec import DataServiceSpec
+
+if TYPE_CHECKING:  # consumers imports this module
+    from flyte_agent.consumers import Consumers
 
 
 class Phase(enum.Enum):
@@ -157,6 +160,9 @@ class GcError(RuntimeError):
 
 
 class Provisioner(Protocol):
+    # How gc tells whether a holder's execution runs or has ended (None: it cannot).
+    consumers: Consumers | None
+
     def create(self, provision: Provision) -> None:
         """Start provisioning and return at once (well under a second). Idempotent: a retried
         create of the same `provision.name` adopts what exists. With `provision.holder` (a shared
@@ -192,9 +198,9 @@ class Provisioner(Protocol):
         while teardowns go on, anything else, naming each fleet that failed, once they have ended."""
 
     def gc(self, now: float) -> list[str]:
-        """Tear down every fleet whose expiry has passed, unless a holder's consumer still runs
-        (flyte_agent/consumers.py): then that holder's lease (or the fleet's expiry) is renewed
-        instead. Returns the names torn down."""
+        """Follow every fleet's holders (flyte_agent/consumers.py): drop the lease of one whose
+        execution has ended (a fleet of its own: tear it down); at a fleet's expiry renew the holders
+        still running, else tear it down. Returns the names torn down."""
 
     def fleets(self) -> list[FleetInfo]:
         """Every live fleet (an operator's view): read only, never starts, restarts or deletes anything."""

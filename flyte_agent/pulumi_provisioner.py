@@ -43,7 +43,7 @@ from pulumi.automation.errors import (
 )
 
 from flyte_agent import leases, metrics, pending_creates, pod_failures, stack_record
-from flyte_agent.consumers import Consumers, running_holders
+from flyte_agent.consumers import Consumers, Execution, holders_in
 from flyte_agent.pods import KubernetesPods, cluster_servers, with_servers
 from flyte_agent.provisioner import (
     DestroyInProgress,
@@ -145,7 +145,7 @@ class PulumiProvisioner:
         self._pods: PodReader | bool | None = pods  # None: made on first use; False: no cluster config
         self._clock = clock
         self._liveness = Liveness(Backend(settings.backend_url), settings.heartbeat_seconds, clock)
-        self._consumers = consumers
+        self.consumers = consumers
         # One lease change of a stack at a time in this process (tag writes are read-modify-write).
         self._lease_locks: dict[str, threading.Lock] = {}
         self._command = TimedPulumiCommand(settings.pulumi_command, settings.operation_timeout_seconds,
@@ -374,12 +374,15 @@ class PulumiProvisioner:
                     continue
                 stack = auto.Stack.select(name, ws)
                 tags = stack.list_tags()
-                if not stack_record.is_expired(tags, now) or self._renew_running(stack, tags, now):
-                    continue
                 try:
+                    if self._release_ended(stack, tags):
+                        removed.append(name)
+                        continue
+                    if not stack_record.is_expired(tags, now) or self._renew_running(stack, tags, now):
+                        continue
                     self._destroy(stack, None)
-                except CommandError as err:
-                    failures.append(f"{name}: {error_text(err)}")
+                except (CommandError, DestroyInProgress) as err:
+                    failures.append(f"{name}: {error_text(err) if isinstance(err, CommandError) else err}")
                 else:
                     removed.append(name)
         metrics.observe_gc("pulumi", len(removed), len(failures))
@@ -387,13 +390,30 @@ class PulumiProvisioner:
             raise GcError(removed, failures)
         return removed
 
-    def _renew_running(self, stack: auto.Stack, tags: Mapping[str, str], now: float) -> bool:
-        """At expiry: renew every holder (a shared stack's lease holders, else the fleet's own workflow
-        execution) whose pods still run; False if none does (or pods cannot be read)."""
+    def _release_ended(self, stack: auto.Stack, tags: Mapping[str, str]) -> bool:
+        """Drop the leases of holders whose execution has ended (a stack of its own: destroy it, as its
+        execution's release would); True if that stopped the fleet."""
         if tags.get(stack_record.TAG_DELETED) == "true":
             return False
         held = stack_record.leases_of(tags)
-        running = running_holders(self._consumers, held, tags.get(stack_record.TAG_EXECUTION, ""))
+        ended = holders_in(self.consumers, Execution.ENDED, held, tags.get(stack_record.TAG_EXECUTION, ""))
+        if not ended:
+            return False
+        log.info("stack %s: %s ended; released", stack.name, ", ".join(ended))
+        owner = tags.get(stack_record.TAG_OWNER, "")
+        if stack_record.TAG_SHARE not in tags:
+            self._destroy(stack, None)  # as at its expiry
+            return True
+        return 0 in [self.release(stack.name, owner, holder) for holder in ended]
+
+    def _renew_running(self, stack: auto.Stack, tags: Mapping[str, str], now: float) -> bool:
+        """At expiry: renew every holder (a shared stack's lease holders, else the fleet's own workflow
+        execution) whose execution still runs; False if none does (or it cannot be told)."""
+        if tags.get(stack_record.TAG_DELETED) == "true":
+            return False
+        held = stack_record.leases_of(tags)
+        running = holders_in(self.consumers, Execution.RUNNING, held,
+                             tags.get(stack_record.TAG_EXECUTION, ""))
         with self._lease_lock(stack.name):
             for holder in running:
                 log.info("stack %s: %s still runs; renewed for %gs", stack.name, holder,

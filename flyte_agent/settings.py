@@ -104,9 +104,13 @@ class Settings(BaseModel):
     renew_seconds: float = Field(
         900.0, gt=0, description="while a fleet's consumer still runs, gc renews its expiry (or lease) this "
                                  "far ahead; longer than gc_interval_seconds")
+    watch_executions: bool = Field(
+        True, description="gc follows each holder's Flyte execution (flyte_agent/consumers.py): renews its "
+                          "fleet while it runs, releases it once aborted or failed; needs the connector in "
+                          "the executions' cluster. false: fleets lapse at their expiry")
     consumer_namespace: str = Field(
         "{project}-{domain}", pattern=r"^[-a-z0-9{}]+$",
-        description="where Flyte runs an execution's task pods (propeller's namespace_mapping template)")
+        description="where an execution's FlyteWorkflow lives (FlyteAdmin's namespace_mapping template)")
     check_endpoints: bool = Field(True, description="health-check endpoints before reporting READY")
     # Every fleet's pods (the Datacenter sets these from the stack, like its shared services).
     node_selector: dict[str, str] = Field(default_factory=dict, description="graph-engine node selector")
@@ -210,4 +214,6 @@ def make_provisioner(settings: Settings) -> Provisioner:
 
 
 def consumers(settings: Settings) -> Consumers | None:
+    if not settings.watch_executions:
+        return None
     return make_consumers(settings.backend, settings.kubeconfig, settings.consumer_namespace)

@@ -366,6 +366,12 @@ class ConnectorConfig(_Model):
     tls_secret: Subdomain | None = Field(
         None, description="A kubernetes.io/tls Secret (tls.crt, tls.key) in the connector namespace: serve "
                           "gRPC over TLS; propeller must trust its issuer")
+    watch_executions: bool = Field(
+        True, description="Release a fleet once its Flyte execution is aborted or failed, renew it while "
+                          "it runs (reads FlyteWorkflows: propeller must run in this cluster)")
+    consumer_namespace: str = Field(
+        "{project}-{domain}", pattern=r"^[-a-z0-9{}]+$",
+        description="FlyteAdmin's namespace_mapping template: where an execution's FlyteWorkflow lives")
     propeller_namespace: DnsLabel = Field("flyte", description="FlytePropeller's namespace: the only one "
                                                                "admitted to the connector's gRPC port")
     prometheus_namespace: DnsLabel | None = Field(

@@ -146,20 +146,21 @@ def role_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
             "metadata": _meta(args.data_namespace), "rules": RBAC_RULES}
 
 
-# gc asks whether a fleet's consumer still runs before stopping it at its expiry: a task pod of the
-# execution by Flyte's labels (flyte_agent/consumers.py). Only `list pods`, only where graph clients run.
-CONSUMER_RULES: list[dict[str, Any]] = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
+# gc follows each holder's Flyte execution, its FlyteWorkflow (flyte_agent/consumers.py): renews the
+# fleet while it runs, releases it once aborted. Only `get flyteworkflows`, only where graph clients run.
+CONSUMER_RULES: list[dict[str, Any]] = [{"apiGroups": ["flyte.lyft.com"], "resources": ["flyteworkflows"],
+                                         "verbs": ["get"]}]
 CONSUMERS_NAME = f"{NAME}-consumers"
 
 
 def consumer_namespaces(args: FlyteConnectorArgs) -> list[str]:
     """The graph clients' namespaces (the teams' Flyte project-domain ones, training) where the
-    connector looks for running task pods; not its own, nor the fleets'."""
+    connector reads executions' FlyteWorkflows; not its own, nor the fleets'."""
     return sorted(set(args.client_namespaces) - {args.namespace, args.data_namespace})
 
 
 def consumer_rbac_manifests(args: FlyteConnectorArgs) -> list[dict[str, Any]]:
-    """A Role and RoleBinding per consumer namespace: list pods, nothing else."""
+    """A Role and RoleBinding per consumer namespace: get flyteworkflows, nothing else."""
     out = []
     for namespace in consumer_namespaces(args):
         meta = _meta(namespace, CONSUMERS_NAME)
@@ -202,6 +203,8 @@ def settings_env(args: FlyteConnectorArgs) -> list[dict[str, Any]]:
         "engine_service_account": ENGINE_SERVICE_ACCOUNT,
         "object_store": args.object_store.model_dump_json(by_alias=True, exclude_none=True),
         "client_namespaces": ",".join(args.client_namespaces) or None,
+        "watch_executions": str(config.watch_executions).lower(),
+        "consumer_namespace": config.consumer_namespace,
         "tls_dir": TLS_DIR if config.tls_secret else None,
         "secrets_provider": config.secrets.secrets_provider,
         # delete() must answer before propeller's DeleteTask deadline, with room for the call itself.

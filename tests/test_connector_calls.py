@@ -29,6 +29,8 @@ HANG_GUARD = 60  # seconds before a call that never gets a thread fails the test
 class BlockingDeletes:
     """A provisioner whose deletes wait (like a running destroy) until the test releases them."""
 
+    consumers = None  # executions are not followed
+
     def __init__(self) -> None:
         self.unblock = threading.Event()
 

@@ -88,6 +88,10 @@ def test_settings_env_is_what_the_connector_reads(render_valid: Callable[..., Re
     assert settings.image_allowlist == ["docker.ltx1.example.com/graphfleet/graph-engine"]
     assert settings.shared_services == SHARED
     assert settings.delete_wait_seconds == 42  # 0.7 of the stack's 1m DeleteTask deadline
+    assert settings.watch_executions and settings.consumer_namespace == "{project}-{domain}"
+    mapped = _settings(_render(render_valid, _args(consumer_namespace="flyte-{project}",
+                                                   watch_executions=False)))
+    assert mapped.consumer_namespace == "flyte-{project}" and not mapped.watch_executions
     assert env["PULUMI_BACKEND_URL"] == {"secretKeyRef": {"name": "graphfleet-pulumi-backend", "key": "url"}}
     # The passphrase is a file the CLI reads (PULUMI_CONFIG_PASSPHRASE_FILE), never an env value.
     assert "PULUMI_CONFIG_PASSPHRASE" not in env
@@ -126,14 +130,15 @@ def test_rbac_is_exactly_what_provisioning_needs(render_valid: Callable[..., Ren
                  if b["metadata"]["namespace"] == "graphfleet-data"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "graphfleet-connector",
                                     "namespace": "graphfleet-system"}]
-    # Elsewhere only `list pods`, where graph clients (Flyte task pods) run: gc renews a fleet whose
-    # execution still has running pods (flyte_agent/consumers.py).
+    # Elsewhere only `get flyteworkflows`, where graph clients (Flyte executions) run: gc follows each
+    # holder's execution (flyte_agent/consumers.py).
     others = [r for r in rendered.of_kind("Role") if r is not role]
     config = load_stack_config(stack_path("ltx1"))
     expected = sorted(set(config.client_namespaces()) - {"graphfleet-system", "graphfleet-data"})
     assert sorted(r["metadata"]["namespace"] for r in others) == expected and expected
     assert set(config.team_namespaces()) <= set(expected)
-    assert all(r["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}] for r in others)
+    assert all(r["rules"] == [{"apiGroups": ["flyte.lyft.com"], "resources": ["flyteworkflows"],
+                               "verbs": ["get"]}] for r in others)
     bound = {b["metadata"]["namespace"]: b for b in rendered.of_kind("RoleBinding") if b is not binding}
     assert sorted(bound) == expected
     assert all(b["subjects"] == binding["subjects"]

@@ -24,9 +24,10 @@ def test_composes_everything_with_restricted_namespaces(render_valid: Callable[.
     roles = {r["metadata"]["namespace"]: r for r in rendered.of_kind("Role")}
     assert roles["graphfleet-data"]["metadata"]["name"] == "graphfleet-connector"
     assert "graphfleet-shared" not in roles
-    # Elsewhere (the graph clients' namespaces) the connector may only list pods (flyte_agent/consumers.py).
-    assert all(r["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
-               for ns, r in roles.items() if ns != "graphfleet-data")
+    # Elsewhere (the graph clients' namespaces) the connector may only read executions' FlyteWorkflows
+    # (flyte_agent/consumers.py).
+    assert all(r["rules"] == [{"apiGroups": ["flyte.lyft.com"], "resources": ["flyteworkflows"],
+                               "verbs": ["get"]}] for ns, r in roles.items() if ns != "graphfleet-data")
     assert sts["spec"]["replicas"] == 8
     pod = sts["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"node.ltx1.example.com/pool": "highmem"}

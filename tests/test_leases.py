@@ -1,17 +1,20 @@
 """Shared fleets by lease: the plain rules, and leases kept in the fleet's own record on both backends
 (local: fleet.json; Pulumi: the stack's tags, through the CLI seam tests/fake_pulumi.py), with one
-expiry that the one gc honours, renewed while a holder's consumer runs."""
+expiry that the one gc honours, renewed while a holder's execution runs and dropped once it has ended."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from flyte_agent import leases, stack_record
+from flyte_agent import connector, leases, stack_record
+from flyte_agent.consumers import Execution, LocalExecutions, local_run
 from flyte_agent.local_provisioner import LocalProvisioner
 from flyte_agent.provisioner import NotOwner, Phase, Provision
 from flyte_agent.pulumi_provisioner import PulumiProvisioner
@@ -24,16 +27,16 @@ from tests.test_graph_server import ring_graph
 from tests.test_pulumi_provisioner import backend, settings, wait  # noqa: F401
 
 
-class Running:
-    """A consumer probe whose running executions a test sets."""
+class Executions:
+    """An execution probe whose answers a test sets (UNKNOWN for any other execution)."""
 
     def __init__(self) -> None:
-        self.executions: set[str] = set()
-        self.asked: list[str] = []
+        self.states: dict[str, Execution] = {}
+        self.asked: set[str] = set()
 
-    def running(self, workflow_execution: str) -> bool:
-        self.asked.append(workflow_execution)
-        return workflow_execution in self.executions
+    def state(self, workflow_execution: str) -> Execution:
+        self.asked.add(workflow_execution)
+        return self.states.get(workflow_execution, Execution.UNKNOWN)
 
 
 def test_a_share_is_named_for_its_project_and_domain_only() -> None:
@@ -82,7 +85,7 @@ def lease_spec(uri: str, **fields: object) -> DataServiceSpec:
 def test_local_leases_live_in_the_fleet_record_under_one_expiry(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     uri = convert(ring_graph(), str(tmp_path / "ring"), partitions=2)
-    consumers = Running()
+    consumers = Executions()
     provisioner = LocalProvisioner(Settings(state_dir=tmp_path / "state", renew_seconds=600),
                                    consumers=consumers)
     try:
@@ -116,12 +119,12 @@ def test_local_leases_live_in_the_fleet_record_under_one_expiry(tmp_path: Path,
 
         # run-a releases; run-b's lease lapses at now+400, but its consumer still runs: gc renews it.
         assert provisioner.release(a.name, "p/d", "p/d/run-a") == 1
-        consumers.executions.add("p/d/run-b")
-        assert provisioner.gc(now + 401) == [] and consumers.asked == ["p/d/run-b"]  # not run-a: released
+        consumers.states["p/d/run-b"] = Execution.RUNNING
+        assert provisioner.gc(now + 401) == [] and consumers.asked == {"p/d/run-b"}  # not run-a: released
         renewed = json.loads(record.read_text())
         assert renewed["leases"]["p/d/run-b"] >= now + 400 and renewed["expires_at"] > time.time() + 500
         # Once it stops, the lease lapses at the renewed expiry and the same gc stops the fleet.
-        consumers.executions.clear()
+        consumers.states.clear()
         pids = provisioner.pids(a.name)
         assert provisioner.gc(renewed["expires_at"] + 1) == [a.name]
         assert provisioner.status(a).phase is Phase.ABSENT and all(pid > 0 for pid in pids)
@@ -137,7 +140,7 @@ def test_local_leases_live_in_the_fleet_record_under_one_expiry(tmp_path: Path,
 
 def test_a_fleet_of_its_own_is_renewed_while_its_execution_runs(tmp_path: Path) -> None:
     uri = convert(ring_graph(), str(tmp_path / "ring"), partitions=1)
-    consumers = Running()
+    consumers = Executions()
     provisioner = LocalProvisioner(Settings(state_dir=tmp_path / "state", renew_seconds=600),
                                    consumers=consumers)
     try:
@@ -145,22 +148,89 @@ def test_a_fleet_of_its_own_is_renewed_while_its_execution_runs(tmp_path: Path) 
         fleet = Provision(name="gf-own-1", spec=spec, owner="p/d", execution="p/d/run-x/n0",
                           created_at=time.time())
         provisioner.create(fleet)
-        consumers.executions.add("p/d/run-x")  # e.g. its training pods still run
+        consumers.states["p/d/run-x"] = Execution.RUNNING  # e.g. its training still runs
         assert provisioner.gc(fleet.expires_at + 1) == []
-        assert consumers.asked == ["p/d/run-x"]
+        assert consumers.asked == {"p/d/run-x"}
         [listed] = provisioner.fleets()
         assert listed.expires_at > time.time() + 500 and listed.leases == []
-        consumers.executions.clear()
+        consumers.states.clear()
         assert provisioner.gc(listed.expires_at + 1) == ["gf-own-1"]
     finally:
         provisioner.close()
+
+
+@pytest.mark.slow
+def test_an_aborted_local_run_frees_its_fleets_at_the_next_gc(tmp_path: Path) -> None:
+    """A local run is its process: killed (what an abort of `pyflyte run` is), it runs no teardown,
+    and the next gc stops its own fleet and drops its lease on a shared one, before any expiry."""
+    uri = convert(ring_graph(), str(tmp_path / "ring"), partitions=1)
+    run = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    holder = f"local/local/{local_run(run.pid)}"
+    me = f"local/local/{connector.LOCAL_RUN}"
+    provisioner = LocalProvisioner(Settings(state_dir=tmp_path / "state"), consumers=LocalExecutions())
+    try:
+        spec = DataServiceSpec(graph_uri=uri, partitions=1, ttl_seconds=3600)
+        own = Provision(name="gf-abort-own", spec=spec, owner="local/local", execution=f"{holder}/n0",
+                        created_at=time.time())
+        provisioner.create(own)
+        shared = lease_spec(uri, partitions=1, replicas=1, ttl_seconds=3600)
+        for h in (holder, me):
+            provisioner.create(leases.shared_provision("local/local", "sweep", shared, h, time.time()))
+        name = leases.fleet_name("local", "local", "sweep")
+        assert provisioner.gc(time.time()) == []  # both runs alive, nothing lapsed
+        run.kill()
+        run.wait(timeout=60)
+        assert provisioner.gc(time.time()) == ["gf-abort-own"]
+        assert provisioner.status(own).phase is Phase.ABSENT
+        [left] = provisioner.fleets()
+        assert left.name == name and left.leases == [me]  # still served for this run
+        assert provisioner.gc(time.time()) == []
+    finally:
+        run.kill()
+        provisioner.close()
+
+
+def test_pulumi_gc_releases_the_holders_whose_execution_ended_and_nothing_else(
+        backend: tuple[str, Path], pulumi: Callable[..., PulumiProvisioner]) -> None:  # noqa: F811
+    url, _ = backend
+    consumers = Executions()
+    provisioner = pulumi(consumers)
+    now = time.time()
+    spec = lease_spec("s3://graphs/cora", replicas=1)
+    a = leases.shared_provision("proj/dev", "sweep", spec, "proj/dev/run-a", now)
+    b = leases.shared_provision("proj/dev", "sweep", spec, "proj/dev/run-b", now)
+    own = Provision(name="gf-own-c", spec=spec.model_copy(update={"share": None}), owner="proj/dev",
+                    execution="proj/dev/run-c/n0", created_at=now)
+    for p in (a, b, own):
+        provisioner.create(p)
+        assert wait(provisioner, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+    shared = stack_record.stack_name(a.name)
+    consumers.states.update({"proj/dev/run-a": Execution.RUNNING, "proj/dev/run-b": Execution.RUNNING,
+                             "proj/dev/run-c": Execution.RUNNING})
+    start = len(fake_pulumi.calls(url))
+    assert provisioner.gc(now) == [] and tag_writes(url, shared, start) == []
+
+    # run-a aborted: its lease goes now, hours before it lapses; run-b keeps the fleet.
+    consumers.states["proj/dev/run-a"] = Execution.ENDED
+    assert provisioner.gc(now) == []
+    assert list(stack_record.leases_of(fake_pulumi.stacks(url)[shared]["tags"])) == ["proj/dev/run-b"]
+    # run-c succeeded without a release: nothing now (a child launch plan may have handed it on);
+    # unknown changes nothing either.
+    consumers.states["proj/dev/run-c"] = Execution.SUCCEEDED
+    consumers.states["proj/dev/run-b"] = Execution.UNKNOWN
+    assert provisioner.gc(now) == [] and provisioner.status(own).phase is Phase.READY
+    # run-c failed (or was aborted) after all, and run-b ended: both fleets go at this gc.
+    consumers.states["proj/dev/run-c"] = Execution.ENDED
+    consumers.states["proj/dev/run-b"] = Execution.ENDED
+    assert sorted(provisioner.gc(now)) == sorted([shared, "gf-own-c"])
+    assert fake_pulumi.stacks(url) == {}  # destroyed and removed, as at an expiry
 
 
 @pytest.fixture
 def pulumi(backend: tuple[str, Path]) -> Iterator[Callable[..., PulumiProvisioner]]:  # noqa: F811
     made: list[PulumiProvisioner] = []
 
-    def build(consumers: Running | None = None) -> PulumiProvisioner:
+    def build(consumers: Executions | None = None) -> PulumiProvisioner:
         made.append(PulumiProvisioner(settings(backend, renew_seconds=600), consumers=consumers))
         return made[-1]
 
@@ -177,7 +247,7 @@ def tag_writes(url: str, stack: str, start: int) -> list[list[str]]:
 def test_pulumi_leases_live_in_the_stack_and_the_last_release_removes_it(
         backend: tuple[str, Path], pulumi: Callable[..., PulumiProvisioner]) -> None:  # noqa: F811
     url, _ = backend
-    consumers = Running()
+    consumers = Executions()
     provisioner = pulumi(consumers)
     now = time.time()
     spec = lease_spec("s3://graphs/cora")
@@ -209,14 +279,14 @@ def test_pulumi_leases_live_in_the_stack_and_the_last_release_removes_it(
     with pytest.raises(NotOwner):
         other.release(a.name, "other/dev", "proj/dev/run-a")
 
-    # run-a's release drops its tag only; run-b's lapsed lease is renewed by gc while its pods run.
+    # run-a's release drops its tag only; run-b's lapsed lease is renewed by gc while it runs.
     assert other.release(a.name, "proj/dev", "proj/dev/run-a") == 1
     assert stack_record.leases_of(fake_pulumi.stacks(url)[name]["tags"]) == {"proj/dev/run-b": int(now + 400)}
-    consumers.executions.add("proj/dev/run-b")
-    assert provisioner.gc(now + 401) == [] and consumers.asked == ["proj/dev/run-b"]
+    consumers.states["proj/dev/run-b"] = Execution.RUNNING
+    assert provisioner.gc(now + 401) == [] and consumers.asked == {"proj/dev/run-b"}
     renewed = stack_record.expires_at(fake_pulumi.stacks(url)[name]["tags"])
     assert renewed is not None and renewed > time.time() + 500
-    consumers.executions.clear()
+    consumers.states.clear()
     assert provisioner.gc(now + 401) == []  # not lapsed any more
     assert provisioner.gc(renewed + 1) == [name] and name not in fake_pulumi.stacks(url)
 
@@ -229,19 +299,19 @@ def test_pulumi_leases_live_in_the_stack_and_the_last_release_removes_it(
     assert other.release(c.name, "proj/dev", "proj/dev/run-c") is None  # absent: nothing to release
 
 
-def test_pulumi_renews_a_fleet_of_its_own_while_its_pods_run(
+def test_pulumi_renews_a_fleet_of_its_own_while_its_execution_runs(
         backend: tuple[str, Path], pulumi: Callable[..., PulumiProvisioner]) -> None:  # noqa: F811
     from tests.test_pulumi_provisioner import ready_fleet
 
     url, _ = backend
-    consumers = Running()
+    consumers = Executions()
     provisioner = pulumi(consumers)
     fleet = ready_fleet(provisioner, "gf-own-2")  # execution exec-gf-own-2: not a workflow execution
     own = Provision(name="gf-own-3", spec=fleet.spec, owner="proj/dev", execution="proj/dev/run-y/n1",
                     created_at=time.time())
     provisioner.create(own)
     assert wait(provisioner, own, {Phase.READY}).phase is Phase.READY
-    consumers.executions.add("proj/dev/run-y")
+    consumers.states["proj/dev/run-y"] = Execution.RUNNING
     assert provisioner.gc(own.expires_at + 1) == ["gf-own-2"]  # its execution is no running one
     assert "gf-own-3" in fake_pulumi.stacks(url)
     expiry = stack_record.expires_at(fake_pulumi.stacks(url)["gf-own-3"]["tags"])

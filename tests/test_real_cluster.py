@@ -230,6 +230,22 @@ def test_connector_cannot_read_secrets(deployed: Deployed, control_plane: Contro
     assert not any(_allowed(cp, user, namespace, verb, "secrets") for verb in ("get", "list", "watch"))
 
 
+def test_connector_reads_executions_flyteworkflows_and_nothing_else_where_clients_run(
+        deployed: Deployed, control_plane: ControlPlane) -> None:
+    """gc follows each holder's FlyteWorkflow (flyte_agent/consumers.py) in the teams' namespaces."""
+    cp = control_plane
+    user, fleets_namespace = _connector_identity(deployed.manifests)
+    consumers = sorted({m["metadata"]["namespace"] for m in deployed.manifests
+                        if m["kind"] == "Role" and m["metadata"]["namespace"] != fleets_namespace})
+    assert consumers
+    for namespace in consumers:
+        assert _allowed(cp, user, namespace, "get", "flyteworkflows", "flyte.lyft.com"), namespace
+        assert not any(_allowed(cp, user, namespace, verb, "flyteworkflows", "flyte.lyft.com")
+                       for verb in ("list", "update", "patch", "delete")), namespace
+        assert not any(_allowed(cp, user, namespace, verb, resource)
+                       for verb in ("get", "list") for resource in ("pods", "secrets")), namespace
+
+
 def test_connector_cannot_delete_a_shared_service(deployed: Deployed, control_plane: ControlPlane) -> None:
     cp = control_plane
     user, namespace = _connector_identity(deployed.manifests)

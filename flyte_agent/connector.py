@@ -270,7 +270,7 @@ class _Backend:
             if self._made is None:
                 settings = Settings.from_env()
                 provisioner = make_provisioner(settings)
-                metrics.register_fleets(settings.backend, provisioner.fleets)
+                metrics.register_fleets(settings.backend, provisioner.observed_fleets)
                 self._made = (settings, provisioner)
             return self._made
 

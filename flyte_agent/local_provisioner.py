@@ -265,6 +265,10 @@ class LocalProvisioner:
             return []
         return [self._server_int(name, i, "pid") for i in range(len(self._ports(record)))]
 
+    def observed_fleets(self) -> tuple[float, list[FleetInfo]]:
+        """The listing itself: it reads this host's state files, no process is started."""
+        return time.time(), self.fleets()
+
     def close(self) -> None:
         """Stop reconciling and delete the fleets this process started."""
         self._stop.set()

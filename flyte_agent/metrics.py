@@ -7,21 +7,22 @@ Nothing else is needed in the Deployment beyond scraping that port.
 
 Families (names and labels are a contract with dashboards; README "Metrics" lists them):
 
-- `graphfleet_fleets{backend,phase}`: live fleets by phase, from the provisioner's fleet listing,
-  read at most every `LISTING_SECONDS[backend]` (a scrape never waits on more than one listing at a time).
+- `graphfleet_fleets{backend,phase}`: live fleets by phase, from what the provisioner last observed
+  (`observed_fleets()`): on Pulumi the listing its sweep makes after each gc pass, so a scrape starts no
+  CLI process; locally a listing of its state files at the scrape. No samples before the first one.
+- `graphfleet_fleets_age_seconds{backend}`: how old that observation is.
 - `graphfleet_provision_seconds{backend}`: CreateTask to the GetTask that reported the fleet ready.
 - `graphfleet_teardown_seconds{backend,outcome}`: one teardown call (DeleteTask, a teardown task's
   release, `graphfleet fleets release`); outcome `released`, `in_progress` or `failed`.
 - `graphfleet_pulumi_operations_total{operation,outcome}`: Pulumi CLI operations, by outcome.
 - `graphfleet_gc_collected_total{backend}`, `graphfleet_gc_failed_total{backend}`: expired fleets
   torn down, and those a pass failed on.
-- `graphfleet_leases_held{backend}`: leases on shared fleets, from the same listing.
+- `graphfleet_leases_held{backend}`: leases on shared fleets, from the same observation.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Sequence
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 
     from flyte_agent.provisioner import FleetInfo
 
-# How stale the fleet gauges may be: a local listing is cheap; on Pulumi it is a few CLI calls per stack.
-LISTING_SECONDS = {"local": 15.0, "pulumi": 60.0}
 # Fleets take seconds locally and minutes on a cluster (image pulls, partition downloads).
 _PROVISION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 _TEARDOWN_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -79,50 +78,52 @@ def observe_gc(backend: str, collected: int, failed: int) -> None:
     GC_FAILED.labels(backend).inc(failed)
 
 
-class FleetCollector(Collector):
-    """`graphfleet_fleets` and `graphfleet_leases_held` from a fleet listing, cached for a while:
-    a scrape every few seconds must not become a listing (CLI calls on Pulumi) every few seconds."""
+# (epoch seconds when the fleets were listed, the fleets): a provisioner's `observed_fleets()`.
+Observation = tuple[float, Sequence["FleetInfo"]]
 
-    def __init__(self, backend: str, listing: Callable[[], Sequence[FleetInfo]],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+
+class FleetCollector(Collector):
+    """`graphfleet_fleets`, `graphfleet_leases_held` and `graphfleet_fleets_age_seconds` from what the
+    provisioner last observed: a scrape every few seconds must not become a listing (CLI calls per
+    stack on Pulumi) every few seconds."""
+
+    def __init__(self, backend: str, observed: Callable[[], Observation | None],
+                 clock: Callable[[], float] = time.time) -> None:
         self.backend = backend
-        self._listing = listing
+        self._observed = observed
         self._clock = clock
-        self._lock = threading.Lock()
-        self._cached: tuple[float, Sequence[FleetInfo]] | None = None
 
     def describe(self) -> Iterator[Metric]:
-        # Without it, registering would collect, i.e. list the fleets, at start-up.
-        yield from self._families([])
+        # Without it, registering would collect, i.e. ask the provisioner, at start-up.
+        yield from self._families(None)
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._families(self._fleets())
+        yield from self._families(self._observed())
 
-    def _families(self, fleets: Sequence[FleetInfo]) -> Iterator[Metric]:
+    def _families(self, observed: Observation | None) -> Iterator[Metric]:
         by_phase = GaugeMetricFamily("graphfleet_fleets", "Live fleets by phase", labels=["backend", "phase"])
-        counts = Tally(f.phase for f in fleets)
-        for phase in Phase:
-            if phase is not Phase.ABSENT:
-                by_phase.add_metric([self.backend, phase.value], counts[phase])
-        yield by_phase
         leases = GaugeMetricFamily("graphfleet_leases_held", "Leases held on shared fleets",
                                    labels=["backend"])
-        leases.add_metric([self.backend], sum(len(f.leases) for f in fleets))
+        age = GaugeMetricFamily("graphfleet_fleets_age_seconds",
+                                "Seconds since the fleets these gauges count were listed", labels=["backend"])
+        if observed is not None:
+            listed_at, fleets = observed
+            counts = Tally(f.phase for f in fleets)
+            for phase in Phase:
+                if phase is not Phase.ABSENT:
+                    by_phase.add_metric([self.backend, phase.value], counts[phase])
+            leases.add_metric([self.backend], sum(len(f.leases) for f in fleets))
+            age.add_metric([self.backend], max(0.0, self._clock() - listed_at))
+        yield by_phase
         yield leases
-
-    def _fleets(self) -> Sequence[FleetInfo]:
-        with self._lock:
-            now = self._clock()
-            if self._cached is None or now - self._cached[0] >= LISTING_SECONDS.get(self.backend, 60.0):
-                self._cached = (now, list(self._listing()))
-            return self._cached[1]
+        yield age
 
 
 _registered: dict[str, FleetCollector] = {}
 
 
-def register_fleets(backend: str, listing: Callable[[], Sequence[FleetInfo]]) -> None:
+def register_fleets(backend: str, observed: Callable[[], Observation | None]) -> None:
     """Expose the fleet gauges of this process's provisioner (once per process and backend)."""
     if backend not in _registered:
-        _registered[backend] = FleetCollector(backend, listing)
+        _registered[backend] = FleetCollector(backend, observed)
         REGISTRY.register(_registered[backend])

@@ -204,3 +204,7 @@ class Provisioner(Protocol):
 
     def fleets(self) -> list[FleetInfo]:
         """Every live fleet (an operator's view): read only, never starts, restarts or deletes anything."""
+
+    def observed_fleets(self) -> tuple[float, list[FleetInfo]] | None:
+        """What the provisioner last saw of its fleets, with when (epoch seconds), for the fleet gauges:
+        it starts no listing that costs more than reading local files (None: nothing seen yet)."""

@@ -12,10 +12,12 @@ no timeout or cancel hook of its own. `TimedPulumiCommand` adds them:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,15 +27,19 @@ from pulumi.automation.errors import CommandError, create_command_error
 
 from flyte_agent import metrics, stack_record
 
-# CLI subcommands that change a stack and may run as long as Kubernetes takes to converge.
 # Said of a CLI process a signal ended that graphfleet did not send (its timeout kill says so itself):
 # killed with its pod, by the OOM killer, by an operator. What it was doing did not fail.
 KILLED = "was killed by a signal from outside graphfleet"
+# CLI subcommands that change a stack and may run as long as Kubernetes takes to converge.
 LONG_COMMANDS = frozenset({"up", "destroy", "refresh", "preview", "cancel"})
+# Said of a call killed at its bound (`run`).
+TIMED_OUT = "timed out after"
+# Said of a long operation asked for after `close()`: it was never started, so it did not fail either.
+NOT_STARTED = "was not started: the connector is shutting down"
 # Operations `interrupt()` stops: those that hold the stack's lock while they change the world.
 _INTERRUPTIBLE = frozenset({"up", "destroy", "refresh", "preview"})
-# Self-managed stack tags exist since 3.211 (the record lives in them); `--clear-pending-creates` and
-# the `stack output --json` shape used here are older.
+# Self-managed stack tags exist since 3.211 (the record lives in them); the `stack output --json` and
+# `stack history --json` shapes used here are older.
 MINIMUM_VERSION = semver.VersionInfo(3, 211, 0)
 # Set (to anything) to skip the version check, as the Automation API allows: pulumi 3.272.0
 # sdk/python/lib/pulumi/automation/_env.py (the name), _cmd.py PulumiCommand.__init__ (`is not None`).
@@ -54,6 +60,7 @@ class TimedPulumiCommand(PulumiCommand):
         self._running: dict[int, tuple[str | None, str, subprocess.Popen[str]]] = {}
         self._stack_timeouts: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._closed = False
         found = self.run(["version"], os.getcwd(), {}).stdout.strip().removeprefix("v")
         try:
             self.version: semver.VersionInfo | None = semver.VersionInfo.parse(found)
@@ -72,6 +79,9 @@ class TimedPulumiCommand(PulumiCommand):
         timeout = self.short_timeout
         if subcommand in LONG_COMMANDS:
             timeout = self._stack_timeouts.get(stack or "", self.long_timeout)
+        if subcommand in LONG_COMMANDS and self._closed:
+            refused = f"error: graphfleet: `pulumi {' '.join(args[1:3])}` {NOT_STARTED}"
+            raise create_command_error(CommandResult(stdout="", stderr=refused, code=-1))
         env = {**os.environ, **additional_env, "PULUMI_AUTOMATION_API": "true",
                "PULUMI_SKIP_UPDATE_CHECK": "true"}
         with subprocess.Popen([self.command, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
@@ -85,7 +95,7 @@ class TimedPulumiCommand(PulumiCommand):
                 timed_out = True
                 kill_session(process)
                 stdout, stderr = process.communicate()
-                stderr += (f"\nerror: graphfleet: `pulumi {' '.join(args[1:3])}` timed out after "
+                stderr += (f"\nerror: graphfleet: `pulumi {' '.join(args[1:3])}` {TIMED_OUT} "
                            f"{timeout:g}s and was killed; raise operation_timeout_seconds if Kubernetes "
                            "needs longer")
             finally:
@@ -107,6 +117,23 @@ class TimedPulumiCommand(PulumiCommand):
         if result.code != 0:
             raise create_command_error(result)
         return result
+
+    def close(self, grace: float) -> None:
+        """Start no new long operation; cancel the running ones (SIGINT: Pulumi's graceful cancel, which
+        releases the lock) and kill the sessions of those still running after `grace` seconds (a CLI
+        that ignores the cancel leaves its lock to a dead-holder check). Short calls still run: each is
+        bounded by its own timeout, and a cancelled attempt is given back with one."""
+        with self._lock:
+            self._closed = True
+        self.interrupt()
+        deadline = time.monotonic() + grace
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._lock:
+            left = [p for _, sub, p in self._running.values() if sub in LONG_COMMANDS]
+        for process in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
     def set_timeout(self, stack: str, seconds: float) -> None:
         """Bound long operations on `stack` by `seconds` instead of the default."""
@@ -158,6 +185,12 @@ def cli_output(err: BaseException) -> str:
     """What the CLI printed (the Automation API's errors keep it; others have only a message)."""
     stderr, stdout = getattr(err, "stderr", None), getattr(err, "stdout", None)
     return f"{stderr}\n{stdout}" if stderr is not None else str(err)
+
+
+def interrupted(err: BaseException) -> bool:
+    """A CLI call that did not fail on its own: killed from outside, or at its bound. What it read or
+    did is unknown, not wrong; asking again is the answer."""
+    return isinstance(err, CommandError) and any(mark in cli_output(err) for mark in (KILLED, TIMED_OUT))
 
 
 def error_text(err: BaseException) -> str:

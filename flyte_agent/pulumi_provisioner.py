@@ -4,8 +4,9 @@ The stack in the self-managed backend is the only record: its name comes from `P
 its tags carry owner, execution, expiry and the number of `up` attempts, its history says whether
 the last `up` succeeded, and its outputs carry the endpoints. So `status()` on any replica, after any
 restart, reads the stack and moves it toward "up succeeded": it starts an `up` when none ran, retries
-a failed one a bounded number of times, and clears a lock whose holder is dead (that lock file only,
-never `cancel`: flyte_agent/replicas.py; then `refresh --clear-pending-creates`, then `up` again).
+a failed one a bounded number of times, and removes a lock whose holder is dead (that lock file only,
+never `cancel`: flyte_agent/replicas.py), then runs `up` again, which carries the dead one's pending
+creates over and adopts their objects.
 
 The only in-memory state is which stacks this process's own workers are busy with (and which of
 those a release of an execution started), facts about this process, not about the fleets.
@@ -30,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pulumi
@@ -42,7 +44,7 @@ from pulumi.automation.errors import (
     StackNotFoundError,
 )
 
-from flyte_agent import leases, metrics, pending_creates, pod_failures, stack_record
+from flyte_agent import leases, metrics, pending_creates, pod_failures, replicas, stack_record
 from flyte_agent.consumers import Consumers, Execution, holders_in
 from flyte_agent.pods import KubernetesPods, cluster_servers, with_servers
 from flyte_agent.provisioner import (
@@ -58,8 +60,14 @@ from flyte_agent.provisioner import (
     check_workflow_execution,
 )
 from flyte_agent.provisioner import workflow_execution as workflow_execution_of
-from flyte_agent.pulumi_cli import KILLED, TimedPulumiCommand, cli_output, error_text
-from flyte_agent.replicas import Backend, Liveness
+from flyte_agent.pulumi_cli import (
+    KILLED,
+    NOT_STARTED,
+    TimedPulumiCommand,
+    cli_output,
+    error_text,
+    interrupted,
+)
 from flyte_agent.settings import Settings
 from flyte_agent.worker_pool import DESTROY, UP, PriorityPool
 from infra.graph_service import GraphDataService, GraphDataServiceArgs, Placement, await_timeout_seconds
@@ -73,6 +81,15 @@ _TOMBSTONED = "graphfleet: tombstoned"
 # What the CLI prints when SIGINT/SIGTERM cancels an operation (pulumi pkg/backend/cancellation_scope.go,
 # v3.274.0: "^C received; cancelling." / "SIGTERM received; cancelling."): a drain, a rollout.
 _CANCELLED = "received; cancelling"
+# A READY stack's status read checks (and repairs) its record at most this often. The record only
+# needs repair after a lost concurrent tag write, and every read before READY repairs it; a READY read
+# otherwise costs one CLI call (`stack history`), and propeller polls every task every few seconds.
+_RECORD_CHECK_SECONDS = 300.0
+# Succeeded updates remembered (`_seen_up`): far more than the fleets one connector serves at once.
+_SEEN_UPS_MAX = 4096
+# How long close() lets cancelled CLI operations end gracefully (releasing their locks) before it kills
+# them: a cancelled `up` ends within seconds; one that ignores SIGINT would otherwise hold close() forever.
+_CLOSE_GRACE_SECONDS = 10.0
 # The `passphrase` secrets provider reads one of these; the CLI fails without them non-interactively.
 _PASSPHRASE_ENV = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
 
@@ -111,7 +128,7 @@ def fleet_program(provision: Provision, settings: Settings,
     def program() -> None:
         guard()
         # Upsert (pulumi-kubernetes PR 4278's opt-in) so a retried `up` after an interrupted one adopts
-        # what it created before `refresh --clear-pending-creates` dropped it from the state; safe
+        # what it created (left as pending creates, which are no resources of the state); safe
         # here because the stack alone owns these names (derived from its own) and never renames.
         provider = k8s.Provider("k8s", namespace=settings.namespace, kubeconfig=settings.kubeconfig,
                                 upsert_existing_objects=FLEET_UPSERT_EXISTING_OBJECTS)
@@ -144,7 +161,8 @@ class PulumiProvisioner:
         self._health = health or _default_health
         self._pods: PodReader | bool | None = pods  # None: made on first use; False: no cluster config
         self._clock = clock
-        self._liveness = Liveness(Backend(settings.backend_url), settings.heartbeat_seconds, clock)
+        self._liveness = replicas.Liveness(replicas.Backend(settings.backend_url), settings.heartbeat_seconds,
+                                           clock)
         self.consumers = consumers
         # One lease change of a stack at a time in this process (tag writes are read-modify-write).
         self._lease_locks: dict[str, threading.Lock] = {}
@@ -166,6 +184,8 @@ class PulumiProvisioner:
         self._lister = ThreadPoolExecutor(settings.max_concurrent_operations,
                                           thread_name_prefix="pulumi-list")
         self._jobs_lock = threading.Lock()
+        self._seen_ups: dict[str, _SeenUp] = {}  # by stack: what its latest succeeded update exported
+        self._observed: tuple[float, list[FleetInfo]] | None = None  # the sweep's last listing
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
         if settings.gc_interval_seconds > 0:
@@ -207,7 +227,19 @@ class PulumiProvisioner:
     def status(self, provision: Provision) -> Status:
         """The stack's status, and until READY its pods': their progress, and a fleet that cannot
         start (flyte_agent/pod_failures.py) fails now instead of after every `up` timed out."""
-        status = self._stack_status(provision)
+        try:
+            status = self._stack_status(provision)
+        except CommandError as err:
+            if not interrupted(err):
+                raise
+            # A CLI process of this read killed (its pod's OOM killer, an operator) or timed out: an error
+            # would reach propeller as a failed GetTask, which flyteplugins' webapi cache counts and
+            # never forgives (more than 5 fail the task); a phase still in progress costs nothing, and
+            # the next poll reads again.
+            log.warning("stack %s: status read interrupted: %s", provision.name, error_text(err))
+            return Status(Phase.UPDATING, message=(
+                f"data service {provision.name}: reading its status was interrupted ({error_text(err)}); "
+                "the next status read tries again"))
         if status.phase not in (Phase.QUEUED, Phase.UPDATING, Phase.FAILED):
             return status
         reader = self._pod_reader()
@@ -245,10 +277,10 @@ class PulumiProvisioner:
                     return self._gave_up_status(name, tags, destroyed=True)
                 return Status(Phase.FAILED, message=f"data service {provision.name} was deleted (an abort or "
                                                     "a teardown); it is not brought back")
-            tags = self._repaired_tags(stack, provision)
             last = history[0] if history else None
             if last is not None and last.kind == "update" and last.result == "succeeded":
-                return self._ready(stack)
+                return self._ready(stack, last, provision)
+            tags = self._repaired_tags(stack, provision)
             tried = stack_record.attempts(tags)
             last_error = tags.get(stack_record.TAG_LAST_ERROR, "")
             finished = sum(1 for entry in history if entry.kind == "update")
@@ -262,23 +294,16 @@ class PulumiProvisioner:
                 return self._gave_up_status(name, tags, destroyed=False)
             if self._expired(provision):
                 return self._expired_status(provision)
-            holder = None
-            if finished < tried:
-                holder = self._liveness.live_holder(stack_record.PROJECT, name,
-                                                    self._operation_timeout(provision))
+            holder = self._settle_locks(name, provision) if finished < tried else None
             if holder is not None:
                 # Round-robin GetTasks reach every replica: an `up` queued here would only fail on the
-                # lock of the one running (issue 8 item 11). A dead holder's lock beside it goes now, by
-                # its own file, or the live `up`'s successor would meet it. (With no live holder the
-                # dead lock is left to the retried `up`, which gives back the attempt it cost.)
-                self._liveness.break_dead_locks(stack_record.PROJECT, name,
-                                                self._operation_timeout(provision))
+                # lock of the one running (issue 8 item 11).
                 return Status(Phase.UPDATING, message=f"stack {name}: pulumi up attempt {tried} is running "
                                                       f"on {holder.hostname} (pid {holder.pid})")
             self._enqueue(provision)
             if finished < tried:
-                return Status(Phase.UPDATING, message=f"stack {name}: pulumi up attempt {tried} is running "
-                                                      "elsewhere or was interrupted; checking its lock")
+                return Status(Phase.UPDATING, message=f"stack {name}: pulumi up attempt {tried} was "
+                                                      "interrupted (its process died); it is started again")
             retry = f" after: {last_error}" if last_error else ""
             attempt = f"attempt {tried + 1} of {self.settings.max_attempts}"
             return Status(Phase.QUEUED, message=f"pulumi up queued for stack {name} ({attempt}){retry}")
@@ -442,13 +467,10 @@ class PulumiProvisioner:
     def _fleet_info(self, stack: auto.Stack, tags: Mapping[str, str],
                     history: Sequence[auto.UpdateSummary]) -> FleetInfo:
         last = history[0] if history else None
-        outputs: dict[str, Any] = {}
+        endpoints: list[str] = []
         if last is not None and last.kind == "update" and last.result == "succeeded":
             phase = Phase.READY
-            ws = stack.workspace
-            shown = self._command.run(["stack", "output", "--json", "--stack", stack.name], ws.work_dir,
-                                      ws.env_vars)
-            outputs = json.loads(shown.stdout)
+            endpoints = self._seen_up(stack, last).endpoints
         elif tags.get(stack_record.TAG_GAVE_UP) == "true":
             phase = Phase.FAILED
         else:
@@ -456,7 +478,6 @@ class PulumiProvisioner:
             phase = Phase.UPDATING if busy is None else busy.phase
         # The stack name is the fleet name (DNS-1123 names need no shortening to be stack names); the
         # first update's start is when the fleet was made; the replicas are known once it is up.
-        endpoints = list(outputs.get("endpoints") or [])
         return FleetInfo(
             name=stack.name, owner=tags.get(stack_record.TAG_OWNER, ""),
             execution=tags.get(stack_record.TAG_EXECUTION, ""),
@@ -465,6 +486,18 @@ class PulumiProvisioner:
             servers=cluster_servers(stack.name, self.settings.namespace, len(endpoints), endpoints),
             leases=sorted(leases.live(stack_record.leases_of(tags), self._clock())),
             message=tags.get(stack_record.TAG_LAST_ERROR, ""))
+
+    def observed_fleets(self) -> tuple[float, list[FleetInfo]] | None:
+        """The fleets as the sweep last listed them (after its gc pass), and when: the fleet gauges'
+        source, so a scrape starts no CLI process (a listing is one per stack, or two). None until the
+        first pass, and without a sweep (gc_interval_seconds 0)."""
+        return self._observed
+
+    def _observe(self) -> None:
+        try:
+            self._observed = (self._clock(), self.fleets())
+        except Exception:  # noqa: BLE001 - the gauges keep the last listing, its age says how old
+            log.exception("listing the fleets for the fleet gauges failed")
 
     def drain(self, timeout: float) -> None:
         """On SIGTERM (a rollout, an eviction): start nothing new, cancel every running CLI operation
@@ -479,9 +512,11 @@ class PulumiProvisioner:
             time.sleep(0.1)
 
     def close(self) -> None:
-        """Stop the sweep thread and wait for running Pulumi operations."""
+        """Stop the sweep thread, cancel running Pulumi operations (killing what ignores the cancel after
+        `_CLOSE_GRACE_SECONDS`) and wait for the workers, which then start no new operation."""
         self._stop.set()
         self._liveness.stop()
+        self._command.close(_CLOSE_GRACE_SECONDS)
         if self._sweeper is not None:
             self._sweeper.join(timeout=5)
         self._pool.close()
@@ -636,26 +671,32 @@ class PulumiProvisioner:
                     return
                 tags = stack.list_tags()
                 tried = stack_record.attempts(tags)
+                if sum(1 for entry in history if entry.kind == "update") < tried:
+                    # The last counted attempt has no result: it runs on a live replica, or it died with
+                    # its replica or CLI (killed, evicted), which is no failure of the fleet: given back,
+                    # this attempt takes its place.
+                    if self._settle_locks(name, provision) is not None:
+                        return
+                    tried -= 1
                 if tried >= self.settings.max_attempts:
-                    self._settle(stack, provision)
+                    stack.set_tag(stack_record.TAG_GAVE_UP, "true")
                     return
                 stack.set_tag(stack_record.TAG_ATTEMPTS, str(tried + 1))
                 try:
                     self._up(stack, tags)
                 except ConcurrentUpdateError:
-                    # Not an attempt of ours: give it back, then see whether the holder is dead.
-                    stack.set_tag(stack_record.TAG_ATTEMPTS, str(tried))
-                    if not self._clear_dead_locks(stack, provision):
+                    # A lock the settling above did not see (another process's, taken since): if its
+                    # holder is alive this is no attempt of ours (given back); if dead, it is removed and
+                    # this attempt goes ahead.
+                    if self._settle_locks(name, provision) is not None:
+                        stack.set_tag(stack_record.TAG_ATTEMPTS, str(tried))
                         return
-                    # The dead holder's attempt (counted in `tried`) died with its replica or CLI: it
-                    # did not fail, so it is given back and this one counts instead.
-                    stack.set_tag(stack_record.TAG_ATTEMPTS, str(max(tried, 1)))
                     self._up(stack, tags)
                 except CommandError as err:
-                    if _CANCELLED not in cli_output(err) and KILLED not in cli_output(err):
+                    if not any(mark in cli_output(err) for mark in (_CANCELLED, KILLED, NOT_STARTED)):
                         raise
-                    # Cancelled (a drain, a rollout) or killed from outside, not failed: the attempt is
-                    # given back.
+                    # Cancelled (a drain, a rollout, close()) or killed from outside, not failed: the
+                    # attempt is given back.
                     stack.set_tag(stack_record.TAG_ATTEMPTS, str(tried))
                     log.info("stack %s: pulumi up was cancelled or killed; the next status read starts it "
                              "again", name)
@@ -663,40 +704,23 @@ class PulumiProvisioner:
             if _TOMBSTONED in cli_output(err):
                 log.info("stack %s: deleted before its queued up ran; nothing created", name)
                 return
+            if NOT_STARTED in cli_output(err):  # an attempt without a result: the next one takes its place
+                log.info("stack %s: pulumi up not started; this connector is shutting down", name)
+                return
             log.warning("stack %s: pulumi up failed: %s", name, error_text(err))
             self._record_error(provision, error_text(err))
         except Exception as err:  # noqa: BLE001 - a worker must record every failure on the stack
             log.exception("stack %s: converge failed", name)
             self._record_error(provision, stack_record.clip(f"{type(err).__name__}: {err}"))
 
-    def _settle(self, stack: auto.Stack, provision: Provision) -> None:
-        """Attempts are used up but the last one has no result: if its process died holding the lock, it
-        is given back; else (once nobody holds the lock) give up. The refresh is the lock probe; it
-        keeps pending creates, which the give-up's destroy adopts (flyte_agent/pending_creates.py)."""
-        try:
-            stack.refresh(on_output=_debug)
-        except ConcurrentUpdateError:
-            if not self._clear_dead_locks(stack, provision):
-                return  # the last attempt is still running on a live replica
-            # It died with its replica or CLI (killed, evicted): not a failure of the fleet, so it is
-            # given back and the next status read starts another.
-            stack.set_tag(stack_record.TAG_ATTEMPTS, str(self.settings.max_attempts - 1))
-            return
-        stack.set_tag(stack_record.TAG_GAVE_UP, "true")
-
-    def _clear_dead_locks(self, stack: auto.Stack, provision: Provision | None,
-                          clear_pending_creates: bool = True) -> bool:
-        """Remove the lock files of dead holders (never `cancel`, which removes live ones too) and, before
-        a retried `up` (whose provider upserts what they made), the pending creates their operations
-        left; False while a live holder keeps the stack locked. The real `up` would carry those pending
-        creates on with a warning (pulumi pkg/resource/deploy/deployment_executor.go, v3.274.0)."""
-        if not self._liveness.break_dead_locks(stack_record.PROJECT, stack.name,
-                                               self._operation_timeout(provision)):
-            return False
-        if not clear_pending_creates:
-            return True
-        stack.refresh(clear_pending_creates=True, on_output=_debug)
-        return True
+    def _settle_locks(self, name: str, provision: Provision | None) -> replicas.LockFile | None:
+        """The one lock step (flyte_agent/replicas.py `Liveness.settle`): dead holders' lock files go, a
+        live holder's lock is returned, never broken. Pending creates a dead `up` left stay in the state:
+        the next `up` carries them over (pulumi pkg/backend/journal.go, v3.274.0) and its provider
+        upserts their objects, and a destroy adopts them (flyte_agent/pending_creates.py). Clearing them
+        (`refresh --clear-pending-creates`) left a window where a replica dying before its `up` lost
+        them from every record."""
+        return self._liveness.settle(stack_record.PROJECT, name, self._operation_timeout(provision))
 
     def _up(self, stack: auto.Stack, tags: Mapping[str, str]) -> None:
         # Pending operations left by an interrupted `up` do not stop this one: the CLI warns and
@@ -892,7 +916,7 @@ class PulumiProvisioner:
             self._adopt_pending_creates(stack)
             stack.destroy(on_output=_debug, on_error=_debug)
         except ConcurrentUpdateError:
-            if not self._clear_dead_locks(stack, provision, clear_pending_creates=False):
+            if self._settle_locks(stack.name, provision) is not None:
                 raise
             self._adopt_pending_creates(stack)
             stack.destroy(on_output=_debug, on_error=_debug)
@@ -907,13 +931,15 @@ class PulumiProvisioner:
                         stack.name)
             stack.import_stack(auto.Deployment(version=exported.version, deployment=adopted))
 
-    def _ready(self, stack: auto.Stack) -> Status:
-        # One `stack output` call, where the API's outputs() makes two (masked and plain, to flag
-        # secrets): the endpoints are never secret.
-        ws = stack.workspace
-        shown = self._command.run(["stack", "output", "--json", "--stack", stack.name], ws.work_dir,
-                                  ws.env_vars)
-        endpoints = list(json.loads(shown.stdout).get("endpoints") or [])
+    def _ready(self, stack: auto.Stack, last: auto.UpdateSummary, provision: Provision) -> Status:
+        """A stack whose last update succeeded: READY once its endpoints answer. After the first such read,
+        one CLI call (the history that showed the success): the endpoints are that update's, and the
+        record was checked (and repaired) within `_RECORD_CHECK_SECONDS`."""
+        seen = self._seen_up(stack, last)
+        if time.monotonic() - seen.record_checked >= _RECORD_CHECK_SECONDS:
+            self._repaired_tags(stack, provision)
+            seen.record_checked = time.monotonic()
+        endpoints = seen.endpoints
         if not endpoints:
             return Status(Phase.FAILED, message=f"stack {stack.name}: pulumi up succeeded but exported no "
                                                 "endpoints; the fleet program is broken")
@@ -924,6 +950,28 @@ class PulumiProvisioner:
                     f"stack {stack.name} is up but {len(down)} endpoint(s) do not answer gRPC health "
                     f"SERVING yet: {', '.join(down)}"))
         return Status(Phase.READY, endpoints, message=f"stack {stack.name} is up")
+
+    def _seen_up(self, stack: auto.Stack, last: auto.UpdateSummary) -> _SeenUp:
+        """What this process knows of the succeeded update `last` (the stack's latest history entry): its
+        endpoints, read once. A stack's outputs change only by an operation, which would be a newer
+        history entry (a destroy: a tombstone), so they are that update's for good."""
+        update = (last.start_time, last.end_time)
+        with self._jobs_lock:
+            seen = self._seen_ups.get(stack.name)
+        if seen is not None and seen.update == update:
+            return seen
+        # One `stack output` call, where the API's outputs() makes two (masked and plain, to flag
+        # secrets): the endpoints are never secret.
+        ws = stack.workspace
+        shown = self._command.run(["stack", "output", "--json", "--stack", stack.name], ws.work_dir,
+                                  ws.env_vars)
+        seen = _SeenUp(update, list(json.loads(shown.stdout).get("endpoints") or []), record_checked=0.0)
+        with self._jobs_lock:
+            self._seen_ups.pop(stack.name, None)
+            self._seen_ups[stack.name] = seen
+            while len(self._seen_ups) > _SEEN_UPS_MAX:  # oldest first: fleets long gone
+                del self._seen_ups[next(iter(self._seen_ups))]
+        return seen
 
     @contextmanager
     def _workspace(self, provision: Provision | None,
@@ -963,6 +1011,16 @@ class PulumiProvisioner:
             else:
                 if removed:
                     log.info("garbage-collected expired fleets: %s", ", ".join(removed))
+            self._observe()
+
+
+@dataclass
+class _SeenUp:
+    """A succeeded update of a stack, as this process read it (`_seen_up`)."""
+
+    update: tuple[Any, Any]  # the history entry's start and end time: which update
+    endpoints: list[str]
+    record_checked: float  # time.monotonic() of the last record check on a READY read (0: none yet)
 
 
 class _UnselectedWorkspace(auto.LocalWorkspace):

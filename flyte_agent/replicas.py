@@ -138,33 +138,24 @@ class Liveness:
         self._thread = threading.Thread(target=self._beat, name="graphfleet-heartbeat", daemon=True)
         self._thread.start()
 
-    def break_dead_locks(self, project: str, stack: str, unknown_after: float) -> bool:
-        """Delete the stack's lock files whose holders are dead; True when no lock is left.
-        `unknown_after`: the age at which a lock from a host with no heartbeat counts as dead."""
+    def settle(self, project: str, stack: str, unknown_after: float) -> LockFile | None:
+        """Settle the stack's locks: delete the lock files whose holders are dead (by `holder_dead`, each
+        by its own file, never `cancel`) and return a lock whose holder is alive, if any (None: the stack
+        is free). The one step every path that meets a lock takes: a status read, a retried `up`, a
+        destroy. `unknown_after`: the age at which a lock from a host with no heartbeat counts as dead."""
         held = self.backend.lock_files(project, stack)
         if not held:
-            return True
-        beats = self.backend.heartbeats()
-        now = self._clock()
-        alive = False
+            return None
+        beats, now = self.backend.heartbeats(), self._clock()
+        live = None
         for lock in held:
             if holder_dead(lock, beats, self.me, now, self.stale_after, unknown_after, cli_alive):
                 log.warning("stack %s: removing the lock of a dead holder (pid %s on %s)", stack, lock.pid,
                             lock.hostname)
                 self.backend.remove(lock.path)
-            else:
-                alive = True
-        return not alive
-
-    def live_holder(self, project: str, stack: str, unknown_after: float) -> LockFile | None:
-        """A lock of the stack whose holder is alive (by `holder_dead`), if any: reads only, so a status
-        read can tell an operation in flight on any replica without a CLI call."""
-        held = self.backend.lock_files(project, stack)
-        if not held:
-            return None
-        beats, now = self.backend.heartbeats(), self._clock()
-        return next((lock for lock in held if not holder_dead(lock, beats, self.me, now, self.stale_after,
-                                                              unknown_after, cli_alive)), None)
+            elif live is None:
+                live = lock
+        return live
 
     def stop(self) -> None:
         self._stop.set()

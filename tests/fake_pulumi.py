@@ -37,7 +37,9 @@ Every call is appended to `fake/calls.jsonl`. Faults are scripted per stack in `
 `hang` registers the resources (as pending creates) and then sleeps until cancelled (SIGINT/SIGTERM,
 see `Cancelled`) or killed, like an `up` waiting for a StatefulSet that never becomes ready; `wedge`
 does the same but ignores SIGINT/SIGTERM (only SIGKILL ends it), which leaves a stale lock.
-`{"up-start": ["die"]}` SIGKILLs an `up` before it takes the lock.
+`{"up-start": ["die"]}` SIGKILLs an `up` before it takes the lock (`{"history": ["die"]}` a `stack
+history`); `kill-connector-when-free` does so
+to the connector process that started it too, at the first `up` that finds the stack unlocked.
 `sleep:<seconds>;<fault>` holds the stack's lock that long first, like a destroy waiting for pods to
 terminate (`sleep:5;ok`, `sleep:5;fail:...`).
 `until:<path>;<fault>` holds it until the file `path` exists (at most 120 s), so a test decides when
@@ -56,7 +58,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -66,6 +68,9 @@ from typing import Any
 VERSION = "3.272.0"
 _TIME = "%Y-%m-%dT%H:%M:%S.000Z"
 _EXIT_ERROR = 255
+# An `up-start` fault: SIGKILL the calling connector process and this CLI, once the stack has no lock
+# file (the connector has settled the locks and is starting its own `up`).
+_KILL_WHEN_FREE = "kill-connector-when-free"
 
 
 class CliError(Exception):
@@ -131,9 +136,10 @@ class Backend:
         with self.state() as data:
             return data
 
-    def next_fault(self, stack: str, op: str) -> str:
-        """The op's next scripted fault, after its scripted delay (`sleep:` or `until:`) has passed."""
-        fault = self._pop_fault(stack, op)
+    def next_fault(self, stack: str, op: str, when: Callable[[str], bool] = lambda fault: True) -> str:
+        """The op's next scripted fault, after its scripted delay (`sleep:` or `until:`) has passed; a
+        fault for which `when` is false stays queued and this call gets "ok"."""
+        fault = self._pop_fault(stack, op, when)
         if fault.startswith("sleep:"):
             seconds, _, fault = fault.removeprefix("sleep:").partition(";")
             time.sleep(float(seconds))
@@ -144,13 +150,13 @@ class Backend:
                 time.sleep(0.05)
         return fault or "ok"
 
-    def _pop_fault(self, stack: str, op: str) -> str:
+    def _pop_fault(self, stack: str, op: str, when: Callable[[str], bool]) -> str:
         with open(self.root / "state.lock", "a") as guard:
             fcntl.flock(guard, fcntl.LOCK_EX)
             path = self.root / "faults.json"
             faults = json.loads(path.read_text()) if path.exists() else {}
             queue = faults.get(stack, {}).get(op, [])
-            fault = queue.pop(0) if queue else "ok"
+            fault = queue.pop(0) if queue and when(queue[0]) else "ok"
             _write_whole(path, json.dumps(faults))
             return fault
 
@@ -423,6 +429,11 @@ class Cli:
         return "Import complete."
 
     def history(self, name: str, page_size: str | None) -> str:
+        """`stack history --json`, newest first, each entry with the real `updateInfoJSON`'s fields
+        (no outputs, no tags; times to the second: pulumi pkg/cmd/pulumi/stack/stack_history.go
+        `buildUpdatesJSON`, v3.274.0)."""
+        if self.backend.next_fault(name, "history") == "die":
+            os.kill(os.getpid(), signal.SIGKILL)  # a read killed from outside (its pod's OOM killer)
         with self.backend.state() as data:
             entries = list(reversed(_get(data, name)["history"]))
         return json.dumps(entries[: int(page_size)] if page_size else entries)
@@ -509,8 +520,13 @@ class Cli:
 
     def up(self, name: str, client: str | None) -> str:
         self.check_secrets_manager(name)
-        if self.backend.next_fault(name, "up-start") == "die":
+        start = self.backend.next_fault(name, "up-start", when=lambda f: f != _KILL_WHEN_FREE
+                                        or not locks(self.url, name))
+        if start == "die":
             os.kill(os.getpid(), signal.SIGKILL)  # killed from outside before it took the lock (OOM, a pod)
+        if start == _KILL_WHEN_FREE:  # the connector's pod dies, taking this CLI with it
+            os.kill(os.getppid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGKILL)
         self._begin(name, "update")
         _cancel_on_signal()
         base_pending = self._warn_pending(name)

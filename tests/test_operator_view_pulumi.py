@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -15,6 +16,7 @@ from flyte_agent.connector import fleet_links
 from flyte_agent.log_links import LogTemplate
 from flyte_agent.metrics import FleetCollector
 from flyte_agent.provisioner import Phase, ServerPhase
+from tests import fake_pulumi
 from tests.test_pulumi_provisioner import backend, make, ready_fleet, settings  # noqa: F401
 
 DASHBOARD = LogTemplate(displayName="Kubernetes", templateUris=[
@@ -46,7 +48,7 @@ def test_listing_links_and_gauges_of_pulumi_fleets(backend: tuple[str, Path], ma
     assert links[1].name.startswith("pulumi operation (") and "container=connector" in links[1].uri
 
     registry = CollectorRegistry()
-    registry.register(FleetCollector("pulumi", provisioner.fleets))
+    registry.register(FleetCollector("pulumi", lambda: (time.time(), provisioner.fleets())))
     assert registry.get_sample_value("graphfleet_fleets", {"backend": "pulumi", "phase": "ready"}) == 2
     assert registry.get_sample_value("graphfleet_fleets", {"backend": "pulumi", "phase": "failed"}) == 0
 
@@ -71,3 +73,33 @@ def test_listing_links_and_gauges_of_pulumi_fleets(backend: tuple[str, Path], ma
     assert provisioner.fleets() == []
     assert REGISTRY.get_sample_value("graphfleet_gc_collected_total",
                                      {"backend": "pulumi"}) == collected + len(expected)
+
+
+def test_scrapes_start_no_cli_process_and_say_how_old_the_fleet_gauges_are(
+        backend: tuple[str, Path], make) -> None:  # noqa: F811
+    """The gauges were a listing made on the scrape (a `stack tag ls` and `stack history` per stack,
+    and `stack output` per ready one, every 60 s of scrapes): now they are the sweep's last listing,
+    made after its gc pass, and a scrape reads it with its age."""
+    url, _ = backend
+    provisioner = make()
+    for name in ("gf-gauge-a", "gf-gauge-b"):
+        ready_fleet(provisioner, name)
+    assert provisioner.observed_fleets() is None  # no sweep here: nothing observed, nothing listed
+    registry = CollectorRegistry()
+    registry.register(FleetCollector("pulumi", provisioner.observed_fleets))
+    assert registry.get_sample_value("graphfleet_fleets", {"backend": "pulumi", "phase": "ready"}) is None
+
+    swept = make(gc_interval_seconds=0.2)
+    deadline = time.monotonic() + 60
+    while (swept.observed_fleets() or (0, []))[1] == []:
+        assert time.monotonic() < deadline, "the sweep never listed the fleets"
+        time.sleep(0.1)
+    swept.close()  # the sweep stops: from here on only scrapes could start CLI processes
+    registry = CollectorRegistry()
+    registry.register(FleetCollector("pulumi", swept.observed_fleets))
+    before = len(fake_pulumi.calls(url))
+    for _ in range(5):
+        assert registry.get_sample_value("graphfleet_fleets", {"backend": "pulumi", "phase": "ready"}) == 2
+        age = registry.get_sample_value("graphfleet_fleets_age_seconds", {"backend": "pulumi"})
+        assert age is not None and 0 <= age < 60
+    assert len(fake_pulumi.calls(url)) == before, "a scrape started pulumi CLI processes"

@@ -7,21 +7,25 @@ locking, retry and recovery logic.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from flyteidl.core.execution_pb2 import TaskExecution
 from pulumi.automation.errors import CommandError
 
-from flyte_agent import pulumi_provisioner
+from flyte_agent import connector, pulumi_provisioner
 from flyte_agent import stack_record as names
+from flyte_agent.connector import DataServiceConnector, FleetMeta
 from flyte_agent.gc import collect
 from flyte_agent.provisioner import DestroyInProgress, InvalidFleetName, NotOwner, Phase, Provision, Status
 from flyte_agent.pulumi_cli import TimedPulumiCommand
@@ -136,7 +140,8 @@ def test_a_lock_conflict_names_its_holder() -> None:
 # -- through the fake CLI -------------------------------------------------------------------------
 
 
-def test_create_get_delete_call_sequence_and_endpoints(backend: tuple[str, Path], make) -> None:
+def test_create_get_delete_call_sequence_and_endpoints(backend: tuple[str, Path], make,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     url, _ = backend
     provisioner = make()
     p = provision("fleet-a")
@@ -167,12 +172,29 @@ def test_create_get_delete_call_sequence_and_endpoints(backend: tuple[str, Path]
                      "kubernetes:policy/v1:PodDisruptionBudget", "pulumi:providers:kubernetes"]
     assert stack["tags"][names.TAG_OWNER] == "proj/dev"
 
+    # Polled by every GetTask: a READY fleet's read is one CLI call. A replica's first READY read also
+    # reads the endpoints (the update's for good) and the record (restored if a tag was lost).
     start = len(fake_pulumi.calls(url))
-    assert provisioner.status(p).phase is Phase.READY
-    assert [shape(c) for c in calls_for(url, "fleet-a", start)] == [  # polled: three CLI calls per read
+    other = make()
+    for replica in (other, other, provisioner):
+        assert replica.status(p).endpoints == status.endpoints
+    assert [shape(c) for c in calls_for(url, "fleet-a", start)] == [
         "stack history --json --stack fleet-a",
-        "stack tag ls --json --stack fleet-a",  # the record, restored if a tag was lost
         "stack output --json --stack fleet-a",
+        "stack tag ls --json --stack fleet-a",
+        "stack history --json --stack fleet-a",
+        "stack history --json --stack fleet-a",
+    ]
+    # ...and the record is checked again, and repaired, at most _RECORD_CHECK_SECONDS later.
+    start = len(fake_pulumi.calls(url))
+    with fake_pulumi.Backend(fake_pulumi.state_dir(url)).state() as data:
+        del data["stacks"]["fleet-a"]["tags"][names.TAG_EXECUTION]  # lost to a concurrent tag write
+    monkeypatch.setattr(pulumi_provisioner, "_RECORD_CHECK_SECONDS", 0.0)
+    assert other.status(p).phase is Phase.READY
+    assert [shape(c) for c in calls_for(url, "fleet-a", start)] == [
+        "stack history --json --stack fleet-a",
+        "stack tag ls --json --stack fleet-a",
+        "stack tag set graphfleet:execution exec-fleet-a --stack fleet-a",
     ]
 
     start = len(fake_pulumi.calls(url))
@@ -359,6 +381,56 @@ def test_an_interrupt_reaches_the_up_while_other_calls_run_on_its_stack(backend:
         with pytest.raises(CommandError, match="canceled"):
             up.result(timeout=WAIT_LIMIT)
     assert fake_pulumi.locks(url, "fleet-i") == []  # a graceful cancel releases the lock
+
+
+@pytest.mark.parametrize("fault", ["hang", "wedge"])
+def test_close_stops_a_running_up_within_a_bounded_time(backend: tuple[str, Path], make, fault: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() waited for every running operation: a hanging `up` held it (and the test fixture that
+    calls it) for as long as the `up` ran, and a killed test run left `fake_pulumi.py up` behind. It
+    cancels them now (SIGINT), and kills a CLI that ignores the cancel (`wedge`) after a grace."""
+    url, _ = backend
+    monkeypatch.setattr(pulumi_provisioner, "_CLOSE_GRACE_SECONDS", 1.0)
+    fake_pulumi.script_faults(url, "fleet-close", up=[fault])
+    provisioner = make(max_attempts=1)
+    p = provision("fleet-close")
+    provisioner.create(p)
+    deadline = time.monotonic() + WAIT_LIMIT
+    while not fake_pulumi.locks(url, "fleet-close"):
+        assert time.monotonic() < deadline, "the up never took the lock"
+        time.sleep(0.1)
+    [cli_pid] = [lock["pid"] for lock in fake_pulumi.locks(url, "fleet-close")]
+    closing = threading.Thread(target=provisioner.close, daemon=True)
+    closing.start()
+    closing.join(timeout=WAIT_LIMIT)
+    try:
+        assert not closing.is_alive(), "close() is still waiting for the hanging up"
+        assert not _pid_alive(cli_pid), "the up's CLI outlived close()"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(cli_pid, signal.SIGKILL)
+    # Stopped, not failed: the attempt is given back, and another replica brings the fleet up (a
+    # killed CLI's lock is a dead holder's).
+    assert wait(make(max_attempts=1), p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+
+
+def test_a_status_read_killed_mid_way_answers_get_task_in_progress(backend: tuple[str, Path], make,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen in the 32-fleet chaos run: a CLI process of GetTask's status read was killed, the exception
+    reached flytekit's server and propeller got gRPC INTERNAL, a sync failure flyteplugins' webapi cache
+    counts for good (more than 5 fail the task: flyteplugins v1.16 internal/webapi/cache.go
+    SyncResource). A read that was interrupted is answered as still in progress, and said so."""
+    url, _ = backend
+    provisioner = make()
+    p = ready_fleet(provisioner, "fleet-kr")
+    monkeypatch.setattr(connector.backend, "_made", (provisioner.settings, provisioner))
+    meta = FleetMeta(name=p.name, spec=p.spec.to_custom(), owner=p.owner, execution=p.execution,
+                     created_at=p.created_at)
+    fake_pulumi.script_faults(url, "fleet-kr", history=["die"])
+    answer = DataServiceConnector()._get(meta)
+    assert answer.phase == TaskExecution.INITIALIZING, answer
+    assert "reading its status was interrupted" in answer.message and "SIGKILL" in answer.message
+    assert DataServiceConnector()._get(meta).phase == TaskExecution.SUCCEEDED  # the next poll
 
 
 def test_failing_destroy_raises_and_keeps_the_stack(backend: tuple[str, Path], make) -> None:
@@ -608,17 +680,50 @@ def test_connector_killed_mid_update_is_finished_by_a_fresh_process(backend: tup
     url, _ = backend
     # One attempt allowed: the killed one did not fail, it died with its replica, so it is given back.
     cli_pid = kill_mid_update(backend, "fleet-k", max_attempts=1)
+    start = len(fake_pulumi.calls(url))
     fresh = make(max_attempts=1)
     p = provision("fleet-k")
-    # Recovery clears the pending creates (the objects stay in the cluster), so the retried up creates
-    # objects that exist: it succeeds only because fleet stacks upsert (pulumi-kubernetes >= 4.29).
+    # The retried up creates objects that exist (the dead up's pending creates): it succeeds only
+    # because fleet stacks upsert (pulumi-kubernetes >= 4.29).
     assert wait(fresh, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
     stack = fake_pulumi.stacks(url)["fleet-k"]
-    assert fake_pulumi.locks(url, "fleet-k") == [] and stack["pending"] == []
+    assert fake_pulumi.locks(url, "fleet-k") == []
+    # One lock step (flyte_agent/replicas.py `settle`) before the up: the dead lock went by its file, so
+    # one `up` ran (not one that met the lock and a second), and no refresh cleared the pending creates.
+    ran = [c[0] for c in calls_for(url, "fleet-k", start) if c[0] in ("up", "refresh", "cancel")]
+    assert ran == ["up"], ran
+    assert stack["pending"], "the dead up's pending creates are carried over, as the real up does"
     fresh.delete(p.name, p.owner)
     assert live(url) == []
     assert fake_pulumi.cluster(url) == {}, "the destroy left objects in the cluster"
     assert not _pid_alive(cli_pid), "the killed CLI is still running"
+
+
+def test_a_replica_killed_right_before_its_recovering_up_leaves_nothing_unrecorded(
+        backend: tuple[str, Path], make) -> None:
+    """Review finding (issue 8 item 6): recovery ran `refresh --clear-pending-creates` and then `up`; a
+    replica dying between the two left the dead up's objects in no state, and a later destroy (an
+    abort, gc) left them running. Now nothing clears them: the pending creates stay in the state until
+    an `up` adopts their objects or a destroy deletes them."""
+    url, _ = backend
+    kill_mid_update(backend, "fleet-w")
+    made = set(fake_pulumi.cluster(url))
+    assert any(key.startswith("kubernetes:apps/v1:StatefulSet:") for key in made), made
+    # Replica B takes the fleet over and dies (its pod, with the CLI) as its `up` starts on the freed
+    # stack: after the locks were settled, before anything new was created.
+    fake_pulumi.script_faults(url, "fleet-w", **{"up-start": ["kill-connector-when-free"]})
+    script = _CONNECTOR.format(root=str(ROOT), settings=settings(backend).model_dump_json(), name="fleet-w")
+    child = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert child.wait(timeout=WAIT_LIMIT) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    assert fake_pulumi.locks(url, "fleet-w") == []
+    p = provision("fleet-w")
+    make().delete(p.name, p.owner, abort=True)  # the task is aborted; no replica ran its up again
+    assert fake_pulumi.cluster(url) == {}, "objects of the interrupted create outlived the destroy"
 
 
 def test_an_up_killed_from_outside_before_it_locks_does_not_use_up_an_attempt(backend: tuple[str, Path],

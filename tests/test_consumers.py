@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +30,7 @@ from flyte_agent.consumers import (
     local_run,
 )
 from tests.control_plane import CONTROL_PLANE_TOOLS, ControlPlane, needs_tools
+from tests.test_pulumi_provisioner import backend  # noqa: F401
 
 RUNNING, ENDED, SUCCEEDED, UNKNOWN = (Execution.RUNNING, Execution.ENDED, Execution.SUCCEEDED,
                                       Execution.UNKNOWN)
@@ -195,3 +197,32 @@ def test_createtask_fails_an_execution_the_connector_cannot_see_and_creates_noth
     refused = served._get(meta)
     assert refused.phase == TaskExecution.FAILED
     assert "no running FlyteWorkflow 'run-elsewhere' in namespace 'proj-dev'" in refused.message
+
+
+@needs_tools(*CONTROL_PLANE_TOOLS)
+def test_an_abort_during_training_frees_the_fleet_at_the_next_gc_not_at_its_ttl(
+        flyte_cluster: ControlPlane, backend: tuple[str, Any]) -> None:  # noqa: F811
+    """The whole path on a real apiserver: the data-service task has succeeded (no DeleteTask comes),
+    training runs, FlyteAdmin's abort deletes the FlyteWorkflow; gc, probing it, destroys the fleet."""
+    import dataclasses
+
+    from flyte_agent.provisioner import Phase
+    from flyte_agent.pulumi_provisioner import PulumiProvisioner
+    from tests import fake_pulumi
+    from tests.test_pulumi_provisioner import provision, settings, wait
+
+    workflow = _workflow(flyte_cluster, "run-train", 1, finalizer=True)
+    probe = FlyteExecutions(str(flyte_cluster.kubeconfig), "{project}-{domain}")
+    provisioner = PulumiProvisioner(settings(backend), consumers=probe)
+    try:
+        fleet = dataclasses.replace(provision("gf-train", replicas=1), execution="proj/dev/run-train/n0")
+        provisioner.create(fleet)
+        assert wait(provisioner, fleet, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+        assert provisioner.gc(time.time()) == []  # training runs: kept, hours before its TTL
+
+        r = flyte_cluster.request("DELETE", workflow, {"propagationPolicy": "Background"})
+        assert r.status_code in (200, 202), r.text
+        assert provisioner.gc(time.time()) == ["gf-train"]  # still being aborted: already ended
+        assert "gf-train" not in fake_pulumi.stacks(backend[0])
+    finally:
+        provisioner.close()

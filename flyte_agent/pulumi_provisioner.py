@@ -28,6 +28,7 @@ import pkgutil
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -283,25 +284,25 @@ class PulumiProvisioner:
             tags = self._repaired_tags(stack, provision)
             tried = stack_record.attempts(tags)
             last_error = tags.get(stack_record.TAG_LAST_ERROR, "")
-            finished = sum(1 for entry in history if entry.kind == "update")
-            if tags.get(stack_record.TAG_GAVE_UP) == "true" or (tried >= self.settings.max_attempts
-                                                           and finished >= tried):
+            ended = stack_record.last_attempt_ended(tags, [(e.kind, e.message) for e in history])
+            gave_up = tags.get(stack_record.TAG_GAVE_UP) == "true"
+            if gave_up or (tried >= self.settings.max_attempts and ended):
                 # Destroy on give-up: propeller calls DeleteTask only on abort, so a FAILED fleet's
                 # half-made objects would otherwise run until its expiry.
-                if tags.get(stack_record.TAG_GAVE_UP) != "true":
+                if not gave_up:
                     stack.set_tag(stack_record.TAG_GAVE_UP, "true")
                 self._start_destroy(name, None)
                 return self._gave_up_status(name, tags, destroyed=False)
             if self._expired(provision):
                 return self._expired_status(provision)
-            holder = self._settle_locks(name, provision) if finished < tried else None
+            holder = self._settle_locks(name, provision) if not ended else None
             if holder is not None:
                 # Round-robin GetTasks reach every replica: an `up` queued here would only fail on the
                 # lock of the one running (issue 8 item 11).
                 return Status(Phase.UPDATING, message=f"stack {name}: pulumi up attempt {tried} is running "
                                                       f"on {holder.hostname} (pid {holder.pid})")
             self._enqueue(provision)
-            if finished < tried:
+            if not ended:
                 return Status(Phase.UPDATING, message=f"stack {name}: pulumi up attempt {tried} was "
                                                       "interrupted (its process died); it is started again")
             retry = f" after: {last_error}" if last_error else ""
@@ -671,7 +672,8 @@ class PulumiProvisioner:
                     return
                 tags = stack.list_tags()
                 tried = stack_record.attempts(tags)
-                if sum(1 for entry in history if entry.kind == "update") < tried:
+                before = tags.get(stack_record.TAG_ATTEMPTS, "0")  # what a give-back restores
+                if not stack_record.last_attempt_ended(tags, [(e.kind, e.message) for e in history]):
                     # The last counted attempt has no result: it runs on a live replica, or it died with
                     # its replica or CLI (killed, evicted), which is no failure of the fleet: given back,
                     # this attempt takes its place.
@@ -681,23 +683,23 @@ class PulumiProvisioner:
                 if tried >= self.settings.max_attempts:
                     stack.set_tag(stack_record.TAG_GAVE_UP, "true")
                     return
-                stack.set_tag(stack_record.TAG_ATTEMPTS, str(tried + 1))
+                attempt = uuid.uuid4().hex[:12]
+                stack.set_tag(stack_record.TAG_ATTEMPTS, stack_record.attempt_tag(tried + 1, attempt))
                 try:
-                    self._up(stack, tags)
+                    self._up_or_settle(stack, tags, attempt, provision)
                 except ConcurrentUpdateError:
-                    # A lock the settling above did not see (another process's, taken since): if its
-                    # holder is alive this is no attempt of ours (given back); if dead, it is removed and
-                    # this attempt goes ahead.
-                    if self._settle_locks(name, provision) is not None:
-                        stack.set_tag(stack_record.TAG_ATTEMPTS, str(tried))
-                        return
-                    self._up(stack, tags)
+                    # A live holder took the lock first: no attempt of ours (given back).
+                    stack.set_tag(stack_record.TAG_ATTEMPTS, before)
                 except CommandError as err:
                     if not any(mark in cli_output(err) for mark in (_CANCELLED, KILLED, NOT_STARTED)):
+                        # Failed: this attempt has ended, even where the CLI failed before it took the
+                        # lock and so wrote no history entry.
+                        stack.set_tag(stack_record.TAG_ATTEMPTS,
+                                      stack_record.attempt_tag(tried + 1, attempt, failed=True))
                         raise
                     # Cancelled (a drain, a rollout, close()) or killed from outside, not failed: the
                     # attempt is given back.
-                    stack.set_tag(stack_record.TAG_ATTEMPTS, str(tried))
+                    stack.set_tag(stack_record.TAG_ATTEMPTS, before)
                     log.info("stack %s: pulumi up was cancelled or killed; the next status read starts it "
                              "again", name)
         except CommandError as err:
@@ -722,11 +724,22 @@ class PulumiProvisioner:
         them from every record."""
         return self._liveness.settle(stack_record.PROJECT, name, self._operation_timeout(provision))
 
-    def _up(self, stack: auto.Stack, tags: Mapping[str, str]) -> None:
+    def _up_or_settle(self, stack: auto.Stack, tags: Mapping[str, str], attempt: str,
+                      provision: Provision) -> None:
+        """`up`; on a lock the settling before it did not see (another process's, taken since): if its
+        holder is dead, it is removed and the `up` runs again; if alive, ConcurrentUpdateError."""
+        try:
+            self._up(stack, tags, attempt)
+        except ConcurrentUpdateError:
+            if self._settle_locks(stack.name, provision) is not None:
+                raise
+            self._up(stack, tags, attempt)
+
+    def _up(self, stack: auto.Stack, tags: Mapping[str, str], attempt: str) -> None:
         # Pending operations left by an interrupted `up` do not stop this one: the CLI warns and
         # carries on (pulumi pkg/resource/deploy/deployment_executor.go, v3.274.0), and the provider's
         # upsert adopts their objects.
-        stack.up(on_output=_debug, on_error=_debug)
+        stack.up(message=stack_record.attempt_message(attempt), on_output=_debug, on_error=_debug)
         if stack_record.TAG_LAST_ERROR in tags:
             stack.remove_tag(stack_record.TAG_LAST_ERROR)
 

@@ -146,8 +146,39 @@ def is_tombstone(history_kinds: list[str]) -> bool:
 
 def attempts(tags: Mapping[str, str]) -> int:
     """`up` attempts recorded on the stack; a missing or garbled tag counts as none."""
-    value = tags.get(TAG_ATTEMPTS, "0")
+    value = tags.get(TAG_ATTEMPTS, "0").partition(" ")[0]
     return int(value) if value.isdigit() else 0
+
+
+def attempt_tag(count: int, attempt_id: str, failed: bool = False) -> str:
+    """The attempts tag: how many `up` attempts count, the id of the last, which its `up`'s message
+    (`attempt_message`) carries into the history, and `failed` once it failed (also where it failed
+    before writing a history entry: before it took the stack's lock)."""
+    return f"{count} {attempt_id}{_FAILED if failed else ''}"
+
+
+_FAILED = " failed"
+
+
+def attempt_message(attempt_id: str) -> str:
+    return f"graphfleet attempt {attempt_id}"
+
+
+def last_attempt_ended(tags: Mapping[str, str], history: list[tuple[str, str]]) -> bool:
+    """Whether the last counted `up` attempt has ended (whatever its result): the self-managed backend
+    writes an operation's history entry when it ends (pulumi pkg/backend/diy/state.go addToHistory), so
+    an attempt running, or dead with its process, has none. `history`: (kind, message) per entry.
+
+    By its id, not by counting entries: a cancelled attempt (a drain) is given back yet leaves an entry,
+    and counting made the next attempt look ended when it died. A record without an id (written by an
+    older connector) is counted."""
+    tried = attempts(tags)
+    attempt_id = tags.get(TAG_ATTEMPTS, "").partition(" ")[2]
+    if tried == 0 or attempt_id.endswith(_FAILED):
+        return True
+    if not attempt_id:
+        return sum(1 for kind, _ in history if kind == "update") >= tried
+    return ("update", attempt_message(attempt_id)) in history
 
 
 def expires_at(tags: Mapping[str, str]) -> float | None:

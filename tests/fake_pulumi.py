@@ -38,8 +38,8 @@ Every call is appended to `fake/calls.jsonl`. Faults are scripted per stack in `
 see `Cancelled`) or killed, like an `up` waiting for a StatefulSet that never becomes ready; `wedge`
 does the same but ignores SIGINT/SIGTERM (only SIGKILL ends it), which leaves a stale lock.
 `{"up-start": ["die"]}` SIGKILLs an `up` before it takes the lock (`{"history": ["die"]}` a `stack
-history`); `kill-connector-when-free` does so
-to the connector process that started it too, at the first `up` that finds the stack unlocked.
+history`), and `fail:<text>` fails it there; `kill-connector-when-free` SIGKILLs it and the connector
+process that started it, at the first `up` that finds the stack unlocked.
 `sleep:<seconds>;<fault>` holds the stack's lock that long first, like a destroy waiting for pods to
 terminate (`sleep:5;ok`, `sleep:5;fail:...`).
 `until:<path>;<fault>` holds it until the file `path` exists (at most 120 s), so a test decides when
@@ -304,7 +304,7 @@ class Cli:
         if head[:2] == ["stack", "import"]:
             return self.import_(_stack_of(args), Path(_flag(args, "--file") or ""))
         if head == ["up"]:
-            return self.up(_stack_of(args), _flag(args, "--client"))
+            return self.up(_stack_of(args), _flag(args, "--client"), _flag(args, "--message") or "")
         if head == ["destroy"]:
             self._warn_pending(_stack_of(args))
             return self.locked_op(_stack_of(args), "destroy", self._destroyed)
@@ -438,7 +438,7 @@ class Cli:
             entries = list(reversed(_get(data, name)["history"]))
         return json.dumps(entries[: int(page_size)] if page_size else entries)
 
-    def _begin(self, name: str, kind: str) -> None:
+    def _begin(self, name: str, kind: str, message: str = "") -> None:
         """Take the stack's lock, or fail on a held lock. diy/lock.go Lock() checks for other lock
         files, writes its own and checks again; the state's flock makes those three steps one here."""
         with self.backend.state() as data:
@@ -451,7 +451,9 @@ class Cli:
             _write_whole(mine, json.dumps({"pid": os.getpid(), "username": pwd.getpwuid(os.getuid()).pw_name,
                                            "hostname": socket.gethostname(),
                                            "timestamp": datetime.now(UTC).isoformat()}))
-            stack["running"] = {"kind": kind, "startTime": _now(), "message": "", "environment": {},
+            # `--message` is the entry's message (pulumi pkg/cmd/pulumi/operations/up.go `message` flag,
+            # UpdateMetadata.Message; stack_history.go `updateInfoJSON.Message`, v3.274.0).
+            stack["running"] = {"kind": kind, "startTime": _now(), "message": message, "environment": {},
                                 "config": {}, "version": len(stack["history"]) + 1}
             self.backend.log_event("lock", name)
 
@@ -518,16 +520,18 @@ class Cli:
                   file=sys.stderr)
         return pending
 
-    def up(self, name: str, client: str | None) -> str:
+    def up(self, name: str, client: str | None, message: str = "") -> str:
         self.check_secrets_manager(name)
         start = self.backend.next_fault(name, "up-start", when=lambda f: f != _KILL_WHEN_FREE
                                         or not locks(self.url, name))
         if start == "die":
             os.kill(os.getpid(), signal.SIGKILL)  # killed from outside before it took the lock (OOM, a pod)
+        if start.startswith("fail:"):  # failed before it took the lock (plugins, secrets): no history
+            raise CliError(start.removeprefix("fail:"))
         if start == _KILL_WHEN_FREE:  # the connector's pod dies, taking this CLI with it
             os.kill(os.getppid(), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
-        self._begin(name, "update")
+        self._begin(name, "update", message)
         _cancel_on_signal()
         base_pending = self._warn_pending(name)
         fault = self.backend.next_fault(name, "up")

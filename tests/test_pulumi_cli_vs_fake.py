@@ -92,10 +92,11 @@ def test_missing_and_duplicate_stacks_raise_the_automation_api_errors(cli: Cli) 
 
 def test_up_records_history_and_outputs(cli: Cli) -> None:
     stack = cli.stack("hist", lambda: pulumi.export("endpoints", ["a:1", "b:2"]))
-    result = stack.up()
+    result = stack.up(message="graphfleet attempt 0123abcd")  # the attempt's id (stack_record)
     assert result.outputs["endpoints"].value == ["a:1", "b:2"]
     history = stack.history()
-    assert [(h.kind, h.result) for h in history] == [("update", "succeeded")]
+    assert [(h.kind, h.result, h.message) for h in history] == [
+        ("update", "succeeded", "graphfleet attempt 0123abcd")]
     assert stack.outputs()["endpoints"].value == ["a:1", "b:2"]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,8 +110,10 @@ def live(url: str) -> list[str]:
 
 
 def shape(call: list[str]) -> str:
-    """A call without its volatile parts (the language host's port), for sequence comparisons."""
-    return " ".join("--client" if a.startswith("--client=") else a for a in call)
+    """A call without its volatile parts (the language host's port, an attempt's id), for sequence
+    comparisons."""
+    text = " ".join("--client" if a.startswith("--client=") else a for a in call)
+    return re.sub(r"(graphfleet:attempts \d+|graphfleet attempt) [0-9a-f]{12}\b", r"\1 <id>", text)
 
 
 # -- pure logic -----------------------------------------------------------------------------------
@@ -128,6 +131,18 @@ def test_expiry_only_applies_to_graphfleet_stacks() -> None:
     tags = names.initial_tags("me", "exec", expires_at=1000)
     assert names.is_expired(tags, now=1000) and not names.is_expired(tags, now=999)
     assert not names.is_expired({names.TAG_EXPIRES: "1"}, now=5000)  # not ours: never collected
+
+
+def test_the_last_attempt_ended_by_its_id_not_by_counting_entries() -> None:
+    tags = {names.TAG_ATTEMPTS: names.attempt_tag(1, "0123456789ab")}
+    cancelled = ("update", names.attempt_message("ffffffffffff"))  # given back, yet in the history
+    assert names.attempts(tags) == 1
+    assert not names.last_attempt_ended(tags, [cancelled])
+    assert names.last_attempt_ended(tags, [("update", names.attempt_message("0123456789ab")), cancelled])
+    assert names.last_attempt_ended({names.TAG_ATTEMPTS: "0"}, [])
+    assert names.last_attempt_ended({names.TAG_ATTEMPTS: "1"}, [("update", "")])  # an older record: counted
+    failed = {names.TAG_ATTEMPTS: names.attempt_tag(1, "0123456789ab", failed=True)}
+    assert names.last_attempt_ended(failed, []) and names.attempts(failed) == 1
 
 
 def test_a_lock_conflict_names_its_holder() -> None:
@@ -151,7 +166,9 @@ def test_create_get_delete_call_sequence_and_endpoints(backend: tuple[str, Path]
     assert status.phase is Phase.READY, status.message
     assert status.endpoints == [f"fleet-a-{i}.fleet-a.graphfleet.svc.cluster.local:50051" for i in range(2)]
     create_calls = [shape(c) for c in calls_for(url, "fleet-a")]
-    up_index = create_calls.index("up --yes --skip-preview --client --exec-kind auto.inline --stack fleet-a")
+    up = ("up --yes --skip-preview --message graphfleet attempt <id> --client --exec-kind auto.inline "
+          "--stack fleet-a")
+    up_index = create_calls.index(up)
     assert create_calls[:up_index + 1] == [
         "stack select --stack fleet-a",
         "stack init fleet-a --secrets-provider passphrase",
@@ -162,8 +179,8 @@ def test_create_get_delete_call_sequence_and_endpoints(backend: tuple[str, Path]
         "stack tag set graphfleet:attempts 0 --stack fleet-a",
         "stack history --json --stack fleet-a",  # a destroy anywhere in it is a tombstone
         "stack tag ls --json --stack fleet-a",
-        "stack tag set graphfleet:attempts 1 --stack fleet-a",
-        "up --yes --skip-preview --client --exec-kind auto.inline --stack fleet-a",
+        "stack tag set graphfleet:attempts 1 <id> --stack fleet-a",  # the id is the up's message
+        up,
     ]
     stack = fake_pulumi.stacks(url)["fleet-a"]
     kinds = sorted(r["type"] for r in stack["resources"])
@@ -283,7 +300,7 @@ def test_failed_up_is_retried_then_failed_with_the_error_across_processes(
     assert "failed 2 times" in status.message and "insufficient memory" in status.message
     ups = [c for c in fake_pulumi.calls(url) if c[0] == "up"]
     assert len(ups) == 2
-    assert fake_pulumi.stacks(url)["fleet-c"]["tags"][names.TAG_ATTEMPTS] == "2"
+    assert names.attempts(fake_pulumi.stacks(url)["fleet-c"]["tags"]) == 2
 
 
 def test_concurrent_provisions_respect_the_operation_bound(backend: tuple[str, Path], make) -> None:
@@ -699,6 +716,37 @@ def test_connector_killed_mid_update_is_finished_by_a_fresh_process(backend: tup
     assert not _pid_alive(cli_pid), "the killed CLI is still running"
 
 
+def test_an_attempt_that_died_after_a_cancelled_one_is_still_given_back(backend: tuple[str, Path],
+                                                                      make) -> None:
+    """A cancelled `up` (a drain) is given back but leaves a failed history entry; the attempts were
+    told finished by counting history entries, so the next attempt dying with its replica looked
+    finished (one entry, one attempt) and a fresh replica gave a healthy fleet up."""
+    url, _ = backend
+    child, _ = start_connector_child(backend, "fleet-cd", max_attempts=1)
+    try:
+        child.send_signal(signal.SIGTERM)  # a rollout: the up is cancelled and given back
+        assert child.wait(timeout=WAIT_LIMIT) == 128 + signal.SIGTERM
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    assert [(e["kind"], e["result"]) for e in fake_pulumi.stacks(url)["fleet-cd"]["history"]] == [
+        ("update", "failed")]
+    kill_mid_update(backend, "fleet-cd", max_attempts=1)  # the next replica dies mid-up
+    status = wait(make(max_attempts=1), provision("fleet-cd"), {Phase.READY, Phase.FAILED})
+    assert status.phase is Phase.READY, status.message
+
+
+def test_ups_failing_before_they_lock_use_their_attempts_up(backend: tuple[str, Path], make) -> None:
+    """An attempt has ended when its history entry exists, or when it failed without one (the CLI
+    failed before it took the lock): else it would be taken for one that died, retried for ever."""
+    url, _ = backend
+    fake_pulumi.script_faults(url, "fleet-pre", **{"up-start": ["fail:plugin kubernetes not found"] * 3})
+    p = provision("fleet-pre", replicas=1)
+    status = wait(make(max_attempts=2), p, {Phase.READY, Phase.FAILED})
+    assert status.phase is Phase.FAILED and "failed 2 times" in status.message, status.message
+    assert "plugin kubernetes not found" in status.message
+
+
 def test_a_replica_killed_right_before_its_recovering_up_leaves_nothing_unrecorded(
         backend: tuple[str, Path], make) -> None:
     """Review finding (issue 8 item 6): recovery ran `refresh --clear-pending-creates` and then `up`; a
@@ -903,8 +951,8 @@ def test_an_abort_on_another_replica_leaves_a_tombstone_no_queued_up_gets_past(
     fake_pulumi.script_faults(url, "fleet-r", **{"tag set graphfleet:attempts": ["ok", "sleep:10;ok"]})
     c.create(raced)
     deadline = time.monotonic() + WAIT_LIMIT
-    attempt = ["stack", "tag", "set", names.TAG_ATTEMPTS, "1", "--stack", "fleet-r"]
-    while attempt not in fake_pulumi.calls(url):
+    attempt = f"stack tag set {names.TAG_ATTEMPTS} 1 <id> --stack fleet-r"
+    while attempt not in map(shape, fake_pulumi.calls(url)):
         assert time.monotonic() < deadline, "C's up never got to its attempt"
         time.sleep(0.1)
     b.delete(raced.name, raced.owner, abort=True)

@@ -12,7 +12,10 @@ pod states never resolve by waiting; the kubelet and the scheduler name them in 
   `CRASH_LOOP_RESTARTS` times: the server exits every time it starts;
 - condition `PodScheduled` False with reason `Unschedulable` (core/v1 `PodReasonUnschedulable`) for
   longer than a grace period, with the scheduler's message ("0/3 nodes are available: 3 Insufficient
-  memory"). A grace, because a node autoscaler (Karpenter) reacts to exactly this condition.
+  memory"). A grace, because a node autoscaler (Karpenter) reacts to exactly this condition;
+- no pod at all when the API refuses the StatefulSet's pods (a ResourceQuota, an admission webhook):
+  the controller's FailedCreate events on the StatefulSet say why (`create_failure`), after the same
+  grace, since quota may free up.
 
 Plain functions over `kubernetes.client.V1Pod` objects, so they are tested without a cluster.
 """
@@ -66,3 +69,28 @@ def pod_failure(pod: Any, now: float, unschedulable_seconds: float) -> str | Non
             if now - since >= unschedulable_seconds:
                 return f"Unschedulable for {now - since:.0f}s: {condition.message or 'no message'}"
     return None
+
+
+def create_failure(events: list[Any], pods_found: int, replicas: int, now: float,
+                   grace_seconds: float) -> str | None:
+    """The StatefulSet cannot create its pods (`events`: its FailedCreate events, pods.KubernetesPods
+    .create_failures) — a ResourceQuota, an admission webhook or a policy refuses them, so no pod
+    exists for `fleet_failure` to read: once it has kept failing for `grace_seconds`
+    (quota may free up) with pods still missing, the newest refusal in the controller's words."""
+    if pods_found >= replicas or not events:
+        return None
+    first = min(_event_time(e, first=True) or now for e in events)
+    newest = max(events, key=lambda e: _event_time(e, first=False) or 0.0)
+    if now - first < grace_seconds:
+        return None
+    times = sum(int(e.count or 1) for e in events)
+    return f"{newest.message} ({times} time(s) in {now - first:.0f}s)"
+
+
+def _event_time(event: Any, first: bool) -> float | None:
+    """When a (core/v1, possibly aggregated) event was first or last seen; the legacy recorder fills
+    first/lastTimestamp, the events.k8s.io one eventTime."""
+    stamp = (event.first_timestamp if first else event.last_timestamp) or event.event_time
+    if stamp is None and event.metadata is not None:
+        stamp = event.metadata.creation_timestamp
+    return stamp.timestamp() if stamp is not None else None

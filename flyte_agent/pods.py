@@ -126,6 +126,11 @@ def with_servers(status: Status, fleet: str, namespace: str, replicas: int, foun
     return dataclasses.replace(status, message=message, servers=servers)
 
 
+# The StatefulSet controller's Warning when the API refuses a pod it creates (k8s v1.33.13
+# pkg/controller/statefulset/stateful_pod_control.go `recordPodEvent`: "Failed" + "Create").
+FAILED_CREATE = "FailedCreate"
+
+
 class KubernetesPods:
     """The fleet pods' states and logs through the Kubernetes API (the connector's kubeconfig or its
     in-cluster service account)."""
@@ -143,6 +148,27 @@ class KubernetesPods:
             log.warning("cannot read the pods of fleet %s: %s", fleet, err)
             return None
         return {str(pod.metadata.name): pod for pod in listed.items if pod.metadata is not None}
+
+    def create_failures(self, namespace: str, fleet: str) -> list[Any] | None:
+        """The Warning events of the fleet's StatefulSet failing to create a pod (a quota, an admission
+        webhook refused it: pod_failures.create_failure); None if they cannot be read."""
+        from kubernetes import client
+
+        name = names.object_name(fleet)
+        selector = f"involvedObject.kind=StatefulSet,involvedObject.name={name},reason={FAILED_CREATE}"
+        try:
+            listed = self._core.list_namespaced_event(namespace, field_selector=selector,
+                                                      _request_timeout=_REQUEST_SECONDS).items
+            if not listed:
+                return []
+            # Only this StatefulSet's: events outlive a fleet of the same name deleted within the hour.
+            made = client.AppsV1Api(self._core.api_client).read_namespaced_stateful_set(
+                name, namespace, _request_timeout=_REQUEST_SECONDS)
+        except Exception as err:  # noqa: BLE001 - best effort, like the pods: the `up` still times out
+            log.warning("cannot read the events of fleet %s: %s", fleet, err)
+            return None
+        uid = made.metadata.uid if made.metadata is not None else None
+        return [e for e in listed if e.involved_object is not None and e.involved_object.uid == uid]
 
     def log_tail(self, server: ServerState) -> str:
         """The last lines of the server's previous container (the one that crashed), or ''."""

@@ -249,6 +249,10 @@ class PulumiProvisioner:
             return status
         if status.phase is not Phase.FAILED and not self._destroying(provision.name):
             why = pod_failures.fleet_failure(found, self._clock(), pod_failures.UNSCHEDULABLE_SECONDS)
+            if why is None and len(found) < provision.spec.replicas:  # pods missing: refused at creation?
+                refused = reader.create_failures(self.settings.namespace, provision.name)
+                why = pod_failures.create_failure(refused or [], len(found), provision.spec.replicas,
+                                                  self._clock(), pod_failures.UNSCHEDULABLE_SECONDS)
             if why is not None:
                 status = self._cannot_start(provision, why)
         return with_servers(status, provision.name, self.settings.namespace, provision.spec.replicas, found,
@@ -1049,6 +1053,8 @@ class PodReader(Protocol):
     """What the provisioner reads of a fleet's pods (flyte_agent/pods.py `KubernetesPods`)."""
 
     def pods(self, namespace: str, fleet: str) -> dict[str, Any] | None: ...
+
+    def create_failures(self, namespace: str, fleet: str) -> list[Any] | None: ...
 
     def log_tail(self, server: ServerState) -> str: ...
 

@@ -24,7 +24,7 @@ import pytest
 from flyteidl.core.execution_pb2 import TaskExecution
 from pulumi.automation.errors import CommandError
 
-from flyte_agent import connector, pulumi_provisioner
+from flyte_agent import connector, pod_failures, pulumi_provisioner
 from flyte_agent import stack_record as names
 from flyte_agent.connector import DataServiceConnector, FleetMeta
 from flyte_agent.gc import collect
@@ -62,9 +62,9 @@ def make(backend: tuple[str, Path]) -> Iterator[Callable[..., PulumiProvisioner]
     made: list[PulumiProvisioner] = []
 
     def build(health: Callable[[list[str]], list[str]] | None = None, pods: object = None,
-              **overrides: object) -> PulumiProvisioner:
+              clock: Callable[[], float] = time.time, **overrides: object) -> PulumiProvisioner:
         provisioner = PulumiProvisioner(settings(backend, **overrides), health=health,
-                                        pods=pods)  # type: ignore[arg-type]
+                                        pods=pods, clock=clock)  # type: ignore[arg-type]
         made.append(provisioner)
         return provisioner
 
@@ -1012,9 +1012,13 @@ class ClusterPods:
 
     def __init__(self) -> None:
         self.found: dict[str, object] | None = {}
+        self.refused: list[object] = []  # the StatefulSet's FailedCreate events
 
     def pods(self, namespace: str, fleet: str) -> dict[str, object] | None:
         return self.found
+
+    def create_failures(self, namespace: str, fleet: str) -> list[object] | None:
+        return self.refused
 
     def log_tail(self, server: object) -> str:
         return ""
@@ -1048,6 +1052,38 @@ def test_a_fleet_whose_image_cannot_be_pulled_fails_now_and_is_destroyed(
     cluster.found = {}
     again = wait(provisioner, p, {Phase.FAILED})  # any later read, on any replica: from the stack's tags
     assert again.phase is Phase.FAILED and "ImagePullBackOff" in again.message, again
+
+
+def test_a_fleet_whose_pods_a_quota_refuses_fails_after_the_grace_with_the_apis_words(
+        backend: tuple[str, Path], make) -> None:
+    """No pod exists to read when the API refuses the StatefulSet's pods (a ResourceQuota, an
+    admission webhook): the controller's FailedCreate events say why, once the grace has passed."""
+    from datetime import UTC, datetime
+
+    from kubernetes.client import CoreV1Event, V1ObjectMeta, V1ObjectReference
+
+    url, _ = backend
+    cluster = ClusterPods()
+    fake_pulumi.script_faults(url, "fleet-quota", up=["hang"])
+    now = [time.time()]
+    provisioner = make(pods=cluster, clock=lambda: now[0])
+    p = provision("fleet-quota", replicas=2, partitions=2)
+    provisioner.create(p)
+    wait(provisioner, p, {Phase.UPDATING}, lambda s: bool(fake_pulumi.stacks(url).get("fleet-quota",
+                                                                                     {}).get("pending")))
+    refusal = ('create Pod fleet-quota-0 in StatefulSet fleet-quota failed error: pods "fleet-quota-0" is '
+               "forbidden: exceeded quota: fleets, requested: cpu=4, used: cpu=30, limited: cpu=32")
+    stamp = datetime.fromtimestamp(now[0], UTC)
+    cluster.refused = [CoreV1Event(metadata=V1ObjectMeta(name="e1"), involved_object=V1ObjectReference(),
+                               reason="FailedCreate", message=refusal, count=7, first_timestamp=stamp,
+                               last_timestamp=stamp)]
+    assert provisioner.status(p).phase is Phase.UPDATING  # within the grace: quota may free up
+    now[0] += pod_failures.UNSCHEDULABLE_SECONDS + 1
+    failed = provisioner.status(p)
+    assert failed.phase is Phase.FAILED, failed
+    assert "exceeded quota: fleets, requested: cpu=4" in failed.message and "7 time(s)" in failed.message
+    cluster.found = {"fleet-quota-0": object(), "fleet-quota-1": object()}  # every pod made: no refusal
+    assert pod_failures.create_failure(cluster.refused, 2, 2, now[0], 0.0) is None
 
 
 def test_round_robin_status_reads_start_no_up_while_another_replica_runs_one(

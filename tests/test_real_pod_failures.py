@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from flyte_agent.pod_failures import UNSCHEDULABLE_SECONDS, fleet_failure
+from flyte_agent.pod_failures import UNSCHEDULABLE_SECONDS, create_failure, fleet_failure
 from flyte_agent.pods import KubernetesPods, pod_name
 from infra import names
 from infra.graph_service import APP_NAME, CONTAINER_NAME
@@ -74,3 +74,41 @@ def test_the_schedulers_unschedulable_and_an_image_pull_failure_fail_the_fleet(
     assert found is not None
     assert fleet_failure(found, time.time(), UNSCHEDULABLE_SECONDS) == (
         f"pod {NAMESPACE}/{pod_name(FLEET, 1)}: container {CONTAINER_NAME} ImagePullBackOff: {PULL_MESSAGE}")
+
+
+def test_pods_a_quota_refuses_fail_the_fleet_from_the_statefulsets_own_events(
+        control_plane: ControlPlane) -> None:
+    """kube-controller-manager's StatefulSet controller, refused by a ResourceQuota, records FailedCreate
+    on the StatefulSet; no pod exists. Events of an earlier StatefulSet of the same name are not read."""
+    cp = control_plane
+    namespace, fleet = "quota-refused", "run-quota-n0"
+    name = names.object_name(fleet)
+    assert cp.apply({"apiVersion": "v1", "kind": "Namespace",
+                     "metadata": {"name": namespace}}).status_code in (200, 201)
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota",
+             "metadata": {"name": "fleets", "namespace": namespace}, "spec": {"hard": {"pods": "0"}}}
+    assert cp.apply(quota).status_code in (200, 201)
+    labels = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/instance": name}
+    sts = {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name, "namespace": namespace},
+           "spec": {"replicas": 1, "serviceName": name, "selector": {"matchLabels": labels},
+                    "template": {"metadata": {"labels": labels}, "spec": {"containers": [
+                        {"name": CONTAINER_NAME, "image": "registry.example/graph-engine:1"}]}}}}
+    cp.wait_for("the quota's status (the admission plugin refuses only once it is computed)",
+                lambda: "pods" in cp.get(cp.path_of(quota)).get("status", {}).get("hard", {}))
+    assert cp.apply(sts).status_code in (200, 201)
+    reader = KubernetesPods(str(cp.kubeconfig))
+    refused = cp.wait_for("the controller's FailedCreate event",
+                          lambda: reader.create_failures(namespace, fleet))
+    assert reader.pods(namespace, fleet) == {}
+    assert create_failure(refused, 0, 1, time.time(), UNSCHEDULABLE_SECONDS) is None  # within the grace
+    failure = create_failure(refused, 0, 1, time.time() + UNSCHEDULABLE_SECONDS + 1, UNSCHEDULABLE_SECONDS)
+    assert failure is not None and failure.startswith(f"create Pod {name}-0 in StatefulSet {name} failed")
+    assert "exceeded quota: fleets" in failure, failure
+
+    # The same name again, with room: the old StatefulSet's events (kept for an hour) are not its own.
+    assert cp.request("DELETE", cp.path_of(sts)).status_code == 200
+    cp.wait_for("the StatefulSet gone", lambda: cp.request("GET", cp.path_of(sts)).status_code == 404)
+    assert cp.request("DELETE", cp.path_of(quota)).status_code == 200
+    assert cp.apply(sts).status_code in (200, 201)
+    cp.wait_for("its pod", lambda: reader.pods(namespace, fleet))
+    assert reader.create_failures(namespace, fleet) == []

@@ -8,8 +8,9 @@ Nothing else is needed in the Deployment beyond scraping that port.
 Families (names and labels are a contract with dashboards; README "Metrics" lists them):
 
 - `graphfleet_fleets{backend,phase}`: live fleets by phase, from what the provisioner last observed
-  (`observed_fleets()`): on Pulumi the listing its sweep makes after each gc pass, so a scrape starts no
-  CLI process; locally a listing of its state files at the scrape. No samples before the first one.
+  (`observed_fleets()`): on Pulumi the listing its sweep makes as it starts and after each gc pass,
+  so a scrape starts no CLI process; locally a listing of its state files at the scrape. No samples
+  before the first one.
 - `graphfleet_fleets_age_seconds{backend}`: how old that observation is.
 - `graphfleet_provision_seconds{backend}`: CreateTask to the GetTask that reported the fleet ready.
 - `graphfleet_teardown_seconds{backend,outcome}`: one teardown call (DeleteTask, a teardown task's

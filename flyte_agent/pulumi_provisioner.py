@@ -493,9 +493,9 @@ class PulumiProvisioner:
             message=tags.get(stack_record.TAG_LAST_ERROR, ""))
 
     def observed_fleets(self) -> tuple[float, list[FleetInfo]] | None:
-        """The fleets as the sweep last listed them (after its gc pass), and when: the fleet gauges'
-        source, so a scrape starts no CLI process (a listing is one per stack, or two). None until the
-        first pass, and without a sweep (gc_interval_seconds 0)."""
+        """The fleets as the sweep last listed them (as it starts, then after each gc pass), and when:
+        the fleet gauges' source, so a scrape starts no CLI process (a listing is one per stack, or
+        two). None until that first listing, and without a sweep (gc_interval_seconds 0)."""
         return self._observed
 
     def _observe(self) -> None:
@@ -1018,6 +1018,7 @@ class PulumiProvisioner:
                 pulumi_command=self._command)
 
     def _sweep(self) -> None:
+        self._observe()  # the fleet gauges from the replica's start, not one gc interval later
         while not self._stop.wait(self.settings.gc_interval_seconds):
             try:
                 removed = self.gc(self._clock())

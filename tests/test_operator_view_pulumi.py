@@ -103,3 +103,10 @@ def test_scrapes_start_no_cli_process_and_say_how_old_the_fleet_gauges_are(
         age = registry.get_sample_value("graphfleet_fleets_age_seconds", {"backend": "pulumi"})
         assert age is not None and 0 <= age < 60
     assert len(fake_pulumi.calls(url)) == before, "a scrape started pulumi CLI processes"
+
+    # A replica lists once as it starts, so its gauges do not wait for the first gc pass (300 s).
+    started = make(gc_interval_seconds=3600)
+    while started.observed_fleets() is None:
+        assert time.monotonic() < deadline, "a starting replica never listed the fleets"
+        time.sleep(0.1)
+    assert [f.phase.value for f in started.observed_fleets()[1]] == ["ready", "ready"]

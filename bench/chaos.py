@@ -68,23 +68,32 @@ class Replica:
     port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    crashes: int = 0  # exits before serving, each followed by a restart
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        argv = [sys.executable, "-m", "tests.loopback_connector", str(self.port), str(self.metrics_port)]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(under_hostname(self.hostname, argv), start_new_session=True,
-                                         cwd=ROOT, env={**os.environ, **self.env}, stdout=out, stderr=out)
-        try:
-            health.wait_ready([self.endpoint], timeout=120)
-        except Exception as err:
-            tail = self.log.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"replica {self.hostname} did not start ({err}); its log ends:\n"
-                               f"{tail}") from err
+    def start(self, limit: float = 120) -> None:
+        """Start the container and wait until it serves. A container that exits before (its start-up
+        `pulumi version` was killed by the chaos, say) is started again, as the kubelet restarts it."""
+        deadline = time.monotonic() + limit
+        while True:
+            argv = [sys.executable, "-m", "tests.loopback_connector", str(self.port), str(self.metrics_port)]
+            with open(self.log, "ab") as out:
+                self.proc = subprocess.Popen(under_hostname(self.hostname, argv), start_new_session=True,
+                                             cwd=ROOT, env={**os.environ, **self.env}, stdout=out, stderr=out)
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                if health.check(self.endpoint, timeout=1.0):
+                    return
+                time.sleep(0.2)
+            if self.proc.poll() is None or time.monotonic() >= deadline:
+                tail = self.log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"replica {self.hostname} did not serve within {limit:g}s; its log ends:\n"
+                                   f"{tail}")
+            self.crashes += 1
+            time.sleep(1.0)
 
     def up(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -191,9 +200,14 @@ def delete(execution: Execution, call: Caller) -> None:
     execution.phase = "deleted"
 
 
+KINDS = ("replica-sigkill", "replica-sigterm", "cli-sigkill", "cli-sigterm")
+
+
 @dataclass
 class Chaos:
-    """Kills at random intervals until stopped; what it did and how long locks took to recover."""
+    """Kills at random intervals until stopped; what it did and how long locks took to recover. The
+    kinds come in rounds, each kind once a round in random order, so even a short run meets all four;
+    a kind drawn when it cannot be done (no CLI running, both replicas restarting) stays in its round."""
 
     replicas: list[Replica]
     backend_url: str
@@ -202,6 +216,7 @@ class Chaos:
     actions: Counter[str] = field(default_factory=Counter)
     recoveries: list[float] = field(default_factory=list)
     unrecovered: int = 0
+    restart_failures: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
@@ -209,31 +224,38 @@ class Chaos:
         checker = threading.Thread(target=self._watch_locks, args=(pending,), daemon=True)
         checker.start()
         restarts: list[threading.Thread] = []
+        round_: list[str] = []
         while not self.stop.wait(self.rng.uniform(*self.every)):
-            action = self.rng.choice(["replica-sigkill", "replica-sigterm", "cli-sigkill", "cli-sigterm"])
-            if action.startswith("cli"):
-                pids = running_clis(self.backend_url)
-                if not pids:
-                    continue
-                try:
-                    sig = signal.SIGKILL if action == "cli-sigkill" else signal.SIGTERM
-                    os.kill(self.rng.choice(pids), sig)
-                except ProcessLookupError:
-                    continue
-            else:
-                # A replica that is not being killed or restarted already; it comes back in the
-                # background (a pod's restart), so the chaos goes on meanwhile.
-                replica = self.rng.choice(self.replicas)
-                if not replica.lock.acquire(blocking=False):
-                    continue
-                restart = threading.Thread(target=self._kill_and_restart, args=(replica, action, pending))
-                restart.start()
-                restarts.append(restart)
-            self.actions[action] += 1
+            round_ = round_ or list(KINDS)
+            action = self.rng.choice(round_)
+            if self._act(action, pending, restarts):
+                round_.remove(action)
+                self.actions[action] += 1
         for restart in restarts:
             restart.join(timeout=300)
         checker.join(timeout=130)
         self.unrecovered = len(pending)
+
+    def _act(self, action: str, pending: list[tuple[str, float]], restarts: list[threading.Thread]) -> bool:
+        """Do `action` if it can be done now."""
+        if action.startswith("cli"):
+            pids = running_clis(self.backend_url)
+            if not pids:
+                return False
+            try:
+                os.kill(self.rng.choice(pids), signal.SIGKILL if action == "cli-sigkill" else signal.SIGTERM)
+            except ProcessLookupError:
+                return False
+            return True
+        # A replica that is not being killed or restarted already; it comes back in the background (a
+        # pod's restart), so the chaos goes on meanwhile.
+        for replica in self.rng.sample(self.replicas, len(self.replicas)):
+            if replica.lock.acquire(blocking=False):
+                restart = threading.Thread(target=self._kill_and_restart, args=(replica, action, pending))
+                restart.start()
+                restarts.append(restart)
+                return True
+        return False
 
     def _kill_and_restart(self, replica: Replica, action: str, pending: list[tuple[str, float]]) -> None:
         try:
@@ -246,6 +268,8 @@ class Chaos:
                 replica.sigterm()
             time.sleep(1.0)
             replica.start()
+        except Exception as err:  # noqa: BLE001 - reported: the end state is judged with both replicas up
+            self.restart_failures.append(f"{replica.hostname} after {action}: {err}"[-2000:])
         finally:
             replica.lock.release()
 
@@ -332,9 +356,8 @@ def run(fleets: int, seed: int, every: tuple[float, float], scratch: Path,
             wall = time.monotonic() - t0
             return verdict(executions, call, url, chaos, wall)
         finally:
-            for replica in replicas:
-                if replica.up():
-                    replica.sigterm()
+            with ThreadPoolExecutor(len(replicas)) as pool:
+                list(pool.map(Replica.sigterm, [r for r in replicas if r.up()]))
 
 
 def slow_operations(url: str, executions: list[Execution], rng: random.Random) -> None:
@@ -348,6 +371,7 @@ def slow_operations(url: str, executions: list[Execution], rng: random.Random) -
 
 def verdict(executions: list[Execution], call: Caller, url: str, chaos: Chaos, wall: float) -> dict[str, Any]:
     """The end state, with both replicas up: kept fleets intact, then every fleet gone."""
+    down = [r.hostname for r in chaos.replicas if not r.up()]
     outcomes = Counter(f"{e.plan}:{e.phase}" for e in executions)
     wrong_deletions, wrong_phases = [], []
     for e in executions:
@@ -378,9 +402,16 @@ def verdict(executions: list[Execution], call: Caller, url: str, chaos: Chaos, w
         "lock_recovery_s": {"n": len(recoveries), "median": round(statistics.median(recoveries), 1),
                             "max": round(recoveries[-1], 1)} if recoveries else {"n": 0},
         "locks_never_recovered": chaos.unrecovered,
+        "startup_crashes": sum(r.crashes for r in chaos.replicas),
+        "replicas_down": down, "restart_failures": chaos.restart_failures,
         "leaked_stacks": sorted(leaked_stacks), "leaked_objects": sorted(leaked_objects),
         "wrong_deletions": wrong_deletions, "wrong_phases": wrong_phases,
     }
+
+
+# What must be empty (or 0) at the end of a run.
+FAILURES = ("leaked_stacks", "leaked_objects", "wrong_deletions", "wrong_phases", "locks_never_recovered",
+            "replicas_down", "restart_failures")
 
 
 def main() -> int:
@@ -393,8 +424,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="graphfleet-chaos-") as scratch:
         report = run(args.fleets, args.seed, (low, high), Path(scratch))
     print(json.dumps(report, indent=2))
-    return 1 if any(report[k] for k in ("leaked_stacks", "leaked_objects", "wrong_deletions",
-                                        "wrong_phases")) else 0
+    return 1 if any(report[k] for k in FAILURES) else 0
 
 
 if __name__ == "__main__":

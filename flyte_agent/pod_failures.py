@@ -9,15 +9,18 @@ pod states never resolve by waiting; the kubelet and the scheduler name them in 
 - `CreateContainerConfigError` (pkg/kubelet/kuberuntime/kuberuntime_container.go): e.g. a missing
   Secret or key the container references;
 - `CrashLoopBackOff` (pkg/kubelet/container/sync_result.go) once the container has restarted
-  `CRASH_LOOP_RESTARTS` times: the server exits every time it starts;
+  `crash_loop_restarts` times: the server exits every time it starts;
 - condition `PodScheduled` False with reason `Unschedulable` (core/v1 `PodReasonUnschedulable`) for
-  longer than a grace period, with the scheduler's message ("0/3 nodes are available: 3 Insufficient
-  memory"). A grace, because a node autoscaler (Karpenter) reacts to exactly this condition;
+  longer than a grace period (`unschedulable_seconds`), with the scheduler's message ("0/3 nodes are
+  available: 3 Insufficient memory"). A grace, because a node autoscaler (Karpenter) reacts to exactly
+  this condition;
 - no pod at all when the API refuses the StatefulSet's pods (a ResourceQuota, an admission webhook):
   the controller's FailedCreate events on the StatefulSet say why (`create_failure`), after the same
   grace, since quota may free up.
 
-Plain functions over `kubernetes.client.V1Pod` objects, so they are tested without a cluster.
+Both thresholds are connector settings (GRAPHFLEET_CRASH_LOOP_RESTARTS, GRAPHFLEET_UNSCHEDULABLE_SECONDS;
+the stack's `connector.podFailures`); their defaults are here. Plain functions over
+`kubernetes.client.V1Pod` objects, so they are tested without a cluster.
 """
 
 from __future__ import annotations
@@ -30,16 +33,18 @@ from flyte_agent.pods import termination
 IMAGE_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 CONFIG_REASONS = frozenset({"CreateContainerConfigError"})
 CRASH_LOOP = "CrashLoopBackOff"
-# The kubelet's back-off doubles from 10 s: two restarts are seen within a minute of the first crash.
+# Defaults of the settings. The kubelet's back-off doubles from 10 s: two restarts are seen within a
+# minute of the first crash.
 CRASH_LOOP_RESTARTS = 2
 # How long a pod may wait for a node before the fleet fails: time for a node autoscaler to add one.
 UNSCHEDULABLE_SECONDS = 300.0
 
 
-def fleet_failure(pods: Mapping[str, Any], now: float, unschedulable_seconds: float) -> str | None:
+def fleet_failure(pods: Mapping[str, Any], now: float, unschedulable_seconds: float,
+                  crash_loop_restarts: int) -> str | None:
     """Why the fleet cannot start, naming the pod and the Kubernetes reason; None if nothing says so."""
     for name in sorted(pods):
-        why = pod_failure(pods[name], now, unschedulable_seconds)
+        why = pod_failure(pods[name], now, unschedulable_seconds, crash_loop_restarts)
         if why is not None:
             pod = pods[name]
             namespace = pod.metadata.namespace if pod.metadata is not None else None
@@ -47,7 +52,7 @@ def fleet_failure(pods: Mapping[str, Any], now: float, unschedulable_seconds: fl
     return None
 
 
-def pod_failure(pod: Any, now: float, unschedulable_seconds: float) -> str | None:
+def pod_failure(pod: Any, now: float, unschedulable_seconds: float, crash_loop_restarts: int) -> str | None:
     """One pod's deterministic failure, or None."""
     status = pod.status
     if status is None:
@@ -59,7 +64,7 @@ def pod_failure(pod: Any, now: float, unschedulable_seconds: float) -> str | Non
         if reason in IMAGE_REASONS or reason in CONFIG_REASONS:
             return f"container {container.name} {reason}{detail}"
         restarts = int(container.restart_count or 0)
-        if reason == CRASH_LOOP and restarts >= CRASH_LOOP_RESTARTS:
+        if reason == CRASH_LOOP and restarts >= crash_loop_restarts:
             last = container.last_state.terminated if container.last_state is not None else None
             exited = f", last exit: {termination(last)}" if last is not None else ""
             return f"container {container.name} {CRASH_LOOP} after {restarts} restarts{exited}"

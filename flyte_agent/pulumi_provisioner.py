@@ -248,11 +248,12 @@ class PulumiProvisioner:
         if reader is None or found is None:
             return status
         if status.phase is not Phase.FAILED and not self._destroying(provision.name):
-            why = pod_failures.fleet_failure(found, self._clock(), pod_failures.UNSCHEDULABLE_SECONDS)
+            why = pod_failures.fleet_failure(found, self._clock(), self.settings.unschedulable_seconds,
+                                             self.settings.crash_loop_restarts)
             if why is None and len(found) < provision.spec.replicas:  # pods missing: refused at creation?
                 refused = reader.create_failures(self.settings.namespace, provision.name)
                 why = pod_failures.create_failure(refused or [], len(found), provision.spec.replicas,
-                                                  self._clock(), pod_failures.UNSCHEDULABLE_SECONDS)
+                                                  self._clock(), self.settings.unschedulable_seconds)
             if why is not None:
                 status = self._cannot_start(provision, why)
         return with_servers(status, provision.name, self.settings.namespace, provision.spec.replicas, found,

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from flyte_agent import pod_failures
 from flyte_agent.consumers import Consumers, make_consumers
 from flyte_agent.graph_access import check_rules
 from flyte_agent.log_links import LogTemplate
@@ -112,6 +113,14 @@ class Settings(BaseModel):
         "{project}-{domain}", pattern=r"^[-a-z0-9{}]+$",
         description="where an execution's FlyteWorkflow lives (FlyteAdmin's namespace_mapping template)")
     check_endpoints: bool = Field(True, description="health-check endpoints before reporting READY")
+    # A fleet that cannot start fails early, told from its pods (flyte_agent/pod_failures.py).
+    unschedulable_seconds: float = Field(
+        pod_failures.UNSCHEDULABLE_SECONDS, ge=0, le=86_400,
+        description="how long a fleet's pod may stay Unschedulable before the fleet fails: time for a node "
+                    "autoscaler to add a node")
+    crash_loop_restarts: int = Field(
+        pod_failures.CRASH_LOOP_RESTARTS, ge=1, le=100,
+        description="restarts of a graph-engine container in CrashLoopBackOff before the fleet fails")
     # Every fleet's pods (the Datacenter sets these from the stack, like its shared services).
     node_selector: dict[str, str] = Field(default_factory=dict, description="graph-engine node selector")
     tolerations: list[Toleration] = Field(default_factory=list, description="graph-engine tolerations")

@@ -338,6 +338,25 @@ class PropellerTimeouts(_Model):
         return value
 
 
+class PodFailures(_Model):
+    """When a fleet that cannot start fails, told from its pods (flyte_agent/pod_failures.py); unset: the
+    connector's defaults (GRAPHFLEET_UNSCHEDULABLE_SECONDS, GRAPHFLEET_CRASH_LOOP_RESTARTS)."""
+
+    unschedulable_grace: Duration | None = Field(
+        None, description="How long a fleet's pod may stay Unschedulable before the fleet fails: the time "
+                          "your node autoscaler takes to add a node")
+    crash_loop_restarts: int | None = Field(
+        None, ge=1, le=100, description="Restarts of a graph-engine container in CrashLoopBackOff before "
+                                        "the fleet fails")
+
+    @field_validator("unschedulable_grace")
+    @classmethod
+    def _grace(cls, value: str | None) -> str | None:
+        if value is not None and parse_duration(value) > 86_400:
+            raise ValueError(f"must be at most 24h, got {value!r}")
+        return value
+
+
 class ServiceMonitor(_Model):
     """A prometheus-operator `monitoring.coreos.com/v1` ServiceMonitor for the connector's metrics port,
     beside the pods' `prometheus.io/*` scrape annotations (for Prometheus set up without the operator)."""
@@ -360,6 +379,7 @@ class ConnectorConfig(_Model):
     image_allow_list: list[str] = Field(min_length=1, description="Graph-engine repositories fleets may run")
     secrets: ConnectorSecrets
     timeouts: PropellerTimeouts = PropellerTimeouts()
+    pod_failures: PodFailures = PodFailures()
     flyte_plugins: list[Annotated[str, Field(pattern=r"^[a-z0-9][-a-z0-9_]*$")]] = Field(
         default_factory=list, description="Task plugins your Flyte enables beyond the chart's defaults "
                                           "(e.g. spark): kept in the enabled-plugins list we emit")

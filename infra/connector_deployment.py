@@ -209,6 +209,10 @@ def settings_env(args: FlyteConnectorArgs) -> list[dict[str, Any]]:
         "secrets_provider": config.secrets.secrets_provider,
         # delete() must answer before propeller's DeleteTask deadline, with room for the call itself.
         "delete_wait_seconds": f"{DELETE_WAIT_SHARE * parse_duration(config.timeouts.delete_task):g}",
+        "unschedulable_seconds": (None if config.pod_failures.unschedulable_grace is None
+                                  else f"{parse_duration(config.pod_failures.unschedulable_grace):g}"),
+        "crash_loop_restarts": (None if config.pod_failures.crash_loop_restarts is None
+                                else str(config.pod_failures.crash_loop_restarts)),
     }
     return [{"name": env_name(key), "value": value} for key, value in values.items() if value is not None]
 

@@ -13,11 +13,20 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from flyte_agent import pod_failures
 from flyte_agent.connector import SERVE_MODULES, DataServiceConnector, DataServiceTeardownConnector
 from flyte_agent.settings import Settings
 from infra import policy
-from infra.config import ConnectorConfig, ConnectorSecrets, ServiceMonitor, load_stack_config, stack_path
-from infra.connector_deployment import FlyteConnector, FlyteConnectorArgs, helm_values
+from infra.config import (
+    ConnectorConfig,
+    ConnectorSecrets,
+    PodFailures,
+    ServiceMonitor,
+    load_stack_config,
+    parse_duration,
+    stack_path,
+)
+from infra.connector_deployment import FlyteConnector, FlyteConnectorArgs, helm_values, settings_env
 from infra.image_contract import CONNECTOR_UID, CONNECTOR_USER, IMAGE_PULUMI_HOME
 from infra.k8s_schema import validate_manifest
 from infra.render import Rendered
@@ -55,6 +64,27 @@ def _settings(rendered: Rendered) -> Settings:
     """What the connector reads from its plain (not Secret-sourced) GRAPHFLEET_* variables."""
     return Settings.from_env({k: v for k, v in _env(rendered).items()
                               if isinstance(v, str) and k.startswith("GRAPHFLEET_")})
+
+
+def test_the_stacks_pod_failure_thresholds_reach_the_connector(render_valid: Callable[..., Rendered]) -> None:
+    """Unset in the stack: the connector's own defaults (one copy, flyte_agent/pod_failures.py); set:
+    the connector reads them; every value the stack admits, the connector admits too."""
+    def read(thresholds: PodFailures) -> Settings:
+        env = settings_env(_args(pod_failures=thresholds))
+        return Settings.from_env({e["name"]: e["value"] for e in env if e["name"].startswith("GRAPHFLEET_")})
+
+    unset = _settings(_render(render_valid, _args()))
+    assert (unset.unschedulable_seconds, unset.crash_loop_restarts) == (
+        pod_failures.UNSCHEDULABLE_SECONDS, pod_failures.CRASH_LOOP_RESTARTS)
+    tuned = read(PodFailures.model_validate({"unschedulableGrace": "10m", "crashLoopRestarts": 4}))
+    assert (tuned.unschedulable_seconds, tuned.crash_loop_restarts) == (600, 4)
+    for low, high in (("0s", 1), ("24h", 100)):
+        edge = read(PodFailures.model_validate({"unschedulableGrace": low, "crashLoopRestarts": high}))
+        assert (edge.unschedulable_seconds, edge.crash_loop_restarts) == (parse_duration(low), high)
+    for bad, field in (({"crashLoopRestarts": 0}, "crashLoopRestarts"), ({"unschedulableGrace": "25h"},
+                       "unschedulableGrace"), ({"unschedulableGrace": "5 minutes"}, "unschedulableGrace")):
+        with pytest.raises(ValidationError, match=field):
+            PodFailures.model_validate(bad)
 
 
 def test_deployment_serves_the_connector_with_health_probes(render_valid: Callable[..., Rendered]) -> None:

@@ -5,28 +5,31 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from kubernetes.client import V1ContainerStatus, V1ObjectMeta, V1Pod, V1PodCondition, V1PodStatus
 
-from flyte_agent.pod_failures import fleet_failure, pod_failure
+from flyte_agent.pod_failures import CRASH_LOOP_RESTARTS, UNSCHEDULABLE_SECONDS, fleet_failure, pod_failure
+from flyte_agent.settings import Settings, SettingsError
 from tests.pod_models import container
 
 NOW = dt.datetime(2026, 11, 30, 1, 0, tzinfo=dt.UTC)
 
 
 def pod(*containers: V1ContainerStatus, unschedulable_for: float | None = None,
-        init: list[V1ContainerStatus] | None = None) -> V1Pod:
+        init: list[V1ContainerStatus] | None = None, now: dt.datetime = NOW) -> V1Pod:
     conditions = None
     if unschedulable_for is not None:
         conditions = [V1PodCondition(type="PodScheduled", status="False", reason="Unschedulable",
                                      message="0/3 nodes are available: 3 Insufficient memory.",
-                                     last_transition_time=NOW - dt.timedelta(seconds=unschedulable_for))]
+                                     last_transition_time=now - dt.timedelta(seconds=unschedulable_for))]
     return V1Pod(metadata=V1ObjectMeta(name="gf-x-0", namespace="graphfleet"),
                  status=V1PodStatus(container_statuses=list(containers) or None, conditions=conditions,
                                     init_container_statuses=init))
 
 
-def failure(p: V1Pod, grace: float = 300) -> str | None:
-    return pod_failure(p, NOW.timestamp(), grace)
+def failure(p: V1Pod, grace: float = UNSCHEDULABLE_SECONDS,
+            restarts: int = CRASH_LOOP_RESTARTS) -> str | None:
+    return pod_failure(p, NOW.timestamp(), grace, restarts)
 
 
 def test_image_and_config_errors_fail_at_once_with_the_kubelets_reason_and_message() -> None:
@@ -58,6 +61,32 @@ def test_healthy_and_loading_pods_are_no_failure_and_the_fleet_names_the_pod() -
     assert failure(V1Pod(metadata=V1ObjectMeta(name="gf-x-1"))) is None
     assert failure(pod(container("ContainerCreating"))) is None
     pods = {"gf-x-1": pod(container()), "gf-x-0": pod(container("ImagePullBackOff"))}
-    assert fleet_failure(pods, NOW.timestamp(), 300) == (
+    assert fleet_failure(pods, NOW.timestamp(), 300, 2) == (
         "pod graphfleet/gf-x-0: container graph-engine ImagePullBackOff")
-    assert fleet_failure({"gf-x-1": pod(container())}, NOW.timestamp(), 300) is None
+    assert fleet_failure({"gf-x-1": pod(container())}, NOW.timestamp(), 300, 2) is None
+
+
+def test_the_thresholds_are_the_connectors_settings_and_change_the_decision() -> None:
+    defaults = Settings()
+    assert (defaults.crash_loop_restarts, defaults.unschedulable_seconds) == (2, 300)
+    patient = Settings.from_env({"GRAPHFLEET_CRASH_LOOP_RESTARTS": "5",
+                                 "GRAPHFLEET_UNSCHEDULABLE_SECONDS": "900"})
+    hasty = Settings.from_env({"GRAPHFLEET_CRASH_LOOP_RESTARTS": "1",
+                               "GRAPHFLEET_UNSCHEDULABLE_SECONDS": "30"})
+
+    def under(settings: Settings, p: V1Pod) -> str | None:
+        return failure(p, settings.unschedulable_seconds, settings.crash_loop_restarts)
+
+    crashing = pod(container("CrashLoopBackOff", restarts=3, last=("Error", 1)))
+    assert under(defaults, crashing) is not None and under(patient, crashing) is None
+    once = pod(container("CrashLoopBackOff", restarts=1, last=("Error", 1)))
+    assert under(defaults, once) is None and under(hasty, once) is not None
+    waiting = pod(unschedulable_for=600)
+    assert under(defaults, waiting) is not None and under(patient, waiting) is None
+    brief = pod(unschedulable_for=60)
+    assert under(defaults, brief) is None and under(hasty, brief) == (
+        "Unschedulable for 60s: 0/3 nodes are available: 3 Insufficient memory.")
+    for variable, bad in (("GRAPHFLEET_CRASH_LOOP_RESTARTS", "0"), ("GRAPHFLEET_UNSCHEDULABLE_SECONDS", "-1"),
+                          ("GRAPHFLEET_CRASH_LOOP_RESTARTS", "two")):
+        with pytest.raises(SettingsError, match=variable):
+            Settings.from_env({variable: bad})

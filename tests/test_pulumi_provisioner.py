@@ -1108,3 +1108,28 @@ def test_round_robin_status_reads_start_no_up_while_another_replica_runs_one(
     ups = [c for c in fake_pulumi.calls(url) if c[0] == "up"]
     assert len(ups) == 1, f"{len(ups)} ups for one attempt"
     assert any("is running on" in s.message for s in seen), seen
+
+
+def test_the_pod_failure_thresholds_are_read_from_the_settings(backend: tuple[str, Path], make) -> None:
+    """GRAPHFLEET_CRASH_LOOP_RESTARTS and GRAPHFLEET_UNSCHEDULABLE_SECONDS decide: a server that
+    restarted 3 times and a pod Unschedulable for 10 min fail no fleet under 5 restarts and 1 h, and
+    the Unschedulable one fails it under 5 restarts and 60 s (the crash loop still below its limit)."""
+    import datetime as dt
+
+    from tests.test_pod_failures import container, pod
+
+    url, _ = backend
+    fake_pulumi.script_faults(url, "fleet-thr", up=["hang"])
+    cluster = ClusterPods()
+    strict = make(pods=cluster, crash_loop_restarts=5, unschedulable_seconds=60)
+    patient = make(pods=cluster, crash_loop_restarts=5, unschedulable_seconds=3600)
+    p = provision("fleet-thr", replicas=2, partitions=2)
+    strict.create(p)
+    wait(strict, p, {Phase.UPDATING},
+         lambda s: bool(fake_pulumi.stacks(url).get("fleet-thr", {}).get("pending")))
+    cluster.found = {"fleet-thr-0": pod(container("CrashLoopBackOff", restarts=3, last=("Error", 1))),
+                     "fleet-thr-1": pod(unschedulable_for=600, now=dt.datetime.now(dt.UTC))}
+    assert patient.status(p).phase is Phase.UPDATING
+    failed = strict.status(p)
+    assert failed.phase is Phase.FAILED, failed
+    assert "pod graphfleet/fleet-thr-1: Unschedulable for " in failed.message, failed.message

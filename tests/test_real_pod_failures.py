@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from flyte_agent.pod_failures import UNSCHEDULABLE_SECONDS, create_failure, fleet_failure
+from flyte_agent.pod_failures import CRASH_LOOP_RESTARTS, UNSCHEDULABLE_SECONDS, create_failure, fleet_failure
 from flyte_agent.pods import KubernetesPods, pod_name
 from infra import names
 from infra.graph_service import APP_NAME, CONTAINER_NAME
@@ -55,8 +55,9 @@ def test_the_schedulers_unschedulable_and_an_image_pull_failure_fail_the_fleet(
     assert found is not None and sorted(found) == [pod_name(FLEET, 0), pod_name(FLEET, 1)]
     # Within the grace (a node autoscaler may still add a node) nothing fails; after it, the
     # scheduler's own words name why.
-    assert fleet_failure(found, time.time(), UNSCHEDULABLE_SECONDS) is None
-    failure = fleet_failure(found, time.time() + UNSCHEDULABLE_SECONDS + 1, UNSCHEDULABLE_SECONDS)
+    assert fleet_failure(found, time.time(), UNSCHEDULABLE_SECONDS, CRASH_LOOP_RESTARTS) is None
+    failure = fleet_failure(found, time.time() + UNSCHEDULABLE_SECONDS + 1, UNSCHEDULABLE_SECONDS,
+                            CRASH_LOOP_RESTARTS)
     assert failure is not None
     assert failure.startswith(f"pod {NAMESPACE}/{pod_name(FLEET, 0)}: Unschedulable for ")
     assert "nodes are available" in failure, failure
@@ -72,7 +73,7 @@ def test_the_schedulers_unschedulable_and_an_image_pull_failure_fail_the_fleet(
     assert patched.status_code == 200, patched.text
     found = reader.pods(NAMESPACE, FLEET)
     assert found is not None
-    assert fleet_failure(found, time.time(), UNSCHEDULABLE_SECONDS) == (
+    assert fleet_failure(found, time.time(), UNSCHEDULABLE_SECONDS, CRASH_LOOP_RESTARTS) == (
         f"pod {NAMESPACE}/{pod_name(FLEET, 1)}: container {CONTAINER_NAME} ImagePullBackOff: {PULL_MESSAGE}")
 
 

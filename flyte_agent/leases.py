@@ -1,5 +1,6 @@
 """Shared fleets by lease: `DataServiceConfig(share="name")`. Plain rules; the provisioners keep the
-leases in the fleet's own record (local: fleet.json; Pulumi: the stack's tags, flyte_agent/stack_record.py).
+leases in the fleet's own record (local: fleet.json; Pulumi: one object per holder beside the stack,
+replicas.Backend.leases, mirrored in its tags, flyte_agent/stack_record.py).
 
 Within a project and domain, every execution whose config has the same `share`, graph and spec uses
 one fleet, named from (project, domain, share) alone. Each workflow execution holds a lease on it

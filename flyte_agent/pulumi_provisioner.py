@@ -162,7 +162,8 @@ class PulumiProvisioner:
         self._health = health or _default_health
         self._pods: PodReader | bool | None = pods  # None: made on first use; False: no cluster config
         self._clock = clock
-        self._liveness = replicas.Liveness(replicas.Backend(settings.backend_url), settings.heartbeat_seconds,
+        self._backend = replicas.Backend(settings.backend_url)
+        self._liveness = replicas.Liveness(self._backend, settings.heartbeat_seconds,
                                            clock)
         self.consumers = consumers
         # One lease change of a stack at a time in this process (tag writes are read-modify-write).
@@ -217,6 +218,7 @@ class PulumiProvisioner:
             if tags.get(stack_record.TAG_DELETED) == "true":
                 # A shared stack destroyed but not removed (a give-up): this holder starts it afresh.
                 ws.remove_stack(name)
+                self._backend.drop_leases(name)
                 return
             if stack_record.TAG_SHARE not in tags:
                 return  # being made by a concurrent `up`: status() adds the lease (_repaired_tags)
@@ -409,7 +411,7 @@ class PulumiProvisioner:
                     if self._release_ended(stack, tags):
                         removed.append(name)
                         continue
-                    if not stack_record.is_expired(tags, now) or self._renew_running(stack, tags, now):
+                    if not self._is_expired(name, tags, now) or self._renew_running(stack, tags, now):
                         continue
                     self._destroy(stack, None)
                 except (CommandError, DestroyInProgress) as err:
@@ -426,7 +428,7 @@ class PulumiProvisioner:
         execution's release would); True if that stopped the fleet."""
         if tags.get(stack_record.TAG_DELETED) == "true":
             return False
-        held = stack_record.leases_of(tags)
+        held = self._leases(stack.name, tags)
         ended = holders_in(self.consumers, Execution.ENDED, held, tags.get(stack_record.TAG_EXECUTION, ""))
         if not ended:
             return False
@@ -442,7 +444,7 @@ class PulumiProvisioner:
         execution) whose execution still runs; False if none does (or it cannot be told)."""
         if tags.get(stack_record.TAG_DELETED) == "true":
             return False
-        held = stack_record.leases_of(tags)
+        held = self._leases(stack.name, tags)
         running = holders_in(self.consumers, Execution.RUNNING, held,
                              tags.get(stack_record.TAG_EXECUTION, ""))
         with self._lease_lock(stack.name):
@@ -490,7 +492,7 @@ class PulumiProvisioner:
             phase=phase, created_at=history[-1].start_time.timestamp() if history else 0.0,
             expires_at=stack_record.expires_at(tags) or 0.0, replicas=len(endpoints), endpoints=endpoints,
             servers=cluster_servers(stack.name, self.settings.namespace, len(endpoints), endpoints),
-            leases=sorted(leases.live(stack_record.leases_of(tags), self._clock())),
+            leases=sorted(leases.live(self._leases(stack.name, tags), self._clock())),
             message=tags.get(stack_record.TAG_LAST_ERROR, ""))
 
     def observed_fleets(self) -> tuple[float, list[FleetInfo]] | None:
@@ -570,7 +572,7 @@ class PulumiProvisioner:
                     continue
                 if execution == workflow_execution:
                     found.append(name)
-                elif workflow_execution in stack_record.leases_of(tags):
+                elif workflow_execution in self._leases(name, tags):
                     held.append((name, tags.get(stack_record.TAG_OWNER, "")))
         return found, held
 
@@ -786,10 +788,12 @@ class PulumiProvisioner:
             if stack_record.TAG_SHARE not in tags:
                 return None
             check_owner(name, tags.get(stack_record.TAG_OWNER), owner)
+            held = self._leases(name, tags)
+            self._backend.drop_lease(name, holder)
             key = stack_record.lease_key(holder)
             if key in tags:
                 stack.remove_tag(key)
-            left = leases.live(leases.drop(stack_record.leases_of(tags), holder), self._clock())
+            left = leases.live(leases.drop(held, holder), self._clock())
             if left:
                 latest = int(leases.expiry(left))
                 if stack_record.expires_at(tags) != latest:
@@ -800,7 +804,8 @@ class PulumiProvisioner:
 
     def _extend(self, stack: auto.Stack, tags: Mapping[str, str], expires_at: float, holder: str) -> float:
         """Write `holder`'s lease and the expiry where they end before `expires_at`; nothing otherwise."""
-        if holder and stack_record.leases_of(tags).get(holder, 0.0) < int(expires_at):
+        if holder and self._leases(stack.name, tags).get(holder, 0.0) < int(expires_at):
+            self._backend.put_lease(stack.name, holder, float(int(expires_at)))
             for key, value in stack_record.lease_tag(holder, expires_at).items():
                 stack.set_tag(key, value)
         current = stack_record.expires_at(tags) or 0.0
@@ -808,6 +813,19 @@ class PulumiProvisioner:
             stack.set_tag(stack_record.TAG_EXPIRES, str(int(expires_at)))
             current = float(int(expires_at))
         return current
+
+    def _leases(self, name: str, tags: Mapping[str, str]) -> dict[str, float]:
+        """A shared stack's leases, holder -> expiry: its lease objects (replicas.Backend.leases), which
+        a concurrent tag write can neither lose nor bring back. The lease tags are a mirror for
+        operators; {} for a fleet of one execution's own."""
+        return self._backend.leases(name) if stack_record.TAG_SHARE in tags else {}
+
+    def _is_expired(self, name: str, tags: Mapping[str, str], now: float) -> bool:
+        """The stack's expiry has passed: a shared stack's when its last lease object lapses."""
+        if stack_record.TAG_SHARE in tags and tags.get(stack_record.TAG_DELETED) != "true":
+            return (tags.get(stack_record.TAG_MANAGED) == "true"
+                    and leases.expiry(self._leases(name, tags)) <= now)
+        return stack_record.is_expired(tags, now)
 
     def _lease_lock(self, name: str) -> threading.Lock:
         with self._jobs_lock:
@@ -869,8 +887,11 @@ class PulumiProvisioner:
         tags = dict(stack.list_tags())
         missing = stack_record.missing_record(tags, provision.owner, provision.execution,
                                               provision.expires_at)
+        if (provision.holder and provision.holder not in self._leases(stack.name, tags)
+                and not self._expired(provision)):  # made with the stack by another holder's `up`
+            self._backend.put_lease(stack.name, provision.holder, float(int(provision.expires_at)))
         if (provision.holder and provision.holder not in stack_record.leases_of(tags)
-                and not self._expired(provision)):  # a lease lost to a concurrent tag write
+                and not self._expired(provision)):  # the tag (a mirror) lost to a concurrent tag write
             missing |= stack_record.lease_tag(provision.holder, provision.expires_at)
         for key, value in missing.items():
             log.warning("stack %s: restoring its %s tag", stack.name, key)
@@ -915,6 +936,8 @@ class PulumiProvisioner:
         if provision.holder:
             tags |= stack_record.shared_tags(str(provision.spec.share), leases.fleet_shape(
                 provision.spec.to_custom()), provision.holder, provision.expires_at)
+        if provision.holder:  # before the tags: whoever sees the share tag sees the lease
+            self._backend.put_lease(name, provision.holder, float(int(provision.expires_at)))
         for key, value in tags.items():
             stack.set_tag(key, value)
         return stack
@@ -940,6 +963,7 @@ class PulumiProvisioner:
             stack.destroy(on_output=_debug, on_error=_debug)
         if remove:
             stack.workspace.remove_stack(stack.name)
+            self._backend.drop_leases(stack.name)
 
     def _adopt_pending_creates(self, stack: auto.Stack) -> None:
         exported = stack.export_stack()

@@ -28,10 +28,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import fsspec
 
+from infra.names import name_hash
+
 log = logging.getLogger(__name__)
 
 _LOCKS = ".pulumi/locks/organization"
 _BEATS = ".graphfleet/replicas"
+_LEASES = ".graphfleet/leases"
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,35 @@ class Backend:
         folder = f"{self.root}/{_BEATS}"
         self.fs.makedirs(folder, exist_ok=True)
         self.fs.pipe_file(f"{folder}/{beat.hostname}.json", json.dumps(beat.__dict__).encode())
+
+    # Shared fleets' leases, one object per holder (`.graphfleet/leases/<stack>/<hash>.json`): the stack's
+    # tags are one file the CLI rewrites whole, so two holders writing at once lose one's lease tag; a
+    # write here touches only its own holder's object (flyte_agent/leases.py, docs/design.md).
+    def leases(self, stack: str) -> dict[str, float]:
+        """Every lease object of the stack: holder -> expiry (unreadable ones skipped)."""
+        found = {}
+        for path in self._ls(f"{self.root}/{_LEASES}/{stack}"):
+            try:
+                raw = json.loads(self.fs.cat_file(path))
+                found[str(raw["holder"])] = float(raw["expires_at"])
+            except FileNotFoundError:
+                continue  # dropped between the listing and the read
+            except (ValueError, KeyError, TypeError) as err:
+                log.warning("unreadable lease %s skipped: %s", path, err)
+        return found
+
+    def put_lease(self, stack: str, holder: str, expires_at: float) -> None:
+        folder = f"{self.root}/{_LEASES}/{stack}"
+        self.fs.makedirs(folder, exist_ok=True)
+        self.fs.pipe_file(f"{folder}/{name_hash(holder)}.json",
+                          json.dumps({"holder": holder, "expires_at": expires_at}).encode())
+
+    def drop_lease(self, stack: str, holder: str) -> None:
+        self.remove(f"{self.root}/{_LEASES}/{stack}/{name_hash(holder)}.json")
+
+    def drop_leases(self, stack: str) -> None:
+        for path in self._ls(f"{self.root}/{_LEASES}/{stack}"):
+            self.remove(path)
 
     def _ls(self, folder: str) -> list[str]:
         try:

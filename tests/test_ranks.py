@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import torch
 
 from graph_engine import datasets
 from graph_engine.convert import convert
@@ -58,13 +59,22 @@ def rank_one() -> Iterator[list[int]]:
     watcher.join(5)
 
 
-def signal_when_found(pids: list[int], sig: signal.Signals, after: float) -> threading.Thread:
+def signal_once_training(pids: list[int], sig: signal.Signals,
+                         monkeypatch: pytest.MonkeyPatch) -> threading.Thread:
+    """Send `sig` to rank 1 once it is training: after rank 0 (this process) has averaged one step's
+    gradients, an all-reduce that rank 1 took part in. Not after a fixed time, which on a loaded
+    machine can land while rank 1 still starts (another failure) or, on a fast one, after the run."""
+    stepped = threading.Event()
+    average = ranks.average_gradients
+
+    def averaged(model: torch.nn.Module, rank: Rank) -> None:
+        average(model, rank)
+        stepped.set()
+
+    monkeypatch.setattr(ranks, "average_gradients", averaged)
+
     def send() -> None:
-        deadline = time.monotonic() + 120
-        while not pids and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(after)
-        if pids:
+        if stepped.wait(120) and pids:
             os.kill(pids[0], sig)
 
     thread = threading.Thread(target=send, daemon=True)
@@ -72,9 +82,10 @@ def signal_when_found(pids: list[int], sig: signal.Signals, after: float) -> thr
     return thread
 
 
-def test_a_rank_that_dies_fails_the_run_naming_it(uri: str, rank_one: list[int]) -> None:
+def test_a_rank_that_dies_fails_the_run_naming_it(uri: str, rank_one: list[int],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     config = dataclasses.replace(SMALL, epochs=200)
-    killer = signal_when_found(rank_one, signal.SIGKILL, after=8.0)
+    killer = signal_once_training(rank_one, signal.SIGKILL, monkeypatch)
     started = time.monotonic()
     with pytest.raises(RankFailed, match=r"rank 1 \(exit -9\)"):
         fit_ranks(uri, config, trainers=2, progress=False)
@@ -83,9 +94,10 @@ def test_a_rank_that_dies_fails_the_run_naming_it(uri: str, rank_one: list[int])
     assert not multiprocessing.active_children()
 
 
-def test_a_rank_that_hangs_fails_the_run_at_the_collective_timeout(uri: str, rank_one: list[int]) -> None:
+def test_a_rank_that_hangs_fails_the_run_at_the_collective_timeout(uri: str, rank_one: list[int],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     config = dataclasses.replace(SMALL, epochs=200, collective_seconds=15)
-    stopper = signal_when_found(rank_one, signal.SIGSTOP, after=8.0)
+    stopper = signal_once_training(rank_one, signal.SIGSTOP, monkeypatch)
     started = time.monotonic()
     with pytest.raises(Exception, match="(?i)timed out|timeout"):
         fit_ranks(uri, config, trainers=2, progress=False)

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from graph_engine import health, sizing
 from graph_engine.convert import convert
 from graph_engine.store import read_info
 from infra.spec import DataServiceSpec
+from tests.polling import poll_until
 from tests.s3_server import moto_s3, s3_env
 from tests.test_graph_server import NODES, free_port, port_is_free, ring_graph
 
@@ -103,13 +103,14 @@ class Connector:
                                  timeout=10).resource
 
     def wait_terminal(self, task_type: str, meta: bytes, timeout: float = 120) -> agent_pb2.Resource:
-        deadline = time.monotonic() + timeout
-        while True:
-            resource = self.get(task_type, meta)
-            if resource.phase in (execution_pb2.TaskExecution.SUCCEEDED, execution_pb2.TaskExecution.FAILED):
-                return resource
-            assert time.monotonic() < deadline, f"still {resource.phase}: {resource.message}"
-            time.sleep(0.3)
+        seen: list[agent_pb2.Resource] = []
+
+        def terminal() -> agent_pb2.Resource | None:
+            seen.append(self.get(task_type, meta))
+            done = (execution_pb2.TaskExecution.SUCCEEDED, execution_pb2.TaskExecution.FAILED)
+            return seen[-1] if seen[-1].phase in done else None
+
+        return poll_until(terminal, lambda: f"still {seen[-1].phase}: {seen[-1].message}", timeout, 0.3)
 
     def delete(self, task_type: str, meta: bytes) -> None:
         category = agent_pb2.TaskCategory(name=task_type, version=0)
@@ -245,14 +246,17 @@ def test_a_crashing_server_fails_the_fleet_naming_it_with_its_log(connector_fact
     connector = connector_factory()
     task = DataServiceTask(name="graph", config=DataServiceConfig(graph_uri=uri, replicas=2))
     meta = connector.create(serialized(task))
-    messages = []
-    deadline = time.monotonic() + 120
-    failed = execution_pb2.TaskExecution.FAILED
-    while (resource := connector.get(DATA_SERVICE_TASK_TYPE, meta)).phase != failed:
+    messages: list[str] = []
+
+    def failed() -> agent_pb2.Resource | None:
+        resource = connector.get(DATA_SERVICE_TASK_TYPE, meta)
         assert resource.phase != execution_pb2.TaskExecution.SUCCEEDED
-        assert time.monotonic() < deadline, resource.message
+        if resource.phase == execution_pb2.TaskExecution.FAILED:
+            return resource
         messages.append(resource.message)
-        time.sleep(0.3)
+        return None
+
+    resource = poll_until(failed, lambda: messages[-1] if messages else "no answer", 120, 0.3)
     # While it comes up, the message says what the servers are doing, crashes included.
     assert any(m.startswith("2/2 servers loading partitions") for m in messages), messages
     assert any("1 restarting: exit code 1" in m for m in messages), messages

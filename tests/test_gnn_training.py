@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from graph_engine import datasets, health
 from graph_engine.convert import convert
 from graph_engine.datasets import synthetic
 from tests.graph_tables import write_tables
+from tests.polling import poll_until
 from workflows import gnn_training as job
 from workflows import inference
 from workflows import train as trainer
@@ -206,15 +206,13 @@ def current_pid(pid_file: Path) -> int | None:
 
 def wait_for(check: Any, run: subprocess.Popen[str], timeout: float = 300) -> Any:
     """Poll `check` until it returns something truthy; fail if the run exits or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def held() -> Any:
         found = check()
-        if found:
-            return found
-        if run.poll() is not None:
+        if not found and run.poll() is not None:
             pytest.fail(f"the run exited ({run.returncode}) before the condition held")
-        time.sleep(0.2)
-    pytest.fail(f"condition not met within {timeout}s")
+        return found
+
+    return poll_until(held, "the condition", timeout)
 
 
 SERIALIZE_TASKS = """

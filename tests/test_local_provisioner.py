@@ -17,6 +17,7 @@ from flyte_agent.settings import Settings
 from graph_engine import health
 from graph_engine.convert import convert
 from infra.spec import DataServiceSpec
+from tests.polling import poll_until
 from tests.test_connector_grpc import pid_running
 from tests.test_graph_server import port_is_free, ring_graph
 
@@ -41,14 +42,15 @@ def provision(uri: str, name: str = "gf-test", partitions: int = 2, **spec: obje
 
 
 def wait_for(check: Callable[[], Status], phase: Phase, timeout: float = 60) -> Status:
-    deadline = time.monotonic() + timeout
-    while True:
+    seen: list[Status] = []
+
+    def reached() -> Status | None:
         status = check()
-        if status.phase is phase:
-            return status
+        seen.append(status)
         assert status.phase is not Phase.FAILED or phase is Phase.FAILED, status.message
-        assert time.monotonic() < deadline, f"{status.phase}: {status.message}"
-        time.sleep(0.2)
+        return status if status.phase is phase else None
+
+    return poll_until(reached, lambda: f"{phase} ({seen[-1].phase}: {seen[-1].message})", timeout)
 
 
 def test_lifecycle_crash_restart_and_delete_freeing_ports(provisioner: LocalProvisioner,

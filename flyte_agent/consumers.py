@@ -15,7 +15,7 @@ Cluster (`FlyteExecutions`): the execution's FlyteWorkflow object, flyte.lyft.co
 the execution, in `{project}-{domain}` (FlyteAdmin's default namespace mapping). FlyteAdmin aborts an
 execution by deleting it; propeller's finalizer holds it (deletionTimestamp set) while it aborts the
 running nodes, then it is gone; `status.phase` is propeller's WorkflowPhase (sources:
-docs/external-contracts.md, "Flyte executions"). Gone is ENDED only because CreateTask checked that the
+docs/external-contracts.md, section "Flyte"). Gone is ENDED only because CreateTask checked that the
 execution's FlyteWorkflow is there (`check_watchable`): a connector outside the executions' cluster
 is refused at once instead of releasing every fleet at its first gc.
 
@@ -159,12 +159,12 @@ def holders(leases: Iterable[str], execution: str) -> list[str]:
     return [own] if own else []
 
 
-def holders_in(consumers: Consumers | None, state: Execution, leases: Iterable[str],
-               execution: str) -> list[str]:
-    """The fleet's holders (see `holders`) whose execution is in `state`; none without a probe."""
+def states(consumers: Consumers | None, leases: Iterable[str], execution: str) -> dict[str, Execution]:
+    """Where each of the fleet's holders (see `holders`) stands, asked once (a FlyteWorkflow read each
+    on a cluster); {} without a probe."""
     if consumers is None:
-        return []
-    return [h for h in holders(leases, execution) if consumers.state(h) is state]
+        return {}
+    return {h: consumers.state(h) for h in holders(leases, execution)}
 
 
 def check_watchable(consumers: Consumers | None, workflow_execution: str) -> None:

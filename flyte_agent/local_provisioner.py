@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import graph_engine
 from flyte_agent import leases, metrics, progress
-from flyte_agent.consumers import Consumers, Execution, holders_in, proc_stat
+from flyte_agent.consumers import Consumers, Execution, proc_stat, states
 from flyte_agent.files import locked, write_json
 from flyte_agent.provisioner import (
     FleetInfo,
@@ -196,7 +196,8 @@ class LocalProvisioner:
     def _release_ended(self, record: dict[str, Any]) -> bool:
         """Drop the leases of holders whose execution has ended (a fleet of its own: the fleet, as its
         execution's release would); True if that stopped the fleet."""
-        ended = holders_in(self.consumers, Execution.ENDED, record.get("leases") or [], record["execution"])
+        seen = states(self.consumers, record.get("leases") or [], record["execution"])
+        ended = [holder for holder, state in seen.items() if state is Execution.ENDED]
         if not ended:
             return False
         log.info("local fleet %s: %s ended; released", record["name"], ", ".join(ended))
@@ -385,8 +386,8 @@ class LocalProvisioner:
     def _renew_running(self, record: dict[str, Any], now: float) -> bool:
         """At expiry: renew every holder whose consumer still runs; False if none does. Caller holds
         the fleet's lock."""
-        running = holders_in(self.consumers, Execution.RUNNING, record.get("leases") or [],
-                             record["execution"])
+        seen = states(self.consumers, record.get("leases") or [], record["execution"])
+        running = [holder for holder, state in seen.items() if state is Execution.RUNNING]
         for holder in running:
             log.info("local fleet %s: %s still runs; renewed for %gs", record["name"], holder,
                      self.renew_seconds)

@@ -46,7 +46,7 @@ from pulumi.automation.errors import (
 )
 
 from flyte_agent import leases, metrics, pending_creates, pod_failures, replicas, stack_record
-from flyte_agent.consumers import Consumers, Execution, holders_in
+from flyte_agent.consumers import Consumers, Execution, states
 from flyte_agent.pods import KubernetesPods, cluster_servers, with_servers
 from flyte_agent.provisioner import (
     DestroyInProgress,
@@ -225,7 +225,7 @@ class PulumiProvisioner:
             check_owner(name, tags.get(stack_record.TAG_OWNER), provision.owner)
             leases.check_same_spec(str(provision.spec.share), stack_record.spec_of(tags) or {},
                                    leases.fleet_shape(provision.spec.to_custom()))
-            self._extend(stack, tags, provision.expires_at, provision.holder)
+            self._extend(stack, tags, self._leases(name, tags), provision.expires_at, provision.holder)
 
     def status(self, provision: Provision) -> Status:
         """The stack's status, and until READY its pods': their progress, and a fleet that cannot
@@ -407,11 +407,16 @@ class PulumiProvisioner:
                     continue
                 stack = auto.Stack.select(name, ws)
                 tags = stack.list_tags()
+                held = self._leases(name, tags)
+                # Each holder's execution, asked once a pass; a tombstone serves nobody.
+                seen = ({} if tags.get(stack_record.TAG_DELETED) == "true" else
+                        states(self.consumers, held, tags.get(stack_record.TAG_EXECUTION, "")))
                 try:
-                    if self._release_ended(stack, tags):
+                    if self._release_ended(stack, tags, seen):
                         removed.append(name)
                         continue
-                    if not self._is_expired(name, tags, now) or self._renew_running(stack, tags, now):
+                    if (not self._is_expired(tags, held, now)
+                            or self._renew_running(stack, tags, held, seen, now)):
                         continue
                     self._destroy(stack, None)
                 except (CommandError, DestroyInProgress) as err:
@@ -423,13 +428,11 @@ class PulumiProvisioner:
             raise GcError(removed, failures)
         return removed
 
-    def _release_ended(self, stack: auto.Stack, tags: Mapping[str, str]) -> bool:
+    def _release_ended(self, stack: auto.Stack, tags: Mapping[str, str],
+                       seen: Mapping[str, Execution]) -> bool:
         """Drop the leases of holders whose execution has ended (a stack of its own: destroy it, as its
         execution's release would); True if that stopped the fleet."""
-        if tags.get(stack_record.TAG_DELETED) == "true":
-            return False
-        held = self._leases(stack.name, tags)
-        ended = holders_in(self.consumers, Execution.ENDED, held, tags.get(stack_record.TAG_EXECUTION, ""))
+        ended = [holder for holder, state in seen.items() if state is Execution.ENDED]
         if not ended:
             return False
         log.info("stack %s: %s ended; released", stack.name, ", ".join(ended))
@@ -439,19 +442,16 @@ class PulumiProvisioner:
             return True
         return 0 in [self.release(stack.name, owner, holder) for holder in ended]
 
-    def _renew_running(self, stack: auto.Stack, tags: Mapping[str, str], now: float) -> bool:
+    def _renew_running(self, stack: auto.Stack, tags: Mapping[str, str], held: Mapping[str, float],
+                       seen: Mapping[str, Execution], now: float) -> bool:
         """At expiry: renew every holder (a shared stack's lease holders, else the fleet's own workflow
         execution) whose execution still runs; False if none does (or it cannot be told)."""
-        if tags.get(stack_record.TAG_DELETED) == "true":
-            return False
-        held = self._leases(stack.name, tags)
-        running = holders_in(self.consumers, Execution.RUNNING, held,
-                             tags.get(stack_record.TAG_EXECUTION, ""))
+        running = [holder for holder, state in seen.items() if state is Execution.RUNNING]
         with self._lease_lock(stack.name):
             for holder in running:
                 log.info("stack %s: %s still runs; renewed for %gs", stack.name, holder,
                          self.settings.renew_seconds)
-                self._extend(stack, tags, now + self.settings.renew_seconds, holder if held else "")
+                self._extend(stack, tags, held, now + self.settings.renew_seconds, holder if held else "")
         return bool(running)
 
     def fleets(self) -> list[FleetInfo]:
@@ -773,7 +773,7 @@ class PulumiProvisioner:
             stack = auto.Stack.select(name, ws)
             tags = stack.list_tags()  # StackNotFoundError: nothing to renew
             check_owner(name, tags.get(stack_record.TAG_OWNER), owner)
-            return self._extend(stack, tags, expires_at, holder)
+            return self._extend(stack, tags, self._leases(name, tags), expires_at, holder)
 
     def release(self, name: str, owner: str, holder: str) -> int | None:
         """Remove `holder`'s lease tag; with no live lease left, destroy the stack as delete() does
@@ -802,9 +802,11 @@ class PulumiProvisioner:
         self.delete(name, owner)
         return 0
 
-    def _extend(self, stack: auto.Stack, tags: Mapping[str, str], expires_at: float, holder: str) -> float:
-        """Write `holder`'s lease and the expiry where they end before `expires_at`; nothing otherwise."""
-        if holder and self._leases(stack.name, tags).get(holder, 0.0) < int(expires_at):
+    def _extend(self, stack: auto.Stack, tags: Mapping[str, str], held: Mapping[str, float],
+                expires_at: float, holder: str) -> float:
+        """Write `holder`'s lease and the expiry where they end before `expires_at`; nothing otherwise.
+        `held`: the stack's leases (`_leases`)."""
+        if holder and held.get(holder, 0.0) < int(expires_at):
             self._backend.put_lease(stack.name, holder, float(int(expires_at)))
             for key, value in stack_record.lease_tag(holder, expires_at).items():
                 stack.set_tag(key, value)
@@ -820,11 +822,11 @@ class PulumiProvisioner:
         operators; {} for a fleet of one execution's own."""
         return self._backend.leases(name) if stack_record.TAG_SHARE in tags else {}
 
-    def _is_expired(self, name: str, tags: Mapping[str, str], now: float) -> bool:
-        """The stack's expiry has passed: a shared stack's when its last lease object lapses."""
+    @staticmethod
+    def _is_expired(tags: Mapping[str, str], held: Mapping[str, float], now: float) -> bool:
+        """The stack's expiry has passed: a shared stack's when its last lease (`held`) lapses."""
         if stack_record.TAG_SHARE in tags and tags.get(stack_record.TAG_DELETED) != "true":
-            return (tags.get(stack_record.TAG_MANAGED) == "true"
-                    and leases.expiry(self._leases(name, tags)) <= now)
+            return tags.get(stack_record.TAG_MANAGED) == "true" and leases.expiry(held) <= now
         return stack_record.is_expired(tags, now)
 
     def _lease_lock(self, name: str) -> threading.Lock:
@@ -887,12 +889,11 @@ class PulumiProvisioner:
         tags = dict(stack.list_tags())
         missing = stack_record.missing_record(tags, provision.owner, provision.execution,
                                               provision.expires_at)
-        if (provision.holder and provision.holder not in self._leases(stack.name, tags)
-                and not self._expired(provision)):  # made with the stack by another holder's `up`
-            self._backend.put_lease(stack.name, provision.holder, float(int(provision.expires_at)))
-        if (provision.holder and provision.holder not in stack_record.leases_of(tags)
-                and not self._expired(provision)):  # the tag (a mirror) lost to a concurrent tag write
-            missing |= stack_record.lease_tag(provision.holder, provision.expires_at)
+        if provision.holder and not self._expired(provision):
+            if provision.holder not in self._leases(stack.name, tags):  # the stack made by another's `up`
+                self._backend.put_lease(stack.name, provision.holder, float(int(provision.expires_at)))
+            if provision.holder not in stack_record.leases_of(tags):  # the mirror lost to a concurrent write
+                missing |= stack_record.lease_tag(provision.holder, provision.expires_at)
         for key, value in missing.items():
             log.warning("stack %s: restoring its %s tag", stack.name, key)
             stack.set_tag(key, value)
@@ -933,11 +934,10 @@ class PulumiProvisioner:
         except StackAlreadyExistsError:  # another replica made it between our select and init
             return auto.Stack.select(name, ws)
         tags = stack_record.initial_tags(provision.owner, provision.execution, provision.expires_at)
-        if provision.holder:
+        if provision.holder:  # the lease before the tags: whoever sees the share tag sees the lease
+            self._backend.put_lease(name, provision.holder, float(int(provision.expires_at)))
             tags |= stack_record.shared_tags(str(provision.spec.share), leases.fleet_shape(
                 provision.spec.to_custom()), provision.holder, provision.expires_at)
-        if provision.holder:  # before the tags: whoever sees the share tag sees the lease
-            self._backend.put_lease(name, provision.holder, float(int(provision.expires_at)))
         for key, value in tags.items():
             stack.set_tag(key, value)
         return stack

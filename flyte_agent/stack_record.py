@@ -150,14 +150,14 @@ def attempts(tags: Mapping[str, str]) -> int:
     return int(value) if value.isdigit() else 0
 
 
+_FAILED = " failed"
+
+
 def attempt_tag(count: int, attempt_id: str, failed: bool = False) -> str:
     """The attempts tag: how many `up` attempts count, the id of the last, which its `up`'s message
     (`attempt_message`) carries into the history, and `failed` once it failed (also where it failed
     before writing a history entry: before it took the stack's lock)."""
     return f"{count} {attempt_id}{_FAILED if failed else ''}"
-
-
-_FAILED = " failed"
 
 
 def attempt_message(attempt_id: str) -> str:

@@ -1,7 +1,7 @@
 """What gc asks of every holder of a fleet: does its execution still run, or has it ended?
 
 Locally an execution is a process; on a cluster it is the FlyteWorkflow object that FlyteAdmin creates
-and deletes (on abort) and propeller drives (docs/external-contracts.md, "Flyte executions"). The
+and deletes (on abort) and propeller drives (docs/external-contracts.md, section "Flyte"). The
 cluster probe is held against a real kube-apiserver with the FlyteWorkflow CRD as propeller makes it.
 """
 

@@ -23,7 +23,16 @@ from flyte_agent.consumers import Consumers, make_consumers
 from flyte_agent.graph_access import check_rules
 from flyte_agent.log_links import LogTemplate
 from flyte_agent.provisioner import Provisioner
-from infra.config import SECRETS_PROVIDER_URL, EnvName, ObjectStore, Subdomain, Toleration
+from infra.config import (
+    MAX_CRASH_LOOP_RESTARTS,
+    MAX_UNSCHEDULABLE_SECONDS,
+    SECRETS_PROVIDER_URL,
+    EnvName,
+    NamespaceTemplate,
+    ObjectStore,
+    Subdomain,
+    Toleration,
+)
 from infra.images import STACK_ALLOW_LIST, check_allow_list_entry, check_image
 from infra.spec import check_labels, describe_error
 
@@ -109,17 +118,17 @@ class Settings(BaseModel):
         True, description="gc follows each holder's Flyte execution (flyte_agent/consumers.py): renews its "
                           "fleet while it runs, releases it once aborted or failed; needs the connector in "
                           "the executions' cluster. false: fleets lapse at their expiry")
-    consumer_namespace: str = Field(
-        "{project}-{domain}", pattern=r"^[-a-z0-9{}]+$",
+    consumer_namespace: NamespaceTemplate = Field(
+        "{project}-{domain}",
         description="where an execution's FlyteWorkflow lives (FlyteAdmin's namespace_mapping template)")
     check_endpoints: bool = Field(True, description="health-check endpoints before reporting READY")
     # A fleet that cannot start fails early, told from its pods (flyte_agent/pod_failures.py).
     unschedulable_seconds: float = Field(
-        pod_failures.UNSCHEDULABLE_SECONDS, ge=0, le=86_400,
+        pod_failures.UNSCHEDULABLE_SECONDS, ge=0, le=MAX_UNSCHEDULABLE_SECONDS,
         description="how long a fleet's pod may stay Unschedulable before the fleet fails: time for a node "
                     "autoscaler to add a node")
     crash_loop_restarts: int = Field(
-        pod_failures.CRASH_LOOP_RESTARTS, ge=1, le=100,
+        pod_failures.CRASH_LOOP_RESTARTS, ge=1, le=MAX_CRASH_LOOP_RESTARTS,
         description="restarts of a graph-engine container in CrashLoopBackOff before the fleet fails")
     # Every fleet's pods (the Datacenter sets these from the stack, like its shared services).
     node_selector: dict[str, str] = Field(default_factory=dict, description="graph-engine node selector")

@@ -101,6 +101,11 @@ def _duration(value: str) -> str:
 
 
 Duration = Annotated[str, AfterValidator(_duration)]
+# FlyteAdmin's namespace mapping, `{project}` and `{domain}` filled in: where an execution runs.
+NamespaceTemplate = Annotated[str, Field(pattern=r"^[-a-z0-9{}]+$")]
+# Bounds of the connector's pod-failure thresholds, for the stack and the connector's settings alike.
+MAX_UNSCHEDULABLE_SECONDS = 86_400
+MAX_CRASH_LOOP_RESTARTS = 100
 
 
 class _Model(BaseModel):
@@ -346,14 +351,14 @@ class PodFailures(_Model):
         None, description="How long a fleet's pod may stay Unschedulable before the fleet fails: the time "
                           "your node autoscaler takes to add a node")
     crash_loop_restarts: int | None = Field(
-        None, ge=1, le=100, description="Restarts of a graph-engine container in CrashLoopBackOff before "
-                                        "the fleet fails")
+        None, ge=1, le=MAX_CRASH_LOOP_RESTARTS,
+        description="Restarts of a graph-engine container in CrashLoopBackOff before the fleet fails")
 
     @field_validator("unschedulable_grace")
     @classmethod
     def _grace(cls, value: str | None) -> str | None:
-        if value is not None and parse_duration(value) > 86_400:
-            raise ValueError(f"must be at most 24h, got {value!r}")
+        if value is not None and parse_duration(value) > MAX_UNSCHEDULABLE_SECONDS:
+            raise ValueError(f"must be at most {MAX_UNSCHEDULABLE_SECONDS // 3600}h, got {value!r}")
         return value
 
 
@@ -386,12 +391,12 @@ class ConnectorConfig(_Model):
     tls_secret: Subdomain | None = Field(
         None, description="A kubernetes.io/tls Secret (tls.crt, tls.key) in the connector namespace: serve "
                           "gRPC over TLS; propeller must trust its issuer")
-    watch_executions: bool = Field(
-        True, description="Release a fleet once its Flyte execution is aborted or failed, renew it while "
+    # Unset: the connector's defaults (GRAPHFLEET_WATCH_EXECUTIONS, GRAPHFLEET_CONSUMER_NAMESPACE).
+    watch_executions: bool | None = Field(
+        None, description="Release a fleet once its Flyte execution is aborted or failed, renew it while "
                           "it runs (reads FlyteWorkflows: propeller must run in this cluster)")
-    consumer_namespace: str = Field(
-        "{project}-{domain}", pattern=r"^[-a-z0-9{}]+$",
-        description="FlyteAdmin's namespace_mapping template: where an execution's FlyteWorkflow lives")
+    consumer_namespace: NamespaceTemplate | None = Field(
+        None, description="FlyteAdmin's namespace_mapping template: where an execution's FlyteWorkflow lives")
     propeller_namespace: DnsLabel = Field("flyte", description="FlytePropeller's namespace: the only one "
                                                                "admitted to the connector's gRPC port")
     prometheus_namespace: DnsLabel | None = Field(

@@ -203,7 +203,7 @@ def settings_env(args: FlyteConnectorArgs) -> list[dict[str, Any]]:
         "engine_service_account": ENGINE_SERVICE_ACCOUNT,
         "object_store": args.object_store.model_dump_json(by_alias=True, exclude_none=True),
         "client_namespaces": ",".join(args.client_namespaces) or None,
-        "watch_executions": str(config.watch_executions).lower(),
+        "watch_executions": None if config.watch_executions is None else str(config.watch_executions).lower(),
         "consumer_namespace": config.consumer_namespace,
         "tls_dir": TLS_DIR if config.tls_secret else None,
         "secrets_provider": config.secrets.secrets_provider,

@@ -6,7 +6,7 @@ FROM python:3.11.11-slim-bookworm
 # infra/image_contract.py (the Deployment runs as that uid and links those plugins into its
 # writable PULUMI_HOME); tests/test_images.py checks all of them.
 ARG PULUMI_VERSION=3.272.0
-ARG PULUMI_KUBERNETES_VERSION=4.34.2
+ARG PULUMI_KUBERNETES_VERSION=4.32.0
 ARG UID=10001
 ARG ACCOUNT=connector
 ARG IMAGE_PULUMI_HOME=/opt/pulumi-home

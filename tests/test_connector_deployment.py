@@ -265,18 +265,18 @@ def test_init_container_links_the_image_plugins(tmp_path: Path,
     """Run the init container's command: the CLI then finds `$PULUMI_HOME/plugins/resource-kubernetes-v*`."""
     pod = _render(render_valid, _args()).one("Deployment")["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
-    image_plugins = tmp_path / "image" / "plugins" / "resource-kubernetes-v4.34.2"
+    image_plugins = tmp_path / "image" / "plugins" / "resource-kubernetes-v4.32.0"
     image_plugins.mkdir(parents=True)
     home = tmp_path / "work" / ".pulumi"
     subprocess.run(init["command"], env={"PATH": "/usr/bin:/bin", "PULUMI_HOME": str(home),
                                          "IMAGE_PLUGINS": str(tmp_path / "image" / "plugins")},
                    check=True, timeout=30)
-    assert (home / "plugins" / "resource-kubernetes-v4.34.2").is_dir()
+    assert (home / "plugins" / "resource-kubernetes-v4.32.0").is_dir()
     # Idempotent: a restarted pod keeps its volume and runs it again.
     subprocess.run(init["command"], env={"PATH": "/usr/bin:/bin", "PULUMI_HOME": str(home),
                                          "IMAGE_PLUGINS": str(tmp_path / "image" / "plugins")},
                    check=True, timeout=30)
-    assert sorted(p.name for p in (home / "plugins").iterdir()) == ["resource-kubernetes-v4.34.2"]
+    assert sorted(p.name for p in (home / "plugins").iterdir()) == ["resource-kubernetes-v4.32.0"]
 
 
 def test_bad_args_are_refused_before_anything() -> None:

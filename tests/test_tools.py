@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.control_plane import CRDS_DIR, REPO, REQUIRE_TOOLS_ENV, needs_tools, require_tools, tool
+from tests.pulumi_engine import locked
 
 TOOLS = REPO / "tools"
 
@@ -38,13 +39,6 @@ def version_output(name: str, *args: str) -> str:
 
 def semver(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in v.lstrip("v").split("-")[0].split("."))
-
-
-def locked(package: str) -> str:
-    lock = (REPO / "requirements.lock").read_text()
-    found = re.search(rf"^{re.escape(package)}==(\S+)$", lock, re.M | re.I)
-    assert found, f"{package} is not in requirements.lock"
-    return found.group(1)
 
 
 def test_staging_modules_are_pinned_to_the_kubernetes_patch() -> None:
@@ -96,12 +90,57 @@ def test_pulumi_cli_reports_the_pinned_version() -> None:
     assert version_output("pulumi", "version").strip() == pinned("pulumi", "github.com/pulumi/pulumi/pkg/v3")
 
 
+def test_the_language_host_is_built_against_the_clis_pkg_and_sdk() -> None:
+    cli = pinned("pulumi", "github.com/pulumi/pulumi/pkg/v3")
+    for module in ("github.com/pulumi/pulumi/pkg/v3", "github.com/pulumi/pulumi/sdk/v3"):
+        assert pinned("pulumi-language-python", module) == cli, module
+    assert replaces("pulumi-language-python")["github.com/pulumi/pulumi/sdk/v3"] == cli
+
+
+def test_the_provider_pin_is_the_locks_pulumi_kubernetes() -> None:
+    # The CLI runs only a provider of exactly the SDK's version: a bump of one is a bump of both.
+    provider = pinned("pulumi-kubernetes", "github.com/pulumi/pulumi-kubernetes/provider/v4")
+    assert provider.lstrip("v") == locked("pulumi-kubernetes")
+
+
+@needs_tools("pulumi-language-python")
+def test_the_language_host_reports_the_pinned_version() -> None:
+    host = "github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3"
+    pin = pinned("pulumi-language-python", host)
+    assert version_output("pulumi-language-python", "-version").strip() == pin
+    assert tool("pulumi-language-python-exec").exists()
+
+
+@pytest.mark.integration
+def test_the_installed_provider_plugin_reports_the_locked_version() -> None:
+    """The plugin `make tools` installed answers GetPluginInfo with the lock's version (stamped at build)."""
+    import grpc
+    from google.protobuf import empty_pb2
+    from pulumi.runtime.proto import provider_pb2_grpc
+
+    from tests.pulumi_engine import provider_plugin, require_engine
+
+    require_engine()
+    # Its one argument is the engine's address, which it health-checks only every 5 minutes.
+    with subprocess.Popen([str(provider_plugin()), "127.0.0.1:1"], stdout=subprocess.PIPE, text=True) as p:
+        try:
+            assert p.stdout is not None
+            port = int(p.stdout.readline().strip())
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = provider_pb2_grpc.ResourceProviderStub(channel)
+                info = stub.GetPluginInfo(empty_pb2.Empty(), timeout=30)
+            assert info.version == locked("pulumi-kubernetes")
+        finally:
+            p.kill()
+
+
 def test_make_tools_builds_each_tool_from_its_pinned_module() -> None:
-    names = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "pulumi")
-    targets = [f".tools/bin/{n}" for n in names]
+    names = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "pulumi",
+             "pulumi-language-python")
+    targets = [f".tools/bin/{n}" for n in names] + [".tools/provider/pulumi-resource-kubernetes"]
     dry = subprocess.run(["make", "-n", "-B", *targets], cwd=REPO, capture_output=True, text=True, timeout=60,
                          check=True).stdout
-    for name in names:
+    for name in (*names, "pulumi-resource-kubernetes"):
         assert f"tools/build.sh {name}" in dry, name
 
 

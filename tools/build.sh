@@ -1,14 +1,28 @@
 #!/usr/bin/env bash
 # Builds one tool from its pinned Go module under tools/ into .tools/ (`make tools` calls it once
 # per binary). Versions live only in tools/*/go.mod; the version each binary
-# reports is stamped from there, and tests/test_tools.py checks it.
+# reports is stamped from there, and tests/test_tools.py checks it. The Python language host and the
+# kubernetes provider come from the upstream trees in ../shared/src (the Go module proxy refuses both;
+# ../shared/src/README.md), through a `replace` in their module here.
 # Niced, one binary per call, stripped: the machines have 2 cores shared with other work.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$root/.tools/bin
-mkdir -p "$bin"
+mkdir -p "$bin" "$root/.tools/provider"
+
+shared=${GRAPHFLEET_SHARED_DIR:-$root/../shared}
 
 version() { (cd "$root/tools/$1" && go list -m -f '{{.Version}}' "$2"); }
+module_dir() { (cd "$root/tools/$1" && go list -m -f '{{.Dir}}' "$2"); }
+# The upstream tree a tool is built from; on a machine without ../shared/src (one that reaches GitHub
+# and Pulumi's downloads) the same pieces come prebuilt, as the message says.
+need_source() {  # tree what-to-do-instead
+    if [ ! -d "$shared/src/$1" ]; then
+        echo "tools/build.sh: $shared/src/$1 is missing (the upstream source the Go module proxy refuses)." >&2
+        echo "Without it, install the same piece prebuilt: $2" >&2
+        exit 1
+    fi
+}
 build() {  # module-dir package output extra-ldflags
     (cd "$root/tools/$1" && nice -n 10 go build -trimpath -ldflags="-s -w $4" -o "$bin/$3.tmp" "$2")
     mv "$bin/$3.tmp" "$bin/$3"
@@ -36,6 +50,44 @@ pulumi)
     v=$(version pulumi github.com/pulumi/pulumi/pkg/v3)
     build pulumi github.com/pulumi/pulumi/pkg/v3/cmd/pulumi pulumi \
         "-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$v"
+    ;;
+pulumi-language-python)
+    # Built against pkg/sdk at the CLI's version (tests/test_tools.py holds the two pins equal), with
+    # the `pulumi-language-python-exec` script it runs beside it, from the sdk/v3 module zip. The CLI
+    # finds both next to its own binary.
+    need_source pulumi-v3.259.0/sdk/python/cmd/pulumi-language-python \
+        "the pulumi CLI release tarball of the pinned version carries pulumi-language-python and pulumi-language-python-exec; put them in $bin"
+    export CGO_ENABLED=0
+    v=$(version pulumi-language-python github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3)
+    build pulumi-language-python github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3 \
+        pulumi-language-python "-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$v"
+    install -m 0755 "$(module_dir pulumi-language-python github.com/pulumi/pulumi/sdk/v3)/python/cmd/pulumi-language-python-exec" \
+        "$bin/pulumi-language-python-exec"
+    ;;
+pulumi-resource-kubernetes)
+    # The provider's module (tools/pulumi-kubernetes/go.mod) replaces it with a writable copy of the
+    # upstream tree, completed with the two generated files its binary embeds: the schema comes from
+    # the one provider version the proxy serves (its pseudo-version, tag v4.25.0; only GetSchema reads
+    # it, not up/preview/destroy), stamped with our version by upstream's own generate.go.
+    need_source pulumi-kubernetes-v4.32.0/provider \
+        "PULUMI_HOME=$root/.tools/pulumi-home pulumi plugin install resource kubernetes v4.32.0"
+    need_source pulumi-v3.243.0/pkg "PULUMI_HOME=$root/.tools/pulumi-home pulumi plugin install resource kubernetes v4.32.0"
+    v=$(cd "$root/tools/pulumi-kubernetes" && sed -n 's,^require github.com/pulumi/pulumi-kubernetes/provider/v4 v,,p' go.mod)
+    src=$root/.tools/src/pulumi-kubernetes
+    rm -rf "$src" && mkdir -p "$src"
+    cp -r "$shared/src/pulumi-kubernetes-v$v/provider" "$src/provider" && chmod -R u+w "$src"
+    schema_module=$(sed -n 's,^// schema: ,,p' "$root/tools/pulumi-kubernetes/go.mod")
+    schema_dir=$(cd "$root/.tools" && go mod download -json "$schema_module" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+    cmd=$src/provider/cmd/pulumi-resource-kubernetes
+    install -m 0644 "$schema_dir/cmd/pulumi-resource-kubernetes/schema.json" "$cmd/schema.json"
+    (cd "$root/tools/pulumi-kubernetes" && nice -n 10 go build -o "$src/generate-embeds" "$cmd/generate.go")
+    (cd "$cmd" && VERSION=$v "$src/generate-embeds")
+    build pulumi-kubernetes github.com/pulumi/pulumi-kubernetes/provider/v4/cmd/pulumi-resource-kubernetes \
+        ../provider/pulumi-resource-kubernetes "-X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version=$v"
+    # Installed as a plugin in the tests' own PULUMI_HOME: nothing is downloaded, and ~/.pulumi is untouched.
+    rm -rf "$root/.tools/pulumi-home/plugins/resource-kubernetes-v$v"
+    PULUMI_HOME=$root/.tools/pulumi-home "$bin/pulumi" plugin install resource kubernetes "v$v" \
+        --file "$root/.tools/provider/pulumi-resource-kubernetes"
     ;;
 *)
     echo "unknown tool: $1" >&2; exit 2

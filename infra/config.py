@@ -48,6 +48,12 @@ _DURATION = re.compile(r"^([0-9]+(ms|s|m|h))+$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 
 
+# A kubernetes provider's `kubeconfig` that makes the provider load $KUBECONFIG (or ~/.kube/config, or the
+# in-cluster config) itself: left None, pulumi_kubernetes' SDK fills in $KUBECONFIG's path, which becomes
+# a recorded input (docs/external-contracts.md, "kubeconfig").
+AMBIENT_KUBECONFIG = ""
+
+
 class ConfigError(ValueError):
     """A stack file that cannot be deployed; the message names the file, the key and the fix."""
 

@@ -15,7 +15,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi.runtime.config import CONFIG, get_config_env
 
-from infra.config import StackConfig, stack_config_from_mapping
+from infra.config import AMBIENT_KUBECONFIG, StackConfig, stack_config_from_mapping
 from infra.connector_deployment import FlyteConnector, FlyteConnectorArgs
 from infra.gpu_pool import GpuNodePool, GpuNodePoolArgs
 from infra.graph_service import (
@@ -151,9 +151,11 @@ class Datacenter(pulumi.ComponentResource):
 
 def provider(config: StackConfig) -> k8s.Provider:
     """The datacenter's explicit provider: its cluster by name (`kubernetes:context`), creates that fail
-    on existing objects (pulumi-kubernetes PR 4278's default, stated: this stack owns what it creates)."""
+    on existing objects (pulumi-kubernetes PR 4278's default, stated: this stack owns what it creates).
+    `kubeconfig=""`: the provider then reads $KUBECONFIG itself; left None, the SDK records $KUBECONFIG's
+    path as an input, and the same stack run from another path shows a provider update."""
     return k8s.Provider(f"{config.datacenter.name}-k8s", context=config.kubernetes_context,
-                        upsert_existing_objects=False)
+                        kubeconfig=AMBIENT_KUBECONFIG, upsert_existing_objects=False)
 
 
 def program(config: StackConfig) -> Datacenter:

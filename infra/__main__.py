@@ -2,7 +2,8 @@
 
 The stack's config is validated before any resource is declared: a bad stack file fails with
 the file, key and fix, and changes nothing; then the cluster of `kubernetes:context` is checked
-for what must exist before the stack (CRDs, namespaces: `infra/prerequisites.py`).
+for what must exist before the stack (CRDs, namespaces, the Secrets its pods read:
+`infra/prerequisites.py`).
 """
 
 from infra import prerequisites

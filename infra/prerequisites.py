@@ -1,9 +1,10 @@
 """What must exist in a cluster before `pulumi up -s <datacenter>`, checked with a clear message.
 
 The datacenter stack does not own these (docs/design.md, "What the datacenter stack owns"): the
-CRDs of Kueue, Karpenter and the Kubeflow training operator at the API versions we render, and the
-namespaces (they hold the Secrets the operator creates before the first `up`). Without this check
-the first `up` fails half-way with the provider's "no matches for kind" or "namespace not found".
+CRDs of Kueue, Karpenter and the Kubeflow training operator at the API versions we render, the
+namespaces, and the Secrets in them that the stack's pods (and its connector's fleets) read, with the
+keys they read. Without this check the first `up` fails half-way with the provider's "no matches for
+kind" or "namespace not found", or waits out its timeout for a connector whose pods cannot start.
 
 `missing()` is plain logic over what the cluster serves; `read_cluster()` asks the API server
 (the stack's own kubeconfig context) and is the only part that needs a cluster.
@@ -15,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from infra.config import StackConfig
+from infra.config import NAMESPACE, StackConfig, camel
 from infra.connector_deployment import SERVICE_MONITOR_API
 from infra.gpu_pool import KARPENTER_API, KUEUE_API
 
@@ -61,12 +62,68 @@ def required_crds(config: StackConfig) -> list[Crd]:
     return crds
 
 
+@dataclass(frozen=True)
+class RequiredSecret:
+    """A Secret the stack's pods read and the stack does not create."""
+
+    namespace: str
+    name: str
+    keys: Mapping[str, str]    # data key read -> the stack-file key naming it; empty: any keys (envFrom)
+    named_by: tuple[str, ...]  # the stack-file keys naming it, e.g. graphfleet:connector.secrets.passphrase
+
+
+# A kubernetes.io/tls Secret's keys (core/v1 TLSCertKey, TLSPrivateKeyKey): mounted whole, so no manifest
+# names them, but the connector reads both (flyte_agent/grpc_server.py).
+TLS_KEYS = ("tls.crt", "tls.key")
+
+
+def _setting(config: StackConfig, *path: str) -> tuple[Any, str]:
+    """The config value at `path` and its key as the stack file spells it: one path for both."""
+    value: Any = config
+    for part in path:
+        value = getattr(value, part)
+    return value, f"{NAMESPACE}:" + ".".join(camel(part) for part in path)
+
+
+def required_secrets(config: StackConfig) -> list[RequiredSecret]:
+    """Every Secret the stack's objects reference, from the config fields the components read: the
+    connector's (infra/connector_deployment.py) and the object-store credentials where pods mount them
+    (infra/object_store.py). The stack creates no Secret, so all of them exist before it."""
+    ns = config.namespaces
+    uses: list[tuple[str, str, tuple[str, ...], str]] = []  # (namespace, Secret, keys read, stack key)
+    for field in ("backend_url", "passphrase"):  # a secretKeyRef; a mounted item
+        ref, key = _setting(config, "connector", "secrets", field)
+        if ref is not None:
+            uses.append((ns.connector, ref.name, (ref.key,), key))
+    aws, key = _setting(config, "connector", "secrets", "aws_credentials")
+    if aws is not None:  # envFrom, not optional: the Secret must exist, whatever keys it holds
+        uses.append((ns.connector, aws, (), key))
+    tls, key = _setting(config, "connector", "tls_secret")
+    if tls is not None:
+        uses.append((ns.connector, tls, TLS_KEYS, key))
+    store, key = _setting(config, "object_store", "credentials")
+    if store is not None:
+        # Mounted by the connector, by its ephemeral fleets (dataServices, `flyte_agent.pulumi_provisioner.
+        # fleet_args`) and by the shared services' servers, when there are any.
+        readers = [ns.connector, ns.data_services] + ([ns.shared_services] if config.shared_services else [])
+        uses += [(namespace, store.name, (store.key,), key) for namespace in readers]
+    merged: dict[tuple[str, str], RequiredSecret] = {}
+    for namespace, name, keys, stack_key in uses:
+        seen = merged.get((namespace, name), RequiredSecret(namespace, name, {}, ()))
+        merged[(namespace, name)] = RequiredSecret(
+            namespace, name, {**seen.keys, **dict.fromkeys(keys, stack_key)},
+            tuple(dict.fromkeys([*seen.named_by, stack_key])))
+    return list(merged.values())
+
+
 def required_namespaces(config: StackConfig) -> list[str]:
     return list(dict.fromkeys([*config.stack_namespaces(), *config.team_namespaces()]))
 
 
-def missing(config: StackConfig, served: Mapping[str, Iterable[str]], namespaces: Iterable[str]) -> list[str]:
-    """One line per missing prerequisite. `served`: CRD name -> versions it serves."""
+def missing(config: StackConfig, served: Mapping[str, Iterable[str]], namespaces: Iterable[str],
+            secrets: Mapping[tuple[str, str], Iterable[str]]) -> list[str]:
+    """One line per missing prerequisite. `served`: CRD name -> versions it serves; `secrets`:
+    (namespace, name) -> data key names, of the Secrets that exist."""
     problems = []
     for crd in required_crds(config):
         versions = set(served.get(crd.name, ()))
@@ -82,6 +139,19 @@ def missing(config: StackConfig, served: Mapping[str, Iterable[str]], namespaces
             problems.append(f"namespace {namespace} does not exist: create it (and the Secrets the stack "
                             f"names) before the first `up` (docs/design.md, 'What the datacenter stack "
                             f"owns')")
+    fix = "before the first `up` (docs/design.md, 'What the datacenter stack owns')"
+    for secret in required_secrets(config):
+        where = (secret.namespace, secret.name)
+        if where not in secrets:
+            keys = f" with key{'s' if len(secret.keys) > 1 else ''} {', '.join(secret.keys)}" \
+                if secret.keys else ""
+            problems.append(f"Secret {secret.name} does not exist in namespace {secret.namespace} (named by "
+                            f"{', '.join(secret.named_by)}): create it{keys} {fix}")
+            continue
+        held = set(secrets[where])
+        problems += [f"Secret {secret.name} in namespace {secret.namespace} has no key {key} (named by "
+                     f"{stack_key}): add it {fix}"
+                     for key, stack_key in secret.keys.items() if key not in held]
     return problems
 
 
@@ -98,23 +168,40 @@ def api_client(context: str, kubeconfig: str | None = None) -> Any:
                                          context=context)
 
 
-def read_cluster(context: str, kubeconfig: str | None = None) -> tuple[dict[str, list[str]], list[str]]:
-    """(CRD name -> served versions, namespace names) of the cluster behind kubeconfig `context`
-    (in `kubeconfig`, else $KUBECONFIG or ~/.kube/config, as the Pulumi provider reads it)."""
+def read_cluster(context: str, kubeconfig: str | None = None, secrets: Iterable[tuple[str, str]] = ()
+                 ) -> tuple[dict[str, list[str]], list[str], dict[tuple[str, str], list[str]]]:
+    """(CRD name -> served versions, namespace names, (namespace, Secret) -> data key names of those
+    of `secrets` that exist) of the cluster behind kubeconfig `context` (in `kubeconfig`, else
+    $KUBECONFIG or ~/.kube/config, as the Pulumi provider reads it)."""
     from kubernetes import client  # imported here: only a real `up` talks to a cluster
+    from kubernetes.client.exceptions import ApiException
 
     api = api_client(context, kubeconfig)
     crds = client.ApiextensionsV1Api(api).list_custom_resource_definition()
     served = {str(c.metadata.name): [str(v.name) for v in c.spec.versions if v.served]  # type: ignore[union-attr]
               for c in crds.items}
-    namespaces = [str(n.metadata.name) for n in client.CoreV1Api(api).list_namespace().items]  # type: ignore[union-attr]
-    return served, namespaces
+    core = client.CoreV1Api(api)
+    namespaces = [str(n.metadata.name) for n in core.list_namespace().items]  # type: ignore[union-attr]
+    found: dict[tuple[str, str], list[str]] = {}
+    # Each named Secret by itself (get, not list: no other Secret is read); only its key names are kept.
+    for namespace, name in secrets:
+        if namespace not in namespaces:
+            continue
+        try:
+            secret = core.read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            continue
+        found[(namespace, name)] = sorted(secret.data or {})  # type: ignore[union-attr]
+    return served, namespaces, found
 
 
 def check(config: StackConfig, kubeconfig: str | None = None) -> None:
     """Raise PrerequisiteError naming everything the cluster of `kubernetes:context` lacks."""
-    served, namespaces = read_cluster(config.kubernetes_context, kubeconfig)
-    problems = missing(config, served, namespaces)
+    wanted = [(s.namespace, s.name) for s in required_secrets(config)]
+    served, namespaces, secrets = read_cluster(config.kubernetes_context, kubeconfig, wanted)
+    problems = missing(config, served, namespaces, secrets)
     if problems:
         raise PrerequisiteError(f"cluster of kubernetes:context {config.kubernetes_context!r} is not ready "
                                 f"for stack {config.datacenter.name}:\n  " + "\n  ".join(problems))

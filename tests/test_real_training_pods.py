@@ -44,7 +44,10 @@ def test_graph_client_task_pods_are_admitted_under_restricted(control_plane: Con
 
 def test_the_prerequisite_check_reads_a_real_cluster(control_plane: ControlPlane) -> None:
     """`pulumi up`'s first step (infra/__main__.py) against a real API server with the vendored CRDs:
-    the CRDs are found at the versions we render; missing namespaces are named until they exist."""
+    the CRDs are found at the versions we render; missing namespaces, then a missing Secret, then a
+    Secret's missing key are named until they exist (and the Secret's values never are)."""
+    import base64
+
     from infra.config import load_stack_config, stack_path
     from infra.prerequisites import PrerequisiteError, check, required_namespaces
 
@@ -54,11 +57,37 @@ def test_the_prerequisite_check_reads_a_real_cluster(control_plane: ControlPlane
              "training": "pre-training"}
     config = base.model_copy(update={"kubernetes_context": "graphfleet-test",
                                      "namespaces": base.namespaces.model_validate(names)})
-    with pytest.raises(PrerequisiteError) as refused:
-        check(config, str(cp.kubeconfig))
-    lines = str(refused.value).splitlines()[1:]
-    assert [line.split()[1] for line in lines] == required_namespaces(config)  # only namespaces missing
+
+    def problems() -> list[str]:
+        with pytest.raises(PrerequisiteError) as refused:
+            check(config, str(cp.kubeconfig))
+        return str(refused.value).splitlines()[1:]
+
+    lines = problems()
+    namespaces = [line.split()[1] for line in lines if line.lstrip().startswith("namespace ")]
+    assert namespaces == required_namespaces(config)  # no CRD missing
+    # lva1's connector reads the Pulumi backend's Secret (url by secretKeyRef, passphrase mounted).
+    backend = config.connector.secrets.backend_url.name
+    assert lines[len(namespaces):] == [
+        f"  Secret {backend} does not exist in namespace pre-system (named by "
+        "graphfleet:connector.secrets.backendUrl, graphfleet:connector.secrets.passphrase): create it with "
+        "keys url, passphrase before the first `up` (docs/design.md, 'What the datacenter stack owns')"]
     for name in required_namespaces(config):
         assert cp.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}).status_code \
             in (200, 201)
+
+    def secret(data: dict[str, str]) -> None:
+        manifest = {"apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": backend, "namespace": "pre-system"},
+                    "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+        assert cp.apply(manifest).status_code in (200, 201)
+
+    secret({"url": "s3://state-bucket-value"})
+    lines = problems()
+    assert not any("state-bucket-value" in line for line in lines)
+    assert [line.strip() for line in lines] == [
+        f"Secret {backend} in namespace pre-system has no key passphrase (named by "
+        "graphfleet:connector.secrets.passphrase): add it before the first `up` (docs/design.md, 'What the "
+        "datacenter stack owns')"]
+    secret({"url": "s3://state-bucket-value", "passphrase": "p"})
     check(config, str(cp.kubeconfig))

@@ -195,7 +195,8 @@ def priority_class_manifest(pool: GpuPool, datacenter: str) -> dict[str, Any]:
         "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
         "metadata": {"name": priority_class_name(pool, datacenter), "labels": _labels(pool)},
         "value": pool.priority,
-        "globalDefault": False,
+        # Not the default class: `globalDefault` is left out, not `false` (docs/external-contracts.md:
+        # an omitempty false is not stored, so a second field manager applying it would conflict).
         "preemptionPolicy": "PreemptLowerPriority",
         "description": f"GNN training on GPU pool {pool.name} ({pool.gpu_model})",
     }
@@ -218,7 +219,7 @@ def _declare(name: str, manifest: dict[str, Any], opts: pulumi.ResourceOptions) 
     if kind == "PriorityClass":
         return k8s.scheduling.v1.PriorityClass(
             name, metadata=manifest["metadata"], value=manifest["value"],
-            global_default=manifest["globalDefault"], preemption_policy=manifest["preemptionPolicy"],
+            preemption_policy=manifest["preemptionPolicy"],
             description=manifest["description"], opts=opts)
     return k8s.apiextensions.CustomResource(name, api_version=manifest["apiVersion"], kind=kind,
                                             metadata=manifest["metadata"], spec=manifest["spec"], opts=opts)

@@ -216,8 +216,8 @@ def service_manifest(args: GraphDataServiceArgs) -> dict[str, Any]:
     fleet = FleetNames.of(args)
     return _manifest("v1", "Service", args, fleet.service, {
             "clusterIP": "None",
-            # Only loaded servers get DNS records: a client never resolves a shard still loading.
-            "publishNotReadyAddresses": False,
+            # Only loaded servers get DNS records (publishNotReadyAddresses is left false by leaving it
+            # out: an omitempty false is not stored, and a second field manager applying it conflicts).
             "selector": selector_labels(fleet),
             "ports": [{"name": PORT_NAME, "port": args.spec.port, "targetPort": PORT_NAME, "protocol": "TCP",
                        "appProtocol": "kubernetes.io/h2c"}],
@@ -245,7 +245,10 @@ def statefulset_manifest(args: GraphDataServiceArgs) -> dict[str, Any]:
     limits = {"cpu": spec.cpu_limit or spec.cpu, "memory": spec.memory_limit or spec.memory}
     env = [
         {"name": ORDINAL_ENV,
-         "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{POD_INDEX_LABEL}']"}}},
+         # apiVersion as the apiserver defaults it: fieldRef is atomic, so a short form differs from the
+         # stored one and conflicts when another field manager (a retried `up`) applies it again.
+         "valueFrom": {"fieldRef": {"apiVersion": "v1",
+                                    "fieldPath": f"metadata.labels['{POD_INDEX_LABEL}']"}}},
         # The root filesystem is read-only: every download and cache goes to the scratch volume.
         {"name": "HOME", "value": SCRATCH_DIR},
         {"name": "TMPDIR", "value": SCRATCH_DIR},

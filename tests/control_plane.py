@@ -161,9 +161,9 @@ class ControlPlane:
         return f"{prefix}/{plural}/{manifest['metadata']['name']}"
 
     def apply(self, manifest: Mapping[str, Any], *, dry_run: bool = False, as_user: str | None = None,
-              manager: str = "graphfleet-test") -> requests.Response:
+              manager: str = "graphfleet-test", force: bool = True) -> requests.Response:
         """Server-side apply (creates or updates); the response keeps the server's warnings."""
-        params = {"fieldManager": manager, "force": "true"}
+        params = {"fieldManager": manager, "force": str(force).lower()}
         if dry_run:
             params["dryRun"] = "All"
         return self.request("PATCH", self.path_of(manifest), manifest, as_user=as_user, params=params,

@@ -61,7 +61,7 @@ def test_headless_service_selects_the_statefulset_pods(render_valid: RenderValid
     rendered = _fleet(render_valid, _args())
     service, sts = rendered.one("Service"), rendered.one("StatefulSet")
     assert service["spec"]["clusterIP"] == "None"
-    assert service["spec"]["publishNotReadyAddresses"] is False
+    assert not service["spec"].get("publishNotReadyAddresses")  # unready (loading) shards get no DNS
     assert sts["spec"]["serviceName"] == service["metadata"]["name"]
     assert sts["spec"]["podManagementPolicy"] == "Parallel"
     pod_labels = sts["spec"]["template"]["metadata"]["labels"]

@@ -4,7 +4,10 @@ The Automation API runs the CLI through a `PulumiCommand` (its public `pulumi_co
 no timeout or cancel hook of its own. `TimedPulumiCommand` adds them:
 
 - each call runs in its own session with a bound (long for up/destroy/refresh, short for the rest);
-  a call past its bound is killed with all its plugins;
+  a call past its bound is killed with all its plugins, and whatever a call leaves in its session when
+  it ends (the plugins of a CLI killed from outside) is killed then: the CLI starts each plugin in a
+  process group of its own and only a live CLI stops them, so an orphaned provider otherwise kept
+  awaiting its objects for up to ~15 minutes (docs/external-contracts.md);
 - every running call is in one process table, one entry per call (not per stack: a `stack tag ls`
   running beside an `up` must not hide the `up`), so `interrupt(stack)` reaches every operation on the
   stack. SIGINT is Pulumi's graceful cancel, which ends the operation and releases the lock.
@@ -14,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import semver
@@ -99,6 +104,7 @@ class TimedPulumiCommand(PulumiCommand):
                            f"{timeout:g}s and was killed; raise operation_timeout_seconds if Kubernetes "
                            "needs longer")
             finally:
+                kill_session(process, grace=0)  # what outlived the CLI: its orphaned plugins
                 with self._lock:
                     self._running.pop(process.pid, None)
         for line in stdout.splitlines():
@@ -132,8 +138,7 @@ class TimedPulumiCommand(PulumiCommand):
         with self._lock:
             left = [p for _, sub, p in self._running.values() if sub in LONG_COMMANDS]
         for process in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+            kill_session(process, grace=0)
 
     def set_timeout(self, stack: str, seconds: float) -> None:
         """Bound long operations on `stack` by `seconds` instead of the default."""
@@ -170,15 +175,29 @@ def stack_arg(args: Sequence[str]) -> str | None:
     return None
 
 
-def kill_session(process: subprocess.Popen[str]) -> None:
-    """SIGTERM the call's whole session (the CLI and its plugins), SIGKILL if it lingers."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=_KILL_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def session_members(sid: int) -> list[int]:
+    """The pids of the processes in session `sid` (field 6 of /proc/<pid>/stat; proc(5))."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[3]) == sid:
+                members.append(int(stat.parent.name))
+    return members
+
+
+def kill_session(process: subprocess.Popen[str], grace: float = _KILL_GRACE_SECONDS) -> None:
+    """End the call's whole session: the CLI and every plugin it started (each in a process group of
+    its own, so not reached through the CLI's group). SIGTERM first when `grace` > 0, then SIGKILL to
+    whatever is left."""
+    if grace > 0 and process.poll() is None:
+        for pid in session_members(process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace)
+    for pid in session_members(process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def cli_output(err: BaseException) -> str:
@@ -193,9 +212,37 @@ def interrupted(err: BaseException) -> bool:
     return isinstance(err, CommandError) and any(mark in cli_output(err) for mark in (KILLED, TIMED_OUT))
 
 
+# A resource's block in the CLI's "Diagnostics:" section: `  <type> (<name>):`, its lines indented below.
+_DIAGNOSTIC = re.compile(r"^  (\S+) \((.+)\):$")
+# How the kubernetes provider prefixes a failed operation's cause.
+_PROVIDER_PREFIX = re.compile(
+    r'^error: resource "[^"]*" was not successfully \w+ by the Kubernetes API server: ')
+
+
+def resource_errors(text: str) -> list[str]:
+    """Each failed resource's first error from the CLI's "Diagnostics:" section, as `<Kind> <name>: <cause>`
+    (the provider's cause without its URN preamble, which alone could fill a stack tag)."""
+    errors, resource = [], None
+    for line in text.partition("\nDiagnostics:\n")[2].splitlines():
+        header = _DIAGNOSTIC.match(line)
+        if header:
+            kind = header.group(1).rsplit(":", 1)[-1]
+            resource = None if header.group(1) == "pulumi:pulumi:Stack" else f"{kind} {header.group(2)}"
+        elif resource and line.strip().startswith("error:"):
+            cause = _PROVIDER_PREFIX.sub("", line.strip()).removeprefix("error: ")
+            errors.append(f"{resource}: {cause}")
+            resource = None  # the first error of each: what follows is the provider's advice
+        elif line and not line.startswith(" "):
+            break  # "Resources:", the summary after the diagnostics
+    return errors
+
+
 def error_text(err: BaseException) -> str:
-    """The lines of a CLI failure a user needs (the `error:` lines), clipped to fit a stack tag."""
+    """What a user needs of a CLI failure, clipped to fit a stack tag: the failed resources' causes, else
+    the `error:` lines."""
     text = cli_output(err) if isinstance(err, CommandError) else str(err)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()] or lines
-    return stack_record.clip(" | ".join(errors[-_ERROR_TEXT_LINES:]) or type(err).__name__)
+    found = resource_errors(text)
+    if not found:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        found = [line for line in lines if "error" in line.lower()] or lines
+    return stack_record.clip(" | ".join(found[-_ERROR_TEXT_LINES:]) or type(err).__name__)

@@ -23,6 +23,7 @@ import functools
 import importlib
 import json
 import logging
+import math
 import os
 import pkgutil
 import tempfile
@@ -71,6 +72,7 @@ from flyte_agent.pulumi_cli import (
 )
 from flyte_agent.settings import Settings
 from flyte_agent.worker_pool import DESTROY, UP, PriorityPool
+from infra.config import AMBIENT_KUBECONFIG
 from infra.graph_service import GraphDataService, GraphDataServiceArgs, Placement, await_timeout_seconds
 
 log = logging.getLogger(__name__)
@@ -129,10 +131,14 @@ def fleet_program(provision: Provision, settings: Settings,
     def program() -> None:
         guard()
         # Upsert (pulumi-kubernetes PR 4278's opt-in) so a retried `up` after an interrupted one adopts
-        # what it created (left as pending creates, which are no resources of the state); safe
-        # here because the stack alone owns these names (derived from its own) and never renames.
-        provider = k8s.Provider("k8s", namespace=settings.namespace, kubeconfig=settings.kubeconfig,
-                                upsert_existing_objects=FLEET_UPSERT_EXISTING_OBJECTS)
+        # what it created (left as pending creates, which are no resources of the state), with force:
+        # the adopting `up` applies under a field manager of its own, and any field whose rendered value
+        # differs from the stored one would conflict with the dead `up`'s manager. Safe here because the
+        # stack alone owns these names (derived from its own) and never renames.
+        provider = k8s.Provider("k8s", namespace=settings.namespace,
+                                kubeconfig=settings.kubeconfig or AMBIENT_KUBECONFIG,
+                                upsert_existing_objects=FLEET_UPSERT_EXISTING_OBJECTS,
+                                enable_patch_force=FLEET_UPSERT_EXISTING_OBJECTS)
         service = GraphDataService(provision.name, args, opts=pulumi.ResourceOptions(providers=[provider]))
         pulumi.export("endpoints", service.endpoints)
         pulumi.export("endpoints_env", service.endpoints_env)
@@ -308,13 +314,16 @@ class PulumiProvisioner:
                 # lock of the one running (issue 8 item 11).
                 return Status(Phase.UPDATING, message=f"stack {name}: pulumi up attempt {tried} is running "
                                                       f"on {holder.hostname} (pid {holder.pid})")
-            self._enqueue(provision)
+            wait = self._retry_wait(tags) if ended else 0.0
+            if wait <= 0:
+                self._enqueue(provision)
             if not ended:
                 return Status(Phase.UPDATING, message=f"stack {name}: pulumi up attempt {tried} was "
                                                       "interrupted (its process died); it is started again")
             retry = f" after: {last_error}" if last_error else ""
             attempt = f"attempt {tried + 1} of {self.settings.max_attempts}"
-            return Status(Phase.QUEUED, message=f"pulumi up queued for stack {name} ({attempt}){retry}")
+            when = f" in {math.ceil(wait)} s" if wait > 0 else ""
+            return Status(Phase.QUEUED, message=f"pulumi up queued for stack {name} ({attempt}{when}){retry}")
 
     def delete(self, name: str, owner: str, abort: bool = False) -> None:
         """Start (or rejoin) the destroy on a worker and wait `delete_wait_seconds` for it.
@@ -690,6 +699,8 @@ class PulumiProvisioner:
                 if tried >= self.settings.max_attempts:
                     stack.set_tag(stack_record.TAG_GAVE_UP, "true")
                     return
+                if self._retry_wait(tags) > 0:
+                    return  # queued before the failed attempt's backoff ran out: a later status read requeues
                 attempt = uuid.uuid4().hex[:12]
                 stack.set_tag(stack_record.TAG_ATTEMPTS, stack_record.attempt_tag(tried + 1, attempt))
                 try:
@@ -702,7 +713,7 @@ class PulumiProvisioner:
                         # Failed: this attempt has ended, even where the CLI failed before it took the
                         # lock and so wrote no history entry.
                         stack.set_tag(stack_record.TAG_ATTEMPTS,
-                                      stack_record.attempt_tag(tried + 1, attempt, failed=True))
+                                      stack_record.attempt_tag(tried + 1, attempt, failed_at=self._clock()))
                         raise
                     # Cancelled (a drain, a rollout, close()) or killed from outside, not failed: the
                     # attempt is given back.
@@ -721,6 +732,9 @@ class PulumiProvisioner:
         except Exception as err:  # noqa: BLE001 - a worker must record every failure on the stack
             log.exception("stack %s: converge failed", name)
             self._record_error(provision, stack_record.clip(f"{type(err).__name__}: {err}"))
+
+    def _retry_wait(self, tags: Mapping[str, str]) -> float:
+        return stack_record.retry_wait(tags, self.settings.retry_backoff_seconds, self._clock())
 
     def _settle_locks(self, name: str, provision: Provision | None) -> replicas.LockFile | None:
         """The one lock step (flyte_agent/replicas.py `Liveness.settle`): dead holders' lock files go, a

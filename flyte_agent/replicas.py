@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 _LOCKS = ".pulumi/locks/organization"
 _BEATS = ".graphfleet/replicas"
 _LEASES = ".graphfleet/leases"
+_FILEBLOB_SIDECAR = ".attrs"  # gocloud.dev blob/fileblob attrs.go `attrsExt` (docs/external-contracts.md)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,13 @@ class Backend:
             self.fs.rm_file(path)
         except FileNotFoundError:
             pass
+
+    def remove_lock(self, lock: LockFile) -> None:
+        """Delete a lock file as the CLI's own unlock does: on a `file://` backend with the attributes
+        sidecar gocloud's fileblob writes beside it (`<uuid>.json.attrs`), which would otherwise stay."""
+        self.remove(lock.path)
+        if "file" in self.fs.protocol:
+            self.remove(lock.path + _FILEBLOB_SIDECAR)
 
     def heartbeats(self) -> dict[str, Heartbeat]:
         beats = {}
@@ -184,7 +192,7 @@ class Liveness:
             if holder_dead(lock, beats, self.me, now, self.stale_after, unknown_after, cli_alive):
                 log.warning("stack %s: removing the lock of a dead holder (pid %s on %s)", stack, lock.pid,
                             lock.hostname)
-                self.backend.remove(lock.path)
+                self.backend.remove_lock(lock)
             elif live is None:
                 live = lock
         return live

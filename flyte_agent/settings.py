@@ -96,6 +96,8 @@ class Settings(BaseModel):
         None, pattern=SECRETS_PROVIDER_URL,
         description="KMS secrets provider of the fleet stacks (awskms://alias/...); unset: passphrase")
     max_attempts: int = Field(3, ge=1, le=20, description="`pulumi up` attempts per fleet before FAILED")
+    retry_backoff_seconds: float = Field(
+        20.0, ge=0, le=600, description="wait before the 2nd `pulumi up` attempt, doubled for each later one")
     operation_timeout_seconds: float = Field(1800.0, gt=0, description="bound on up/destroy/refresh")
     command_timeout_seconds: float = Field(60.0, gt=0, description="bound on every other pulumi call")
     delete_wait_seconds: float = Field(

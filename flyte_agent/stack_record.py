@@ -150,18 +150,40 @@ def attempts(tags: Mapping[str, str]) -> int:
     return int(value) if value.isdigit() else 0
 
 
-_FAILED = " failed"
+_FAILED = "failed"
 
 
-def attempt_tag(count: int, attempt_id: str, failed: bool = False) -> str:
+def attempt_tag(count: int, attempt_id: str, failed_at: float | None = None) -> str:
     """The attempts tag: how many `up` attempts count, the id of the last, which its `up`'s message
-    (`attempt_message`) carries into the history, and `failed` once it failed (also where it failed
+    (`attempt_message`) carries into the history, and when it failed, once it has (also where it failed
     before writing a history entry: before it took the stack's lock)."""
-    return f"{count} {attempt_id}{_FAILED if failed else ''}"
+    return f"{count} {attempt_id}" + (f" {_FAILED} {failed_at:.0f}" if failed_at is not None else "")
 
 
 def attempt_message(attempt_id: str) -> str:
     return f"graphfleet attempt {attempt_id}"
+
+
+def _attempt_fields(tags: Mapping[str, str]) -> list[str]:
+    """[count, id] or [count, id, "failed", epoch] (a tag written before failure times: [.., "failed"])."""
+    return tags.get(TAG_ATTEMPTS, "").split()
+
+
+def failed_at(tags: Mapping[str, str]) -> float | None:
+    """When the last counted attempt failed (0 where a record says only that it failed), None if not."""
+    fields = _attempt_fields(tags)
+    if len(fields) < 3 or fields[2] != _FAILED:
+        return None
+    return float(fields[3]) if len(fields) > 3 and fields[3].isdigit() else 0.0
+
+
+def retry_wait(tags: Mapping[str, str], backoff: float, now: float) -> float:
+    """Seconds until the next `up` may start after a failed one: `backoff` doubled per failure so far,
+    so a short API outage does not spend every attempt in a few seconds."""
+    failed = failed_at(tags)
+    if failed is None or backoff <= 0:
+        return 0.0
+    return max(0.0, failed + backoff * 2 ** max(attempts(tags) - 1, 0) - now)
 
 
 def last_attempt_ended(tags: Mapping[str, str], history: list[tuple[str, str]]) -> bool:
@@ -173,12 +195,12 @@ def last_attempt_ended(tags: Mapping[str, str], history: list[tuple[str, str]]) 
     and counting made the next attempt look ended when it died. A record without an id (written by an
     older connector) is counted."""
     tried = attempts(tags)
-    attempt_id = tags.get(TAG_ATTEMPTS, "").partition(" ")[2]
-    if tried == 0 or attempt_id.endswith(_FAILED):
+    fields = _attempt_fields(tags)
+    if tried == 0 or failed_at(tags) is not None:
         return True
-    if not attempt_id:
+    if len(fields) < 2:
         return sum(1 for kind, _ in history if kind == "update") >= tried
-    return ("update", attempt_message(attempt_id)) in history
+    return ("update", attempt_message(fields[1])) in history
 
 
 def expires_at(tags: Mapping[str, str]) -> float | None:

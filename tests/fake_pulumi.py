@@ -253,6 +253,18 @@ def lock_dir(backend_url: str, stack: str) -> Path:
     return Path(backend_url.removeprefix("file://")) / ".pulumi" / "locks" / "organization" / PROJECT / stack
 
 
+# The file:// backend writes through gocloud's fileblob, which keeps each blob's attributes in a sidecar
+# file `<blob>.attrs`, deletes it with the blob, and leaves it out of listings (gocloud.dev
+# blob/fileblob/fileblob.go, attrs.go `attrsExt`; gocloud.dev v0.46.1-0.20260810195832-b5401c07b5f1, as the
+# pulumi CLI v3.274.0 builds with).
+ATTRS = ".attrs"
+
+
+def _delete_blob(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    Path(f"{path}{ATTRS}").unlink(missing_ok=True)
+
+
 def locks(backend_url: str, stack: str) -> list[dict[str, Any]]:
     """The stack's lock files' contents, each with its `path`."""
     folder = lock_dir(backend_url, stack)
@@ -315,7 +327,7 @@ class Cli:
             with self.backend.state() as data:
                 _get(data, _stack_of(args))
                 for lock in locks(self.url, _stack_of(args)):  # every lock file, whoever holds it
-                    Path(lock["path"]).unlink(missing_ok=True)
+                    _delete_blob(Path(lock["path"]))
             return "The currently running update has been canceled!"
         raise CliError(f"the fake pulumi does not implement {' '.join(args)!r}; add it to fake_pulumi.py")
 
@@ -451,6 +463,7 @@ class Cli:
             _write_whole(mine, json.dumps({"pid": os.getpid(), "username": pwd.getpwuid(os.getuid()).pw_name,
                                            "hostname": socket.gethostname(),
                                            "timestamp": datetime.now(UTC).isoformat()}))
+            _write_whole(Path(f"{mine}{ATTRS}"), json.dumps({"user.metadata": None}))
             # `--message` is the entry's message (pulumi pkg/cmd/pulumi/operations/up.go `message` flag,
             # UpdateMetadata.Message; stack_history.go `updateInfoJSON.Message`, v3.274.0).
             stack["running"] = {"kind": kind, "startTime": _now(), "message": message, "environment": {},
@@ -465,7 +478,7 @@ class Cli:
             # Like the DIY backend, history records an operation only when it ends.
             entry = stack.pop("running")
             stack["history"].append({**entry, "result": "succeeded" if ok else "failed", "endTime": _now()})
-            (lock_dir(self.url, name) / f"{self.lock_id}.json").unlink(missing_ok=True)
+            _delete_blob(lock_dir(self.url, name) / f"{self.lock_id}.json")
             self.backend.log_event("unlock", name)
 
     def locked_op(self, name: str, kind: str, change: Any) -> str:

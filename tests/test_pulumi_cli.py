@@ -30,3 +30,47 @@ def test_the_automation_apis_opt_out_skips_the_check(tmp_path: Path, monkeypatch
     monkeypatch.setenv(SKIP_VERSION_CHECK_ENV, "true")
     command = TimedPulumiCommand(old_cli(tmp_path), long_timeout=10, short_timeout=10)
     assert str(command.version) == "3.200.0"
+
+
+# The real CLI's output (pulumi 3.274.0, pulumi-kubernetes 4.32.0) for a recovering `up` whose create met an
+# object a killed `up` left (tests/test_pulumi_real.py), trimmed to its diagnostics.
+_ALREADY_EXISTS = '''Updating (real-u):
+    pulumi:pulumi:Stack graphfleet-fleets-real-u running error: update failed
+    pulumi:pulumi:Stack graphfleet-fleets-real-u **failed** 1 error; 1 warning
+Diagnostics:
+  pulumi:pulumi:Stack (graphfleet-fleets-real-u):
+    warning: Attempting to deploy or update resources with 1 pending operations from previous deployment.
+      * urn:pulumi:real-u::graphfleet-fleets::graphfleet:graph:GraphDataService$kubernetes:apps/v1:StatefulSet::real-u-servers, interrupted while creating
+    error: update failed
+
+  kubernetes:apps/v1:StatefulSet (real-u-servers):
+    error: resource "urn:pulumi:real-u::graphfleet-fleets::graphfleet:graph:GraphDataService$kubernetes:apps/v1:StatefulSet::real-u-servers" was not successfully created by the Kubernetes API server: statefulsets.apps "real-u" already exists
+
+    The resource already exists in the cluster. This can happen when:
+
+Resources:
+    ~ 1 updated
+    2 errored
+'''  # noqa: E501
+
+
+def test_a_failed_up_is_told_by_its_resources_causes_not_the_cli_summary() -> None:
+    """The trial's finding: the cause ("conflict", "already exists") never reached the user, since the
+    `error:` lines were kept whole and the URN preamble alone filled the 256 characters of the record."""
+    from pulumi.automation import CommandResult
+    from pulumi.automation.errors import create_command_error
+
+    from flyte_agent.pulumi_cli import error_text
+
+    err = create_command_error(CommandResult(stdout=_ALREADY_EXISTS, stderr="", code=1))
+    assert error_text(err) == 'StatefulSet real-u-servers: statefulsets.apps "real-u" already exists'
+    conflict = _ALREADY_EXISTS.replace(
+        'statefulsets.apps "real-u" already exists', 'Apply failed with 1 conflict: conflict with '
+        '"pulumi-kubernetes-e3e7897a": .spec.template.spec.containers[name="graph-engine"].env'
+        '[name="GRAPHFLEET_ORDINAL"].valueFrom.fieldRef')
+    text = error_text(create_command_error(CommandResult(stdout=conflict, stderr="", code=1)))
+    assert text.startswith("StatefulSet real-u-servers: Apply failed with 1 conflict")
+    assert text.endswith(".fieldRef")
+    # Without diagnostics (a CLI failing before any resource), its error lines.
+    early = CommandResult(stdout="", stderr="error: could not load plugin kubernetes\n", code=255)
+    assert error_text(create_command_error(early)).endswith("error: could not load plugin kubernetes")

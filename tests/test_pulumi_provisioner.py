@@ -52,7 +52,8 @@ def settings(backend: tuple[str, Path], **overrides: object) -> Settings:
     values: dict[str, object] = dict(
         backend="pulumi", backend_url=url, pulumi_command=str(cli), gc_interval_seconds=0,
         check_endpoints=False, max_concurrent_operations=2, max_attempts=2,
-        operation_timeout_seconds=60, command_timeout_seconds=30, delete_wait_seconds=WAIT_LIMIT)
+        operation_timeout_seconds=60, command_timeout_seconds=30, delete_wait_seconds=WAIT_LIMIT,
+        retry_backoff_seconds=0)
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
@@ -141,7 +142,7 @@ def test_the_last_attempt_ended_by_its_id_not_by_counting_entries() -> None:
     assert names.last_attempt_ended(tags, [("update", names.attempt_message("0123456789ab")), cancelled])
     assert names.last_attempt_ended({names.TAG_ATTEMPTS: "0"}, [])
     assert names.last_attempt_ended({names.TAG_ATTEMPTS: "1"}, [("update", "")])  # an older record: counted
-    failed = {names.TAG_ATTEMPTS: names.attempt_tag(1, "0123456789ab", failed=True)}
+    failed = {names.TAG_ATTEMPTS: names.attempt_tag(1, "0123456789ab", failed_at=1.0)}
     assert names.last_attempt_ended(failed, []) and names.attempts(failed) == 1
 
 
@@ -301,6 +302,32 @@ def test_failed_up_is_retried_then_failed_with_the_error_across_processes(
     ups = [c for c in fake_pulumi.calls(url) if c[0] == "up"]
     assert len(ups) == 2
     assert names.attempts(fake_pulumi.stacks(url)["fleet-c"]["tags"]) == 2
+
+
+def test_a_failed_up_is_retried_after_a_backoff_that_doubles(backend: tuple[str, Path], make) -> None:
+    """Found by the real-engine trial: three attempts ran back to back in 4 s, so a short API outage spent
+    them all. The next attempt waits `retry_backoff_seconds`, doubled after each failure."""
+    url, _ = backend
+    fake_pulumi.script_faults(url, "fleet-b", up=["fail:connection refused", "fail:connection refused", "ok"])
+    now = [float(int(time.time()))]  # whole seconds, as the record keeps the failure time
+    provisioner = make(max_attempts=3, retry_backoff_seconds=60, clock=lambda: now[0])
+    p = provision("fleet-b", replicas=1)
+    provisioner.create(p)
+
+    def ups() -> int:
+        return sum(1 for c in fake_pulumi.calls(url) if c[0] == "up")
+
+    for tried, backoff in ((1, 60), (2, 120)):
+        status = wait(provisioner, p, {Phase.QUEUED}, done=lambda s: " in " in s.message)
+        assert f"(attempt {tried + 1} of 3 in {backoff} s) after:" in status.message, status.message
+        assert "connection refused" in status.message
+        now[0] += backoff - 5
+        for _ in range(5):  # status reads before the backoff ran out start nothing
+            assert provisioner.status(p).phase is Phase.QUEUED
+        assert ups() == tried
+        now[0] += 5
+    assert wait(provisioner, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
+    assert ups() == 3
 
 
 def test_concurrent_provisions_respect_the_operation_bound(backend: tuple[str, Path], make) -> None:
@@ -1065,7 +1092,7 @@ def test_a_fleet_whose_pods_a_quota_refuses_fails_after_the_grace_with_the_apis_
     url, _ = backend
     cluster = ClusterPods()
     fake_pulumi.script_faults(url, "fleet-quota", up=["hang"])
-    now = [time.time()]
+    now = [float(int(time.time()))]  # whole seconds, as the record keeps the failure time
     provisioner = make(pods=cluster, clock=lambda: now[0])
     p = provision("fleet-quota", replicas=2, partitions=2)
     provisioner.create(p)

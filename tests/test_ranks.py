@@ -1,15 +1,21 @@
-"""Data-parallel trainer ranks: seed shards, identical models on every rank, and a rank that dies or
-hangs failing the run within the collective timeout instead of hanging it."""
+"""Data-parallel trainer ranks: seed shards, identical models on every rank, a rank that exits or is
+killed failing the run within seconds (naming its exit cause, with its last output), and one that hangs
+failing it at the collective timeout instead of hanging it."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +23,7 @@ import torch
 
 from graph_engine import datasets
 from graph_engine.convert import convert
+from tests import rank_bodies
 from workflows import ranks
 from workflows.ranks import Rank, RankFailed, shard
 from workflows.train import TrainConfig, fit_ranks
@@ -48,8 +55,9 @@ def rank_one() -> Iterator[list[int]]:
 
     def watch() -> None:
         while not stop.is_set() and not found:
-            found.extend(c.pid for c in multiprocessing.active_children()
-                         if c.name == "trainer-rank-1" and c.pid)
+            pid = rank_bodies.rank_pids().get(1)
+            if pid:
+                found.append(pid)
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -59,11 +67,12 @@ def rank_one() -> Iterator[list[int]]:
     watcher.join(5)
 
 
-def signal_once_training(pids: list[int], sig: signal.Signals,
-                         monkeypatch: pytest.MonkeyPatch) -> threading.Thread:
+def signal_once_training(pids: list[int], sig: signal.Signals, monkeypatch: pytest.MonkeyPatch,
+                         sent: list[float] | None = None) -> threading.Thread:
     """Send `sig` to rank 1 once it is training: after rank 0 (this process) has averaged one step's
     gradients, an all-reduce that rank 1 took part in. Not after a fixed time, which on a loaded
-    machine can land while rank 1 still starts (another failure) or, on a fast one, after the run."""
+    machine can land while rank 1 still starts (another failure) or, on a fast one, after the run.
+    The monotonic time it was sent is appended to `sent`."""
     stepped = threading.Event()
     average = ranks.average_gradients
 
@@ -76,6 +85,8 @@ def signal_once_training(pids: list[int], sig: signal.Signals,
     def send() -> None:
         if stepped.wait(120) and pids:
             os.kill(pids[0], sig)
+            if sent is not None:
+                sent.append(time.monotonic())
 
     thread = threading.Thread(target=send, daemon=True)
     thread.start()
@@ -91,7 +102,7 @@ def test_a_rank_that_dies_fails_the_run_naming_it(uri: str, rank_one: list[int],
         fit_ranks(uri, config, trainers=2, progress=False)
     killer.join(5)
     assert time.monotonic() - started < 60 + config.collective_seconds
-    assert not multiprocessing.active_children()
+    assert not multiprocessing.active_children() and not rank_bodies.rank_pids()
 
 
 def test_a_rank_that_hangs_fails_the_run_at_the_collective_timeout(uri: str, rank_one: list[int],
@@ -104,6 +115,76 @@ def test_a_rank_that_hangs_fails_the_run_at_the_collective_timeout(uri: str, ran
     stopper.join(5)
     assert time.monotonic() - started < 60 + 4 * config.collective_seconds
     assert not multiprocessing.active_children()  # the stopped rank was killed, not left behind
+    assert not rank_bodies.rank_pids()
+
+
+@pytest.mark.parametrize("how, cause", [
+    pytest.param("exit", r"rank 1 \(exit 3\).*exited with code 3", id="exit"),
+    pytest.param("kill", r"rank 1 \(exit -9\).*killed by SIGKILL", id="kill")])
+def test_a_rank_that_exits_while_starting_fails_the_run_at_once(how: str, cause: str) -> None:
+    """Rank 1 ends before it joins the group while rank 0 waits there for it: the run fails in seconds,
+    not at the group's 300 s timeout, with rank 1's exit cause and its last output. The bound counts
+    rank 1's own start-up too (a fresh interpreter importing torch)."""
+    started = time.monotonic()
+    with pytest.raises(RankFailed, match=f"(?s){cause}") as failed:
+        ranks.local_ranks(2, functools.partial(rank_bodies.leave_before_joining, how), timeout_seconds=300)
+    elapsed = time.monotonic() - started
+    assert elapsed < 15, f"the run failed {elapsed:.1f} s after it started"
+    assert "rank 1: reading the graph\n" in str(failed.value)
+    assert str(failed.value).endswith("rank 1: no memory left for the features")
+    assert not rank_bodies.rank_pids()
+
+
+def test_a_rank_killed_while_training_fails_the_run_within_seconds(uri: str, rank_one: list[int],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL to rank 1 after a training step, with the collective timeout at 300 s: rank 0 fails
+    within seconds of the kill, naming the signal and showing rank 1's last output."""
+    config = dataclasses.replace(SMALL, epochs=200, collective_seconds=300)
+    sent: list[float] = []
+    killer = signal_once_training(rank_one, signal.SIGKILL, monkeypatch, sent)
+    body = functools.partial(rank_bodies.fit_announced, uri, config)
+    with pytest.raises(RankFailed, match=r"(?s)rank 1 \(exit -9\).*killed by SIGKILL") as failed:
+        ranks.launch(2, body, config.collective_seconds)
+    noticed = time.monotonic() - sent[0]
+    killer.join(5)
+    assert noticed < 10, f"rank 0 noticed the kill after {noticed:.1f} s"
+    assert f"rank 1 of 2: training on {uri}" in str(failed.value)
+    assert not rank_bodies.rank_pids()
+
+
+# Run with `python -` (standard input): `__main__` is "<stdin>", which no other interpreter can import.
+STDIN_RUN = """
+import functools, json, time
+from tests import rank_bodies
+from workflows import ranks
+from workflows.train import TrainConfig, fit_ranks
+
+config = TrainConfig(epochs=1, hidden=16, fanouts=(5,), eval_fanouts=(5,))
+rank, trained = fit_ranks({uri!r}, config, trainers=2, progress=False)
+started = time.monotonic()
+try:
+    ranks.local_ranks(2, functools.partial(rank_bodies.leave_before_joining, "exit"), timeout_seconds=300)
+except ranks.RankFailed as err:
+    failure = str(err)
+print(json.dumps({{"trainers": trained.report.trainers, "samples": trained.report.rank_samples,
+                  "failure": failure, "seconds": time.monotonic() - started}}))
+"""
+
+
+def test_ranks_of_a_run_started_from_standard_input_train_and_fail_fast(uri: str) -> None:
+    """Rank processes import nothing from the caller's `__main__`: a run started from standard input
+    trains with 2 ranks, and a rank that exits while starting still fails it in seconds with its cause.
+    Standard input stands for the other callers a rank must not depend on (a notebook kernel, `pyflyte
+    run`, a script with or without a main guard): a rank imports the body's module, never `__main__`,
+    and standard input is the case where re-importing `__main__` cannot work at all."""
+    done = subprocess.run([sys.executable, "-"], input=STDIN_RUN.format(uri=uri), capture_output=True,
+                          text=True, timeout=240, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["trainers"] == 2 and len(result["samples"]) == 2
+    assert result["seconds"] < 15, result  # rank 1's start-up included
+    assert "rank 1 (exit 3)" in result["failure"] and "exited with code 3" in result["failure"]
+    assert result["failure"].endswith("rank 1: no memory left for the features")
 
 
 def test_a_pytorchjob_replica_reads_its_rank_from_the_operators_env() -> None:

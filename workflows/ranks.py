@@ -3,11 +3,17 @@
 Ranks come from one of two places:
 - a PyTorchJob (`GRAPHFLEET_TRAINER=pytorchjob`): the training operator gives every pod
   `MASTER_ADDR`, `MASTER_PORT`, `WORLD_SIZE` and `RANK` (the master is rank 0); `from_env` joins;
-- locally: `local_ranks` runs rank 0 in this process and ranks 1..N-1 as spawned processes on this
-  machine, joined through a TCP store on loopback that rank 0 opens on a free port.
+- locally: `local_ranks` runs rank 0 in this process and ranks 1..N-1 as fresh interpreters on this
+  machine (`python -m workflows.ranks RANK WORLD`, handed the body by reference on standard input: they
+  never import the caller's `__main__`, so a run from a script, `python -`, a notebook or `pyflyte run`
+  is the same), joined through a TCP store on loopback that rank 0 opens on a free port.
 
-Every collective is bounded by `timeout` (the process group's): a rank that dies or hangs makes the
-others raise instead of waiting forever, so the run fails and the fleet is still released.
+Every collective is bounded by `timeout` (the process group's): a rank that hangs makes the others
+raise instead of waiting forever, so the run fails and the fleet is still released. A local rank
+process that exits or is killed, start-up included, fails the run within seconds: rank 0 watches the
+processes and stops waiting to join the group as soon as one ends, and its next collective with a dead
+peer fails at once (gloo sees the connection close; training makes one every step). `RankFailed`
+gives the rank's exit cause and its last lines of output.
 gloo on CPU, nccl when the trainer runs on CUDA.
 """
 
@@ -16,11 +22,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import traceback
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +45,9 @@ log = logging.getLogger("workflows.ranks")
 
 # What the Kubeflow training operator sets in every PyTorchJob replica (torch's env:// rendezvous).
 ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")
+
+# Lines of a failed local rank's output that RankFailed shows.
+TAIL_LINES = 20
 
 
 @dataclass(frozen=True)
@@ -169,53 +184,181 @@ def check_same_model(model: nn.Module, rank: Rank) -> None:
 
 
 class RankFailed(RuntimeError):
-    """A trainer rank exited with an error or was killed; the message names it."""
+    """A trainer rank exited with an error or was killed; the message names it (a local rank: also its
+    exit cause and last lines of output)."""
 
 
-def _child(body: Callable[[Rank, dist.Store | None], Any], rank: Rank, port: int) -> None:
-    store = dist.TCPStore("127.0.0.1", port, rank.world, is_master=False)
-    try:
-        body(rank, store)
-    except BaseException:
-        traceback.print_exc()
-        raise SystemExit(1) from None
+class _RankProcess:
+    """One local rank: a fresh interpreter running `python -m workflows.ranks RANK WORLD` on `work`
+    (written to its standard input). Its stdout and stderr, one stream in the order written, are copied
+    to this process's stderr line by line; the last lines are kept for a report of its failure."""
+
+    def __init__(self, rank: Rank, work: bytes, on_end: Callable[[_RankProcess], None]) -> None:
+        self.rank = rank
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.exit: int | None = None  # set once it ended and its output is read
+        # The package's root on the path: a fast-registered Flyte task finds `workflows` only through
+        # its own sys.path. Unbuffered: a killed rank's last lines are not lost in its buffer.
+        path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                             os.environ.get("PYTHONPATH")]))
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "workflows.ranks", str(rank.rank), str(rank.world)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"})
+        self._copier = threading.Thread(target=self._copy, name=f"trainer-rank-{rank.rank}-output",
+                                        daemon=True)
+        self._copier.start()
+        threading.Thread(target=self._watch, args=(on_end,), name=f"trainer-rank-{rank.rank}-exit",
+                         daemon=True).start()
+        stdin = self._process.stdin
+        assert stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # it ended before reading: _watch reports how
+            with stdin:
+                stdin.write(work)
+
+    def _copy(self) -> None:
+        stdout = self._process.stdout
+        assert stdout is not None
+        for raw in stdout:
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            self.tail.append(line)
+            print(line, file=sys.stderr, flush=True)
+
+    def _watch(self, on_end: Callable[[_RankProcess], None]) -> None:
+        code = self._process.wait()
+        self._copier.join(1.0)  # its last lines, unless a process it started still holds the pipe
+        self.exit = code
+        on_end(self)
+
+    def report(self) -> str:
+        """How it ended and its last lines of output (once it ended)."""
+        code = self.exit or 0
+        if code < 0:
+            try:
+                cause = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                cause = f"was killed by signal {-code}"
+        else:
+            cause = f"exited with code {code}"
+        said = "\n".join(self.tail)
+        return (f"rank {self.rank.rank} {cause}; "
+                + (f"its last output:\n{said}" if said else "it wrote no output"))
+
+    def stop(self) -> None:
+        """Killed if it still runs, and reaped."""
+        self._process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(10)
+
+
+class _RankProcesses:
+    """Ranks 1..world-1 of a local run, watched from threads of this process: `failed()` knows a rank
+    that ended badly as soon as it did."""
+
+    def __init__(self, world: int, body: Callable[[Rank, dist.Store | None], Any], port: int) -> None:
+        self._changed = threading.Condition()
+        self._ended: list[_RankProcess] = []  # in the order they ended: the first is the likely cause
+        # The caller's import path (the body's module may be found only through it), the store's port,
+        # then the body, pickled by reference: a rank unpickles it once the path is set.
+        work = pickle.dumps((sys.path, port)) + pickle.dumps(body)
+        self.ranks = [_RankProcess(Rank(r, world, world), work, self._on_end) for r in range(1, world)]
+
+    def _on_end(self, rank: _RankProcess) -> None:
+        with self._changed:
+            self._ended.append(rank)
+            self._changed.notify_all()
+
+    def failed(self) -> list[_RankProcess]:
+        with self._changed:
+            return [r for r in self._ended if r.exit]
+
+    def wait(self, timeout: float, every: bool = False) -> bool:
+        """Up to `timeout` s until a rank failed or (`every`) all ended; whether that happened."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: bool(self.failed()) or (every and len(self._ended) == len(self.ranks)), timeout)
+
+    def names(self) -> str:
+        """The ranks that failed, as 'rank 2 (exit -9), rank 1 (exit 1)'."""
+        return ", ".join(f"rank {r.rank.rank} (exit {r.exit})" for r in self.failed())
+
+    def reports(self) -> str:
+        """Each failed rank's report, on lines of their own."""
+        return "".join(f"\n{r.report()}" for r in self.failed())
+
+    def stop(self) -> None:
+        for rank in self.ranks:
+            rank.stop()
+
+
+class _WatchedStore(dist.Store):
+    """Rank 0's view of the ranks' TCP store: a wait for keys (what joining the group is) ends as soon as
+    a rank process failed, where the TCP store's own wait lasts its timeout. Other calls pass through."""
+
+    def __init__(self, store: dist.Store, others: _RankProcesses, timeout_seconds: float) -> None:
+        super().__init__()
+        self._store, self._others, self._timeout = store, others, timeout_seconds
+
+    def wait(self, keys: list[str], timeout: timedelta | None = None) -> None:
+        limit = self._timeout if timeout is None else timeout.total_seconds()
+        deadline = time.monotonic() + limit
+        while not self._store.check(keys):
+            if self._others.wait(0.1):
+                raise RankFailed("a trainer rank ended before the group formed")
+            if time.monotonic() > deadline:
+                raise dist.DistStoreError(f"timed out after {limit:g} s waiting for the other trainer ranks "
+                                          f"(store keys {keys})")
+
+    def get(self, key: str) -> bytes:
+        self.wait([key])
+        return self._store.get(key)
+
+    def set(self, key: str, value: str) -> None:
+        self._store.set(key, value)
+
+    def add(self, key: str, value: int) -> int:
+        return self._store.add(key, value)
+
+    def check(self, keys: list[str]) -> bool:
+        return self._store.check(keys)
+
+    def compare_set(self, key: str, expected_value: str, desired_value: str) -> bytes:
+        return self._store.compare_set(key, expected_value, desired_value)
+
+    def delete_key(self, key: str) -> bool:
+        return self._store.delete_key(key)
+
+    def num_keys(self) -> int:
+        return self._store.num_keys()
 
 
 def local_ranks(world: int, body: Callable[[Rank, dist.Store | None], Any], timeout_seconds: float) -> Any:
-    """`body(rank, store)` in `world` ranks on this machine: rank 0 here, the others in spawned
-    processes. Returns rank 0's result. A rank that fails makes rank 0 fail (its collectives raise
-    or time out); the error names the ranks that exited, and no rank process outlives the call."""
+    """`body(rank, store)` in `world` ranks on this machine: rank 0 here, the others in fresh processes
+    (`body` must pickle by reference: a module-level function or a partial of one). Returns rank 0's
+    result. A rank that fails makes rank 0 fail within seconds (a hung one: at the collective timeout);
+    the error names the ranks that exited, how, and their last output. No rank outlives the call."""
     if world == 1:
         return body(SINGLE, None)
-    import multiprocessing
-
     store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False,
                           timeout=timedelta(seconds=timeout_seconds))
-    spawn = multiprocessing.get_context("spawn")
-    children: list[BaseProcess] = [
-        spawn.Process(target=_child, args=(body, Rank(r, world, world), store.port), name=f"trainer-rank-{r}",
-                      daemon=True) for r in range(1, world)]
-    for child in children:
-        child.start()
+    others = _RankProcesses(world, body, store.port)
     try:
         try:
-            result = body(Rank(0, world, world), store)
+            result = body(Rank(0, world, world), _WatchedStore(store, others, timeout_seconds))
         except Exception as err:
-            dead = _exited(children, grace=2.0)
-            if dead:
-                raise RankFailed(f"trainer {dead} failed while rank 0 waited on it: {err}") from err
+            # The others follow a failed rank within moments (their collectives fail): report them all.
+            others.wait(2.0, every=True)
+            if others.failed():
+                raise RankFailed(f"trainer {others.names()} failed while rank 0 waited on it: {err}"
+                                 f"{others.reports()}") from err
             raise
-        for child in children:
-            child.join(timeout_seconds)
-        dead = _exited(children, grace=0.0)
-        if dead or any(c.is_alive() for c in children):
-            raise RankFailed(f"trainer {dead or 'ranks'} did not finish cleanly after rank 0 did")
+        ended = others.wait(timeout_seconds, every=True)
+        if others.failed() or not ended:
+            raise RankFailed(f"trainer {others.names() or 'ranks'} did not finish cleanly after rank 0 did"
+                             f"{others.reports()}")
         return result
     finally:
-        for child in children:
-            if child.is_alive():
-                child.kill()
-            child.join(10)
+        others.stop()
 
 
 def launch(world: int, body: Callable[[Rank, dist.Store | None], Any],
@@ -234,10 +377,19 @@ def launch(world: int, body: Callable[[Rank, dist.Store | None], Any],
     return joined, body(joined, None)
 
 
-def _exited(children: Sequence[BaseProcess], grace: float) -> str:
-    """Ranks that exited non-zero (after up to `grace` s for them to exit), as 'rank 1 (exit -9), ...'."""
-    for child in children:
-        child.join(grace)
-    failed = [f"rank {i} (exit {c.exitcode})" for i, c in enumerate(children, start=1)
-              if c.exitcode not in (None, 0)]
-    return ", ".join(failed)
+def _serve(argv: Sequence[str]) -> None:
+    """A local rank process: `argv` is RANK WORLD; standard input holds the import path and the store's
+    port, then the body (pickled separately: it unpickles only once the path is set)."""
+    rank, world = (int(arg) for arg in argv)
+    work = sys.stdin.buffer
+    sys.path[:], port = pickle.load(work)
+    body = pickle.load(work)
+    body(Rank(rank, world, world), dist.TCPStore("127.0.0.1", port, world, is_master=False))
+
+
+if __name__ == "__main__":
+    # `python -m workflows.ranks` runs this file as `__main__`; the body's pickled references import
+    # `workflows.ranks` itself, so that module (whose Rank they compare with) serves the rank.
+    from workflows.ranks import _serve as serve
+
+    serve(sys.argv[1:])

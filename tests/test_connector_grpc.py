@@ -70,7 +70,7 @@ class Connector:
         port, self.metrics_port = free_port(), free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.loopback_connector", str(port), str(self.metrics_port)],
-            env={**os.environ, **env, "GRAPHFLEET_BACKEND": "local", "GRAPHFLEET_STATE_DIR": str(state_dir)},
+            env={**os.environ, "GRAPHFLEET_BACKEND": "local", "GRAPHFLEET_STATE_DIR": str(state_dir), **env},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
         self.endpoint = f"127.0.0.1:{port}"
         self.channel = grpc.insecure_channel(self.endpoint)

@@ -140,6 +140,53 @@ def test_a_fleet_is_created_read_and_destroyed_by_the_real_engine(engine: Engine
     assert engine.objects() == []
 
 
+def test_the_served_connector_over_grpc_with_the_real_engine(engine: Engine) -> None:
+    """`pyflyte serve connector` as propeller calls it (CreateTask, GetTask to SUCCEEDED, DeleteTask) with
+    the Pulumi backend, the real CLI and provider; the graph is a real store in moto's S3 server, read at
+    CreateTask to size the fleet."""
+    from graph_engine.convert import convert
+    from tests.s3_server import moto_s3, s3_env
+    from tests.test_graph_server import ring_graph
+
+    place_fleets(engine)
+    with moto_s3(buckets=["graphs"], set_env=True) as endpoint:
+        graph = convert(ring_graph(), "s3://graphs/ring", partitions=2)
+        _served_fleet_lifecycle(engine, graph, s3_env(endpoint))
+
+
+def _served_fleet_lifecycle(engine: Engine, graph: str, env: dict[str, str]) -> None:
+    import json
+
+    from flyteidl.core import execution_pb2
+
+    from flyte_agent import DataServiceTask
+    from flyte_agent.connector import DATA_SERVICE_TASK_TYPE
+    from tests.test_connector_grpc import Connector, literal_inputs, outputs_of, serialized
+
+    s = engine.settings()
+    connector = Connector(engine.tmp / "state", {**env,
+        "GRAPHFLEET_BACKEND": "pulumi", "GRAPHFLEET_PULUMI_BACKEND_URL": s.backend_url,
+        "GRAPHFLEET_PULUMI_COMMAND": s.pulumi_command, "GRAPHFLEET_KUBECONFIG": str(s.kubeconfig),
+        "GRAPHFLEET_NAMESPACE": s.namespace, "GRAPHFLEET_NODE_SELECTOR": json.dumps(s.node_selector),
+        "GRAPHFLEET_CHECK_ENDPOINTS": "false", "GRAPHFLEET_WATCH_EXECUTIONS": "false",
+        "GRAPHFLEET_GC_INTERVAL_SECONDS": "0"})
+    try:
+        connector.wait_serving()
+        task = DataServiceTask(name="graph", config={"replicas": 1})
+        meta = connector.create(serialized(task), literal_inputs(task, graph_uri=graph, replicas=2))
+        resource = connector.wait_terminal(DATA_SERVICE_TASK_TYPE, meta, timeout=WAIT_S)
+        assert resource.phase == execution_pb2.TaskExecution.SUCCEEDED, resource.message
+        assert len(outputs_of(resource)["endpoints"]) == 2
+        assert "StatefulSet" in {o.split("/")[0] for o in engine.objects()}
+        connector.delete(DATA_SERVICE_TASK_TYPE, meta)
+        deadline = time.monotonic() + WAIT_S  # DeleteTask answers within propeller's deadline
+        while engine.objects():
+            assert time.monotonic() < deadline, engine.objects()
+            time.sleep(1)
+    finally:
+        connector.stop()
+
+
 def test_gc_destroys_an_expired_fleet_with_the_real_engine(engine: Engine, make) -> None:
     place_fleets(engine)
     provisioner = make()

@@ -159,13 +159,28 @@ def api_client(context: str, kubeconfig: str | None = None) -> Any:
     """A client for kubeconfig `context`, found as the Pulumi provider finds it: in `kubeconfig`, else
     in the merge of every file $KUBECONFIG lists, else ~/.kube/config. The kubernetes client's
     KubeConfigMerger splits a path list itself (kubernetes/config/kube_config.py, 37.0.1), so the
-    whole list is passed, not its first file."""
+    whole list is passed, not its first file. A context in none of them raises PrerequisiteError
+    naming the files searched and the contexts they define (the client's own error, "Invalid kube-config
+    file. Expected object with name ...", names neither the stack key nor the fix)."""
     import os
 
     from kubernetes import config
+    from kubernetes.config.kube_config import KubeConfigMerger
 
-    return config.new_client_from_config(config_file=kubeconfig or os.environ.get("KUBECONFIG") or None,
-                                         context=context)
+    paths, source = ((kubeconfig, "given") if kubeconfig else
+                     (os.environ["KUBECONFIG"], "$KUBECONFIG") if os.environ.get("KUBECONFIG") else
+                     ("~/.kube/config", "the default, $KUBECONFIG being unset"))
+    merged = KubeConfigMerger(paths)
+    contexts = [str(c["name"]) for c in merged.config["contexts"]] if merged.config is not None else []
+    if context not in contexts:
+        searched = [os.path.expanduser(p) for p in paths.split(os.pathsep) if p]
+        # merged.paths: the files that exist (the merger skips the others).
+        files = ", ".join(p if p in merged.paths else f"{p} (no such file)" for p in searched)
+        raise PrerequisiteError(
+            f"kubernetes:context {context!r} is not a context of the kubeconfig ({source}: {files}); its "
+            f"contexts: {', '.join(contexts) or 'none'}. Set kubernetes:context in the stack file to this "
+            f"datacenter's context, or add {context!r} to the kubeconfig")
+    return config.new_client_from_config(config_file=paths, context=context)
 
 
 def read_cluster(context: str, kubeconfig: str | None = None, secrets: Iterable[tuple[str, str]] = ()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from flyte_agent.provisioner import Provision
 from flyte_agent.pulumi_provisioner import fleet_program
@@ -17,6 +19,8 @@ from infra.datacenter import program
 from infra.gpu_pool import KARPENTER_API, KUEUE_API
 from infra.prerequisites import (
     TRAINING_OPERATOR_API,
+    PrerequisiteError,
+    api_client,
     missing,
     required_crds,
     required_namespaces,
@@ -75,26 +79,49 @@ def test_missing_crds_wrong_versions_and_namespaces_are_each_named() -> None:
     ]
 
 
-def test_the_context_is_found_in_any_file_kubeconfig_lists(tmp_path, monkeypatch) -> None:
+def _kubeconfig(path: Path, context: str, server: str) -> str:
+    """A kubeconfig file at `path` with one context, `context`, for the cluster at `server`."""
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": context,
+        "clusters": [{"name": context, "cluster": {"server": server}}],
+        "users": [{"name": context, "user": {"token": "t"}}],
+        "contexts": [{"name": context, "context": {"cluster": context, "user": context}}]}))
+    return str(path)
+
+
+def test_the_context_is_found_in_any_file_kubeconfig_lists(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """$KUBECONFIG is a path list that kubectl and the Pulumi provider merge; a context defined in its
     second file must be found (reading only the first named a context 'not found')."""
-    import yaml
-
-    from infra.prerequisites import api_client
-
-    def kubeconfig(name: str, server: str):
-        path = tmp_path / name
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": name,
-            "clusters": [{"name": name, "cluster": {"server": server}}],
-            "users": [{"name": name, "user": {"token": "t"}}],
-            "contexts": [{"name": name, "context": {"cluster": name, "user": name}}]}))
-        return str(path)
-
-    first = kubeconfig("other", "https://127.0.0.1:1")
-    second = kubeconfig("ltx1-admin", "https://127.0.0.1:2")
+    first = _kubeconfig(tmp_path / "other", "other", "https://127.0.0.1:1")
+    second = _kubeconfig(tmp_path / "ltx1", "ltx1-admin", "https://127.0.0.1:2")
     monkeypatch.setenv("KUBECONFIG", f"{first}:{second}")
     assert api_client("ltx1-admin").configuration.host == "https://127.0.0.1:2"
+
+
+def test_a_context_in_no_kubeconfig_file_names_the_stack_key_the_files_and_the_contexts_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kubernetes client's own error ("Invalid kube-config file. Expected object with name
+    ltx1-admin in .../contexts list") names neither `kubernetes:context` nor the fix."""
+    first = _kubeconfig(tmp_path / "first", "lva1-eks", "https://127.0.0.1:1")
+    second = _kubeconfig(tmp_path / "second", "kind-dev", "https://127.0.0.1:2")
+    absent = tmp_path / "absent"
+    monkeypatch.setenv("KUBECONFIG", f"{first}:{absent}:{second}")
+    with pytest.raises(PrerequisiteError) as refused:
+        api_client("ltx1-admin")
+    assert str(refused.value) == (
+        f"kubernetes:context 'ltx1-admin' is not a context of the kubeconfig ($KUBECONFIG: {first}, "
+        f"{absent} (no such file), {second}); its contexts: lva1-eks, kind-dev. Set kubernetes:context in "
+        "the stack file to this datacenter's context, or add 'ltx1-admin' to the kubeconfig")
+    # Without $KUBECONFIG the default file is read, as by the provider and kubectl.
+    monkeypatch.delenv("KUBECONFIG")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(PrerequisiteError) as refused:
+        api_client("ltx1-admin")
+    assert str(refused.value) == (
+        "kubernetes:context 'ltx1-admin' is not a context of the kubeconfig (the default, $KUBECONFIG "
+        f"being unset: {tmp_path}/.kube/config (no such file)); its contexts: none. Set kubernetes:context "
+        "in the stack file to this datacenter's context, or add 'ltx1-admin' to the kubeconfig")
 
 
 def _pod_specs(value: Any) -> Iterator[dict[str, Any]]:

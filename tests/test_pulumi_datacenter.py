@@ -110,15 +110,11 @@ def _bootstrap(cp: ControlPlane, project_config: StackConfig, manifests: list[di
         assert cp.apply(manifest).status_code in (200, 201)
 
 
-@pytest.fixture(scope="module", params=STACKS)
-def project(request: pytest.FixtureRequest, control_plane: ControlPlane,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
+def scratch_project(cp: ControlPlane, stack: str, tmp: Path) -> Project:
+    """The repository's project copied into `tmp` with its own backend, PULUMI_HOME and a kubeconfig
+    naming the stack's context, after the documented bootstrap of the cluster (idempotent); no stack yet."""
     from infra.cli import render_stack
-    from infra.prerequisites import required_namespaces
 
-    stack = request.param
-    cp = control_plane
-    tmp = tmp_path_factory.mktemp(f"datacenter-{stack}")
     d = tmp / "project"
     d.mkdir()
     shutil.copy(REPO / "Pulumi.yaml", d / "Pulumi.yaml")
@@ -129,19 +125,33 @@ def project(request: pytest.FixtureRequest, control_plane: ControlPlane,
     kubeconfig = _kubeconfig(cp, config.kubernetes_context, tmp / "kubeconfig")
     _, manifests, _ = render_stack(stack)
     _bootstrap(cp, config, manifests)
-    p = Project(stack, d, engine_env(tmp / "pulumi-home", tmp / "backend", kubeconfig), config, manifests,
-                snapshot(cp))
-    ok(subprocess.run(["pulumi", "stack", "init", stack, "--non-interactive"], cwd=d, env=p.env,
+    return Project(stack, d, engine_env(tmp / "pulumi-home", tmp / "backend", kubeconfig), config, manifests,
+                   snapshot(cp))
+
+
+def release(cp: ControlPlane, project: Project) -> None:
+    """Destroy the stack, then delete the bootstrap's namespaces, for the next module."""
+    from infra.prerequisites import required_namespaces
+
+    pulumi(project, "destroy", "--yes", "--skip-preview")
+    for namespace in required_namespaces(project.config):
+        cp.request("DELETE", f"/api/v1/namespaces/{namespace}")
+    for namespace in required_namespaces(project.config):
+        cp.wait_for(f"namespace {namespace} deleted", lambda n=namespace: cp.request(
+            "GET", f"/api/v1/namespaces/{n}").status_code == 404, timeout=120)
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def project(request: pytest.FixtureRequest, control_plane: ControlPlane,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
+    stack = request.param
+    p = scratch_project(control_plane, stack, tmp_path_factory.mktemp(f"datacenter-{stack}"))
+    ok(subprocess.run(["pulumi", "stack", "init", stack, "--non-interactive"], cwd=p.dir, env=p.env,
                       capture_output=True, text=True, timeout=120))
     try:
         yield p
     finally:
-        pulumi(p, "destroy", "--yes", "--skip-preview")
-        for namespace in required_namespaces(config):  # the bootstrap's, for the next module
-            cp.request("DELETE", f"/api/v1/namespaces/{namespace}")
-        for namespace in required_namespaces(config):
-            cp.wait_for(f"namespace {namespace} deleted", lambda n=namespace: cp.request(
-                "GET", f"/api/v1/namespaces/{n}").status_code == 404, timeout=120)
+        release(control_plane, p)
 
 
 def test_up_creates_every_object_and_a_second_up_changes_nothing(project: Project,

@@ -31,6 +31,24 @@ ImportDeployment).
 Like pulumi-kubernetes >= 4.29 (PR 4278, `provider/pkg/provider/provider.go` Create), creating an
 object that exists and is not in the stack's state fails with AlreadyExists unless the stack's
 kubernetes provider sets `upsertExistingObjects`; destroy deletes the state's objects from it.
+Field managers (pulumi-kubernetes v4.32.0 server-side-apply mode, the default): the cluster records per
+object its manager and its manifest as the apiserver stores it. A plain create POSTs under the static
+manager `pulumi-kubernetes` (an Update operation); an upsert applies under the resource's own
+`pulumi-kubernetes-<8 hex>`, chosen at Create (provider/pkg/await/await.go Creation, provider.go
+fieldManagerName). The apiserver refuses an apply without force whose value for a field the object's
+manager set differs from the stored one, and the resource fails with the provider's wording
+(k8s.io/apimachinery pkg/util/managedfields/internal/conflict.go getConflictMessage, v0.33.13; await.go
+handleSSAErr, provider.go Create). `fieldRef` is atomic, compared whole, and stored with `apiVersion:
+v1` when omitted (k8s.io/api core/v1 ObjectFieldSelector `+structType=atomic`; k8s.io/kubernetes
+pkg/apis/core/v1/defaults.go SetDefaults_ObjectFieldSelector, v1.33.13, the fixture's apiserver), so a
+short one applied again by another manager conflicts. The omitempty booleans we could render `false`
+never reach the apiserver: the provider's Check round-trips inputs of built-in kinds through their
+k8s.io/api types, which drops them (provider.go normalizeInputs, clients/unstructured.go Normalize), so
+they are neither stored nor in conflict. With force (the provider's `enablePatchForce` or the object's
+`pulumi.com/patchForce: "true"`, await.go patchForce) the apply wins and the object takes the new
+manager. One manager per object: the last to create it (the apiserver would share the fields both set
+alike); an update keeps it, and conflicts on update are not modelled. tests/test_pulumi_field_managers.py
+runs each of these against the real engine.
 
 Every call is appended to `fake/calls.jsonl`. Faults are scripted per stack in `fake/faults.json`:
 `{"<stack>": {"up": ["fail:<text>", "hang", "ok"], "destroy": ["fail:<text>"]}}`, consumed in order;
@@ -53,6 +71,7 @@ import json
 import os
 import pwd
 import re
+import secrets
 import signal
 import socket
 import sys
@@ -205,8 +224,8 @@ def script_faults(backend_url: str, stack: str, **ops: list[str]) -> None:
     _write_whole(path, json.dumps(faults))
 
 
-def cluster(backend_url: str) -> dict[str, str]:
-    """The Kubernetes objects that exist, `type:namespace/name` -> the stack whose program made them."""
+def cluster(backend_url: str) -> dict[str, dict[str, Any]]:
+    """The Kubernetes objects that exist, `type:namespace/name` -> `{manager, operation, manifest}`."""
     return dict(Backend(state_dir(backend_url)).read().get("cluster", {}))
 
 
@@ -505,14 +524,36 @@ class Cli:
 
     def _create_objects(self, name: str, resources: list[dict[str, Any]]) -> str | None:
         """The provider creates the program's objects as it runs; one that exists outside the stack's
-        state fails with AlreadyExists unless the provider upserts. Returns that object, or None."""
+        state fails with AlreadyExists unless the provider upserts, and an upsert may conflict with its
+        manager. Returns the first failure's error, or None (then every object is made)."""
+        upsert = _provider_sets(resources, "upsertExistingObjects")
+        force = _provider_sets(resources, "enablePatchForce")
         with self.backend.state() as data:
             cluster = data.setdefault("cluster", {})
             known = set(_objects(_get(data, name)["resources"]))
-            taken = [key for key in _objects(resources) if key in cluster and key not in known]
-            if taken and not _upserts(resources):
-                return taken[0]
-            cluster.update(dict.fromkeys(_objects(resources), name))
+            made = {}
+            for key, resource in _objects(resources).items():
+                applied = _normalized(resource["inputs"])
+                record = cluster.get(key)
+                if record and key in known:  # an update, under the object's own manager
+                    made[key] = {**record, "manifest": _stored(applied)}
+                    continue
+                if record and not upsert:
+                    type_, obj = key.rsplit(":", 1)
+                    return (f'resource "{obj}" was not successfully created by the Kubernetes API server: '
+                            f'{type_.rsplit(":", 1)[1]} "{obj}" already exists')
+                # An upsert applies under the resource's own manager; a plain create POSTs.
+                manager, operation = ((f"pulumi-kubernetes-{secrets.token_hex(4)}", "Apply") if upsert
+                                      else ("pulumi-kubernetes", "Update"))
+                annotations = applied.get("metadata", {}).get("annotations") or {}
+                forced = force or annotations.get("pulumi.com/patchForce") == "true"
+                conflicts = [] if record is None or forced else _conflicts(applied, record["manifest"])
+                if conflicts:
+                    return (f'resource "{resource["urn"]}" was not successfully created by the Kubernetes '
+                            f"API server: {_SSA_CONFLICT_HELP}\nThe resource managed by field manager "
+                            f'"{manager}" had an apply conflict: {_apply_failed(record, conflicts)}')
+                made[key] = {"manager": manager, "operation": operation, "manifest": _stored(applied)}
+            cluster.update(made)
         return None
 
     @staticmethod
@@ -553,12 +594,10 @@ class Cli:
         except CliError:
             self._end(name, ok=False)
             raise
-        taken = self._create_objects(name, resources)
-        if taken:
+        failed = self._create_objects(name, resources)
+        if failed:
             self._end(name, ok=False)
-            type_, obj = taken.rsplit(":", 1)
-            raise CliError(f'resource "{obj}" was not successfully created by the Kubernetes API server: '
-                           f'{type_.rsplit(":", 1)[1]} "{obj}" already exists')
+            raise CliError(failed)
         if fault in ("hang", "wedge"):
             with self.backend.state() as data:
                 _get(data, name)["pending"] = base_pending + [
@@ -595,16 +634,88 @@ class Cli:
         return f"Update complete: {len(resources)} resources"
 
 
-def _objects(resources: list[dict[str, Any]]) -> list[str]:
-    """The Kubernetes objects among a program's resources, as `type:namespace/name`."""
-    return [f"{r['type']}:{r['id']}" for r in resources
-            if r["custom"] and r["type"].startswith("kubernetes:") and r.get("id")]
+def _objects(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The Kubernetes objects among a program's resources, by `type:namespace/name`."""
+    return {f"{r['type']}:{r['id']}": r for r in resources
+            if r["custom"] and r["type"].startswith("kubernetes:") and r.get("id")}
 
 
-def _upserts(resources: list[dict[str, Any]]) -> bool:
-    """Whether the program's kubernetes provider sets `upsertExistingObjects` (default false)."""
-    return any(r["type"] == "pulumi:providers:kubernetes"
-               and r["inputs"].get("upsertExistingObjects") in (True, "true") for r in resources)
+def _provider_sets(resources: list[dict[str, Any]], key: str) -> bool:
+    """Whether the program's kubernetes provider sets the boolean `key` (`upsertExistingObjects`,
+    `enablePatchForce`: both default false; the Python SDK sends them as JSON strings)."""
+    return any(r["type"] == "pulumi:providers:kubernetes" and r["inputs"].get(key) in (True, "true")
+               for r in resources)
+
+
+# pulumi-kubernetes' wording of an apply conflict (provider/pkg/await/await.go handleSSAErr, v4.32.0).
+_SSA_CONFLICT_HELP = ("server-side apply field conflict detected, see https://www.pulumi.com/registry/packages/"
+                      "kubernetes/how-to-guides/managing-resources-with-server-side-apply/"
+                      "#handle-field-conflicts-on-existing-resources for troubleshooting help")
+# The omitempty booleans we could render `false`, by kind: k8s.io/api v0.36.1 (the provider's)
+# core/v1 ServiceSpec.PublishNotReadyAddresses, scheduling/v1 PriorityClass.GlobalDefault.
+_OMITEMPTY_FALSE = {"Service": ("spec", "publishNotReadyAddresses"), "PriorityClass": ("globalDefault",)}
+# Atomic structs we render, compared whole (k8s.io/api core/v1 ObjectFieldSelector `+structType=atomic`).
+_ATOMIC = ("fieldRef",)
+
+
+def _normalized(inputs: dict[str, Any]) -> dict[str, Any]:
+    """An object's inputs as the provider's Check leaves them: its round trip through the kind's
+    k8s.io/api type drops omitempty zero values, here the `false` booleans we could render."""
+    manifest: dict[str, Any] = json.loads(json.dumps(inputs))
+    if manifest.get("kind") in _OMITEMPTY_FALSE:
+        *parents, field = _OMITEMPTY_FALSE[manifest["kind"]]
+        holder = manifest
+        for key in parents:
+            holder = holder.get(key) or {}
+        if holder.get(field) is False:
+            del holder[field]
+    return manifest
+
+
+def _stored(value: Any, key: str = "") -> Any:
+    """An applied manifest as the apiserver stores it: `fieldRef` defaulted (`apiVersion: v1`)."""
+    if isinstance(value, dict):
+        stored = {k: _stored(v, k) for k, v in value.items()}
+        return {"apiVersion": "v1", **stored} if key == "fieldRef" else stored
+    if isinstance(value, list):
+        return [_stored(item) for item in value]
+    return value
+
+
+def _named(value: Any) -> bool:
+    """A list of named objects (containers, env): SSA merges it by name."""
+    return isinstance(value, list) and all(isinstance(item, dict) and "name" in item for item in value)
+
+
+def _conflicts(applied: Any, stored: Any, path: str = "") -> list[str]:
+    """The fields, as SSA writes their paths, whose applied value differs from the stored one (fields
+    the object's manager did not set are not stored here: they never conflict)."""
+    if isinstance(applied, dict) and isinstance(stored, dict):
+        found = []
+        for key, value in applied.items():
+            if key in _ATOMIC and key in stored:
+                found += [f"{path}.{key}"] if value != stored[key] else []
+            elif key in stored:
+                found += _conflicts(value, stored[key], f"{path}.{key}")
+        return found
+    if _named(applied) and _named(stored):
+        by_name = {item["name"]: item for item in stored}
+        return [conflict for item in applied if item["name"] in by_name
+                for conflict in _conflicts(item, by_name[item["name"]], f'{path}[name="{item["name"]}"]')]
+    return [path] if applied != stored else []
+
+
+def _apply_failed(record: dict[str, Any], conflicts: list[str]) -> str:
+    """The apiserver's 409 message (managedfields/internal/conflict.go getConflictMessage, printManager;
+    k8s.io/apimachinery v0.33.13): an Update operation's manager with its API version (and, as the real
+    apiserver prints it, no time)."""
+    owner = f'"{record["manager"]}"'
+    if record["operation"] == "Update":
+        owner += f' using {record["manifest"]["apiVersion"]}'
+    if len(conflicts) == 1:
+        return f"Apply failed with 1 conflict: conflict with {owner}: {conflicts[0]}"
+    return f"Apply failed with {len(conflicts)} conflicts: conflicts with {owner}:\n" + "\n".join(
+        f"- {path}" for path in conflicts)
 
 
 # -- the engine side of an inline program -------------------------------------------------------

@@ -2,9 +2,10 @@
 run through the Automation API once with each, so the fake stays a model of the real CLI.
 
 The real CLI is `make tools`' build (.tools/bin/pulumi) on a `file://` backend. The programs here
-declare no provider resources (the kubernetes provider at the lock's version cannot be built here:
-see README "Verified here, and not"); locks, tags, history and cancel live in the backend, not in
-the provider, so they are the real CLI's behaviour.
+declare no provider resources: locks, tags, history and cancel live in the backend, not in the
+provider. What the fake models of the kubernetes provider (field managers, upserts) runs against the
+real one in tests/test_pulumi_field_managers.py, and recovery after a killed `up` in
+tests/test_pulumi_real.py.
 """
 
 from __future__ import annotations

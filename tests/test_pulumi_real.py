@@ -1,5 +1,7 @@
 """The connector's Pulumi backend with the real engine: the CLI and pulumi-kubernetes from `make tools`
-(tests/pulumi_engine.py) on a `file://` backend, against the control-plane fixture (issue 17).
+(tests/pulumi_engine.py) on a `file://` backend, against the control-plane fixture (issue 17). The
+recovery after a killed `up` runs on the fake CLI too (`either`), which must behave the same: pending
+creates carried over, adopted by the recovering `up`, AlreadyExists without upsert, adopted by a destroy.
 
 kwok runs the fleets' pods (Ready, no containers), so no graph server answers their endpoints: the
 endpoint health check is off here (`check_endpoints=False`); it is exercised against real servers by
@@ -29,6 +31,7 @@ from flyte_agent.pulumi_provisioner import PulumiProvisioner
 from flyte_agent.replicas import Backend, pid_alive
 from flyte_agent.settings import Settings
 from infra.spec import DataServiceSpec
+from tests import fake_pulumi
 from tests.control_plane import REPO, TOOLS_BIN, ControlPlane
 from tests.pulumi_engine import engine_env, needs_engine
 
@@ -41,15 +44,16 @@ POOL_LABEL = "graphfleet.test/pool"
 
 @dataclass
 class Engine:
-    cp: ControlPlane
+    cp: ControlPlane | None  # None: the fake CLI, whose backend keeps the cluster
     url: str
     namespace: str
     tmp: Path
+    cli: Path = TOOLS_BIN / "pulumi"
 
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = dict(
-            backend="pulumi", backend_url=self.url, pulumi_command=str(TOOLS_BIN / "pulumi"),
-            kubeconfig=str(self.cp.kubeconfig), namespace=self.namespace,
+            backend="pulumi", backend_url=self.url, pulumi_command=str(self.cli),
+            kubeconfig=str(self.cp.kubeconfig) if self.cp else None, namespace=self.namespace,
             node_selector={POOL_LABEL: self.namespace}, gc_interval_seconds=0, check_endpoints=False,
             watch_executions=False, max_attempts=2, retry_backoff_seconds=0, operation_timeout_seconds=300,
             command_timeout_seconds=60, delete_wait_seconds=WAIT_S, state_dir=self.tmp / "state")
@@ -58,6 +62,9 @@ class Engine:
 
     def objects(self) -> list[str]:
         """The fleets' objects in the test's namespace, as Kind/name."""
+        if self.cp is None:  # keys `type:namespace/name`
+            keys = fake_pulumi.cluster(self.url)
+            return sorted(f"{key.split(':')[2]}/{key.rsplit('/', 1)[1]}" for key in keys)
         found = []
         for api, plural, kind in (("apps/v1", "statefulsets", "StatefulSet"), ("v1", "services", "Service"),
                                   ("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget"),
@@ -83,9 +90,19 @@ def engine(control_plane: ControlPlane, tmp_path: Path, monkeypatch: pytest.Monk
     cp.request("DELETE", f"/api/v1/namespaces/{namespace}")
 
 
+@pytest.fixture(params=["fake", "real"])
+def either(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Engine:
+    """The real engine, or the fake CLI (which needs no cluster), for a behaviour both must share."""
+    if request.param == "real":
+        return request.getfixturevalue("engine")  # type: ignore[no-any-return]
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "test-only")
+    return Engine(None, f"file://{tmp_path}/state", "fleets", tmp_path, fake_pulumi.install(tmp_path))
+
+
 @pytest.fixture
-def make(engine: Engine) -> Iterator[Callable[..., PulumiProvisioner]]:
+def make(request: pytest.FixtureRequest) -> Iterator[Callable[..., PulumiProvisioner]]:
     made: list[PulumiProvisioner] = []
+    engine = request.getfixturevalue("either" if "either" in request.fixturenames else "engine")
 
     def build(**overrides: Any) -> PulumiProvisioner:
         made.append(PulumiProvisioner(engine.settings(**overrides)))
@@ -114,12 +131,15 @@ def wait(provisioner: PulumiProvisioner, p: Provision, until: set[Phase], timeou
 
 def place_fleets(engine: Engine) -> None:
     """The node the fleets' selector asks for: until it exists their pods stay Pending."""
-    engine.cp.add_node(f"node-{engine.namespace}", {POOL_LABEL: engine.namespace})
+    if engine.cp is not None:
+        engine.cp.add_node(f"node-{engine.namespace}", {POOL_LABEL: engine.namespace})
 
 
 def stack_pending_creates(engine: Engine, name: str) -> list[str]:
     import json
 
+    if engine.cp is None:
+        return [op["resource"]["urn"] for op in fake_pulumi.stacks(engine.url)[name]["pending"]]
     stacks = Path(engine.url.removeprefix("file://")) / ".pulumi" / "stacks"
     path = stacks / stack_record.PROJECT / f"{name}.json"
     deployment = json.loads(path.read_text()).get("checkpoint", {}).get("latest") or {}
@@ -222,7 +242,10 @@ _CONNECTOR = textwrap.dedent("""
 
 def kill_mid_create(engine: Engine, name: str) -> int:
     """A connector replica dies with its pod in the middle of `up` (its StatefulSet created, awaiting
-    pods that cannot be scheduled yet): the replica, the CLI and the CLI's plugins. Returns the CLI's pid."""
+    pods that cannot be scheduled yet; the fake's `up` hangs there): the replica, the CLI and the CLI's
+    plugins. Returns the CLI's pid."""
+    if engine.cp is None:
+        fake_pulumi.script_faults(engine.url, stack_record.stack_name(name), up=["hang"])
     script = _CONNECTOR.format(root=str(REPO), settings=engine.settings().model_dump_json(), name=name)
     child = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -250,9 +273,10 @@ def kill_mid_create(engine: Engine, name: str) -> int:
     return cli
 
 
-def test_a_replica_killed_mid_create_is_recovered_by_another(engine: Engine, make) -> None:
+def test_a_replica_killed_mid_create_is_recovered_by_another(either: Engine, make) -> None:
     """The trial's failure: the recovering `up` re-applies the StatefulSet under a field manager of its own
     and met a conflict on a defaulted atomic field; every attempt failed within seconds."""
+    engine = either
     kill_mid_create(engine, "real-k")
     place_fleets(engine)
     fresh = make(max_attempts=1)
@@ -267,10 +291,12 @@ def test_a_replica_killed_mid_create_is_recovered_by_another(engine: Engine, mak
     assert engine.objects() == []
 
 
-def test_without_upsert_the_recovering_up_fails_with_already_exists(engine: Engine, make,
+def test_without_upsert_the_recovering_up_fails_with_already_exists(either: Engine, make,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """pulumi-kubernetes >= 4.29 creates with a plain POST (PR 4278): an object left by a killed `up` fails
-    the next create unless the provider upserts. The fake models this; here is the real provider."""
+    the next create unless the provider upserts; the give-up destroy adopts the pending create (stack
+    export/import) and deletes its object."""
+    engine = either
     kill_mid_create(engine, "real-u")
     place_fleets(engine)
     monkeypatch.setattr(pulumi_provisioner, "FLEET_UPSERT_EXISTING_OBJECTS", False)

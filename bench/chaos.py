@@ -378,7 +378,7 @@ def verdict(executions: list[Execution], call: Caller, url: str, chaos: Chaos, w
         expected = {"keep": "succeeded", "release": "deleted", "abort": "deleted"}[e.plan]
         if e.phase != expected:
             wrong_phases.append(f"{e.name or e.index} ({e.plan}): {e.phase} {e.message}")
-    stacks_with_objects = set(fake_pulumi.cluster(url).values())
+    stacks_with_objects = {record["stack"] for record in fake_pulumi.cluster(url).values()}
     for e in executions:
         if e.plan == "keep" and e.phase == "succeeded":
             resource = get(e, call)

@@ -225,7 +225,8 @@ def script_faults(backend_url: str, stack: str, **ops: list[str]) -> None:
 
 
 def cluster(backend_url: str) -> dict[str, dict[str, Any]]:
-    """The Kubernetes objects that exist, `type:namespace/name` -> `{manager, operation, manifest}`."""
+    """The Kubernetes objects that exist, `type:namespace/name` -> `{manager, operation, manifest, stack}`
+    (`stack`: the stack whose `up` made it, for a test's accounting; the real cluster has no such field)."""
     return dict(Backend(state_dir(backend_url)).read().get("cluster", {}))
 
 
@@ -552,7 +553,8 @@ class Cli:
                     return (f'resource "{resource["urn"]}" was not successfully created by the Kubernetes '
                             f"API server: {_SSA_CONFLICT_HELP}\nThe resource managed by field manager "
                             f'"{manager}" had an apply conflict: {_apply_failed(record, conflicts)}')
-                made[key] = {"manager": manager, "operation": operation, "manifest": _stored(applied)}
+                made[key] = {"manager": manager, "operation": operation, "manifest": _stored(applied),
+                             "stack": name}
             cluster.update(made)
         return None
 

@@ -36,13 +36,15 @@ run: $(STAMP)
 	$(VENV)/bin/pyflyte run workflows/gnn_training.py gnn_training
 
 # The real engine (kube-apiserver, kube-controller-manager, kube-scheduler, etcd, kwok, the pulumi CLI,
-# its Python language host and the pulumi-kubernetes provider), built from the pinned Go modules under
-# tools/ into .tools/ (git-ignored); the provider is installed as a plugin in .tools/pulumi-home. Each
-# binary rebuilds only when its module's go.mod/go.sum changes; Go's build cache makes a rebuild cheap.
+# its Python language host, the pulumi-kubernetes provider and Flyte's flytepropeller), built from the
+# pinned Go modules under tools/ into .tools/ (git-ignored); the provider is installed as a plugin in
+# .tools/pulumi-home. Each binary rebuilds only when its module's go.mod/go.sum changes; Go's build
+# cache makes a rebuild cheap.
 TOOLS := .tools/bin
 PROVIDER := .tools/provider/pulumi-resource-kubernetes
 TOOL_BINS := $(TOOLS)/etcd $(TOOLS)/kube-apiserver $(TOOLS)/kube-controller-manager \
-	$(TOOLS)/kube-scheduler $(TOOLS)/kwok $(TOOLS)/pulumi $(TOOLS)/pulumi-language-python $(PROVIDER)
+	$(TOOLS)/kube-scheduler $(TOOLS)/kwok $(TOOLS)/pulumi $(TOOLS)/pulumi-language-python $(PROVIDER) \
+	$(TOOLS)/flytepropeller
 
 $(TOOLS)/etcd: tools/etcd/go.mod tools/etcd/go.sum tools/build.sh
 	tools/build.sh etcd
@@ -55,6 +57,8 @@ $(TOOLS)/pulumi-language-python: tools/pulumi-language-python/go.mod tools/pulum
 # Installed with the CLI (`pulumi plugin install --file`), so it comes after it.
 $(PROVIDER): tools/pulumi-kubernetes/go.mod tools/pulumi-kubernetes/go.sum tools/build.sh $(TOOLS)/pulumi
 	tools/build.sh pulumi-resource-kubernetes
+$(TOOLS)/flytepropeller: tools/flytepropeller/go.mod tools/flytepropeller/go.sum tools/build.sh
+	tools/build.sh flytepropeller
 
 # Serial on purpose: each Go build already uses every core.
 tools:

@@ -111,6 +111,36 @@ def test_the_language_host_reports_the_pinned_version() -> None:
     assert tool("pulumi-language-python-exec").exists()
 
 
+FLYTE_MODULES = ("flytepropeller", "flyteplugins", "flyteidl", "flytestdlib")
+
+
+def test_flyte_modules_are_pinned_to_one_tag_and_replaced_to_the_copies() -> None:
+    # Built from one flyteorg/flyte tag's trees (tools/build.sh copies them to .tools/src/flyte): a bump
+    # of propeller alone would mix trees of two tags.
+    propeller = pinned("flytepropeller", "github.com/flyteorg/flyte/flytepropeller")
+    assert {m: pinned("flytepropeller", f"github.com/flyteorg/flyte/{m}") for m in FLYTE_MODULES} == {
+        m: propeller for m in FLYTE_MODULES}
+    text = (TOOLS / "flytepropeller" / "go.mod").read_text()
+    for m in FLYTE_MODULES:
+        assert f"github.com/flyteorg/flyte/{m} => ../../.tools/src/flyte/{m}\n" in text, m
+    # The refused dependency of the Spark plugin (left out of the build) is the empty stub.
+    assert "github.com/kubeflow/spark-operator => ./spark-operator-stub\n" in text
+    assert not list((TOOLS / "flytepropeller" / "spark-operator-stub").glob("*.go"))
+
+
+@needs_tools("flytepropeller")
+def test_flytepropeller_reports_the_pinned_version() -> None:
+    # Propeller has no version subcommand: it logs flytestdlib/version's build information at every
+    # start (to stderr), before cobra prints the help.
+    require_tools("flytepropeller")
+    out = subprocess.run([str(tool("flytepropeller")), "--help"], capture_output=True, text=True, timeout=60,
+                         check=True)
+    found = re.search(r"App \[flytepropeller\], Version \[([^\]]*)\]", out.stderr)
+    assert found, out.stderr
+    assert found.group(1) == pinned("flytepropeller", "github.com/flyteorg/flyte/flytepropeller")
+    assert "Usage:" in out.stdout
+
+
 @pytest.mark.integration
 def test_the_installed_provider_plugin_reports_the_locked_version() -> None:
     """The plugin `make tools` installed answers GetPluginInfo with the lock's version (stamped at build)."""
@@ -136,12 +166,17 @@ def test_the_installed_provider_plugin_reports_the_locked_version() -> None:
 
 def test_make_tools_builds_each_tool_from_its_pinned_module() -> None:
     names = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "pulumi",
-             "pulumi-language-python")
+             "pulumi-language-python", "flytepropeller")
     targets = [f".tools/bin/{n}" for n in names] + [".tools/provider/pulumi-resource-kubernetes"]
     dry = subprocess.run(["make", "-n", "-B", *targets], cwd=REPO, capture_output=True, text=True, timeout=60,
                          check=True).stdout
     for name in (*names, "pulumi-resource-kubernetes"):
         assert f"tools/build.sh {name}" in dry, name
+    # ... and `make tools` (TOOL_BINS) builds every one of them.
+    dry_tools = subprocess.run(["make", "-n", "-B", "tools"], cwd=REPO, capture_output=True, text=True,
+                               timeout=60, check=True).stdout
+    assert sorted(re.findall(r"^tools/build\.sh (\S+)$", dry_tools, re.M)) == sorted(
+        (*names, "pulumi-resource-kubernetes"))
 
 
 @pytest.mark.skipif(shutil.which("go") is None and not os.environ.get(REQUIRE_TOOLS_ENV),

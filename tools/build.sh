@@ -3,7 +3,8 @@
 # per binary). Versions live only in tools/*/go.mod; the version each binary
 # reports is stamped from there, and tests/test_tools.py checks it. The Python language host and the
 # kubernetes provider come from the upstream trees in ../shared/src (the Go module proxy refuses both;
-# ../shared/src/README.md), through a `replace` in their module here.
+# ../shared/src/README.md), through a `replace` in their module here; so does Flyte's propeller (the proxy
+# serves no github.com/flyteorg/flyte/* module).
 # Niced, one binary per call, stripped: the machines have 2 cores shared with other work.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -88,6 +89,44 @@ pulumi-resource-kubernetes)
     rm -rf "$root/.tools/pulumi-home/plugins/resource-kubernetes-v$v"
     PULUMI_HOME=$root/.tools/pulumi-home "$bin/pulumi" plugin install resource kubernetes "v$v" \
         --file "$root/.tools/provider/pulumi-resource-kubernetes"
+    ;;
+flytepropeller)
+    # Flyte's propeller, from the four upstream trees of ../shared/src/flyte-v<version> (the proxy serves
+    # no github.com/flyteorg/flyte/* module), copied (writable) to .tools/src/flyte, where
+    # tools/flytepropeller/go.mod replaces each module. The Spark plugin is left out of the plugin
+    # loader: its one dependency (kubeflow/spark-operator) is refused, and an empty module stands in.
+    v=$(cd "$root/tools/flytepropeller" && sed -n 's,^require github.com/flyteorg/flyte/flytepropeller ,,p' go.mod)
+    for tree in flytepropeller flyteplugins flyteidl flytestdlib; do
+        need_source "flyte-$v/$tree" "/bin/flytepropeller of flyte's image cr.flyte.org/flyteorg/flytepropeller:$v,\
+ copied to $bin (it reports version \"unknown\": that image's build stamps none); or, to build it here, the\
+ flytepropeller, flyteplugins, flyteidl and flytestdlib folders of flyteorg/flyte at tag $v (git clone --depth 1\
+ -b $v https://github.com/flyteorg/flyte) copied into $shared/src/flyte-$v"
+    done
+    src=$root/.tools/src/flyte
+    rm -rf "$src" && mkdir -p "$src"
+    for tree in flytepropeller flyteplugins flyteidl flytestdlib; do
+        cp -r "$shared/src/flyte-$v/$tree" "$src/$tree"
+    done
+    chmod -R u+w "$src"
+    loader=$src/flytepropeller/plugins/loader.go
+    spark='_ "github.com/flyteorg/flyte/flyteplugins/go/tasks/plugins/k8s/spark"'
+    if [ "$(grep -cxF "	$spark" "$loader")" != 1 ]; then
+        echo "tools/build.sh: $loader no longer has the one line \`$spark\` to leave the Spark plugin out;" >&2
+        echo "check how flytepropeller $v loads its plugins and update this step." >&2
+        exit 1
+    fi
+    grep -vxF "	$spark" "$loader" >"$loader.tmp" && mv "$loader.tmp" "$loader"
+    # The snapshot in ../shared/src leaves out test code, flyteplugins/tests included; one file outside
+    # a _test.go, the array plugin's array_tests_base.go (RunArrayTestsEndToEnd, called only by tests),
+    # imports that package: it goes from the copy too.
+    if [ ! -d "$src/flyteplugins/tests" ]; then
+        rm "$src/flyteplugins/go/tasks/plugins/array/array_tests_base.go"
+    fi
+    # No cgo, as in flyte's release image (flytepropeller/Makefile, linux_compile). The controller logs
+    # this version at start (`App [flytepropeller], Version [...]`).
+    export CGO_ENABLED=0
+    build flytepropeller github.com/flyteorg/flyte/flytepropeller/cmd/controller flytepropeller \
+        "-X github.com/flyteorg/flyte/flytestdlib/version.Version=$v"
     ;;
 *)
     echo "unknown tool: $1" >&2; exit 2

@@ -183,7 +183,7 @@ def test_the_same_stack_from_another_kubeconfig_path_changes_nothing(project: Pr
     ok(pulumi(project, "preview", "--expect-no-changes", env={**project.env, "KUBECONFIG": str(moved)}))
 
 
-def _edit(stack_file: Path, stack: str) -> None:
+def _edit(stack_file: Path) -> None:
     """Changes of each kind graphfleet diff tells apart: in place, replace, delete, create."""
     document = yaml.safe_load(stack_file.read_text())
     config = document["config"]
@@ -219,7 +219,7 @@ def test_preview_of_an_edited_stack_file_agrees_with_graphfleet_diff(project: Pr
     from infra.stack_diff import diff_stacks
 
     original = project.stack_file.read_text()
-    _edit(project.stack_file, project.stack)
+    _edit(project.stack_file)
     try:
         _, old, _ = render_objects(str(stack_path(project.stack)))
         _, new, _ = render_objects(str(project.stack_file))

@@ -61,7 +61,7 @@ def table(fleets: list[FleetInfo], now: float | None = None) -> str:
 
 
 def as_json(fleets: list[FleetInfo]) -> list[dict[str, Any]]:
-    """Every field, enums by value: stable keys for scripts (README "graphfleet fleets")."""
+    """Every field, enums by value: stable keys for scripts (docs/operators.md, "graphfleet fleets")."""
     def plain(value: Any) -> Any:
         if isinstance(value, list):
             return [plain(v) for v in value]

@@ -5,7 +5,7 @@ serves prometheus_client's default registry on `--prometheus_port` (9090), next 
 `flyte_connector_*` request counters; registering here, in that registry, puts ours on the same port.
 Nothing else is needed in the Deployment beyond scraping that port.
 
-Families (names and labels are a contract with dashboards; README "Metrics" lists them):
+Families (names and labels are a contract with dashboards; docs/operators.md "Metrics" lists them):
 
 - `graphfleet_fleets{backend,phase}`: live fleets by phase, from what the provisioner last observed
   (`observed_fleets()`): on Pulumi the listing its sweep makes as it starts and after each gc pass,

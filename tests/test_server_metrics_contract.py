@@ -1,7 +1,7 @@
 """Why the graph-engine servers export no request counts or latency (issue 11 item "metrics"): DeepGNN's
 server is its C++ library, started by one C call whose arguments carry no hook (no interceptor, no
-callback, no metrics option). If a DeepGNN release adds one, this test fails and the README's
-statement must be revisited."""
+callback, no metrics option). If a DeepGNN release adds one, this test fails and the statement in
+docs/operators.md ("Metrics") must be revisited."""
 
 from __future__ import annotations
 

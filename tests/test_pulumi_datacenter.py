@@ -82,8 +82,11 @@ def snapshot(cp: ControlPlane) -> dict[str, Any]:
                                if not k.startswith(("kwok.x-k8s.io", "node.alpha", "deployment.kubernetes.io",
                                                     "kubectl.kubernetes.io"))}
                 key = f"{r['kind']}/{meta.get('namespace', '')}/{meta['name']}"
+                # The node lifecycle controller's own taints (not-ready while a new node starts) come and go.
+                taints = [t for t in (item.get("spec") or {}).get("taints") or []
+                          if not t["key"].startswith("node.kubernetes.io/")]
                 out[key] = {"labels": meta.get("labels") or {}, "annotations": annotations,
-                            "taints": (item.get("spec") or {}).get("taints") if r["kind"] == "Node" else None}
+                            "taints": taints if r["kind"] == "Node" else None}
     return out
 
 

@@ -217,21 +217,32 @@ _DIAGNOSTIC = re.compile(r"^  (\S+) \((.+)\):$")
 # How the kubernetes provider prefixes a failed operation's cause.
 _PROVIDER_PREFIX = re.compile(
     r'^error: resource "[^"]*" was not successfully \w+ by the Kubernetes API server: ')
+# ...the link it appends to a field conflict, and the line that then names the managers and fields
+# (pulumi-kubernetes v4.32.0 provider/pkg/await/await.go handleSSAErr).
+_LINK = re.compile(r", see https?://\S+ for troubleshooting help$")
+_APPLY_CONFLICT = re.compile(r'^The resource managed by field manager "[^"]*" had an apply conflict: ')
 
 
 def resource_errors(text: str) -> list[str]:
-    """Each failed resource's first error from the CLI's "Diagnostics:" section, as `<Kind> <name>: <cause>`
-    (the provider's cause without its URN preamble, which alone could fill a stack tag)."""
-    errors, resource = [], None
-    for line in text.partition("\nDiagnostics:\n")[2].splitlines():
+    """Each failed resource's first error from the CLI's "Diagnostics:" section, as `<Kind> <name>: <cause>`:
+    the provider's cause without its URN preamble (which alone could fill a stack tag) or its link, with
+    the lines that continue it (a field conflict's "conflict with <manager>: <field>") but not the advice
+    after the blank line."""
+    errors: list[str] = []
+    resource, cause = None, ""
+    for line in [*text.partition("\nDiagnostics:\n")[2].splitlines(), ""]:
+        if cause and line.strip():
+            cause += "; " + _APPLY_CONFLICT.sub("", line.strip())
+            continue
+        if cause:
+            errors.append(f"{resource}: {cause}")
+            resource, cause = None, ""  # the first error of each: what follows is the provider's advice
         header = _DIAGNOSTIC.match(line)
         if header:
             kind = header.group(1).rsplit(":", 1)[-1]
             resource = None if header.group(1) == "pulumi:pulumi:Stack" else f"{kind} {header.group(2)}"
         elif resource and line.strip().startswith("error:"):
-            cause = _PROVIDER_PREFIX.sub("", line.strip()).removeprefix("error: ")
-            errors.append(f"{resource}: {cause}")
-            resource = None  # the first error of each: what follows is the provider's advice
+            cause = _LINK.sub("", _PROVIDER_PREFIX.sub("", line.strip()).removeprefix("error: "))
         elif line and not line.startswith(" "):
             break  # "Resources:", the summary after the diagnostics
     return errors

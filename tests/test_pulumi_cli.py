@@ -64,13 +64,21 @@ def test_a_failed_up_is_told_by_its_resources_causes_not_the_cli_summary() -> No
 
     err = create_command_error(CommandResult(stdout=_ALREADY_EXISTS, stderr="", code=1))
     assert error_text(err) == 'StatefulSet real-u-servers: statefulsets.apps "real-u" already exists'
+    # A field conflict, as the real provider words it (tests/test_pulumi_field_managers.py): the link
+    # goes, the next line's managers and field stay.
     conflict = _ALREADY_EXISTS.replace(
-        'statefulsets.apps "real-u" already exists', 'Apply failed with 1 conflict: conflict with '
-        '"pulumi-kubernetes-e3e7897a": .spec.template.spec.containers[name="graph-engine"].env'
-        '[name="GRAPHFLEET_ORDINAL"].valueFrom.fieldRef')
+        'statefulsets.apps "real-u" already exists',
+        "server-side apply field conflict detected, see https://www.pulumi.com/registry/packages/kubernetes/"
+        "how-to-guides/managing-resources-with-server-side-apply/"
+        "#handle-field-conflicts-on-existing-resources"
+        ' for troubleshooting help\n    The resource managed by field manager "pulumi-kubernetes-0eea3542"'
+        ' had an apply conflict: Apply failed with 1 conflict: conflict with "pulumi-kubernetes-f3d7cda4": '
+        '.spec.template.spec.containers[name="graph-engine"].env[name="GRAPHFLEET_ORDINAL"].valueFrom.fieldRef')
     text = error_text(create_command_error(CommandResult(stdout=conflict, stderr="", code=1)))
-    assert text.startswith("StatefulSet real-u-servers: Apply failed with 1 conflict")
-    assert text.endswith(".fieldRef")
+    assert text == ('StatefulSet real-u-servers: server-side apply field conflict detected; Apply failed '
+                    'with 1 conflict: conflict with "pulumi-kubernetes-f3d7cda4": '
+                    '.spec.template.spec.containers[name="graph-engine"].env[name="GRAPHFLEET_ORDINAL"]'
+                    '.valueFrom.fieldRef')
     # Without diagnostics (a CLI failing before any resource), its error lines.
     early = CommandResult(stdout="", stderr="error: could not load plugin kubernetes\n", code=255)
     assert error_text(create_command_error(early)).endswith("error: could not load plugin kubernetes")

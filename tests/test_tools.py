@@ -196,3 +196,19 @@ def test_vendored_crds_equal_the_pinned_module_zips() -> None:
         differ += [name for name, entry in project["files"].items()
                    if (CRDS_DIR / name).read_bytes() != (Path(info["Dir"]) / entry["path"]).read_bytes()]
     assert differ == []
+
+
+@pytest.mark.parametrize(("name", "instead"), [
+    ("pulumi-language-python", "carries pulumi-language-python and pulumi-language-python-exec"),
+    ("pulumi-resource-kubernetes",
+     f"pulumi plugin install resource kubernetes v{locked('pulumi-kubernetes')}"),
+    ("flytepropeller", "/bin/flytepropeller of flyte's image"),
+])
+def test_without_the_upstream_sources_make_tools_says_what_to_install_instead(
+        tmp_path: Path, name: str, instead: str) -> None:
+    # A user's machine without ../shared/src (one that reaches GitHub and Pulumi's downloads).
+    result = subprocess.run([str(TOOLS / "build.sh"), name], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "GRAPHFLEET_SHARED_DIR": str(tmp_path)})
+    assert result.returncode == 1
+    assert "is missing (the upstream source the Go module proxy refuses)" in result.stderr
+    assert instead in result.stderr

@@ -106,6 +106,12 @@ def _bootstrap(cp: ControlPlane, project_config: StackConfig, manifests: list[di
     for namespace in required_namespaces(project_config):
         assert cp.apply({"apiVersion": "v1", "kind": "Namespace",
                          "metadata": {"name": namespace}}).status_code in (200, 201)
+    # A new namespace is finished by controllers (its `default` ServiceAccount, the root CA ConfigMap):
+    # the bootstrap is done once they have, or a snapshot taken now would miss them.
+    for namespace in required_namespaces(project_config):
+        for made in ("serviceaccounts/default", "configmaps/kube-root-ca.crt"):
+            path = f"/api/v1/namespaces/{namespace}/{made}"
+            cp.wait_for(path, lambda path=path: cp.request("GET", path).status_code == 200)
     for secret in required_secrets(project_config):
         data = {key: base64.b64encode(b"bootstrap").decode() for key in secret.keys or ["credentials"]}
         manifest = {"apiVersion": "v1", "kind": "Secret", "data": data,

@@ -4,10 +4,10 @@ The Automation API runs the CLI through a `PulumiCommand` (its public `pulumi_co
 no timeout or cancel hook of its own. `TimedPulumiCommand` adds them:
 
 - each call runs in its own session with a bound (long for up/destroy/refresh, short for the rest);
-  a call past its bound is killed with all its plugins, and whatever a call leaves in its session when
-  it ends (the plugins of a CLI killed from outside) is killed then: the CLI starts each plugin in a
-  process group of its own and only a live CLI stops them, so an orphaned provider otherwise kept
-  awaiting its objects for up to ~15 minutes (docs/external-contracts.md);
+  a call past its bound is killed with all its plugins, and what a call that did not end well leaves
+  in its session (the plugins of a CLI killed from outside, or crashed) is killed then: the CLI starts
+  each plugin in a process group of its own and only a live CLI stops them, so an orphaned provider
+  otherwise kept awaiting its objects for up to ~15 minutes (docs/external-contracts.md);
 - every running call is in one process table, one entry per call (not per stack: a `stack tag ls`
   running beside an `up` must not hide the `up`), so `interrupt(stack)` reaches every operation on the
   stack. SIGINT is Pulumi's graceful cancel, which ends the operation and releases the lock.
@@ -104,7 +104,9 @@ class TimedPulumiCommand(PulumiCommand):
                            f"{timeout:g}s and was killed; raise operation_timeout_seconds if Kubernetes "
                            "needs longer")
             finally:
-                kill_session(process, grace=0)  # what outlived the CLI: its orphaned plugins
+                if process.poll() != 0:
+                    # A CLI that ends well stops its plugins; one killed or crashed leaves them orphaned.
+                    kill_session(process, grace=0)
                 with self._lock:
                     self._running.pop(process.pid, None)
         for line in stdout.splitlines():

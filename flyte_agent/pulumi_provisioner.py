@@ -120,6 +120,8 @@ def fleet_args(provision: Provision, settings: Settings) -> GraphDataServiceArgs
 
 # docs/design.md, "What the datacenter stack owns": fleet stacks adopt, the datacenter stack does not.
 FLEET_UPSERT_EXISTING_OBJECTS = True
+# An adopting `up` applies under a field manager of its own; force takes over the dead `up`'s fields.
+FLEET_PATCH_FORCE = True
 
 
 def fleet_program(provision: Provision, settings: Settings,
@@ -131,14 +133,12 @@ def fleet_program(provision: Provision, settings: Settings,
     def program() -> None:
         guard()
         # Upsert (pulumi-kubernetes PR 4278's opt-in) so a retried `up` after an interrupted one adopts
-        # what it created (left as pending creates, which are no resources of the state), with force:
-        # the adopting `up` applies under a field manager of its own, and any field whose rendered value
-        # differs from the stored one would conflict with the dead `up`'s manager. Safe here because the
-        # stack alone owns these names (derived from its own) and never renames.
+        # what it created (pending creates, no resources of the state), with force so its own field
+        # manager takes the dead `up`'s fields. Safe: the stack alone owns these names and never renames.
         provider = k8s.Provider("k8s", namespace=settings.namespace,
                                 kubeconfig=settings.kubeconfig or AMBIENT_KUBECONFIG,
                                 upsert_existing_objects=FLEET_UPSERT_EXISTING_OBJECTS,
-                                enable_patch_force=FLEET_UPSERT_EXISTING_OBJECTS)
+                                enable_patch_force=FLEET_PATCH_FORCE)
         service = GraphDataService(provision.name, args, opts=pulumi.ResourceOptions(providers=[provider]))
         pulumi.export("endpoints", service.endpoints)
         pulumi.export("endpoints_env", service.endpoints_env)

@@ -32,11 +32,6 @@ pytestmark = needs_engine()
 
 STACKS = ("ltx1", "lva1")
 _UP_TIMEOUT_S = 600
-# What a destroy must leave as it found it: every object of these kinds, by name, labels and taints.
-# (Pods, events, leases and controller-owned objects come and go with the workloads.)
-_CHURN = {"pods", "events", "leases", "endpoints", "endpointslices", "controllerrevisions", "replicasets",
-          "componentstatuses", "bindings", "tokenreviews", "selfsubjectreviews", "localsubjectaccessreviews",
-          "selfsubjectaccessreviews", "selfsubjectrulesreviews", "subjectaccessreviews", "workloads"}
 
 
 @dataclass
@@ -64,30 +59,44 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout
 
 
-def snapshot(cp: ControlPlane) -> dict[str, Any]:
-    """Every object of every listable kind (but the churning ones): name, labels, annotations, taints."""
+def snapshot(cp: ControlPlane, manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every object of the kinds the stack renders (in its namespaces, or cluster-wide for cluster-scoped
+    kinds): name, labels, annotations, taints."""
+    kinds = {(m["apiVersion"], m["kind"]) for m in manifests}
+    namespaces = sorted({m["metadata"]["namespace"] for m in manifests if m["metadata"].get("namespace")}
+                        | {m["metadata"]["name"] for m in manifests if m["kind"] == "Namespace"})
     out: dict[str, Any] = {}
-    groups = cp.get("/apis")["groups"]
-    bases = ["/api/v1"] + [f"/apis/{g['preferredVersion']['groupVersion']}" for g in groups]
-    for base in bases:
+    for api_version in sorted({version for version, _ in kinds}):
+        base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
         for r in cp.get(base)["resources"]:
-            if "/" in r["name"] or "list" not in r["verbs"] or r["name"] in _CHURN:
+            if "/" in r["name"] or (api_version, r["kind"]) not in kinds:
                 continue
-            # A CRD's resource answers 429 while its storage starts, just after the CRD is established.
-            listing = cp.wait_for(f"list {base}/{r['name']}", lambda path=f"{base}/{r['name']}": (
-                lambda resp: resp.json() if resp.status_code == 200 else None)(cp.request("GET", path)))
-            for item in listing["items"]:
-                meta = item["metadata"]
-                annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
-                               if not k.startswith(("kwok.x-k8s.io", "node.alpha", "deployment.kubernetes.io",
-                                                    "kubectl.kubernetes.io"))}
-                key = f"{r['kind']}/{meta.get('namespace', '')}/{meta['name']}"
-                # The node lifecycle controller's own taints (not-ready while a new node starts) come and go.
-                taints = [t for t in (item.get("spec") or {}).get("taints") or []
-                          if not t["key"].startswith("node.kubernetes.io/")]
-                out[key] = {"labels": meta.get("labels") or {}, "annotations": annotations,
-                            "taints": taints if r["kind"] == "Node" else None}
+            paths = ([f"{base}/namespaces/{ns}/{r['name']}" for ns in namespaces] if r["namespaced"]
+                     else [f"{base}/{r['name']}"])
+            for path in paths:
+                # A CRD's resource answers 429 while its storage starts, just after the CRD is established.
+                listing = cp.wait_for(f"list {path}", lambda path=path: (
+                    lambda resp: resp.json() if resp.status_code == 200 else None)(cp.request("GET", path)))
+                for item in listing["items"]:
+                    out[_key(r["kind"], item)] = _observed(r["kind"], item)
     return out
+
+
+def _key(kind: str, item: dict[str, Any]) -> str:
+    return f"{kind}/{item['metadata'].get('namespace', '')}/{item['metadata']['name']}"
+
+
+def _observed(kind: str, item: dict[str, Any]) -> dict[str, Any]:
+    """What a destroy must put back: labels, annotations (but controllers' own) and a node's taints (but
+    the node lifecycle controller's, which come and go while a node starts)."""
+    meta = item["metadata"]
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                   if not k.startswith(("kwok.x-k8s.io", "node.alpha", "deployment.kubernetes.io",
+                                        "kubectl.kubernetes.io"))}
+    taints = [t for t in (item.get("spec") or {}).get("taints") or []
+              if not t["key"].startswith("node.kubernetes.io/")]
+    return {"labels": meta.get("labels") or {}, "annotations": annotations,
+            "taints": taints if kind == "Node" else None}
 
 
 def _kubeconfig(cp: ControlPlane, context: str, path: Path) -> Path:
@@ -135,7 +144,7 @@ def scratch_project(cp: ControlPlane, stack: str, tmp: Path) -> Project:
     _, manifests, _ = render_stack(stack)
     _bootstrap(cp, config, manifests)
     return Project(stack, d, engine_env(tmp / "pulumi-home", tmp / "backend", kubeconfig), config, manifests,
-                   snapshot(cp))
+                   snapshot(cp, manifests))
 
 
 def release(cp: ControlPlane, project: Project) -> None:
@@ -244,7 +253,7 @@ def test_preview_of_an_edited_stack_file_agrees_with_graphfleet_diff(project: Pr
 def test_destroy_leaves_the_cluster_as_the_bootstrap_left_it(project: Project,
                                                              control_plane: ControlPlane) -> None:
     ok(pulumi(project, "destroy", "--yes", "--skip-preview"))
-    after = snapshot(control_plane)
+    after = snapshot(control_plane, project.manifests)
     changed = {k: (project.bootstrap.get(k), after.get(k)) for k in set(project.bootstrap) | set(after)
                if project.bootstrap.get(k) != after.get(k)}
     assert changed == {}

@@ -53,11 +53,11 @@ def _up_refused(project: Project, cp: ControlPlane, error: Exception,
                 env: dict[str, str] | None = None) -> None:
     """`pulumi up` fails showing `error`, having created nothing: every object of the cluster is as it
     was, and the stack's state holds no resource but the stack itself (no provider, no object)."""
-    before = snapshot(cp)
+    before = snapshot(cp, project.manifests)
     result = pulumi(project, "up", "--yes", "--skip-preview", env=env)
     assert result.returncode != 0 and _shown(error) in result.stdout, \
         f"rc {result.returncode}; wanted:\n{_shown(error)}\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
-    after = snapshot(cp)
+    after = snapshot(cp, project.manifests)
     assert {key for key in set(before) | set(after) if before.get(key) != after.get(key)} == set()
     state = json.loads(ok(pulumi(project, "stack", "export")))["deployment"]
     assert [r["type"] for r in state.get("resources") or [] if r["type"] != "pulumi:pulumi:Stack"] == []

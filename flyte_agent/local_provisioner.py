@@ -48,15 +48,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import graph_engine
-from flyte_agent import leases, metrics, progress
-from flyte_agent.consumers import Consumers, Execution, proc_stat, states
+from flyte_agent import leases, lifecycle, metrics, progress
+from flyte_agent.consumers import Consumers, proc_stat
 from flyte_agent.files import locked, write_json
 from flyte_agent.provisioner import (
     FleetInfo,
+    GcError,
     InvalidFleetName,
     Phase,
     Provision,
@@ -102,6 +104,7 @@ class LocalProvisioner:
         self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._reconciler: threading.Thread | None = None
+        self._store = _FleetFiles(self)
         atexit.register(self.close)
 
     # -- the Provisioner protocol -------------------------------------------------------------
@@ -113,7 +116,7 @@ class LocalProvisioner:
                 self._delete_locked(provision.name, keep_lock=True)
             record = self._record(provision.name)
             if record is not None and provision.holder:
-                self._take_lease(record, provision)
+                lifecycle.take_lease(self._store, _fleet_record(record), provision)
             if record is None:
                 self._dir(provision.name).mkdir(parents=True, exist_ok=True)
                 record = {"name": provision.name, "spec": provision.spec.to_custom(),
@@ -167,71 +170,17 @@ class LocalProvisioner:
         return released
 
     def gc(self, now: float) -> list[str]:
-        stopped: list[str] = []
-        try:
-            for record in self._records():
-                if self._release_ended(record):
-                    stopped.append(record["name"])
-                    continue
-                if now < _expires_at(record):
-                    continue
-                with self._locked(record["name"]):
-                    # Re-read under the lock: a lease taken or renewed since the listing counts.
-                    current = self._record(record["name"])
-                    if current is None:
-                        self._drop_lock_if_gone(record["name"])
-                        continue
-                    if now < _expires_at(current) or self._renew_running(current, now):
-                        continue
-                    self._delete_locked(record["name"])
-                with self._mutex:
-                    self._started.discard(record["name"])
-                stopped.append(record["name"])
-        except OSError:
-            metrics.observe_gc("local", len(stopped), 1)
-            raise
-        metrics.observe_gc("local", len(stopped), 0)
-        return stopped
-
-    def _release_ended(self, record: dict[str, Any]) -> bool:
-        """Drop the leases of holders whose execution has ended (a fleet of its own: the fleet, as its
-        execution's release would); True if that stopped the fleet."""
-        seen = states(self.consumers, record.get("leases") or [], record["execution"])
-        ended = [holder for holder, state in seen.items() if state is Execution.ENDED]
-        if not ended:
-            return False
-        log.info("local fleet %s: %s ended; released", record["name"], ", ".join(ended))
-        if "leases" not in record:
-            self._delete(record["name"])
-            return True
-        left = [self.release(record["name"], record["owner"], holder) for holder in ended]
-        return 0 in left
+        done = lifecycle.collect(self._store, self.consumers, now, self.renew_seconds)
+        metrics.observe_gc("local", len(done.stopped), len(done.failures))
+        if done.failures:
+            raise GcError(done.stopped, done.failures)
+        return done.stopped
 
     def renew(self, name: str, owner: str, expires_at: float, holder: str = "") -> float:
-        with self._locked(check_fleet_name(name)):
-            record = self._record(name)
-            if record is None:
-                raise FileNotFoundError(f"no data service {name}: nothing to renew")
-            check_owner(name, record.get("owner"), owner)
-            self._extend(record, expires_at, holder, time.time())
-            return _expires_at(record)
+        return lifecycle.renew(self._store, check_fleet_name(name), owner, expires_at, holder)
 
     def release(self, name: str, owner: str, holder: str) -> int | None:
-        with self._locked(check_fleet_name(name)):
-            record = self._record(name)
-            if record is None or "leases" not in record:
-                return None
-            check_owner(name, record.get("owner"), owner)
-            left = leases.live(leases.drop(record["leases"], holder), time.time())
-            if left:
-                if left != record["leases"]:
-                    record.update(leases=left, expires_at=leases.expiry(left))
-                    write_json(self._dir(name) / "fleet.json", record)
-                return len(left)
-            self._delete_locked(name)
-        with self._mutex:
-            self._started.discard(name)
-        return 0
+        return lifecycle.release(self._store, check_fleet_name(name), owner, holder, time.time())
 
     def fleets(self) -> list[FleetInfo]:
         """From the records and what the reconciler last saw of each server: no health probe."""
@@ -364,35 +313,6 @@ class LocalProvisioner:
             return str(json.loads((self._dir(name) / _GIVEN_UP).read_text())["message"])
         except (FileNotFoundError, ValueError, KeyError):
             return None
-
-    def _take_lease(self, record: dict[str, Any], provision: Provision) -> None:
-        """`provision.holder`'s lease on the running shared fleet: refused for another spec; the record
-        is written only when the lease moves (a retried create writes nothing)."""
-        share = str(provision.spec.share)
-        leases.check_same_spec(share, leases.fleet_shape(record["spec"]),
-                               leases.fleet_shape(provision.spec.to_custom()))
-        check_owner(provision.name, record.get("owner"), provision.owner)
-        self._extend(record, provision.expires_at, provision.holder, time.time())
-
-    def _extend(self, record: dict[str, Any], expires_at: float, holder: str, now: float) -> None:
-        """Move the expiry (and `holder`'s lease) to `expires_at`, never earlier; write only a change."""
-        before = dict(record)
-        if holder:
-            record["leases"] = leases.take(record.get("leases", {}), holder, expires_at, now)
-        record["expires_at"] = max(expires_at, _expires_at(record))
-        if record != before:
-            write_json(self._dir(record["name"]) / "fleet.json", record)
-
-    def _renew_running(self, record: dict[str, Any], now: float) -> bool:
-        """At expiry: renew every holder whose consumer still runs; False if none does. Caller holds
-        the fleet's lock."""
-        seen = states(self.consumers, record.get("leases") or [], record["execution"])
-        running = [holder for holder, state in seen.items() if state is Execution.RUNNING]
-        for holder in running:
-            log.info("local fleet %s: %s still runs; renewed for %gs", record["name"], holder,
-                     self.renew_seconds)
-            self._extend(record, now + self.renew_seconds, holder if "leases" in record else "", now)
-        return bool(running)
 
     def _remember(self, name: str, servers: list[ServerState]) -> None:
         seen = [{"phase": s.phase.value, "restarts": s.restarts, "reason": s.reason} for s in servers]
@@ -699,3 +619,62 @@ def _expires_at(record: dict[str, Any]) -> float:
     spec = DataServiceSpec.from_custom(record["spec"])
     return float(record.get("expires_at") or record["created_at"] + spec.ttl_seconds)
 
+
+
+def _fleet_record(record: dict[str, Any]) -> lifecycle.FleetRecord:
+    held = record.get("leases")
+    return lifecycle.FleetRecord(
+        name=record["name"], owner=record.get("owner"), execution=record["execution"],
+        expires_at=_expires_at(record), leases=None if held is None else dict(held),
+        shape=leases.fleet_shape(record["spec"]), source=record)
+
+
+class _FleetFiles:
+    """The local `lifecycle.FleetStore`: each fleet's fleet.json, under the fleet's file lock."""
+
+    label = "local"
+
+    def __init__(self, provisioner: LocalProvisioner) -> None:
+        self._fleets = provisioner
+
+    def names(self) -> list[str]:
+        return [r["name"] for r in self._fleets._records()]
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        with self._fleets._locked(name):
+            try:
+                yield
+            finally:
+                self._fleets._drop_lock_if_gone(name)  # locking a fleet deleted meanwhile made its lock
+
+    def read(self, name: str) -> lifecycle.FleetRecord | None:
+        record = self._fleets._record(name)
+        return None if record is None else _fleet_record(record)
+
+    def reread(self, record: lifecycle.FleetRecord) -> lifecycle.FleetRecord | None:
+        return self.read(record.name)
+
+    def when(self, expires_at: float) -> float:
+        return expires_at
+
+    def put_lease(self, record: lifecycle.FleetRecord, holder: str, expires_at: float) -> None:
+        data = record.source
+        self._write(data, leases=leases.take(data.get("leases", {}), holder, expires_at, time.time()))
+
+    def drop_lease(self, record: lifecycle.FleetRecord, holder: str) -> None:
+        data = record.source
+        if holder in data.get("leases", {}):
+            self._write(data, leases=leases.live(leases.drop(data["leases"], holder), time.time()))
+
+    def put_expiry(self, record: lifecycle.FleetRecord, expires_at: float) -> None:
+        self._write(record.source, expires_at=expires_at)
+
+    def stop(self, record: lifecycle.FleetRecord, owner: str | None) -> None:
+        self._fleets._delete_locked(record.name)
+        with self._fleets._mutex:
+            self._fleets._started.discard(record.name)
+
+    def _write(self, data: dict[str, Any], **changes: Any) -> None:
+        data.update(changes)
+        write_json(self._fleets._dir(data["name"]) / "fleet.json", data)

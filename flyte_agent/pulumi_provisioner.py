@@ -19,6 +19,7 @@ flyte_agent/worker_pool.py.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import json
@@ -46,8 +47,8 @@ from pulumi.automation.errors import (
     StackNotFoundError,
 )
 
-from flyte_agent import leases, metrics, pending_creates, pod_failures, replicas, stack_record
-from flyte_agent.consumers import Consumers, Execution, states
+from flyte_agent import leases, lifecycle, metrics, pending_creates, pod_failures, replicas, stack_record
+from flyte_agent.consumers import Consumers
 from flyte_agent.pods import KubernetesPods, cluster_servers, with_servers
 from flyte_agent.provisioner import (
     DestroyInProgress,
@@ -211,27 +212,21 @@ class PulumiProvisioner:
         self._enqueue(provision)
 
     def _take_lease(self, provision: Provision) -> None:
-        """`provision.holder`'s lease on a shared stack that exists (one `stack tag ls`, and a `tag set`
-        only when the lease moves); refused for another spec. An absent stack gets the lease with its
+        """`provision.holder`'s lease on a shared stack that exists (one `stack tag ls`, and tag writes
+        only where the lease moves); refused for another spec. An absent stack gets the lease with its
         first tags, when its `up` makes it."""
         name = stack_record.stack_name(provision.name)
-        with self._lease_lock(name), self._workspace(None, workspace=_UnselectedWorkspace) as ws:
-            stack = auto.Stack.select(name, ws)
-            try:
-                tags = stack.list_tags()
-            except StackNotFoundError:
+        with self._stacks(_UnselectedWorkspace) as store, store.lock(name):
+            record = store.read(name)
+            if record is None:
                 return
-            if tags.get(stack_record.TAG_DELETED) == "true":
+            if record.tombstone:
                 # A shared stack destroyed but not removed (a give-up): this holder starts it afresh.
-                ws.remove_stack(name)
-                self._backend.drop_leases(name)
+                store.remove(name)
                 return
-            if stack_record.TAG_SHARE not in tags:
+            if not record.shared:
                 return  # being made by a concurrent `up`: status() adds the lease (_repaired_tags)
-            check_owner(name, tags.get(stack_record.TAG_OWNER), provision.owner)
-            leases.check_same_spec(str(provision.spec.share), stack_record.spec_of(tags) or {},
-                                   leases.fleet_shape(provision.spec.to_custom()))
-            self._extend(stack, tags, self._leases(name, tags), provision.expires_at, provision.holder)
+            lifecycle.take_lease(store, record, provision)
 
     def status(self, provision: Provision) -> Status:
         """The stack's status, and until READY its pods': their progress, and a fleet that cannot
@@ -407,61 +402,13 @@ class PulumiProvisioner:
         return sorted(jobs)
 
     def gc(self, now: float) -> list[str]:
-        removed: list[str] = []
-        failures: list[str] = []
-        with self._workspace(None) as ws:
-            for summary in ws.list_stacks():
-                name = stack_record.short_stack_name(summary.name)
-                if self._local_status(name) is not None:
-                    continue
-                stack = auto.Stack.select(name, ws)
-                tags = stack.list_tags()
-                held = self._leases(name, tags)
-                # Each holder's execution, asked once a pass; a tombstone serves nobody.
-                seen = ({} if tags.get(stack_record.TAG_DELETED) == "true" else
-                        states(self.consumers, held, tags.get(stack_record.TAG_EXECUTION, "")))
-                try:
-                    if self._release_ended(stack, tags, seen):
-                        removed.append(name)
-                        continue
-                    if (not self._is_expired(tags, held, now)
-                            or self._renew_running(stack, tags, held, seen, now)):
-                        continue
-                    self._destroy(stack, None)
-                except (CommandError, DestroyInProgress) as err:
-                    failures.append(f"{name}: {error_text(err) if isinstance(err, CommandError) else err}")
-                else:
-                    removed.append(name)
-        metrics.observe_gc("pulumi", len(removed), len(failures))
-        if failures:
-            raise GcError(removed, failures)
-        return removed
-
-    def _release_ended(self, stack: auto.Stack, tags: Mapping[str, str],
-                       seen: Mapping[str, Execution]) -> bool:
-        """Drop the leases of holders whose execution has ended (a stack of its own: destroy it, as its
-        execution's release would); True if that stopped the fleet."""
-        ended = [holder for holder, state in seen.items() if state is Execution.ENDED]
-        if not ended:
-            return False
-        log.info("stack %s: %s ended; released", stack.name, ", ".join(ended))
-        owner = tags.get(stack_record.TAG_OWNER, "")
-        if stack_record.TAG_SHARE not in tags:
-            self._destroy(stack, None)  # as at its expiry
-            return True
-        return 0 in [self.release(stack.name, owner, holder) for holder in ended]
-
-    def _renew_running(self, stack: auto.Stack, tags: Mapping[str, str], held: Mapping[str, float],
-                       seen: Mapping[str, Execution], now: float) -> bool:
-        """At expiry: renew every holder (a shared stack's lease holders, else the fleet's own workflow
-        execution) whose execution still runs; False if none does (or it cannot be told)."""
-        running = [holder for holder, state in seen.items() if state is Execution.RUNNING]
-        with self._lease_lock(stack.name):
-            for holder in running:
-                log.info("stack %s: %s still runs; renewed for %gs", stack.name, holder,
-                         self.settings.renew_seconds)
-                self._extend(stack, tags, held, now + self.settings.renew_seconds, holder if held else "")
-        return bool(running)
+        with self._stacks(auto.LocalWorkspace) as store:
+            done = lifecycle.collect(store, self.consumers, now, self.settings.renew_seconds,
+                                     failure=(CommandError, DestroyInProgress), describe=_described)
+        metrics.observe_gc("pulumi", len(done.stopped), len(done.failures))
+        if done.failures:
+            raise GcError(done.stopped, done.failures)
+        return done.stopped
 
     def fleets(self) -> list[FleetInfo]:
         """Every graphfleet stack, from its tags, history and outputs: no `up`, no health probe."""
@@ -780,55 +727,16 @@ class PulumiProvisioner:
             log.exception("stack %s: could not record the error %r", provision.name, text)
 
     def renew(self, name: str, owner: str, expires_at: float, holder: str = "") -> float:
-        """Move the fleet's expiry (and `holder`'s lease) to `expires_at` if that is later (never
-        earlier); returns the expiry now recorded."""
         name = stack_record.stack_name(check_fleet_name(name))
-        with self._lease_lock(name), self._workspace(None, workspace=_UnselectedWorkspace) as ws:
-            stack = auto.Stack.select(name, ws)
-            tags = stack.list_tags()  # StackNotFoundError: nothing to renew
-            check_owner(name, tags.get(stack_record.TAG_OWNER), owner)
-            return self._extend(stack, tags, self._leases(name, tags), expires_at, holder)
+        with self._stacks(_UnselectedWorkspace) as store:
+            return lifecycle.renew(store, name, owner, expires_at, holder)
 
     def release(self, name: str, owner: str, holder: str) -> int | None:
-        """Remove `holder`'s lease tag; with no live lease left, destroy the stack as delete() does
-        (and remove it: a shared stack is no tombstone, a later holder makes it again)."""
+        """The last lease destroys the stack as delete() does, and removes it: a shared stack is no
+        tombstone, a later holder makes it again."""
         name = stack_record.stack_name(check_fleet_name(name))
-        with self._lease_lock(name), self._workspace(None, workspace=_UnselectedWorkspace) as ws:
-            stack = auto.Stack.select(name, ws)
-            try:
-                tags = stack.list_tags()
-            except StackNotFoundError:
-                return None
-            if stack_record.TAG_SHARE not in tags:
-                return None
-            check_owner(name, tags.get(stack_record.TAG_OWNER), owner)
-            held = self._leases(name, tags)
-            self._backend.drop_lease(name, holder)
-            key = stack_record.lease_key(holder)
-            if key in tags:
-                stack.remove_tag(key)
-            left = leases.live(leases.drop(held, holder), self._clock())
-            if left:
-                latest = int(leases.expiry(left))
-                if stack_record.expires_at(tags) != latest:
-                    stack.set_tag(stack_record.TAG_EXPIRES, str(latest))
-                return len(left)
-        self.delete(name, owner)
-        return 0
-
-    def _extend(self, stack: auto.Stack, tags: Mapping[str, str], held: Mapping[str, float],
-                expires_at: float, holder: str) -> float:
-        """Write `holder`'s lease and the expiry where they end before `expires_at`; nothing otherwise.
-        `held`: the stack's leases (`_leases`)."""
-        if holder and held.get(holder, 0.0) < int(expires_at):
-            self._backend.put_lease(stack.name, holder, float(int(expires_at)))
-            for key, value in stack_record.lease_tag(holder, expires_at).items():
-                stack.set_tag(key, value)
-        current = stack_record.expires_at(tags) or 0.0
-        if int(expires_at) > current:
-            stack.set_tag(stack_record.TAG_EXPIRES, str(int(expires_at)))
-            current = float(int(expires_at))
-        return current
+        with self._stacks(_UnselectedWorkspace) as store:
+            return lifecycle.release(store, name, owner, holder, self._clock())
 
     def _leases(self, name: str, tags: Mapping[str, str]) -> dict[str, float]:
         """A shared stack's leases, holder -> expiry: its lease objects (replicas.Backend.leases), which
@@ -836,16 +744,14 @@ class PulumiProvisioner:
         operators; {} for a fleet of one execution's own."""
         return self._backend.leases(name) if stack_record.TAG_SHARE in tags else {}
 
-    @staticmethod
-    def _is_expired(tags: Mapping[str, str], held: Mapping[str, float], now: float) -> bool:
-        """The stack's expiry has passed: a shared stack's when its last lease (`held`) lapses."""
-        if stack_record.TAG_SHARE in tags and tags.get(stack_record.TAG_DELETED) != "true":
-            return tags.get(stack_record.TAG_MANAGED) == "true" and leases.expiry(held) <= now
-        return stack_record.is_expired(tags, now)
-
     def _lease_lock(self, name: str) -> threading.Lock:
         with self._jobs_lock:
             return self._lease_locks.setdefault(name, threading.Lock())
+
+    @contextmanager
+    def _stacks(self, workspace: type[auto.LocalWorkspace]) -> Iterator[_StackStore]:
+        with self._workspace(None, workspace=workspace) as ws:
+            yield _StackStore(self, ws)
 
     def _cannot_start(self, provision: Provision, why: str) -> Status:
         """Give up on a fleet its pods say cannot start: record why (the tags any replica reads), stop our
@@ -1111,3 +1017,84 @@ def _default_health(endpoints: list[str]) -> list[str]:
 
 def _debug(line: str) -> None:
     log.debug("%s", line)
+
+
+def _described(err: BaseException) -> str:
+    return error_text(err) if isinstance(err, CommandError) else str(err)
+
+
+class _StackStore:
+    """The Pulumi `lifecycle.FleetStore`: a stack's tags and its lease objects (replicas.Backend), read
+    in one workspace; lease changes of a stack are serialized in this process (tag writes are
+    read-modify-write)."""
+
+    label = "pulumi"
+
+    def __init__(self, provisioner: PulumiProvisioner, ws: auto.LocalWorkspace) -> None:
+        self._fleets = provisioner
+        self._ws = ws
+
+    def names(self) -> list[str]:
+        """Every stack but those this process is busy with (their outcome is its workers' to record)."""
+        names = [stack_record.short_stack_name(summary.name) for summary in self._ws.list_stacks()]
+        return [name for name in names if self._fleets._local_status(name) is None]
+
+    def lock(self, name: str) -> threading.Lock:
+        return self._fleets._lease_lock(name)
+
+    def read(self, name: str) -> lifecycle.FleetRecord | None:
+        stack = auto.Stack.select(name, self._ws)
+        try:
+            tags = stack.list_tags()
+        except StackNotFoundError:
+            return None
+        deleted = tags.get(stack_record.TAG_DELETED) == "true"
+        held = self._fleets._leases(name, tags) if stack_record.TAG_SHARE in tags else None
+        # Only stacks graphfleet made expire; a shared one's expiry is its latest lease object's, which
+        # a concurrent tag write can neither lose nor bring back.
+        expiry = (leases.expiry(held) if held is not None and not deleted
+                  else stack_record.expires_at(tags))
+        if tags.get(stack_record.TAG_MANAGED) != "true" or expiry is None:
+            expiry = math.inf
+        return lifecycle.FleetRecord(
+            name=name, owner=tags.get(stack_record.TAG_OWNER),
+            execution=tags.get(stack_record.TAG_EXECUTION, ""), expires_at=expiry, leases=held,
+            shape=stack_record.spec_of(tags) or {}, tombstone=deleted, source=(stack, tags))
+
+    def reread(self, record: lifecycle.FleetRecord) -> lifecycle.FleetRecord | None:
+        """The lease objects again (a lease taken since the read counts); the tags as read: one tag
+        read a pass, since each costs a CLI process."""
+        if record.leases is None or record.tombstone or record.expires_at == math.inf:
+            return record
+        held = self._fleets._backend.leases(record.name)
+        return dataclasses.replace(record, leases=held, expires_at=leases.expiry(held))
+
+    def when(self, expires_at: float) -> float:
+        return float(int(expires_at))
+
+    def put_lease(self, record: lifecycle.FleetRecord, holder: str, expires_at: float) -> None:
+        stack, _ = record.source
+        self._fleets._backend.put_lease(record.name, holder, expires_at)
+        for key, value in stack_record.lease_tag(holder, expires_at).items():  # the operators' mirror
+            stack.set_tag(key, value)
+
+    def drop_lease(self, record: lifecycle.FleetRecord, holder: str) -> None:
+        stack, tags = record.source
+        self._fleets._backend.drop_lease(record.name, holder)
+        if stack_record.lease_key(holder) in tags:
+            stack.remove_tag(stack_record.lease_key(holder))
+
+    def put_expiry(self, record: lifecycle.FleetRecord, expires_at: float) -> None:
+        stack, _ = record.source
+        stack.set_tag(stack_record.TAG_EXPIRES, str(int(expires_at)))
+
+    def stop(self, record: lifecycle.FleetRecord, owner: str | None) -> None:
+        """gc destroys on its own sweep thread; a release for `owner` within delete()'s bounded wait."""
+        if owner is None:
+            self._fleets._destroy(record.source[0], None)
+        else:
+            self._fleets.delete(record.name, owner)
+
+    def remove(self, name: str) -> None:
+        self._ws.remove_stack(name)
+        self._fleets._backend.drop_leases(name)

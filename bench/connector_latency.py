@@ -47,10 +47,10 @@ from flytekit.core.type_engine import TypeEngine
 from flytekit.tools.translator import get_serializable
 
 from flyte_agent import DataServiceTask
-from flyte_agent.connector import DATA_SERVICE_TASK_TYPE
 from graph_engine import health
 from graph_engine.convert import convert
 from graph_engine.datasets import load_planetoid
+from infra.contract import DATA_SERVICE_TASK_TYPE
 from tests.shared_data import PLANETOID_DIR as PLANETOID
 
 SETTINGS = SerializationSettings(ImageConfig.auto_default_image(), project="bench", domain="dev",

@@ -26,9 +26,9 @@ from pathlib import Path
 from flyteidl.core import execution_pb2
 
 from flyte_agent import DataServiceConfig, DataServiceTask
-from flyte_agent.connector import DATA_SERVICE_TASK_TYPE
 from flyte_agent.local_provisioner import MAX_RESTARTS
 from graph_engine.convert import convert
+from infra.contract import DATA_SERVICE_TASK_TYPE
 from tests.test_connector_grpc import Connector, serialized
 from tests.test_graph_server import ring_graph
 

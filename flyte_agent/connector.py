@@ -51,6 +51,7 @@ from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
 from pydantic import ValidationError
 
 from flyte_agent import consumers, deck, leases, log_links, metrics, pods
+from flyte_agent.consumers import workflow_execution
 from flyte_agent.graph_access import check_graph_access
 from flyte_agent.provisioner import (
     DestroyInProgress,
@@ -61,46 +62,59 @@ from flyte_agent.provisioner import (
     Provisioner,
     Status,
     check_fleet_name,
-    workflow_execution,
 )
 from flyte_agent.settings import Settings, make_provisioner
 from graph_engine import health, sizing, store
+from infra.contract import (
+    CONNECTOR_CONTAINER,
+    DATA_SERVICE_TASK_TYPE,
+    INPUT_DEFAULTS,
+    OUTPUT_TYPES,
+    RELEASE_EXECUTION,
+    TEARDOWN_TASK_TYPE,
+    env_name,
+)
 from infra.names import STATEFULSET_NAME_MAX, name_hash
 from infra.quantity import parse_memory
 from infra.spec import SIZED_FIELDS, DataServiceSpec, describe_error
 
 log = logging.getLogger(__name__)
 
-DATA_SERVICE_TASK_TYPE = "graphfleet_data_service"
-TEARDOWN_TASK_TYPE = "graphfleet_data_service_teardown"
-# Every task type this connector serves: the connector Deployment routes them all to it in propeller.
-TASK_TYPES = (DATA_SERVICE_TASK_TYPE, TEARDOWN_TASK_TYPE)
-# Run-time inputs of a DataServiceTask; the default means "use the config".
-INPUT_DEFAULTS: dict[str, Any] = {"graph_uri": "", "replicas": 0}
-OUTPUT_TYPES: dict[str, type] = {"endpoints": list[str], "endpoints_env": str, "service": str}
-TEARDOWN_INPUT_TYPES: dict[str, type] = {"service": str}
-TEARDOWN_OUTPUT_TYPES: dict[str, type] = {"outcome": str}
-# The teardown template's `custom` that releases every fleet of the workflow execution (no input).
-RELEASE_EXECUTION: dict[str, Any] = {"release": "execution"}
 # The `service` output of a `reuse` task: never a provision name (those have no ':'), so teardown
 # knows to leave the shared service alone.
 SHARED_PREFIX = "shared:"
-# `pyflyte serve connector` arguments that build the settings and provisioner before serving.
-SERVE_MODULES = ("--modules", "flyte_agent.serve")
 
-# The connector Deployment's container (infra/connector_deployment.py) and where Kubernetes writes
-# a pod's namespace.
-CONNECTOR_CONTAINER = "connector"
+# Where Kubernetes writes a pod's namespace.
 _SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 _SLUG = re.compile(r"[^a-z0-9]+")
-# A local run (`pyflyte run`, or calling the workflow in Python) hands connectors no execution
-# metadata (flytekit's AsyncConnectorExecutorMixin passes none), and flytekit names every local
-# execution local/local/local. Its connector tasks run in its own process, so locally the workflow
-# execution is this process: every fleet it provisions is recorded under local/local/<LOCAL_RUN>,
-# which a RELEASE_EXECUTION teardown of the same process releases. One process, one identity: pid
-# and start time (a later process reusing the pid differs), which is how gc tells that a local run
-# still consumes its fleets (flyte_agent/consumers.py).
-LOCAL_RUN = consumers.local_run(os.getpid())
+
+
+@functools.cache
+def local_run() -> str:
+    """This process as a workflow execution, for local runs.
+
+    A local run (`pyflyte run`, or calling the workflow in Python) hands connectors no execution
+    metadata (flytekit's AsyncConnectorExecutorMixin passes none), and flytekit names every local
+    execution local/local/local. Its connector tasks run in its own process, so locally the workflow
+    execution is this process: every fleet it provisions is recorded under local/local/<local_run()>,
+    which a RELEASE_EXECUTION teardown of the same process releases. One process, one identity: pid
+    and start time (a later process reusing the pid differs), which is how gc tells that a local run
+    still consumes its fleets (flyte_agent/consumers.py). Made on first use, not at import: flytekit
+    imports this module in every process that imports it.
+    """
+    return consumers.local_run(os.getpid())
+
+
+# A child forked after this module was imported keeps its parent's identity, as when it was made at
+# import: the identity is made, if not yet, just before the fork.
+os.register_at_fork(before=local_run)
+
+
+def __getattr__(name: str) -> str:
+    """`LOCAL_RUN`: local_run() under the name it had as a constant."""
+    if name == "LOCAL_RUN":
+        return local_run()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -146,9 +160,9 @@ def provision_name(project: str, domain: str, execution: str, node: str) -> str:
 
 
 def workflow_execution_id(metadata: TaskExecutionMetadata | None) -> tuple[str, str, str]:
-    """(project, domain, name) of the workflow execution a task runs in; see LOCAL_RUN for local runs."""
+    """(project, domain, name) of the workflow execution a task runs in; see local_run() for local runs."""
     if metadata is None or metadata.task_execution_id is None:
-        return "local", "local", LOCAL_RUN
+        return "local", "local", local_run()
     wf = metadata.task_execution_id.node_execution_id.execution_id
     return wf.project, wf.domain, wf.name
 
@@ -199,7 +213,7 @@ def resolve_spec(custom: dict[str, Any], inputs: dict[str, Any], settings: Setti
         if spec.reuse not in settings.shared_services:
             known = ", ".join(sorted(settings.shared_services)) or "none configured"
             raise ValueError(f"reuse: {spec.reuse!r} is not a shared graph service of this datacenter "
-                             f"(known: {known}; GRAPHFLEET_SHARED_SERVICES)")
+                             f"(known: {known}; {env_name('shared_services')})")
         return spec
     assert spec.graph_uri is not None
     check_graph_access(spec.graph_uri, owner, settings.graph_access)
@@ -259,7 +273,7 @@ _PHASES = {Phase.QUEUED: TaskExecution.QUEUED, Phase.UPDATING: TaskExecution.INI
 class _Backend:
     """The process's settings and provisioner, made on first use (importing flytekit loads this
     module everywhere, e.g. in training pods, where no connector settings exist). A served connector
-    makes them at start instead, through `SERVE_MODULES` (flyte_agent/serve.py)."""
+    makes them at start instead, through `infra.contract.SERVE_MODULES` (flyte_agent/serve.py)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -285,13 +299,30 @@ backend = _Backend()
 # hold a thread that a create or a status read needs. Threads of both mostly wait (on S3, on a CLI
 # process, on a destroy) and cost no CPU then; the CPU-heavy Pulumi work is the provisioner's,
 # bounded by its own max_concurrent_operations.
-_CALLS = ThreadPoolExecutor(32, thread_name_prefix="graphfleet-call")
-_DESTROY_WAITS = ThreadPoolExecutor(64, thread_name_prefix="graphfleet-delete")
 _T = TypeVar("_T")
 
 
-async def _off_loop(pool: ThreadPoolExecutor, call: Callable[..., _T], *args: Any) -> _T:
-    return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(call, *args))
+class _Pool:
+    """A ThreadPoolExecutor made on first use: importing this module starts nothing."""
+
+    def __init__(self, workers: int, prefix: str) -> None:
+        self._workers, self._prefix = workers, prefix
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def get(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix=self._prefix)
+            return self._pool
+
+
+_CALLS = _Pool(32, "graphfleet-call")
+_DESTROY_WAITS = _Pool(64, "graphfleet-delete")
+
+
+async def _off_loop(pool: _Pool, call: Callable[..., _T], *args: Any) -> _T:
+    return await asyncio.get_running_loop().run_in_executor(pool.get(), functools.partial(call, *args))
 
 
 async def _within_get_deadline(call: Awaitable[Resource], doing: str) -> Resource:

@@ -35,8 +35,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from flyte_agent.provisioner import workflow_execution
-
 log = logging.getLogger(__name__)
 
 _REQUEST_SECONDS = 2.0
@@ -48,6 +46,13 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # flytepropeller v1.16.4 pkg/apis/flyteworkflow/crd.go and v1alpha1/iface.go (WorkflowPhase, iota).
 FLYTEWORKFLOW_GROUP, FLYTEWORKFLOW_VERSION, FLYTEWORKFLOWS = "flyte.lyft.com", "v1alpha1", "flyteworkflows"
 _PHASE_SUCCESS, _PHASE_FAILED, _PHASE_ABORTED = 3, 5, 6
+
+
+def workflow_execution(execution: str) -> str:
+    """The workflow execution (`project/domain/name`) of a task execution identity
+    (`project/domain/name/node`, `Provision.execution`); "" for anything else, which no release matches."""
+    parts = execution.split("/", 3)
+    return "/".join(parts[:3]) if len(parts) == 4 and all(parts) else ""
 
 
 class Execution(enum.Enum):

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from flyte_agent.provisioner import Provision, ServerState, Status
-from infra.spec import DataServiceSpec, assign_partitions
+from infra.contract import assign_partitions
+from infra.spec import DataServiceSpec
 
 
 def server_rows(spec: DataServiceSpec, servers: Sequence[ServerState], now: float | None = None

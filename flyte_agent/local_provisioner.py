@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 import graph_engine
 from flyte_agent import leases, lifecycle, metrics, progress
 from flyte_agent.consumers import Consumers, proc_stat
+from flyte_agent.consumers import workflow_execution as workflow_execution_of
 from flyte_agent.files import locked, write_json
 from flyte_agent.provisioner import (
     FleetInfo,
@@ -69,7 +70,6 @@ from flyte_agent.provisioner import (
     check_owner,
     check_workflow_execution,
 )
-from flyte_agent.provisioner import workflow_execution as workflow_execution_of
 from graph_engine import health
 from infra.spec import DataServiceSpec
 

@@ -11,12 +11,10 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from flyte_agent.consumers import Consumers
 from infra.spec import DataServiceSpec
-
-if TYPE_CHECKING:  # consumers imports this module
-    from flyte_agent.consumers import Consumers
 
 
 class Phase(enum.Enum):
@@ -95,13 +93,6 @@ class FleetInfo:
     servers: list[ServerState] = field(default_factory=list)
     leases: list[str] = field(default_factory=list)  # shared fleets: the executions holding a lease
     message: str = ""
-
-
-def workflow_execution(execution: str) -> str:
-    """The workflow execution (`project/domain/name`) of a task execution identity
-    (`project/domain/name/node`, `Provision.execution`); "" for anything else, which no release matches."""
-    parts = execution.split("/", 3)
-    return "/".join(parts[:3]) if len(parts) == 4 and all(parts) else ""
 
 
 def check_workflow_execution(value: str) -> None:

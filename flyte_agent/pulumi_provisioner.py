@@ -49,6 +49,7 @@ from pulumi.automation.errors import (
 
 from flyte_agent import leases, lifecycle, metrics, pending_creates, pod_failures, replicas, stack_record
 from flyte_agent.consumers import Consumers
+from flyte_agent.consumers import workflow_execution as workflow_execution_of
 from flyte_agent.pods import KubernetesPods, cluster_servers, with_servers
 from flyte_agent.provisioner import (
     DestroyInProgress,
@@ -62,7 +63,6 @@ from flyte_agent.provisioner import (
     check_owner,
     check_workflow_execution,
 )
-from flyte_agent.provisioner import workflow_execution as workflow_execution_of
 from flyte_agent.pulumi_cli import (
     KILLED,
     NOT_STARTED,

@@ -33,13 +33,10 @@ from infra.config import (
     Subdomain,
     Toleration,
 )
+from infra.contract import SETTINGS_FALLBACK_ENV, env_name
 from infra.images import STACK_ALLOW_LIST, check_allow_list_entry, check_image
 from infra.spec import check_labels, describe_error
 
-PREFIX = "GRAPHFLEET_"
-_ENV_NAMES = {"image": "GRAPHFLEET_DEFAULT_IMAGE", "backend_url": "GRAPHFLEET_PULUMI_BACKEND_URL"}
-# Read when the graphfleet variable is unset: the Pulumi CLI's own.
-_FALLBACK_ENV = {"backend_url": "PULUMI_BACKEND_URL"}
 # Variables holding JSON, with what the value looks like (for the error message).
 _JSON = {
     "shared_services": '{"name": ["host:port", ...]}',
@@ -55,10 +52,6 @@ _ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
 class SettingsError(ValueError):
     """A GRAPHFLEET_* variable has a bad value; the message names it and the fix."""
-
-
-def env_name(field: str) -> str:
-    return _ENV_NAMES.get(field, PREFIX + field.upper())
 
 
 class Settings(BaseModel):
@@ -196,7 +189,7 @@ class Settings(BaseModel):
         environ = os.environ if environ is None else environ
         raw: dict[str, Any] = {}
         for field in cls.model_fields:
-            value = environ.get(env_name(field)) or environ.get(_FALLBACK_ENV.get(field, ""))
+            value = environ.get(env_name(field)) or environ.get(SETTINGS_FALLBACK_ENV.get(field, ""))
             if value is None or value == "":
                 continue
             raw[field] = _parse(field, value)

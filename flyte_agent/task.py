@@ -27,7 +27,7 @@ from flytekit.core.interface import Interface
 from flytekit.extend.backend.base_connector import AsyncConnectorExecutorMixin
 from pydantic import ValidationError
 
-from flyte_agent.connector import (
+from infra.contract import (
     DATA_SERVICE_TASK_TYPE,
     INPUT_DEFAULTS,
     OUTPUT_TYPES,
@@ -103,7 +103,7 @@ class DataServiceTeardownTask(AsyncConnectorExecutorMixin, PythonTask[None]):
 
 class DataServiceReleaseAllTask(AsyncConnectorExecutorMixin, PythonTask[dict[str, Any]]):
     """Release every fleet of the workflow execution this task runs in (no input; a run with none
-    succeeds); outputs what happened. Locally the execution is the process (connector.LOCAL_RUN)."""
+    succeeds); outputs what happened. Locally the execution is the process (connector.local_run())."""
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(

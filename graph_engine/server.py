@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 
 from graph_engine import store
-from infra.spec import SERVER_ARGS, assign_partitions
+from infra.contract import SERVER_ARGS, assign_partitions
 
 log = logging.getLogger("graph_engine.server")
 
@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> ServerArgs:
     parser.add_argument("--replicas", type=int, required=True, help="servers in the fleet")
     parser.add_argument("--partitions", type=int, required=True, help="partitions in the graph")
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
-    # The user-settable ones (infra.spec.SERVER_ARGS, the allow-list DataServiceConfig.args checks).
+    # The user-settable ones (infra.contract.SERVER_ARGS, the allow-list DataServiceConfig.args checks).
     for flag, values in SERVER_ARGS.items():
         if values is None:
             parser.add_argument(flag, action="store_true")

@@ -1,7 +1,7 @@
 """A graph-engine server's resources from the graph it serves: memory and scratch from partition sizes.
 
 The manifest (graphfleet.json) records every partition file's size, so a server's need is known
-before anything starts: the bytes of the partitions it loads (`infra.spec.assign_partitions`) plus
+before anything starts: the bytes of the partitions it loads (`infra.contract.assign_partitions`) plus
 the server process's own footprint. Calibrated against measured server RSS (tests/test_sizing.py
 measures it on every run; bench/graph_scale.py records the RSS of a 1M-node server):
 - a server holding a 1,000-node graph: 93 MiB RSS; the Python process and DeepGNN's library;
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.spec import assign_partitions
+from infra.contract import assign_partitions
 
 MIB = 1 << 20
 # The server process with an empty graph (measured 93 MiB) plus headroom for gRPC buffers under load.

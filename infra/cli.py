@@ -1,4 +1,4 @@
-"""`graphfleet`: review a datacenter stack offline before `pulumi up`.
+"""`graphfleet plan` / `graphfleet diff`: review a datacenter stack offline before `pulumi up`.
 
     graphfleet plan ltx1            table of every object, then schema and policy checks
     graphfleet plan ltx1 --json     the rendered manifests as JSON
@@ -6,13 +6,15 @@
                                     create/update/replace/delete per object, field by field, with
                                     warnings for destructive changes and the new side's checks
     graphfleet diff A B --markdown  the same as a pull-request comment
-    graphfleet gc                   tear down expired ephemeral fleets (the connector's GRAPHFLEET_* env)
 
 The stack's real program (`infra.datacenter.program`, what `pulumi up` runs) is rendered under
 Pulumi mocks: no CLI, cluster or credentials are needed. Exit status: 0 clean, 1 when any object
-(of the new side, for diff) fails the Kubernetes schema or a policy rule (each printed) or gc could
-not remove a fleet, 2 when a stack file or the settings are invalid (nothing is rendered), 3 when a
-diff has destructive changes (and no violations) unless --allow-destructive.
+(of the new side, for diff) fails the Kubernetes schema or a policy rule (each printed), 2 when a
+stack file is invalid (nothing is rendered), 3 when a diff has destructive changes (and no
+violations) unless --allow-destructive.
+
+The `graphfleet` console script is flyte_agent/cli.py: these commands plus the connector's (gc,
+fleets), which infra, the bottom layer, cannot import. `python -m infra.cli` runs these alone.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeAlias
 
 from infra.config import GPU_RESOURCE, KUBELET_TAINTS, ConfigError, load_stack_config, stack_name, stack_path
 from infra.stack_diff import StackObject, diff_stacks, markdown_report, summary, text_report
@@ -166,83 +168,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_DESTRUCTIVE if diff.warnings and not args.allow_destructive else EXIT_OK
 
 
-def cmd_gc(args: argparse.Namespace) -> int:
-    """Tear down expired ephemeral fleets, with the connector's GRAPHFLEET_* settings."""
-    from flyte_agent.gc import collect
-    from flyte_agent.provisioner import GcError
-    from flyte_agent.settings import Settings, SettingsError
-
-    try:
-        removed = collect(Settings.from_env())
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
-    except GcError as exc:
-        # What was removed is still reported: a cron job's log should say both.
-        for name in exc.removed:
-            print(name)
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_VIOLATIONS
-    for name in removed:
-        print(name)
-    print(f"{len(removed)} expired fleet(s) removed", file=sys.stderr)
-    return EXIT_OK
+# The subcommand table (argparse's type for it is private), which the connector's commands join.
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
-def cmd_fleets(args: argparse.Namespace) -> int:
-    """List the live fleets of the backend the connector's GRAPHFLEET_* settings name."""
-    from flyte_agent import fleets
-    from flyte_agent.settings import Settings, SettingsError
-
-    try:
-        found = fleets.listing(Settings.from_env())
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
-    print(json.dumps(fleets.as_json(found), indent=2) if args.json else fleets.table(found))
-    return EXIT_OK
-
-
-RELEASE_WAIT_SECONDS = 900
-
-
-def cmd_fleets_release(args: argparse.Namespace) -> int:
-    """Release one fleet exactly as a teardown task of `--owner` (and `--execution`) would."""
-    import time
-
-    from flyteidl.core.execution_pb2 import TaskExecution
-
-    from flyte_agent.connector import DataServiceTeardownConnector, TeardownMeta
-    from flyte_agent.settings import SettingsError
-
-    caller = args.execution or f"{args.owner}/graphfleet-operator"
-    if "/".join(caller.split("/")[:2]) != args.owner:
-        print(f"error: --execution {caller} is not in --owner {args.owner}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
-    teardown = DataServiceTeardownConnector()
-    deadline = time.monotonic() + RELEASE_WAIT_SECONDS
-    try:
-        while True:
-            # The teardown task's own path: the same name checks and ownership rules, nothing of our own.
-            resource = teardown._get(TeardownMeta(service=args.name, caller=caller, owner=args.owner))
-            if resource.phase != TaskExecution.RUNNING or time.monotonic() > deadline:
-                break
-            print(resource.message, file=sys.stderr)
-            time.sleep(2)
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
-    if resource.phase == TaskExecution.SUCCEEDED:
-        print(dict(resource.outputs or {}).get("outcome", f"{args.name}: released"))
-        return EXIT_OK
-    print(f"error: {resource.message}", file=sys.stderr)
-    return EXIT_VIOLATIONS
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="graphfleet", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_stack_commands(commands: Commands) -> None:
     plan = commands.add_parser("plan", help="render a stack offline and check every object")
     plan.add_argument("stack", help="a stack name (ltx1) or a stack file path")
     plan.add_argument("--json", action="store_true", help="print the rendered manifests as JSON")
@@ -254,29 +184,32 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--allow-destructive", action="store_true",
                       help="exit 0 despite destructive-change warnings (still printed)")
     diff.set_defaults(run=cmd_diff)
-    gc = commands.add_parser("gc", help="tear down ephemeral fleets whose time-to-live has passed")
-    gc.set_defaults(run=cmd_gc)
-    fleets = commands.add_parser("fleets", help="every live fleet of the connector's backend")
-    fleets.add_argument("--json", action="store_true", help="every field as JSON, servers included")
-    fleets.set_defaults(run=cmd_fleets)
-    fleet_commands = fleets.add_subparsers(dest="fleet_command")
-    release = fleet_commands.add_parser(
-        "release", help="release one fleet as a teardown task of its project/domain would")
-    release.add_argument("name", help="the fleet: a DataServiceTask's `service` output (`graphfleet fleets`)")
-    release.add_argument("--owner", required=True, help="project/domain the fleet belongs to")
-    release.add_argument("--execution", default="",
-                         help="project/domain/name: on a shared fleet, the execution whose lease to drop")
-    release.set_defaults(run=cmd_fleets_release)
+
+
+def build_parser(*more: Callable[[Commands], None],
+                 description: str | None = __doc__) -> argparse.ArgumentParser:
+    """`graphfleet`'s parser: the stack commands, then each of `more`'s (a layer above adds its own)."""
+    parser = argparse.ArgumentParser(prog="graphfleet", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_stack_commands(commands)
+    for add in more:
+        add(commands)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` and run the command it names; a bad stack file is exit status 2."""
+    args = parser.parse_args(argv)
     try:
         return int(args.run(args))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,16 @@ import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
-from flyte_agent.connector import CONNECTOR_CONTAINER, SERVE_MODULES, TASK_TYPES
-from flyte_agent.settings import env_name
 from infra import names, object_store
 from infra.config import ConnectorConfig, ObjectStore, Placement, parse_duration
+from infra.contract import (
+    CLIENT_LABEL,
+    CONNECTOR_CONTAINER,
+    PULUMI_BACKEND_URL_ENV,
+    SERVE_MODULES,
+    TASK_TYPES,
+    env_name,
+)
 from infra.graph_service import ENGINE_SERVICE_ACCOUNT
 from infra.image_contract import (
     CONNECTOR_TERMINATION_GRACE_SECONDS,
@@ -34,7 +40,6 @@ from infra.image_contract import (
 )
 from infra.images import check_image
 from infra.pod_security import container_security_context, pod_security_context, secret_file
-from infra.spec import CLIENT_LABEL
 
 TYPE_TOKEN = "graphfleet:connector:FlyteConnector"
 NAME = "graphfleet-connector"
@@ -226,7 +231,7 @@ def secret_env(args: FlyteConnectorArgs) -> tuple[list[dict[str, Any]], list[dic
     """
     secrets = args.config.secrets
     url = secrets.backend_url
-    env = [_secret_env("PULUMI_BACKEND_URL", url.name, url.key)]
+    env = [_secret_env(PULUMI_BACKEND_URL_ENV, url.name, url.key)]
     # With KMS instead, the provisioner is told the provider URL (GRAPHFLEET_SECRETS_PROVIDER).
     if secrets.passphrase is not None:
         env.append({"name": "PULUMI_CONFIG_PASSPHRASE_FILE", "value": f"{PASSPHRASE_DIR}/{PASSPHRASE_FILE}"})

@@ -23,9 +23,10 @@ from pydantic import ValidationError
 
 from infra import names, object_store
 from infra.config import ObjectStore, check_not_secret_env
+from infra.contract import CLIENT_LABEL
 from infra.image_contract import GRAPH_ENGINE_UID
 from infra.pod_security import container_security_context, pod_security_context
-from infra.spec import CLIENT_LABEL, DataServiceSpec, describe_error
+from infra.spec import DataServiceSpec, describe_error
 
 TYPE_TOKEN = "graphfleet:graph:GraphDataService"
 APP_NAME = "graph-engine"

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.config import GPU_RESOURCE, KUBELET_TAINTS, POOL_LABEL
+from infra.contract import check_coverage
 from infra.images import check_image
-from infra.spec import check_coverage
 
 Manifest = Mapping[str, Any]
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")

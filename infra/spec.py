@@ -14,20 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from infra.contract import SERVER_ARGS, check_coverage
+
+# Re-exported for flyte_agent/deck.py, which another change is rewriting; the rest import the contract.
 from infra.quantity import parse_cpu, parse_memory
-
-# The environment variable a trainer reads: comma-separated host:port, in ordinal order.
-ENDPOINTS_ENV = "GRAPHFLEET_ENDPOINTS"
-# Label every client pod must carry to pass the data service's NetworkPolicy.
-CLIENT_LABEL = "graphfleet.io/graph-client"
-
-# Extra graph-engine server arguments a workflow author may set (`DataServiceConfig.args`): flag ->
-# its allowed values (None: a flag without a value). Each maps to a parameter of DeepGNN 0.1.66's
-# `snark.server.Server` (deepgnn/graph_engine/snark/server.py); graph_engine.server parses these.
-SERVER_ARGS: dict[str, tuple[str, ...] | None] = {
-    "--storage": ("memory", "disk"),  # storage_type: features and index in memory, or read from local disk
-    "--skip-temporal": None,          # skip_temporal_loading: no node/edge timestamps loaded
-}
 
 
 def check_server_args(args: list[str]) -> list[str]:
@@ -197,28 +187,6 @@ def check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
             raise ValueError(f"label {key}={val!r}: value must be <= 63 chars of A-Z, a-z, 0-9, "
                              "'-', '_', '.'")
     return labels
-
-
-def assign_partitions(replicas: int, partitions: int) -> list[list[int]]:
-    """Partitions served by each ordinal, with DeepGNN's `--server_group i,replicas,partitions` rule."""
-    check_coverage(replicas, partitions)
-    return [list(range(ordinal, partitions, replicas)) for ordinal in range(replicas)]
-
-
-def check_coverage(replicas: int, partitions: int) -> None:
-    """Every partition served by exactly one replica, and no replica idle.
-
-    The DeepGNN client broadcasts to every server and merges: a partition nobody serves silently
-    yields zeros, and an idle server is paid for and serves nothing.
-    """
-    if replicas < 1:
-        raise ValueError(f"replicas must be >= 1, got {replicas}")
-    if partitions < 1:
-        raise ValueError(f"partitions must be >= 1, got {partitions}")
-    if replicas > partitions:
-        raise ValueError(
-            f"replicas ({replicas}) exceeds partitions ({partitions}): ordinals {partitions}..{replicas - 1} "
-            f"would serve no partition; set replicas <= {partitions} or repartition the graph")
 
 
 def describe_error(err: ValidationError, where: str, key: Callable[[str], str] = str) -> str:

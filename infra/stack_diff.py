@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infra.config import decoded_json
+from infra.contract import env_name
 from infra.policy import graph_server_command, pod_spec
 
 Manifest = Mapping[str, Any]
@@ -269,8 +270,6 @@ def warnings(before: Mapping[str, StackObject], after: Mapping[str, StackObject]
                          f"namespace and everything in it stay, unmanaged")
         if change.action in ("update", "replace") and kind == "Deployment" and key in old:
             # The connector's setting naming the namespace of the ephemeral fleets it manages.
-            from flyte_agent.settings import env_name  # imports flytekit: only when needed
-
             fleets_were = _env(old[key].manifest, env_name("namespace"))
             fleets_are = _env(obj.manifest if obj else {}, env_name("namespace"))
             if fleets_were and fleets_were != fleets_are:

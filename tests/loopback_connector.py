@@ -16,7 +16,7 @@ def serve_on_loopback(port: int, prometheus_port: int) -> None:
     import prometheus_client
     from flytekit.clis.sdk_in_container.pyflyte import main
 
-    from flyte_agent.connector import SERVE_MODULES
+    from infra.contract import SERVE_MODULES
 
     make_server = grpc.aio.server
 

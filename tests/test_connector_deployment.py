@@ -14,7 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from flyte_agent import pod_failures
-from flyte_agent.connector import SERVE_MODULES, DataServiceConnector, DataServiceTeardownConnector
+from flyte_agent.connector import DataServiceConnector, DataServiceTeardownConnector
 from flyte_agent.settings import Settings
 from infra import policy
 from infra.config import (
@@ -27,6 +27,7 @@ from infra.config import (
     stack_path,
 )
 from infra.connector_deployment import FlyteConnector, FlyteConnectorArgs, helm_values, settings_env
+from infra.contract import SERVE_MODULES
 from infra.image_contract import CONNECTOR_UID, CONNECTOR_USER, IMAGE_PULUMI_HOME
 from infra.k8s_schema import validate_manifest
 from infra.render import Rendered

@@ -31,10 +31,10 @@ from flytekit.tools.translator import get_serializable
 from google.protobuf import json_format
 
 from flyte_agent import DataServiceConfig, DataServiceReleaseAllTask, DataServiceTask, DataServiceTeardownTask
-from flyte_agent.connector import DATA_SERVICE_TASK_TYPE, TEARDOWN_TASK_TYPE
 from graph_engine import health, sizing
 from graph_engine.convert import convert
 from graph_engine.store import read_info
+from infra.contract import DATA_SERVICE_TASK_TYPE, TEARDOWN_TASK_TYPE
 from infra.spec import DataServiceSpec
 from tests.polling import poll_until
 from tests.s3_server import moto_s3, s3_env
@@ -303,7 +303,7 @@ def test_metrics_and_the_operator_listing_of_a_local_fleet(connector_factory, tm
 
     # The operator's view, from another process reading the same state dir.
     env = {**os.environ, "GRAPHFLEET_BACKEND": "local", "GRAPHFLEET_STATE_DIR": str(connector.state_dir)}
-    shown = subprocess.run([sys.executable, "-m", "infra.cli", "fleets", "--json"], env=env,
+    shown = subprocess.run([sys.executable, "-m", "flyte_agent.cli", "fleets", "--json"], env=env,
                            capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
     [fleet] = json.loads(shown.stdout)
@@ -311,14 +311,14 @@ def test_metrics_and_the_operator_listing_of_a_local_fleet(connector_factory, tm
     assert fleet["phase"] == "ready" and fleet["endpoints"] == endpoints and fleet["replicas"] == 2
     assert [s["phase"] for s in fleet["servers"]] == ["serving", "serving"]
     assert fleet["expires_at"] == fleet["created_at"] + DataServiceSpec(reuse="x").ttl_seconds
-    table = subprocess.run([sys.executable, "-m", "infra.cli", "fleets"], env=env, capture_output=True,
+    table = subprocess.run([sys.executable, "-m", "flyte_agent.cli", "fleets"], env=env, capture_output=True,
                            text=True, timeout=120).stdout
     assert table.splitlines()[0].split()[:3] == ["NAME", "OWNER", "EXECUTION/LEASES"]
     assert f"{fleet['name']}  proj/dev  proj/dev/run7/n0  ready" in table and "2/2" in table
 
     # The operator releases it as a teardown task of its project/domain would.
     pids = recorded_pids(connector.state_dir)
-    released = subprocess.run([sys.executable, "-m", "infra.cli", "fleets", "release", fleet["name"],
+    released = subprocess.run([sys.executable, "-m", "flyte_agent.cli", "fleets", "release", fleet["name"],
                                "--owner", "proj/dev"], env=env, capture_output=True, text=True, timeout=120)
     assert released.returncode == 0, released.stderr
     assert released.stdout.strip() == f"{fleet['name']}: released"
@@ -357,7 +357,7 @@ def test_executions_sharing_a_fleet_hold_leases_until_the_last_is_released(conne
     assert "replicas: 2 running vs 1 asked" in refused.message
 
     env = {**os.environ, "GRAPHFLEET_BACKEND": "local", "GRAPHFLEET_STATE_DIR": str(connector.state_dir)}
-    shown = subprocess.run([sys.executable, "-m", "infra.cli", "fleets", "--json"], env=env,
+    shown = subprocess.run([sys.executable, "-m", "flyte_agent.cli", "fleets", "--json"], env=env,
                            capture_output=True, text=True, timeout=120)
     [fleet] = json.loads(shown.stdout)
     assert fleet["leases"] == ["proj/dev/run-a", "proj/dev/run-b"]

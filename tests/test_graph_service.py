@@ -12,6 +12,7 @@ import pulumi_kubernetes as k8s
 import pytest
 
 from infra import names
+from infra.contract import CLIENT_LABEL, ENDPOINTS_ENV, assign_partitions
 from infra.graph_service import (
     POD_INDEX_LABEL,
     TYPE_TOKEN,
@@ -22,7 +23,7 @@ from infra.graph_service import (
 )
 from infra.k8s_schema import validate_manifests
 from infra.render import Rendered, render
-from infra.spec import CLIENT_LABEL, ENDPOINTS_ENV, DataServiceSpec, assign_partitions
+from infra.spec import DataServiceSpec
 
 RenderValid = Callable[..., Rendered]
 

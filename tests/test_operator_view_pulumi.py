@@ -56,7 +56,7 @@ def test_listing_links_and_gauges_of_pulumi_fleets(backend: tuple[str, Path], ma
     url, cli = backend
     env = {**os.environ, "GRAPHFLEET_BACKEND": "pulumi", "GRAPHFLEET_PULUMI_BACKEND_URL": url,
            "GRAPHFLEET_PULUMI_COMMAND": str(cli)}
-    shown = subprocess.run([sys.executable, "-m", "infra.cli", "fleets", "--json"], env=env,
+    shown = subprocess.run([sys.executable, "-m", "flyte_agent.cli", "fleets", "--json"], env=env,
                            capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert [(f["name"], f["owner"], f["phase"], f["endpoints"]) for f in json.loads(shown.stdout)] == [

@@ -19,9 +19,7 @@ from flytekit.tools.translator import get_serializable
 
 from flyte_agent import DataServiceConfig, DataServiceReleaseAllTask, DataServiceTask, DataServiceTeardownTask
 from flyte_agent.connector import (
-    DATA_SERVICE_TASK_TYPE,
     LOCAL_RUN,
-    TEARDOWN_TASK_TYPE,
     DataServiceTeardownConnector,
     FleetMeta,
     TeardownMeta,
@@ -30,9 +28,10 @@ from flyte_agent.connector import (
     provision_name,
     resolve_spec,
 )
+from flyte_agent.consumers import workflow_execution
 from flyte_agent.graph_access import GraphAccessDenied, check_graph_access
-from flyte_agent.provisioner import workflow_execution
 from flyte_agent.settings import Settings, SettingsError
+from infra.contract import DATA_SERVICE_TASK_TYPE, TEARDOWN_TASK_TYPE
 from infra.names import STATEFULSET_NAME_MAX, check_label
 from infra.spec import DataServiceSpec
 

@@ -18,7 +18,7 @@ from deepgnn.graph_engine.snark.client import MemoryGraph
 from graph_engine import datasets
 from graph_engine.convert import convert
 from graph_engine.health import EndpointsNotReady
-from infra.spec import ENDPOINTS_ENV
+from infra.contract import ENDPOINTS_ENV
 from tests.test_graph_server import free_port, start
 from workflows.sampler import Prefetcher, sample_batch
 from workflows.train import (

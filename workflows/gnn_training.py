@@ -45,7 +45,7 @@ from flytekit.types.file import FlyteFile
 
 from flyte_agent import DataServiceReleaseAllTask, DataServiceTask, DataServiceTeardownTask, deck
 from graph_engine import health
-from infra.spec import CLIENT_LABEL, ENDPOINTS_ENV
+from infra.contract import CLIENT_LABEL, ENDPOINTS_ENV
 from workflows import train as trainer
 from workflows.ranks import SINGLE
 from workflows.report import TrainingReport

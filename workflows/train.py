@@ -29,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from graph_engine import store
-from infra.spec import ENDPOINTS_ENV
+from infra.contract import ENDPOINTS_ENV
 from workflows import ranks
 from workflows.model import GraphSage
 from workflows.ranks import SINGLE, Rank, shard

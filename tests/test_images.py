@@ -1,7 +1,10 @@
-"""The two container images: lint clean, pinned to the project's versions, non-root, real entry points."""
+"""The two container images: lint clean, pinned to the project's versions, non-root, real entry points; the
+graph-engine image carries the server and what it runs on, nothing else."""
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import importlib.util
 import json
 import re
@@ -10,8 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
-from flyte_agent.connector import SERVE_MODULES
+from infra.contract import SERVE_MODULES
 from infra.graph_service import GraphDataServiceArgs
 from infra.image_contract import CONNECTOR_UID, CONNECTOR_USER, GRAPH_ENGINE_UID, IMAGE_PULUMI_HOME
 
@@ -19,6 +23,27 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 HADOLINT = Path(sys.executable).parent / "hadolint"
 IMAGES = ["connector.Dockerfile", "graph-engine.Dockerfile"]
+GRAPH_ENGINE_REQUIREMENTS = DOCKER / "graph-engine.requirements.lock"
+# What the graph-engine image copies: the server's package and the layers' contract (its only import
+# of the project), beside its own requirements.
+GRAPH_ENGINE_COPIES = {"docker/graph-engine.requirements.lock", "graph_engine/", "infra/__init__.py",
+                       "infra/contract.py"}
+# Loaded by name, never imported: fsspec's implementation of the s3:// graphs graph_engine/store.py reads.
+SERVER_PLUGINS = {"s3fs"}
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins(path: Path) -> dict[str, str]:
+    """A requirements file's `name==version` lines, by canonical name."""
+    pinned = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pinned[canonical(name)] = version.strip()
+    return pinned
 
 
 def lock_version(package: str) -> str:
@@ -93,3 +118,74 @@ def test_entry_points_exist() -> None:
     assert (Path(sys.executable).parent / "pyflyte").exists()
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'graphfleet = "flyte_agent.connector"' in pyproject  # how `pyflyte serve connector` finds it
+
+
+def test_graph_engine_requirements_are_the_locks_pins_without_the_heavy_stacks() -> None:
+    pinned, lock = pins(GRAPH_ENGINE_REQUIREMENTS), pins(ROOT / "requirements.lock")
+    differ = [f"{name}=={version} (requirements.lock: {lock.get(name, 'absent')})"
+              for name, version in pinned.items() if lock.get(name) != version]
+    assert not differ, f"{GRAPH_ENGINE_REQUIREMENTS.name} must pin what requirements.lock pins: {differ}"
+    heavy = {"torch", "flytekit", "pulumi", "pulumi-kubernetes", "pyarrow"} & set(pinned)
+    assert not heavy, f"the graph-engine image carries only the server, not {heavy}"
+
+
+def test_graph_engine_requirements_hold_everything_they_require() -> None:
+    """Installed with --no-deps, the file must be closed under its packages' own requirements (as
+    `pip check` would see it), read from their metadata in this environment (which holds the lock)."""
+    pinned = pins(GRAPH_ENGINE_REQUIREMENTS)
+    missing = []
+    for name in pinned:
+        for line in importlib.metadata.distribution(name).requires or []:
+            required = Requirement(line)
+            if (required.marker is None or required.marker.evaluate({"extra": ""})) and \
+                    canonical(required.name) not in pinned:
+                missing.append(f"{name} requires {required}")
+    assert not missing, f"add to {GRAPH_ENGINE_REQUIREMENTS.name} at requirements.lock's versions: {missing}"
+
+
+def server_imports() -> tuple[set[str], set[str]]:
+    """(project modules, third-party top-level packages) `python -m graph_engine.server` imports,
+    following the project's modules from graph_engine/server.py, function-level imports included."""
+    project, third_party = set(), set()
+    todo = ["graph_engine.server"]
+    while todo:
+        module = todo.pop()
+        if module in project:
+            continue
+        project.add(module)
+        path = ROOT / (module.replace(".", "/") + ".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in ("graph_engine", "infra"):
+                    if (ROOT / (name.replace(".", "/") + ".py")).exists():
+                        todo.append(name)
+                elif top not in sys.stdlib_module_names and top != "__future__":
+                    third_party.add(top)
+    return project, third_party
+
+
+def test_graph_engine_requirements_hold_what_the_server_imports() -> None:
+    _, third_party = server_imports()
+    distributions = importlib.metadata.packages_distributions()
+    needed = {canonical(d) for top in third_party for d in distributions.get(top, [top])} | SERVER_PLUGINS
+    missing = needed - set(pins(GRAPH_ENGINE_REQUIREMENTS))
+    assert not missing, f"graph_engine.server imports {missing}, not in {GRAPH_ENGINE_REQUIREMENTS.name}"
+
+
+def test_graph_engine_image_copies_only_the_server_and_the_contract() -> None:
+    copies = [line.split() for line in instruction("graph-engine.Dockerfile", "COPY")]
+    sources = {source for *froms, _ in copies for source in froms}
+    assert sources == GRAPH_ENGINE_COPIES, f"the graph-engine image copies {sorted(sources)}"
+    text = (DOCKER / "graph-engine.Dockerfile").read_text()
+    assert "pip install --no-deps -r graph-engine.requirements.lock" in text
+    # What it copies is all the server imports of the project.
+    project, _ = server_imports()
+    outside = {m for m in project if not m.startswith("graph_engine.") and m != "infra.contract"}
+    assert not outside, f"graph_engine.server imports {outside}, which the image does not copy"

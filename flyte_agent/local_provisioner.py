@@ -41,22 +41,18 @@ import dataclasses
 import json
 import logging
 import os
-import select
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import graph_engine
 from flyte_agent import leases, lifecycle, metrics, progress
-from flyte_agent.consumers import Consumers, proc_stat
+from flyte_agent.consumers import Consumers
 from flyte_agent.consumers import workflow_execution as workflow_execution_of
 from flyte_agent.files import locked, write_json
+from flyte_agent.local_servers import MAX_RESTARTS, ServerProcesses
 from flyte_agent.provisioner import (
     FleetInfo,
     GcError,
@@ -64,7 +60,6 @@ from flyte_agent.provisioner import (
     Phase,
     Provision,
     ServerPhase,
-    ServerState,
     Status,
     check_fleet_name,
     check_owner,
@@ -78,15 +73,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
-MAX_RESTARTS = 5
 RECONCILE_SECONDS = 2.0
-STOP_SECONDS = 10.0
-_LOG_TAIL_LINES = 5
 _TOMBSTONE = "deleting.json"
 _GIVEN_UP = "failed.json"  # a FAILED fleet whose servers were stopped: its message
-# Importable `graph_engine` for the servers, wherever the connector runs from.
-_PROJECT_ROOT = str(Path(graph_engine.__file__).resolve().parent.parent)
 
 
 class LocalProvisioner:
@@ -96,10 +85,9 @@ class LocalProvisioner:
         self.renew_seconds = settings.renew_seconds
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.probe_timeout = min(1.0, settings.ready_timeout_seconds)
-        # Facts about this process only: the servers it is the parent of (to reap them) and the fleets
-        # it started (to delete at exit). The fleets themselves are described by the state dir.
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
-        self._exit_codes: dict[int, int] = {}  # children that exited, until their exit is recorded
+        # Facts about this process only: the servers it is the parent of (`ServerProcesses`) and the
+        # fleets it started (to delete at exit). The fleets themselves are described by the state dir.
+        self._procs = ServerProcesses(self.state_dir)
         self._started: set[str] = set()
         self._mutex = threading.Lock()
         self._stop = threading.Event()
@@ -129,7 +117,7 @@ class LocalProvisioner:
                 with self._mutex:
                     self._started.add(provision.name)
                 for ordinal in range(provision.spec.replicas):
-                    self._spawn(record, ordinal)
+                    self._procs.spawn(record, ordinal)
         self._ensure_reconciler()
 
     def status(self, provision: Provision) -> Status:
@@ -188,8 +176,8 @@ class LocalProvisioner:
         now = time.time()
         for record in self._records():
             spec = DataServiceSpec.from_custom(record["spec"])
-            endpoints = self._endpoints(record)
-            servers = self._seen(record)
+            endpoints = self._procs.endpoints(record)
+            servers = self._procs.seen(record)
             phases = {s.phase for s in servers}
             phase = (Phase.FAILED if self._given_up(record["name"]) is not None else
                      Phase.READY if phases == {ServerPhase.SERVING} else
@@ -206,14 +194,14 @@ class LocalProvisioner:
 
     def endpoints(self, name: str) -> list[str]:
         record = self._record(name)
-        return [] if record is None else self._endpoints(record)
+        return [] if record is None else self._procs.endpoints(record)
 
     def pids(self, name: str) -> list[int]:
         """The recorded server process of each ordinal (0 if none), for inspection and tests."""
         record = self._record(name)
         if record is None:
             return []
-        return [self._server_int(name, i, "pid") for i in range(len(self._ports(record)))]
+        return [self._procs.number(name, i, "pid") for i in range(len(self._procs.ports(record)))]
 
     def observed_fleets(self) -> tuple[float, list[FleetInfo]]:
         """The listing itself: it reads this host's state files, no process is started."""
@@ -229,12 +217,12 @@ class LocalProvisioner:
                 self._delete(name)
             except OSError as err:
                 log.error("could not delete local fleet %s at exit: %s", name, err)
-        self._reap()
+        self._procs.reap()
 
     def reconcile_once(self) -> None:
         """One round of the background reconciler: finish abandoned deletes, delete expired fleets,
         restart crashed servers. Public so tests can run a round deterministically."""
-        self._reap()
+        self._procs.reap()
         for tombstone in sorted(self.state_dir.glob(f"*/{_TOMBSTONE}")):
             name = tombstone.parent.name
             with self._locked(name):
@@ -258,36 +246,36 @@ class LocalProvisioner:
     def _reconcile(self, record: dict[str, Any]) -> Status:
         name = record["name"]
         spec = DataServiceSpec.from_custom(record["spec"])
-        ports = self._ports(record)
-        endpoints = self._endpoints(record)
+        ports = self._procs.ports(record)
+        endpoints = self._procs.endpoints(record)
         given_up = self._given_up(name)
         if given_up is not None:
-            return Status(Phase.FAILED, endpoints, given_up, self._seen(record))
+            return Status(Phase.FAILED, endpoints, given_up, self._procs.seen(record))
         for ordinal in range(len(endpoints)):
-            if self._alive(name, ordinal, ports[ordinal]):
+            if self._procs.alive(name, ordinal, ports[ordinal]):
                 continue
-            restarts = self._server_int(name, ordinal, "restarts")
-            if self._server_int(name, ordinal, "pid"):
-                self._record_exit(name, ordinal)
+            restarts = self._procs.number(name, ordinal, "restarts")
+            if self._procs.number(name, ordinal, "pid"):
+                self._procs.record_exit(name, ordinal)
                 if restarts >= MAX_RESTARTS:
                     down = health.not_ready(endpoints, timeout=self.probe_timeout)
-                    servers = self._servers(record, set(down))
-                    self._remember(name, servers)
-                    return self._give_up(record, Status(Phase.FAILED, endpoints, self._failure(
+                    servers = self._procs.states(record, set(down))
+                    self._procs.remember(name, servers)
+                    return self._give_up(record, Status(Phase.FAILED, endpoints, self._procs.failure(
                         name, servers[ordinal], f"exited {restarts + 1} times"), servers))
                 log.warning("local fleet %s: server %s exited (%s); restarting it on port %s", name, ordinal,
-                            self._server_text(name, ordinal, "reason"), ports[ordinal])
+                            self._procs.text(name, ordinal, "reason"), ports[ordinal])
                 (self._dir(name) / f"server-{ordinal}.restarts").write_text(str(restarts + 1))
-            self._spawn(record, ordinal)
+            self._procs.spawn(record, ordinal)
         down = health.not_ready(endpoints, timeout=self.probe_timeout)
-        servers = self._servers(record, set(down))
-        self._remember(name, servers)
+        servers = self._procs.states(record, set(down))
+        self._procs.remember(name, servers)
         if not down:
             return Status(Phase.READY, endpoints, servers=servers)
         waited = time.time() - record["created_at"]
         if waited > spec.startup_seconds:
             first = next(s for s in servers if s.endpoint in down)
-            return self._give_up(record, Status(Phase.FAILED, endpoints, self._failure(
+            return self._give_up(record, Status(Phase.FAILED, endpoints, self._procs.failure(
                 name, first, f"not SERVING {waited:.0f}s after create (startup_seconds is "
                              f"{spec.startup_seconds}; raise it for a large graph)"), servers))
         return Status(Phase.UPDATING, endpoints, progress.summary(servers), servers)
@@ -299,10 +287,10 @@ class LocalProvisioner:
         Caller holds the fleet's lock."""
         name = record["name"]
         write_json(self._dir(name) / _GIVEN_UP, {"message": failed.message})
-        for ordinal, port in enumerate(self._ports(record)):
-            self._stop_server(name, ordinal, port)
+        for ordinal, port in enumerate(self._procs.ports(record)):
+            self._procs.stop(name, ordinal, port)
         stopped = "stopped: the fleet failed"
-        self._remember(name, [s if s.phase is ServerPhase.FAILED else
+        self._procs.remember(name, [s if s.phase is ServerPhase.FAILED else
                               dataclasses.replace(s, phase=ServerPhase.PENDING, reason=stopped)
                               for s in failed.servers])
         log.warning("local fleet %s FAILED: its servers are stopped; its record stays until deleted", name)
@@ -313,72 +301,6 @@ class LocalProvisioner:
             return str(json.loads((self._dir(name) / _GIVEN_UP).read_text())["message"])
         except (FileNotFoundError, ValueError, KeyError):
             return None
-
-    def _remember(self, name: str, servers: list[ServerState]) -> None:
-        seen = [{"phase": s.phase.value, "restarts": s.restarts, "reason": s.reason} for s in servers]
-        path = self._dir(name) / "servers.json"
-        try:
-            if json.loads(path.read_text()) == {"servers": seen}:
-                return
-        except (FileNotFoundError, ValueError):
-            pass
-        write_json(path, {"servers": seen})
-
-    def _seen(self, record: dict[str, Any]) -> list[ServerState]:
-        """Each server as the last reconcile saw it (PENDING before the first)."""
-        try:
-            seen = json.loads((self._dir(record["name"]) / "servers.json").read_text())["servers"]
-        except (FileNotFoundError, ValueError, KeyError):
-            seen = []
-        servers = []
-        for ordinal, port in enumerate(self._ports(record)):
-            last: dict[str, Any] = (seen[ordinal] if ordinal < len(seen)
-                                    else {"phase": "pending", "restarts": 0, "reason": ""})
-            servers.append(ServerState(
-                ordinal=ordinal, endpoint=f"{HOST}:{port}", phase=ServerPhase(last["phase"]),
-                restarts=int(last["restarts"]), reason=str(last["reason"]),
-                started_at=_started_at(self._server_int(record["name"], ordinal, "start")),
-                log_path=str(self._dir(record["name"]) / f"server-{ordinal}.log")))
-        return servers
-
-    def _servers(self, record: dict[str, Any], down: set[str]) -> list[ServerState]:
-        """Each server's state from its files and whether its endpoint answered."""
-        name, servers = record["name"], []
-        for ordinal, port in enumerate(self._ports(record)):
-            endpoint, restarts = f"{HOST}:{port}", self._server_int(name, ordinal, "restarts")
-            if endpoint not in down:
-                phase = ServerPhase.SERVING
-            elif restarts >= MAX_RESTARTS and not self._alive(name, ordinal, port):
-                phase = ServerPhase.FAILED
-            else:
-                phase = ServerPhase.RESTARTING if restarts else ServerPhase.LOADING
-            started = _started_at(self._server_int(name, ordinal, "start"))
-            servers.append(ServerState(
-                ordinal=ordinal, endpoint=endpoint, phase=phase, restarts=restarts,
-                reason=self._server_text(name, ordinal, "reason") if restarts else "",
-                started_at=started, log_path=str(self._dir(name) / f"server-{ordinal}.log")))
-        return servers
-
-    def _failure(self, name: str, server: ServerState, what: str) -> str:
-        """The FAILED message: which server, why, and the last lines of its log (and where the rest is)."""
-        last = f" (last exit: {server.reason})" if server.reason else ""
-        return (f"graph-engine server {server.ordinal} of {name} ({server.endpoint}) {what}{last}; "
-                f"last lines of its log {Path(server.log_path).as_uri()}:\n"
-                f"{self._log_tail(name, server.ordinal)}\n"
-                "fix the cause above (graph URI, partitions, memory) and run the task again")
-
-    def _record_exit(self, name: str, ordinal: int) -> None:
-        """Write why ordinal's last process ended: its exit status when it was our child, else unknown."""
-        pid = self._server_int(name, ordinal, "pid")
-        with self._mutex:
-            code = self._exit_codes.pop(pid, None)
-        if code is None:
-            reason = "exited"  # another process's child: its status went to that parent
-        elif code < 0:
-            reason = signal.Signals(-code).name
-        else:
-            reason = f"exit code {code}"
-        (self._dir(name) / f"server-{ordinal}.reason").write_text(reason)
 
     def _delete(self, name: str, owner: str | None = None) -> None:
         """Delete the fleet; with `owner`, only if its record (or tombstone) names that owner."""
@@ -403,8 +325,8 @@ class LocalProvisioner:
         except FileNotFoundError:
             record = None  # a create that died before writing fleet.json: no server was started
         if record is not None:
-            for ordinal, port in enumerate(self._ports(record)):
-                self._stop_server(name, ordinal, port)
+            for ordinal, port in enumerate(self._procs.ports(record)):
+                self._procs.stop(name, ordinal, port)
         # Not ignore_errors: a dir left behind must make delete raise (the caller retries), and the
         # tombstone keeps the fleet ABSENT and unrestarted meanwhile.
         with contextlib.suppress(FileNotFoundError):
@@ -412,114 +334,6 @@ class LocalProvisioner:
         if not keep_lock:
             with contextlib.suppress(FileNotFoundError):  # we hold it: waiters re-lock (see _locked)
                 os.unlink(self._lock_path(name))
-
-    def _spawn(self, record: dict[str, Any], ordinal: int) -> None:
-        name = record["name"]
-        spec = DataServiceSpec.from_custom(record["spec"])
-        argv = [sys.executable, "-m", "graph_engine.server", "--data-dir", str(spec.graph_uri),
-                # A restart comes back on the port its ordinal holds (clients have the endpoint); the
-                # first start takes any free one and reports it.
-                "--port", str(self._server_int(name, ordinal, "port")),
-                "--port-file", str(self._dir(name) / f"server-{ordinal}.port"), "--ordinal", str(ordinal),
-                "--replicas", str(spec.replicas), "--partitions", str(spec.partitions), "--host", HOST,
-                *spec.args]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (_PROJECT_ROOT, os.environ.get("PYTHONPATH", "")) if p)}
-        with open(self._dir(name) / f"server-{ordinal}.log", "ab") as out:
-            # A new session: Ctrl-C in a terminal reaches the connector, which stops the servers itself.
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True)
-        with self._mutex:
-            self._children[proc.pid] = proc
-        # The start time is set at fork, so it is already final; our unreaped child cannot be gone.
-        started = proc_stat(proc.pid)
-        (self._dir(name) / f"server-{ordinal}.start").write_text(str(started[1] if started else 0))
-        (self._dir(name) / f"server-{ordinal}.pid").write_text(str(proc.pid))
-
-    def _stop_server(self, name: str, ordinal: int, port: int) -> None:
-        """SIGTERM ordinal's server, SIGKILL after STOP_SECONDS; return once it has exited."""
-        pid = self._server_int(name, ordinal, "pid")
-        if pid <= 0:
-            return
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            return
-        try:
-            # Checked after opening: if the pid was reused before pidfd_open, this says no; if it
-            # says yes, the pidfd names our server and no later reuse can redirect the signals.
-            if not self._alive(name, ordinal, port):
-                return
-            for sig, timeout in ((signal.SIGTERM, STOP_SECONDS), (signal.SIGKILL, None)):
-                try:
-                    signal.pidfd_send_signal(pidfd, sig)
-                except ProcessLookupError:
-                    break  # exited already (a zombie or reaped)
-                # A pidfd polls readable only when the whole process has exited (exit_state set),
-                # after the kernel closed its files and sockets: the port is free again.
-                poller = select.poll()
-                poller.register(pidfd, select.POLLIN)
-                if poller.poll(None if timeout is None else int(timeout * 1000)):
-                    break
-                log.warning("local fleet %s: server %s (pid %s) ignored SIGTERM for %ss; killing it",
-                            name, ordinal, pid, timeout)
-        finally:
-            os.close(pidfd)
-        self._reap()
-        with self._mutex:  # stopped, not crashed: no exit to record
-            self._exit_codes.pop(pid, None)
-
-    def _alive(self, name: str, ordinal: int, port: int) -> bool:
-        """Is ordinal's recorded server still running (exiting counts: it still holds its port)?
-
-        Not by its command line: the kernel empties /proc/<pid>/cmdline once an exiting process has
-        released its memory, while it still holds its files and port; a delete that waited on that
-        returned before the server had exited. The recorded start time identifies the process (and
-        rules out a reused pid) until it is a zombie."""
-        pid = self._server_int(name, ordinal, "pid")
-        if pid <= 0:
-            return False
-        with self._mutex:
-            child = self._children.get(pid)
-        if child is not None:  # our unreaped child: the pid cannot have been reused
-            if child.poll() is None:
-                return True
-            self._forget_child(pid, child)
-            return False
-        stat = proc_stat(pid)
-        if stat is None or stat[0] in ("Z", "X"):
-            return False
-        start = self._server_int(name, ordinal, "start")
-        if start:
-            return stat[1] == start
-        # Recorded before start times were: the command line, good while the server is not exiting.
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return False
-        return b"graph_engine.server" in cmdline and str(port).encode() in cmdline
-
-    def _reap(self) -> None:
-        """Collect exited children, e.g. servers another process stopped: no zombies accumulate."""
-        with self._mutex:
-            children = list(self._children.items())
-        for pid, child in children:
-            if child.poll() is not None:
-                self._forget_child(pid, child)
-
-    def _forget_child(self, pid: int, child: subprocess.Popen[bytes]) -> None:
-        with self._mutex:
-            if self._children.pop(pid, None) is not None and child.returncode is not None:
-                self._exit_codes[pid] = child.returncode
-
-    def _ports(self, record: dict[str, Any]) -> list[int]:
-        """Each ordinal's port as its server reported it; 0 until that server has bound one."""
-        replicas = DataServiceSpec.from_custom(record["spec"]).replicas
-        return [self._server_int(record["name"], i, "port") for i in range(replicas)]
-
-    def _endpoints(self, record: dict[str, Any]) -> list[str]:
-        # `127.0.0.1:0` (never SERVING) stands for a server that has not bound its port yet.
-        return [f"{HOST}:{port}" for port in self._ports(record)]
 
     def _ensure_reconciler(self) -> None:
         with self._mutex:
@@ -569,26 +383,6 @@ class LocalProvisioner:
         except FileNotFoundError:
             return None
 
-    def _server_int(self, name: str, ordinal: int, kind: str) -> int:
-        """A server's recorded pid, start time or restart count; 0 when not (or no longer) recorded."""
-        try:
-            return int((self._dir(name) / f"server-{ordinal}.{kind}").read_text())
-        except (FileNotFoundError, ValueError):
-            return 0
-
-    def _server_text(self, name: str, ordinal: int, kind: str) -> str:
-        try:
-            return (self._dir(name) / f"server-{ordinal}.{kind}").read_text()
-        except FileNotFoundError:
-            return ""
-
-    def _log_tail(self, name: str, ordinal: int) -> str:
-        try:
-            lines = (self._dir(name) / f"server-{ordinal}.log").read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return "(no output)"
-        return "\n".join(lines[-_LOG_TAIL_LINES:])
-
     def _locked(self, name: str) -> contextlib.AbstractContextManager[None]:
         return locked(self._lock_path(name))
 
@@ -601,17 +395,6 @@ class LocalProvisioner:
 
     def _lock_path(self, name: str) -> Path:
         return self.state_dir / f".{check_fleet_name(name)}.lock"
-
-
-def _started_at(start_ticks: int) -> float:
-    """Epoch seconds of a process start time given in clock ticks since boot (0: unknown)."""
-    if not start_ticks:
-        return 0.0
-    try:
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError):
-        return 0.0
-    return time.time() - uptime + start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _expires_at(record: dict[str, Any]) -> float:

@@ -174,14 +174,14 @@ def test_a_half_done_delete_is_never_undone_and_is_finished(provisioner: LocalPr
 
     # Another process's delete stops server 0, then dies before it stops server 1.
     other = LocalProvisioner(Settings(state_dir=provisioner.state_dir))
-    stop_server = other._stop_server
+    stop_server = other._procs.stop
 
     def stop_one_then_die(name: str, ordinal: int, port: int) -> None:
         if ordinal == 1:
             raise OSError("the deleting process died here")
         stop_server(name, ordinal, port)
 
-    monkeypatch.setattr(other, "_stop_server", stop_one_then_die)
+    monkeypatch.setattr(other._procs, "stop", stop_one_then_die)
     with pytest.raises(OSError, match="died here"):
         other.delete(fleet.name, fleet.owner)
     other.close()

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from flyte_agent import DataServiceConfig, DataServiceTask
-from flyte_agent.connector import DATA_SERVICE_TASK_TYPE
 from graph_engine.convert import convert
+from infra.contract import DATA_SERVICE_TASK_TYPE
 from tests.test_connector_grpc import Connector, serialized
 from tests.test_graph_server import ring_graph
 
@@ -40,12 +40,12 @@ def timed(call: Callable[[], object]) -> float:
 def pulumi_seam(calls: int) -> dict[str, tuple[list[float], list[int]]]:
     """ms and CLI processes per provisioner call, shared vs ordinary, through the fake CLI."""
     import os
-    from concurrent.futures import wait
 
     from flyte_agent import leases
     from flyte_agent.provisioner import Phase, Provision
     from flyte_agent.pulumi_provisioner import PulumiProvisioner
     from flyte_agent.settings import Settings
+    from flyte_agent.stack_record import stack_name
     from infra.spec import DataServiceSpec
     from tests import fake_pulumi
 
@@ -73,9 +73,11 @@ def pulumi_seam(calls: int) -> dict[str, tuple[list[float], list[int]]]:
             def measured(key: str, call: Callable[[], object]) -> None:
                 before = len(fake_pulumi.calls(url))
                 ms = timed(call)
-                with provisioner._jobs_lock:  # an adopting create queues an `up` that finds nothing to do
-                    jobs = list(provisioner._jobs.values())
-                wait(jobs, timeout=120)
+                # An adopting create queues an `up` that finds nothing to do: wait for it.
+                deadline = time.monotonic() + 120
+                while any(provisioner._ops.busy(stack_name(f.name)) for f in (shared, plain)):
+                    assert time.monotonic() < deadline, "an up queued by the create never ended"
+                    time.sleep(0.05)
                 ms_list, cli = out.setdefault(key, ([], []))
                 ms_list.append(ms)
                 cli.append(len(fake_pulumi.calls(url)) - before)

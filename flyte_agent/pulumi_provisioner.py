@@ -8,25 +8,24 @@ a failed one a bounded number of times, and removes a lock whose holder is dead 
 never `cancel`: flyte_agent/replicas.py), then runs `up` again, which carries the dead one's pending
 creates over and adopts their objects.
 
-The only in-memory state is which stacks this process's own workers are busy with (and which of
-those a release of an execution started), facts about this process, not about the fleets.
+What this process keeps in memory is about itself and never the only record of a fleet: the
+operations its workers run (flyte_agent/stack_operations.py), a lock per stack for lease changes
+(the policy: flyte_agent/lifecycle.py), the release listings under way, and read caches (each stack's
+last succeeded update, the sweep's last listing). A restarted process reads the stacks again.
 
 Every CLI call goes through `TimedPulumiCommand` (flyte_agent/pulumi_cli.py), the Automation API's
 `pulumi_command=` seam: it bounds each call with a timeout (the API has none) and lets `delete()`
-interrupt a running `up`. What the stack's tags mean is flyte_agent/stack_record.py; the workers are
-flyte_agent/worker_pool.py.
+interrupt a running `up`. What the stack's tags mean is flyte_agent/stack_record.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import json
 import logging
 import math
 import os
-import pkgutil
 import tempfile
 import threading
 import time
@@ -37,8 +36,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import pulumi
-import pulumi_kubernetes as k8s
 from pulumi import automation as auto
 from pulumi.automation.errors import (
     CommandError,
@@ -50,6 +47,7 @@ from pulumi.automation.errors import (
 from flyte_agent import leases, lifecycle, metrics, pending_creates, pod_failures, replicas, stack_record
 from flyte_agent.consumers import Consumers
 from flyte_agent.consumers import workflow_execution as workflow_execution_of
+from flyte_agent.fleet_program import fleet_args, fleet_program, warm_import_kubernetes
 from flyte_agent.pods import KubernetesPods, cluster_servers, with_servers
 from flyte_agent.provisioner import (
     DestroyInProgress,
@@ -72,9 +70,8 @@ from flyte_agent.pulumi_cli import (
     interrupted,
 )
 from flyte_agent.settings import Settings
-from flyte_agent.worker_pool import DESTROY, UP, PriorityPool
-from infra.config import AMBIENT_KUBECONFIG
-from infra.graph_service import GraphDataService, GraphDataServiceArgs, Placement, await_timeout_seconds
+from flyte_agent.stack_operations import StackOperations
+from infra.graph_service import await_timeout_seconds
 
 log = logging.getLogger(__name__)
 
@@ -96,57 +93,6 @@ _SEEN_UPS_MAX = 4096
 _CLOSE_GRACE_SECONDS = 10.0
 # The `passphrase` secrets provider reads one of these; the CLI fails without them non-interactively.
 _PASSPHRASE_ENV = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
-
-
-def warm_import_kubernetes() -> None:
-    """Import every pulumi_kubernetes package now: concurrent inline programs race on its lazy imports.
-
-    Packages only: each imports its own modules (`from .CustomResource import *`), and importing a
-    module by name again would rebind the package attribute of the same name (the class
-    `apiextensions.CustomResource`) to the module."""
-    for module in pkgutil.walk_packages(k8s.__path__, prefix="pulumi_kubernetes."):
-        if module.ispkg:
-            importlib.import_module(module.name)
-
-
-def fleet_args(provision: Provision, settings: Settings) -> GraphDataServiceArgs:
-    """The component's arguments; constructing them validates the provision (raises ValueError)."""
-    return GraphDataServiceArgs(name=provision.name, namespace=settings.namespace, spec=provision.spec,
-                                image=settings.image,
-                                placement=Placement.of(settings.node_selector, settings.tolerations),
-                                env=settings.engine_env, object_store=settings.object_store,
-                                client_namespaces=tuple(settings.client_namespaces),
-                                service_account=settings.engine_service_account)
-
-
-# docs/design.md, "What the datacenter stack owns": fleet stacks adopt, the datacenter stack does not.
-FLEET_UPSERT_EXISTING_OBJECTS = True
-# An adopting `up` applies under a field manager of its own; force takes over the dead `up`'s fields.
-FLEET_PATCH_FORCE = True
-
-
-def fleet_program(provision: Provision, settings: Settings,
-                  guard: Callable[[], None] = lambda: None) -> Callable[[], None]:
-    """The inline program: one GraphDataService on an explicitly configured Kubernetes provider.
-    `guard` runs first, while the `up` holds the stack's lock, and raises to create nothing."""
-    args = fleet_args(provision, settings)
-
-    def program() -> None:
-        guard()
-        # Upsert (pulumi-kubernetes PR 4278's opt-in) so a retried `up` after an interrupted one adopts
-        # what it created (pending creates, no resources of the state), with force so its own field
-        # manager takes the dead `up`'s fields. Safe: the stack alone owns these names and never renames.
-        provider = k8s.Provider("k8s", namespace=settings.namespace,
-                                kubeconfig=settings.kubeconfig or AMBIENT_KUBECONFIG,
-                                upsert_existing_objects=FLEET_UPSERT_EXISTING_OBJECTS,
-                                enable_patch_force=FLEET_PATCH_FORCE)
-        service = GraphDataService(provision.name, args, opts=pulumi.ResourceOptions(providers=[provider]))
-        pulumi.export("endpoints", service.endpoints)
-        pulumi.export("endpoints_env", service.endpoints_env)
-        pulumi.export("service_name", service.service_name)
-        pulumi.export("namespace", service.namespace)
-
-    return program
 
 
 class PulumiProvisioner:
@@ -177,14 +123,7 @@ class PulumiProvisioner:
         self._lease_locks: dict[str, threading.Lock] = {}
         self._command = TimedPulumiCommand(settings.pulumi_command, settings.operation_timeout_seconds,
                                            settings.command_timeout_seconds)
-        self._pool = PriorityPool(settings.max_concurrent_operations, name="pulumi")
-        self._jobs: dict[str, Future[None]] = {}      # `up` attempts
-        self._destroys: dict[str, Future[None]] = {}  # delete()s, kept until a caller sees the outcome
-        self._destroy_owners: dict[str, str | None] = {}  # ...on whose behalf (None: release, gc)
-        self._up_owners: dict[str, str] = {}  # the owner of each `up` in _jobs
-        # Stacks whose `up` a destroy stopped: the program's guard refuses them too, since an
-        # interrupt before the `up`'s CLI process starts reaches nothing.
-        self._stopping: set[str] = set()
+        self._ops = StackOperations(settings.max_concurrent_operations, self._command.interrupt)
         # release_execution()'s stack listings, by workflow execution: reads, off the operation pool.
         self._listings: dict[str, Future[tuple[list[str], list[tuple[str, str]]]]] = {}
         # ...and the stacks it is destroying, until a call has seen each outcome: a stack removed
@@ -192,7 +131,7 @@ class PulumiProvisioner:
         self._releasing: dict[str, set[str]] = {}
         self._lister = ThreadPoolExecutor(settings.max_concurrent_operations,
                                           thread_name_prefix="pulumi-list")
-        self._jobs_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the maps above and below
         self._seen_ups: dict[str, _SeenUp] = {}  # by stack: what its latest succeeded update exported
         self._observed: tuple[float, list[FleetInfo]] | None = None  # the sweep's last listing
         self._stop = threading.Event()
@@ -250,7 +189,8 @@ class PulumiProvisioner:
         found = reader.pods(self.settings.namespace, provision.name) if reader is not None else None
         if reader is None or found is None:
             return status
-        if status.phase is not Phase.FAILED and not self._destroying(provision.name):
+        destroying = self._ops.destroying(stack_record.stack_name(provision.name))
+        if status.phase is not Phase.FAILED and not destroying:
             why = pod_failures.fleet_failure(found, self._clock(), self.settings.unschedulable_seconds,
                                              self.settings.crash_loop_restarts)
             if why is None and len(found) < provision.spec.replicas:  # pods missing: refused at creation?
@@ -264,7 +204,7 @@ class PulumiProvisioner:
 
     def _stack_status(self, provision: Provision) -> Status:
         name = stack_record.stack_name(provision.name)
-        local = self._local_status(name)
+        local = self._ops.busy(name)
         if local is not None:
             return local
         # Polled by every GetTask, so as few CLI processes as the answer needs: the history (which
@@ -351,7 +291,7 @@ class PulumiProvisioner:
         """
         check_workflow_execution(workflow_execution)
         deadline = time.monotonic() + self.settings.delete_wait_seconds
-        with self._jobs_lock:
+        with self._lock:
             listing = self._listings.get(workflow_execution)
             if listing is None:
                 listing = self._listings[workflow_execution] = self._lister.submit(
@@ -360,7 +300,7 @@ class PulumiProvisioner:
         if not listing.done():
             raise DestroyInProgress(f"listing the stacks of {workflow_execution} is still running after "
                                     f"{self.settings.delete_wait_seconds:g}s; releasing again rejoins it")
-        with self._jobs_lock:
+        with self._lock:
             self._listings.pop(workflow_execution, None)
         try:
             stacks, held = listing.result()
@@ -369,14 +309,14 @@ class PulumiProvisioner:
                                f"{error_text(err)}") from err
         # Shared stacks the execution holds a lease on: drop it; the last lease stops the stack.
         stopped = [name for name, owner in held if self.release(name, owner, workflow_execution) == 0]
-        with self._jobs_lock:
+        with self._lock:
             started = self._releasing.get(workflow_execution, set())
         jobs = {name: self._start_destroy(name, None) for name in sorted(started.union(stacks))}
         try:
             return sorted(self._settle_release(workflow_execution, jobs, deadline) + stopped)
         finally:
-            with self._jobs_lock:
-                unseen = {name for name, job in jobs.items() if self._destroys.get(name) is job}
+            with self._lock:
+                unseen = {name for name, job in jobs.items() if self._ops.current_destroy(name) is job}
                 if unseen:
                     self._releasing[workflow_execution] = unseen
                 else:
@@ -438,7 +378,7 @@ class PulumiProvisioner:
         elif tags.get(stack_record.TAG_GAVE_UP) == "true":
             phase = Phase.FAILED
         else:
-            busy = self._local_status(stack.name)
+            busy = self._ops.busy(stack.name)
             phase = Phase.UPDATING if busy is None else busy.phase
         # The stack name is the fleet name (DNS-1123 names need no shortening to be stack names); the
         # first update's start is when the fleet was made; the replicas are known once it is up.
@@ -469,7 +409,7 @@ class PulumiProvisioner:
         break a stale lock later) and wait up to `timeout` for them. The fleets stay as they are; any
         replica's next status read carries on."""
         self._stop.set()
-        self._pool.close(wait=False)
+        self._ops.close(wait=False)
         deadline = time.monotonic() + timeout
         self._command.interrupt()
         while self._command.running() and time.monotonic() < deadline:
@@ -483,7 +423,7 @@ class PulumiProvisioner:
         self._command.close(_CLOSE_GRACE_SECONDS)
         if self._sweeper is not None:
             self._sweeper.join(timeout=5)
-        self._pool.close()
+        self._ops.close()
         self._lister.shutdown(cancel_futures=True)
 
     # -- internals -------------------------------------------------------------------------------
@@ -491,10 +431,7 @@ class PulumiProvisioner:
     def _destroy_outcome(self, name: str, job: Future[None]) -> BaseException | None:
         """An ended destroy's outcome as the error to raise (None: destroyed), and forget the destroy:
         the next delete of the stack starts afresh (e.g. after a failure)."""
-        with self._jobs_lock:
-            if self._destroys.get(name) is job:
-                del self._destroys[name]
-            self._destroy_owners.pop(name, None)
+        self._ops.forget_destroy(name, job)
         err = job.exception()
         if isinstance(err, ConcurrentUpdateError):
             # A live process holds the lock: this stack's destroy or up, on another replica or by a
@@ -532,60 +469,14 @@ class PulumiProvisioner:
                     held.append((name, tags.get(stack_record.TAG_OWNER, "")))
         return found, held
 
-    def _local_status(self, name: str) -> Status | None:
-        """What this process's own workers are doing with the stack, if anything."""
-        with self._jobs_lock:
-            busy = [(operation, job) for operation, job in (("destroy", self._destroys.get(name)),
-                                                             ("up", self._jobs.get(name)))
-                    if job is not None and not job.done()]
-        if not busy:
-            return None
-        operation, job = busy[0]
-        if job.running():
-            return Status(Phase.UPDATING, message=f"pulumi {operation} running for stack {name}")
-        return Status(Phase.QUEUED, message=f"pulumi {operation} queued for stack {name}")
-
     def _enqueue(self, provision: Provision) -> None:
-        name = stack_record.stack_name(provision.name)
-        with self._jobs_lock:
-            busy = [self._jobs.get(name), self._destroys.get(name)]
-            if any(job is not None and not job.done() for job in busy):
-                return  # no new `up` while one runs, nor while the stack is being destroyed
-            self._jobs[name] = self._pool.submit(UP, self._converge, provision)
-            self._up_owners[name] = provision.owner
+        """An `up` attempt on a worker, unless one (or a destroy) is queued or running here."""
+        self._ops.start_up(stack_record.stack_name(provision.name), provision.owner,
+                           functools.partial(self._converge, provision))
 
     def _start_destroy(self, name: str, owner: str | None, abort: bool = False) -> Future[None]:
-        """The destroy of stack `name` that this process runs, started now unless one is under way.
-        With `owner`, the stack is destroyed only if it records that owner (None: release, gc, which
-        chose the stack by its tags)."""
-        with self._jobs_lock:
-            job = self._destroys.get(name)
-            if job is not None and self._destroy_owners.get(name) != owner:
-                if not job.done():
-                    raise DestroyInProgress(f"stack {name}: another teardown of it is running; ask again "
-                                            "after it ends")
-                job = None  # someone else's outcome: not this caller's to see
-            if job is None:
-                up = self._jobs.get(name)
-                # Stop our own `up` now, not from the queue: on a full pool the destroy would wait
-                # behind it. SIGINT is Pulumi's graceful cancel, which releases the lock. Only for its
-                # owner: a foreign teardown must not touch the fleet, not even its `up`.
-                if up is not None and owner not in (None, self._up_owners.get(name)):
-                    up = None
-                if up is not None and not up.cancel() and not up.done():
-                    self._stopping.add(name)
-                    self._command.interrupt(name)
-                job = self._destroys[name] = self._pool.submit(DESTROY, self._teardown, name, owner, up,
-                                                               abort)
-                self._destroy_owners[name] = owner
-        return job
-
-    def _teardown(self, name: str, owner: str | None, up: Future[None] | None, abort: bool) -> None:
-        try:
-            self._teardown_stack(name, owner, up, abort)
-        finally:
-            with self._jobs_lock:
-                self._stopping.discard(name)
+        """The destroy of stack `name` that this process runs (`StackOperations.start_destroy`)."""
+        return self._ops.start_destroy(name, owner, lambda up: self._teardown_stack(name, owner, up, abort))
 
     def _teardown_stack(self, name: str, owner: str | None, up: Future[None] | None, abort: bool) -> None:
         if up is not None and not up.cancelled():
@@ -721,8 +612,8 @@ class PulumiProvisioner:
                 gave_up = stack.list_tags().get(stack_record.TAG_GAVE_UP) == "true"
                 if not gave_up:
                     stack.set_tag(stack_record.TAG_LAST_ERROR, text)
-            if gave_up and not self._destroying(name):  # (a delete here already runs one)
-                self._teardown(name, None, None, abort=False)
+            if gave_up and not self._ops.destroying(name):  # (a delete here already runs one)
+                self._teardown_stack(name, None, None, abort=False)
         except CommandError:
             log.exception("stack %s: could not record the error %r", provision.name, text)
 
@@ -745,7 +636,7 @@ class PulumiProvisioner:
         return self._backend.leases(name) if stack_record.TAG_SHARE in tags else {}
 
     def _lease_lock(self, name: str) -> threading.Lock:
-        with self._jobs_lock:
+        with self._lock:
             return self._lease_locks.setdefault(name, threading.Lock())
 
     @contextmanager
@@ -769,15 +660,10 @@ class PulumiProvisioner:
             f"data service {provision.name} cannot start: {why}; what it made is being destroyed; fix the "
             "cause (image, Secret, resources, node capacity) and re-run the task"))
 
-    def _destroying(self, name: str) -> bool:
-        with self._jobs_lock:
-            job = self._destroys.get(stack_record.stack_name(name))
-        return job is not None and not job.done()
-
     def _pod_reader(self) -> PodReader | None:
         """The fleets' pod reader, made once; None where no cluster is configured (tests, local runs):
         the status is then the stack's alone."""
-        with self._jobs_lock:
+        with self._lock:
             if self._pods is None:
                 try:
                     self._pods = KubernetesPods(self.settings.kubeconfig)
@@ -835,9 +721,7 @@ class PulumiProvisioner:
     def _refuse_if_tombstoned(self, name: str, work_dir: str) -> None:
         """The fleet program's guard: runs while the `up` holds the lock, so a destroy that ended before
         it is in the history, and one that starts later waits for the lock."""
-        with self._jobs_lock:
-            stopped = name in self._stopping
-        if stopped:
+        if self._ops.stopping(name):
             raise RuntimeError(f"{_TOMBSTONED}: stack {name} is being destroyed; this up creates nothing")
         shown = self._command.run(["stack", "history", "--json", "--stack", name], work_dir,
                                   {"PULUMI_BACKEND_URL": self.settings.backend_url})
@@ -918,7 +802,7 @@ class PulumiProvisioner:
         endpoints, read once. A stack's outputs change only by an operation, which would be a newer
         history entry (a destroy: a tombstone), so they are that update's for good."""
         update = (last.start_time, last.end_time)
-        with self._jobs_lock:
+        with self._lock:
             seen = self._seen_ups.get(stack.name)
         if seen is not None and seen.update == update:
             return seen
@@ -928,7 +812,7 @@ class PulumiProvisioner:
         shown = self._command.run(["stack", "output", "--json", "--stack", stack.name], ws.work_dir,
                                   ws.env_vars)
         seen = _SeenUp(update, list(json.loads(shown.stdout).get("endpoints") or []), record_checked=0.0)
-        with self._jobs_lock:
+        with self._lock:
             self._seen_ups.pop(stack.name, None)
             self._seen_ups[stack.name] = seen
             while len(self._seen_ups) > _SEEN_UPS_MAX:  # oldest first: fleets long gone
@@ -1037,7 +921,7 @@ class _StackStore:
     def names(self) -> list[str]:
         """Every stack but those this process is busy with (their outcome is its workers' to record)."""
         names = [stack_record.short_stack_name(summary.name) for summary in self._ws.list_stacks()]
-        return [name for name in names if self._fleets._local_status(name) is None]
+        return [name for name in names if self._fleets._ops.busy(name) is None]
 
     def lock(self, name: str) -> threading.Lock:
         return self._fleets._lease_lock(name)

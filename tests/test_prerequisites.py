@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from flyte_agent.fleet_program import fleet_program
 from flyte_agent.provisioner import Provision
-from flyte_agent.pulumi_provisioner import fleet_program
 from flyte_agent.settings import Settings
 from infra.config import ServiceMonitor, StackConfig, load_stack_config, stack_path
 from infra.datacenter import program

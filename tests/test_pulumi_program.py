@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
+from flyte_agent.fleet_program import fleet_program
 from flyte_agent.provisioner import Provision
-from flyte_agent.pulumi_provisioner import fleet_program
 from flyte_agent.settings import Settings
 from infra.config import ConfigError, StackConfig, load_stack_config, stack_config_from_mapping, stack_path
 from infra.connector_deployment import PASSPHRASE_VOLUME

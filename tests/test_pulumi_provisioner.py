@@ -24,7 +24,7 @@ import pytest
 from flyteidl.core.execution_pb2 import TaskExecution
 from pulumi.automation.errors import CommandError
 
-from flyte_agent import connector, pod_failures, pulumi_provisioner
+from flyte_agent import connector, fleet_program, pod_failures, pulumi_provisioner
 from flyte_agent import stack_record as names
 from flyte_agent.connector import DataServiceConnector, FleetMeta
 from flyte_agent.gc import collect
@@ -835,7 +835,7 @@ def test_without_upsert_the_recovered_up_fails_on_the_objects_it_made(
         backend: tuple[str, Path], make, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 7 item 3: a create is not an upsert since pulumi-kubernetes 4.29 (PR 4278); the recovery
     above relies on FLEET_UPSERT_EXISTING_OBJECTS, and this is what happens without it."""
-    monkeypatch.setattr(pulumi_provisioner, "FLEET_UPSERT_EXISTING_OBJECTS", False)
+    monkeypatch.setattr(fleet_program, "FLEET_UPSERT_EXISTING_OBJECTS", False)
     kill_mid_update(backend, "fleet-u")
     status = wait(make(), provision("fleet-u"), {Phase.READY, Phase.FAILED})
     assert status.phase is Phase.FAILED and "already exists" in status.message, status.message

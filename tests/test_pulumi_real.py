@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from flyte_agent import pulumi_provisioner, stack_record
+from flyte_agent import fleet_program, stack_record
 from flyte_agent.provisioner import Phase, Provision, Status
 from flyte_agent.pulumi_cli import session_members
 from flyte_agent.pulumi_provisioner import PulumiProvisioner
@@ -180,7 +180,7 @@ def _served_fleet_lifecycle(engine: Engine, graph: str, env: dict[str, str]) -> 
     from flyteidl.core import execution_pb2
 
     from flyte_agent import DataServiceTask
-    from flyte_agent.connector import DATA_SERVICE_TASK_TYPE
+    from infra.contract import DATA_SERVICE_TASK_TYPE
     from tests.test_connector_grpc import Connector, literal_inputs, outputs_of, serialized
 
     s = engine.settings()
@@ -299,7 +299,7 @@ def test_without_upsert_the_recovering_up_fails_with_already_exists(either: Engi
     engine = either
     kill_mid_create(engine, "real-u")
     place_fleets(engine)
-    monkeypatch.setattr(pulumi_provisioner, "FLEET_UPSERT_EXISTING_OBJECTS", False)
+    monkeypatch.setattr(fleet_program, "FLEET_UPSERT_EXISTING_OBJECTS", False)
     fresh = make(max_attempts=1)
     p = provision("real-u")
     status = wait(fresh, p, {Phase.READY, Phase.FAILED})

@@ -195,8 +195,8 @@ def _connector_identity(manifests: list[dict[str, Any]]) -> tuple[str, str]:
 
 
 def _fleet_manifests(namespace: str) -> list[dict[str, Any]]:
+    from flyte_agent.fleet_program import fleet_program
     from flyte_agent.provisioner import Provision
-    from flyte_agent.pulumi_provisioner import fleet_program
     from flyte_agent.settings import Settings
     from infra.render import render
     from infra.spec import DataServiceSpec

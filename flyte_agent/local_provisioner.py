@@ -44,7 +44,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,28 +92,28 @@ class LocalProvisioner:
         self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._reconciler: threading.Thread | None = None
-        self._store = _FleetFiles(self)
+        self._files = FleetFiles(self.state_dir, lambda name: self._delete_locked(name))
         atexit.register(self.close)
 
     # -- the Provisioner protocol -------------------------------------------------------------
 
     def create(self, provision: Provision) -> None:
-        with self._locked(provision.name):
-            if self._tombstone(provision.name).exists():
+        with self._files.locked(provision.name):
+            if self._files.tombstone(provision.name).exists():
                 # A delete died half-way: finish it, or its servers would outlive the new pid files.
                 self._delete_locked(provision.name, keep_lock=True)
-            record = self._record(provision.name)
+            record = self._files.record(provision.name)
             if record is not None and provision.holder:
-                lifecycle.take_lease(self._store, _fleet_record(record), provision)
+                lifecycle.take_lease(self._files, _fleet_record(record), provision)
             if record is None:
-                self._dir(provision.name).mkdir(parents=True, exist_ok=True)
+                self._files.dir(provision.name).mkdir(parents=True, exist_ok=True)
                 record = {"name": provision.name, "spec": provision.spec.to_custom(),
                           "owner": provision.owner, "execution": provision.execution,
                           "created_at": provision.created_at}
                 if provision.holder:
                     record["leases"] = {provision.holder: provision.expires_at}
                     record["expires_at"] = provision.expires_at
-                write_json(self._dir(provision.name) / "fleet.json", record)
+                write_json(self._files.dir(provision.name) / "fleet.json", record)
                 with self._mutex:
                     self._started.add(provision.name)
                 for ordinal in range(provision.spec.replicas):
@@ -122,10 +122,10 @@ class LocalProvisioner:
 
     def status(self, provision: Provision) -> Status:
         # A tombstoned fleet has no fleet.json: ABSENT at once, even while another process deletes it.
-        if self._record(provision.name) is None:
+        if self._files.record(provision.name) is None:
             return Status(Phase.ABSENT)
-        with self._locked(provision.name):
-            record = self._record(provision.name)
+        with self._files.locked(provision.name):
+            record = self._files.record(provision.name)
             if record is None:
                 return Status(Phase.ABSENT)
             return self._reconcile(record)
@@ -138,7 +138,7 @@ class LocalProvisioner:
         check_workflow_execution(workflow_execution)
         released, failures = [], []
         # Tombstoned fleets too: a delete that died half-way is finished here, not left to a reconciler.
-        for record in self._records(include_deleting=True):
+        for record in self._files.records(include_deleting=True):
             held = workflow_execution in record.get("leases", {})
             if workflow_execution_of(record["execution"]) != workflow_execution and not held:
                 continue
@@ -158,23 +158,23 @@ class LocalProvisioner:
         return released
 
     def gc(self, now: float) -> list[str]:
-        done = lifecycle.collect(self._store, self.consumers, now, self.renew_seconds)
+        done = lifecycle.collect(self._files, self.consumers, now, self.renew_seconds)
         metrics.observe_gc("local", len(done.stopped), len(done.failures))
         if done.failures:
             raise GcError(done.stopped, done.failures)
         return done.stopped
 
     def renew(self, name: str, owner: str, expires_at: float, holder: str = "") -> float:
-        return lifecycle.renew(self._store, check_fleet_name(name), owner, expires_at, holder)
+        return lifecycle.renew(self._files, check_fleet_name(name), owner, expires_at, holder)
 
     def release(self, name: str, owner: str, holder: str) -> int | None:
-        return lifecycle.release(self._store, check_fleet_name(name), owner, holder, time.time())
+        return lifecycle.release(self._files, check_fleet_name(name), owner, holder, time.time())
 
     def fleets(self) -> list[FleetInfo]:
         """From the records and what the reconciler last saw of each server: no health probe."""
         infos = []
         now = time.time()
-        for record in self._records():
+        for record in self._files.records():
             spec = DataServiceSpec.from_custom(record["spec"])
             endpoints = self._procs.endpoints(record)
             servers = self._procs.seen(record)
@@ -193,12 +193,12 @@ class LocalProvisioner:
     # -- local specifics -------------------------------------------------------------------------
 
     def endpoints(self, name: str) -> list[str]:
-        record = self._record(name)
+        record = self._files.record(name)
         return [] if record is None else self._procs.endpoints(record)
 
     def pids(self, name: str) -> list[int]:
         """The recorded server process of each ordinal (0 if none), for inspection and tests."""
-        record = self._record(name)
+        record = self._files.record(name)
         if record is None:
             return []
         return [self._procs.number(name, i, "pid") for i in range(len(self._procs.ports(record)))]
@@ -225,23 +225,23 @@ class LocalProvisioner:
         self._procs.reap()
         for tombstone in sorted(self.state_dir.glob(f"*/{_TOMBSTONE}")):
             name = tombstone.parent.name
-            with self._locked(name):
+            with self._files.locked(name):
                 # Re-checked under the lock: once that delete ended, a create may have made the fleet
                 # again, which the stale listing must not delete.
-                if self._tombstone(name).exists():
+                if self._files.tombstone(name).exists():
                     self._delete_locked(name)
                 else:
-                    self._drop_lock_if_gone(name)
+                    self._files.drop_lock_if_gone(name)
         self.gc(time.time())
-        for name in sorted(r["name"] for r in self._records()):
-            with self._locked(name):
+        for name in sorted(r["name"] for r in self._files.records()):
+            with self._files.locked(name):
                 # Re-read under the lock: the listing above may predate a delete by another process,
                 # and a fleet without fleet.json (deleted or being deleted) must never be restarted.
-                record = self._record(name)
+                record = self._files.record(name)
                 if record is not None:
                     self._reconcile(record)
                 else:
-                    self._drop_lock_if_gone(name)
+                    self._files.drop_lock_if_gone(name)
 
     def _reconcile(self, record: dict[str, Any]) -> Status:
         name = record["name"]
@@ -265,7 +265,7 @@ class LocalProvisioner:
                         name, servers[ordinal], f"exited {restarts + 1} times"), servers))
                 log.warning("local fleet %s: server %s exited (%s); restarting it on port %s", name, ordinal,
                             self._procs.text(name, ordinal, "reason"), ports[ordinal])
-                (self._dir(name) / f"server-{ordinal}.restarts").write_text(str(restarts + 1))
+                (self._files.dir(name) / f"server-{ordinal}.restarts").write_text(str(restarts + 1))
             self._procs.spawn(record, ordinal)
         down = health.not_ready(endpoints, timeout=self.probe_timeout)
         servers = self._procs.states(record, set(down))
@@ -286,7 +286,7 @@ class LocalProvisioner:
         message stay until a delete, a teardown or gc, and every later status answers the same FAILED.
         Caller holds the fleet's lock."""
         name = record["name"]
-        write_json(self._dir(name) / _GIVEN_UP, {"message": failed.message})
+        write_json(self._files.dir(name) / _GIVEN_UP, {"message": failed.message})
         for ordinal, port in enumerate(self._procs.ports(record)):
             self._procs.stop(name, ordinal, port)
         stopped = "stopped: the fleet failed"
@@ -298,16 +298,16 @@ class LocalProvisioner:
 
     def _given_up(self, name: str) -> str | None:
         try:
-            return str(json.loads((self._dir(name) / _GIVEN_UP).read_text())["message"])
+            return str(json.loads((self._files.dir(name) / _GIVEN_UP).read_text())["message"])
         except (FileNotFoundError, ValueError, KeyError):
             return None
 
     def _delete(self, name: str, owner: str | None = None) -> None:
         """Delete the fleet; with `owner`, only if its record (or tombstone) names that owner."""
-        if self._dir(name).exists():
-            with self._locked(name):
+        if self._files.dir(name).exists():
+            with self._files.locked(name):
                 if owner is not None:
-                    record = self._record(name) or self._tombstoned(name)
+                    record = self._files.record(name) or self._files.tombstoned(name)
                     if record is not None:
                         check_owner(name, record.get("owner"), owner)
                 self._delete_locked(name)
@@ -317,7 +317,7 @@ class LocalProvisioner:
     def _delete_locked(self, name: str, keep_lock: bool = False) -> None:
         """Tombstone, stop every server, remove the dir and (unless the caller goes on using it) the
         lock file. Caller holds the fleet's lock."""
-        fleet, tombstone = self._dir(name) / "fleet.json", self._tombstone(name)
+        fleet, tombstone = self._files.dir(name) / "fleet.json", self._files.tombstone(name)
         with contextlib.suppress(FileNotFoundError):  # already tombstoned by a delete that died
             os.replace(fleet, tombstone)
         try:
@@ -330,10 +330,12 @@ class LocalProvisioner:
         # Not ignore_errors: a dir left behind must make delete raise (the caller retries), and the
         # tombstone keeps the fleet ABSENT and unrestarted meanwhile.
         with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(self._dir(name))
+            shutil.rmtree(self._files.dir(name))
         if not keep_lock:
-            with contextlib.suppress(FileNotFoundError):  # we hold it: waiters re-lock (see _locked)
-                os.unlink(self._lock_path(name))
+            with contextlib.suppress(FileNotFoundError):  # we hold it: waiters re-lock (see locked)
+                os.unlink(self._files.lock_path(name))
+        with self._mutex:
+            self._started.discard(name)
 
     def _ensure_reconciler(self) -> None:
         with self._mutex:
@@ -350,53 +352,6 @@ class LocalProvisioner:
             except Exception:  # the loop must survive one bad fleet; the next round tries again
                 log.exception("local fleet reconcile failed")
 
-    def _dir(self, name: str) -> Path:
-        # Every path of a fleet is built here: a name that is not a fleet name never reaches the disk.
-        return self.state_dir / check_fleet_name(name)
-
-    def _tombstone(self, name: str) -> Path:
-        return self._dir(name) / _TOMBSTONE
-
-    def _record(self, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(json.loads((self._dir(name) / "fleet.json").read_text()))
-        except FileNotFoundError:
-            return None
-
-    def _records(self, include_deleting: bool = False) -> list[dict[str, Any]]:
-        """Every fleet's record; with `include_deleting`, also those a delete has tombstoned."""
-        found = []
-        for fleet in sorted(d for d in self.state_dir.iterdir() if d.is_dir()):
-            try:
-                record = self._record(fleet.name)
-            except InvalidFleetName:
-                continue  # not a fleet of ours
-            if record is None and include_deleting:
-                record = self._tombstoned(fleet.name)
-            if record is not None:
-                found.append(record)
-        return found
-
-    def _tombstoned(self, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(json.loads(self._tombstone(name).read_text()))
-        except FileNotFoundError:
-            return None
-
-    def _locked(self, name: str) -> contextlib.AbstractContextManager[None]:
-        return locked(self._lock_path(name))
-
-    def _drop_lock_if_gone(self, name: str) -> None:
-        """Locking a fleet that a delete removed since it was listed made its lock file again: remove
-        it, as that delete did (we hold it; waiters re-lock, see files.locked)."""
-        if not self._dir(name).exists():
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._lock_path(name))
-
-    def _lock_path(self, name: str) -> Path:
-        return self.state_dir / f".{check_fleet_name(name)}.lock"
-
-
 def _expires_at(record: dict[str, Any]) -> float:
     """A fleet's expiry: renewed (`expires_at`), else its creation plus its time to live."""
     spec = DataServiceSpec.from_custom(record["spec"])
@@ -412,27 +367,76 @@ def _fleet_record(record: dict[str, Any]) -> lifecycle.FleetRecord:
         shape=leases.fleet_shape(record["spec"]), source=record)
 
 
-class _FleetFiles:
-    """The local `lifecycle.FleetStore`: each fleet's fleet.json, under the fleet's file lock."""
+class FleetFiles:
+    """The state dir's records: each fleet's fleet.json (or its tombstone) and lock file, and the
+    local `lifecycle.FleetStore` over them."""
 
     label = "local"
 
-    def __init__(self, provisioner: LocalProvisioner) -> None:
-        self._fleets = provisioner
+    def __init__(self, state_dir: Path, stop: Callable[[str], None]) -> None:
+        self.state_dir = state_dir
+        self._stop = stop  # delete a fleet whose lock the caller holds
+
+    def dir(self, name: str) -> Path:
+        # Every path of a fleet is built here: a name that is not a fleet name never reaches the disk.
+        return self.state_dir / check_fleet_name(name)
+
+    def tombstone(self, name: str) -> Path:
+        return self.dir(name) / _TOMBSTONE
+
+    def record(self, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads((self.dir(name) / "fleet.json").read_text()))
+        except FileNotFoundError:
+            return None
+
+    def records(self, include_deleting: bool = False) -> list[dict[str, Any]]:
+        """Every fleet's record; with `include_deleting`, also those a delete has tombstoned."""
+        found = []
+        for fleet in sorted(d for d in self.state_dir.iterdir() if d.is_dir()):
+            try:
+                record = self.record(fleet.name)
+            except InvalidFleetName:
+                continue  # not a fleet of ours
+            if record is None and include_deleting:
+                record = self.tombstoned(fleet.name)
+            if record is not None:
+                found.append(record)
+        return found
+
+    def tombstoned(self, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.tombstone(name).read_text()))
+        except FileNotFoundError:
+            return None
+
+    def locked(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return locked(self.lock_path(name))
+
+    def drop_lock_if_gone(self, name: str) -> None:
+        """Locking a fleet that a delete removed since it was listed made its lock file again: remove
+        it, as that delete did (we hold it; waiters re-lock, see files.locked)."""
+        if not self.dir(name).exists():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.lock_path(name))
+
+    def lock_path(self, name: str) -> Path:
+        return self.state_dir / f".{check_fleet_name(name)}.lock"
+
 
     def names(self) -> list[str]:
-        return [r["name"] for r in self._fleets._records()]
+        return [r["name"] for r in self.records()]
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
-        with self._fleets._locked(name):
+        with self.locked(name):
             try:
                 yield
             finally:
-                self._fleets._drop_lock_if_gone(name)  # locking a fleet deleted meanwhile made its lock
+                self.drop_lock_if_gone(name)  # locking a fleet deleted meanwhile made its lock
 
     def read(self, name: str) -> lifecycle.FleetRecord | None:
-        record = self._fleets._record(name)
+        record = self.record(name)
         return None if record is None else _fleet_record(record)
 
     def reread(self, record: lifecycle.FleetRecord) -> lifecycle.FleetRecord | None:
@@ -454,10 +458,8 @@ class _FleetFiles:
         self._write(record.source, expires_at=expires_at)
 
     def stop(self, record: lifecycle.FleetRecord, owner: str | None) -> None:
-        self._fleets._delete_locked(record.name)
-        with self._fleets._mutex:
-            self._fleets._started.discard(record.name)
+        self._stop(record.name)
 
     def _write(self, data: dict[str, Any], **changes: Any) -> None:
         data.update(changes)
-        write_json(self._fleets._dir(data["name"]) / "fleet.json", data)
+        write_json(self.dir(data["name"]) / "fleet.json", data)

@@ -45,7 +45,7 @@ from flyteidl.service.agent_pb2_grpc import AsyncAgentServiceStub
 
 from bench.connector_latency import CATEGORY, free_port, metadata, template_and_inputs
 from flyte_agent import DataServiceTask, stack_record
-from flyte_agent.connector import provision_name
+from flyte_agent.task_request import provision_name
 from graph_engine import health
 from graph_engine.convert import convert
 from tests import fake_pulumi

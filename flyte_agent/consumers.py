@@ -19,7 +19,7 @@ docs/external-contracts.md, section "Flyte"). Gone is ENDED only because CreateT
 execution's FlyteWorkflow is there (`check_watchable`): a connector outside the executions' cluster
 is refused at once instead of releasing every fleet at its first gc.
 
-Local (`LocalExecutions`): a local run is one process (connector.LOCAL_RUN names it by pid and start
+Local (`LocalExecutions`): a local run is one process (task_request.local_run() names it by pid and start
 time): RUNNING while it lives, ENDED once it has exited (a local run cannot be told apart as
 succeeded; its fleets serve nobody after it). Executions of a served local connector carry no
 process to look at: UNKNOWN.
@@ -38,7 +38,7 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 _REQUEST_SECONDS = 2.0
-# connector.LOCAL_RUN: pid<pid>-t<start ticks>-<random>
+# task_request.local_run(): pid<pid>-t<start ticks>-<random>
 _LOCAL_RUN = re.compile(r"^local/local/pid(?P<pid>\d+)-t(?P<start>\d+)-[0-9a-f]+$")
 # A Kubernetes object name (and label value) Flyte gives executions: anything else is no execution.
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -103,7 +103,7 @@ class DataServiceTeardownTask(AsyncConnectorExecutorMixin, PythonTask[None]):
 
 class DataServiceReleaseAllTask(AsyncConnectorExecutorMixin, PythonTask[dict[str, Any]]):
     """Release every fleet of the workflow execution this task runs in (no input; a run with none
-    succeeds); outputs what happened. Locally the execution is the process (connector.local_run())."""
+    succeeds); outputs what happened. Locally the execution is the process (task_request.local_run())."""
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(

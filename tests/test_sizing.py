@@ -84,9 +84,9 @@ def sized_graph(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_the_connector_sizes_unset_memory_and_scratch_from_the_graph(sized_graph: str) -> None:
-    from flyte_agent.connector import resolve_spec
     from flyte_agent.settings import Settings
     from flyte_agent.task import DataServiceTask, static_custom
+    from flyte_agent.task_request import resolve_spec
 
     custom = static_custom("graph", {"replicas": 2, "cpu": "2"})
     assert "memory" not in custom and "scratch_size" not in custom  # left to the connector
@@ -106,9 +106,9 @@ def test_the_connector_sizes_unset_memory_and_scratch_from_the_graph(sized_graph
 
 
 def test_a_stated_memory_below_the_need_is_refused_with_the_number(sized_graph: str) -> None:
-    from flyte_agent.connector import resolve_spec
     from flyte_agent.settings import Settings
     from flyte_agent.task import static_custom
+    from flyte_agent.task_request import resolve_spec
 
     need = sizing.memory_mib(read_info(sized_graph), 1)
     with pytest.raises(ValueError) as err:

@@ -18,19 +18,11 @@ from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
 from flytekit.tools.translator import get_serializable
 
 from flyte_agent import DataServiceConfig, DataServiceReleaseAllTask, DataServiceTask, DataServiceTeardownTask
-from flyte_agent.connector import (
-    LOCAL_RUN,
-    DataServiceTeardownConnector,
-    FleetMeta,
-    TeardownMeta,
-    execution_identity,
-    merge_inputs,
-    provision_name,
-    resolve_spec,
-)
+from flyte_agent.connector import DataServiceTeardownConnector, FleetMeta, TeardownMeta
 from flyte_agent.consumers import workflow_execution
 from flyte_agent.graph_access import GraphAccessDenied, check_graph_access
 from flyte_agent.settings import Settings, SettingsError
+from flyte_agent.task_request import execution_identity, local_run, merge_inputs, provision_name, resolve_spec
 from infra.contract import DATA_SERVICE_TASK_TYPE, TEARDOWN_TASK_TYPE
 from infra.names import STATEFULSET_NAME_MAX, check_label
 from infra.spec import DataServiceSpec
@@ -140,7 +132,7 @@ def test_release_all_targets_the_execution_its_fleets_were_recorded_under() -> N
     _, _, again = execution_identity(None, "graph")
     assert provisioned != again  # every local create is a fleet of its own
     meta = teardown.create(template, "")
-    assert meta == TeardownMeta(execution=f"local/local/{LOCAL_RUN}", owner="local/local")
+    assert meta == TeardownMeta(execution=f"local/local/{local_run()}", owner="local/local")
     assert workflow_execution(provisioned) == workflow_execution(again) == meta.execution
     assert owner == "local/local"
 

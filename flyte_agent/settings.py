@@ -23,15 +23,13 @@ from flyte_agent.consumers import Consumers, make_consumers
 from flyte_agent.graph_access import check_rules
 from flyte_agent.log_links import LogTemplate
 from flyte_agent.provisioner import Provisioner
-from infra.config import (
+from infra.config import Toleration
+from infra.config_fields import EnvName, NamespaceTemplate, Subdomain
+from infra.connector_config import (
     MAX_CRASH_LOOP_RESTARTS,
     MAX_UNSCHEDULABLE_SECONDS,
     SECRETS_PROVIDER_URL,
-    EnvName,
-    NamespaceTemplate,
     ObjectStore,
-    Subdomain,
-    Toleration,
 )
 from infra.contract import SETTINGS_FALLBACK_ENV, env_name
 from infra.images import STACK_ALLOW_LIST, check_allow_list_entry, check_image

@@ -22,7 +22,9 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from infra import names, object_store
-from infra.config import ConnectorConfig, ObjectStore, Placement, parse_duration
+from infra.config import Placement
+from infra.config_fields import parse_duration
+from infra.connector_config import ConnectorConfig, ObjectStore
 from infra.contract import (
     CLIENT_LABEL,
     CONNECTOR_CONTAINER,

@@ -22,7 +22,8 @@ import pulumi_kubernetes as k8s
 from pydantic import ValidationError
 
 from infra import names, object_store
-from infra.config import ObjectStore, check_not_secret_env
+from infra.config_fields import check_not_secret_env
+from infra.connector_config import ObjectStore
 from infra.contract import CLIENT_LABEL
 from infra.image_contract import GRAPH_ENGINE_UID
 from infra.pod_security import container_security_context, pod_security_context

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.config import ObjectStore, SecretKeyRef
+from infra.connector_config import ObjectStore, SecretKeyRef
 from infra.pod_security import secret_file
 
 CREDENTIALS_VOLUME = "object-store-credentials"

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from infra.config import NAMESPACE, StackConfig, camel
+from infra.config import StackConfig
+from infra.config_fields import NAMESPACE, camel
 from infra.connector_deployment import SERVICE_MONITOR_API
 from infra.gpu_pool import KARPENTER_API, KUEUE_API
 

@@ -17,15 +17,9 @@ from flyte_agent import pod_failures
 from flyte_agent.connector import DataServiceConnector, DataServiceTeardownConnector
 from flyte_agent.settings import Settings
 from infra import policy
-from infra.config import (
-    ConnectorConfig,
-    ConnectorSecrets,
-    PodFailures,
-    ServiceMonitor,
-    load_stack_config,
-    parse_duration,
-    stack_path,
-)
+from infra.config import load_stack_config, stack_path
+from infra.config_fields import parse_duration
+from infra.connector_config import ConnectorConfig, ConnectorSecrets, PodFailures, ServiceMonitor
 from infra.connector_deployment import FlyteConnector, FlyteConnectorArgs, helm_values, settings_env
 from infra.contract import SERVE_MODULES
 from infra.image_contract import CONNECTOR_UID, CONNECTOR_USER, IMAGE_PULUMI_HOME

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import boto3
 
-from infra.config import ObjectStore
+from infra.connector_config import ObjectStore
 from infra.object_store import CREDENTIALS_DIR, CREDENTIALS_FILE, PROFILE, env, volume_mounts, volumes
 from tests.s3_server import REGION, moto_s3
 

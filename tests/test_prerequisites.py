@@ -14,7 +14,8 @@ import yaml
 from flyte_agent.fleet_program import fleet_program
 from flyte_agent.provisioner import Provision
 from flyte_agent.settings import Settings
-from infra.config import ServiceMonitor, StackConfig, load_stack_config, stack_path
+from infra.config import StackConfig, load_stack_config, stack_path
+from infra.connector_config import ServiceMonitor
 from infra.datacenter import program
 from infra.gpu_pool import KARPENTER_API, KUEUE_API
 from infra.prerequisites import (

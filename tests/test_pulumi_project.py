@@ -18,7 +18,8 @@ import yaml
 from pydantic import TypeAdapter
 from pydantic_core import PydanticUndefined
 
-from infra.config import KUBE_CONTEXT, NAMESPACE, StackConfig, load_stack_config, stack_path
+from infra.config import KUBE_CONTEXT, StackConfig, load_stack_config, stack_path
+from infra.config_fields import NAMESPACE
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())

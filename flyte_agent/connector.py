@@ -47,8 +47,8 @@ from flytekit.extend.backend.base_connector import (
 from flytekit.models.literals import LiteralMap
 from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
 
-from flyte_agent import consumers, deck, leases, log_links, metrics, pods
-from flyte_agent.consumers import workflow_execution
+from flyte_agent import deck, executions, leases, log_links, metrics, pods
+from flyte_agent.executions import workflow_execution
 from flyte_agent.provisioner import (
     DestroyInProgress,
     InvalidFleetName,
@@ -124,7 +124,7 @@ def fleet_outputs(name: str, endpoints: list[str]) -> LiteralMap:
 _PHASES = {Phase.QUEUED: TaskExecution.QUEUED, Phase.UPDATING: TaskExecution.INITIALIZING}
 
 
-class _Backend:
+class _Provisioning:
     """The process's settings and provisioner, made on first use (importing flytekit loads this
     module everywhere, e.g. in training pods, where no connector settings exist). A served connector
     makes them at start instead, through `infra.contract.SERVE_MODULES` (flyte_agent/serve.py)."""
@@ -143,7 +143,7 @@ class _Backend:
             return self._made
 
 
-backend = _Backend()
+provisioning = _Provisioning()
 
 # flytekit runs a connector's plain methods on asyncio's default executor: min(32, cores + 4)
 # threads, 6 on 2 cores, shared by every call. A delete waits up to GRAPHFLEET_DELETE_WAIT_SECONDS
@@ -184,7 +184,7 @@ async def _within_get_deadline(call: Awaitable[Resource], doing: str) -> Resourc
     a GetTask past its deadline as a failure and fails the task after five. The work goes on in its
     thread; being level-triggered, the next GetTask sees (or rejoins) it. INITIALIZING, not RUNNING:
     propeller keeps the message of the one and drops the other's (see _PHASES)."""
-    settings, _ = backend.get()
+    settings, _ = provisioning.get()
     try:
         return await asyncio.wait_for(call, settings.get_wait_seconds)
     except TimeoutError:
@@ -214,7 +214,7 @@ class DataServiceConnector(AsyncConnectorBase):
 
     def _create(self, task_template: TaskTemplate, inputs: LiteralMap | None,
                 task_execution_metadata: TaskExecutionMetadata | None) -> FleetMeta:
-        settings, provisioner = backend.get()
+        settings, provisioner = provisioning.get()
         name, owner, execution = execution_identity(task_execution_metadata, task_template.id.name)
         meta = FleetMeta(name=name, owner=owner, execution=execution, created_at=time.time())
         try:
@@ -229,7 +229,7 @@ class DataServiceConnector(AsyncConnectorBase):
             meta.endpoints = settings.shared_services[spec.reuse]
             return meta
         try:  # gc takes an execution it cannot find for aborted: refuse one it cannot find now
-            consumers.check_watchable(provisioner.consumers, workflow_execution(execution))
+            executions.check_watchable(provisioner.executions, workflow_execution(execution))
         except ValueError as err:
             log.warning("refusing data service %s: %s", name, err)
             meta.error = str(err)
@@ -250,7 +250,7 @@ class DataServiceConnector(AsyncConnectorBase):
     def _lease(self, meta: FleetMeta, spec: DataServiceSpec) -> FleetMeta:
         """Take this execution's lease on the shared fleet, making it if none runs."""
         assert spec.share is not None
-        _, provisioner = backend.get()
+        _, provisioner = provisioning.get()
         meta.share = spec.share
         provision = meta.provision()
         meta.name = provision.name
@@ -268,9 +268,9 @@ class DataServiceConnector(AsyncConnectorBase):
             return Resource(phase=TaskExecution.FAILED, message=resource_meta.error)
         if resource_meta.endpoints:
             return self._shared(resource_meta)
-        settings, provisioner = backend.get()
+        settings, provisioner = provisioning.get()
         # Read only, shared or not: a lease was taken at create; a lapsed fleet is re-made (with the
-        # lease) by the ABSENT branch below; a running consumer is renewed by gc.
+        # lease) by the ABSENT branch below; a running holder is renewed by gc.
         provision = resource_meta.provision()
         status = provisioner.status(provision)
         if settings.backend == "pulumi" and not status.servers and status.endpoints:
@@ -302,7 +302,7 @@ class DataServiceConnector(AsyncConnectorBase):
     def _delete(self, resource_meta: FleetMeta) -> None:
         if resource_meta.error or resource_meta.endpoints:
             return
-        settings, provisioner = backend.get()
+        settings, provisioner = provisioning.get()
         with metrics.timed_teardown(settings.backend):
             if resource_meta.share:  # this execution's lease only; the last one stops the fleet
                 provisioner.release(resource_meta.name, resource_meta.owner,
@@ -354,7 +354,7 @@ class DataServiceTeardownConnector(AsyncConnectorBase):
         if not service and not execution:
             return Resource(phase=TaskExecution.FAILED,
                             message="service: empty; pass the DataServiceTask's `service` output")
-        settings, provisioner = backend.get()
+        settings, provisioner = provisioning.get()
         try:
             if service:
                 check_fleet_name(service)  # before anything is looked up by it

@@ -58,8 +58,8 @@ class FleetStacks:
     def __init__(self, settings: Settings, command: TimedPulumiCommand, ops: StackOperations,
                  clock: Callable[[], float]) -> None:
         self.settings = settings
-        self.backend = replicas.Backend(settings.backend_url)
-        self.liveness = replicas.Liveness(self.backend, settings.heartbeat_seconds, clock)
+        self.state_files = replicas.StateFiles(settings.backend_url)
+        self.liveness = replicas.Liveness(self.state_files, settings.heartbeat_seconds, clock)
         self._command = command
         self._ops = ops
         self._clock = clock
@@ -134,7 +134,7 @@ class FleetStacks:
             return auto.Stack.select(name, ws)
         tags = stack_record.initial_tags(provision.owner, provision.execution, provision.expires_at)
         if provision.holder:  # the lease before the tags: whoever sees the share tag sees the lease
-            self.backend.put_lease(name, provision.holder, float(int(provision.expires_at)))
+            self.state_files.put_lease(name, provision.holder, float(int(provision.expires_at)))
             tags |= stack_record.shared_tags(str(provision.spec.share), leases.fleet_shape(
                 provision.spec.to_custom()), provision.holder, provision.expires_at)
         for key, value in tags.items():
@@ -167,7 +167,7 @@ class FleetStacks:
             stack.destroy(on_output=log_cli_line, on_error=log_cli_line)
         if remove:
             stack.workspace.remove_stack(stack.name)
-            self.backend.drop_leases(stack.name)
+            self.state_files.drop_leases(stack.name)
 
     def _adopt_pending_creates(self, stack: auto.Stack) -> None:
         exported = stack.export_stack()
@@ -187,10 +187,10 @@ class FleetStacks:
         return self.liveness.settle(stack_record.PROJECT, name, self.operation_timeout(provision))
 
     def leases(self, name: str, tags: Mapping[str, str]) -> dict[str, float]:
-        """A shared stack's leases, holder -> expiry: its lease objects (replicas.Backend.leases), which
+        """A shared stack's leases, holder -> expiry: its lease objects (replicas.StateFiles.leases), which
         a concurrent tag write can neither lose nor bring back. The lease tags are a mirror for
         operators; {} for a fleet of one execution's own."""
-        return self.backend.leases(name) if stack_record.TAG_SHARE in tags else {}
+        return self.state_files.leases(name) if stack_record.TAG_SHARE in tags else {}
 
     def lease_lock(self, name: str) -> threading.Lock:
         with self._lock:
@@ -226,7 +226,7 @@ class FleetStacks:
                                               provision.expires_at)
         if provision.holder and not self._clock() >= provision.expires_at:
             if provision.holder not in self.leases(stack.name, tags):  # the stack made by another's `up`
-                self.backend.put_lease(stack.name, provision.holder, float(int(provision.expires_at)))
+                self.state_files.put_lease(stack.name, provision.holder, float(int(provision.expires_at)))
             if provision.holder not in stack_record.leases_of(tags):  # the mirror lost to a concurrent write
                 missing |= stack_record.lease_tag(provision.holder, provision.expires_at)
         for key, value in missing.items():
@@ -385,7 +385,7 @@ class UnselectedWorkspace(auto.LocalWorkspace):
 
 
 class StackStore:
-    """The Pulumi `lifecycle.FleetStore`: a stack's tags and its lease objects (replicas.Backend), read
+    """The Pulumi `lifecycle.FleetStore`: a stack's tags and its lease objects (replicas.StateFiles), read
     in one workspace; lease changes of a stack are serialized in this process (tag writes are
     read-modify-write)."""
 
@@ -429,7 +429,7 @@ class StackStore:
         read a pass, since each costs a CLI process."""
         if record.leases is None or record.tombstone or record.expires_at == math.inf:
             return record
-        held = self._stacks.backend.leases(record.name)
+        held = self._stacks.state_files.leases(record.name)
         return dataclasses.replace(record, leases=held, expires_at=leases.expiry(held))
 
     def when(self, expires_at: float) -> float:
@@ -437,13 +437,13 @@ class StackStore:
 
     def put_lease(self, record: lifecycle.FleetRecord, holder: str, expires_at: float) -> None:
         stack, _ = record.source
-        self._stacks.backend.put_lease(record.name, holder, expires_at)
+        self._stacks.state_files.put_lease(record.name, holder, expires_at)
         for key, value in stack_record.lease_tag(holder, expires_at).items():  # the operators' mirror
             stack.set_tag(key, value)
 
     def drop_lease(self, record: lifecycle.FleetRecord, holder: str) -> None:
         stack, tags = record.source
-        self._stacks.backend.drop_lease(record.name, holder)
+        self._stacks.state_files.drop_lease(record.name, holder)
         if stack_record.lease_key(holder) in tags:
             stack.remove_tag(stack_record.lease_key(holder))
 
@@ -460,7 +460,7 @@ class StackStore:
 
     def remove(self, name: str) -> None:
         self._ws.remove_stack(name)
-        self._stacks.backend.drop_leases(name)
+        self._stacks.state_files.drop_leases(name)
 
 
 def _no_program() -> None:

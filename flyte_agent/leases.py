@@ -1,12 +1,12 @@
 """Shared fleets by lease: `DataServiceConfig(share="name")`. Plain rules; the provisioners keep the
 leases in the fleet's own record (local: fleet.json; Pulumi: one object per holder beside the stack,
-replicas.Backend.leases, mirrored in its tags, flyte_agent/stack_record.py).
+replicas.StateFiles.leases, mirrored in its tags, flyte_agent/stack_record.py).
 
 Within a project and domain, every execution whose config has the same `share`, graph and spec uses
 one fleet, named from (project, domain, share) alone. Each workflow execution holds a lease on it
 that ends `ttl_seconds` after it was taken; the fleet's expiry is its latest lease's, so the one gc
 that stops lapsed fleets stops a shared fleet when every lease has lapsed. While a holder's execution
-runs (its FlyteWorkflow on a cluster, its process locally: flyte_agent/consumers.py) that gc renews the
+runs (its FlyteWorkflow on a cluster, its process locally: flyte_agent/executions.py) that gc renews the
 lease instead, and drops it once the execution is aborted or failed. DeleteTask, a teardown task or a
 release of the execution drops the lease too; the last one stops the fleet. A different spec under
 the same share is refused, naming the fields that differ.

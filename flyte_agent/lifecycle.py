@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from flyte_agent import leases
-from flyte_agent.consumers import Consumers, Execution, states
+from flyte_agent.executions import Execution, Executions, states
 from flyte_agent.provisioner import Provision, check_owner
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class GcPass:
     failures: list[str] = field(default_factory=list)  # `<name>: <why>`: retried on the next pass
 
 
-def collect(store: FleetStore, consumers: Consumers | None, now: float, renew_seconds: float,
+def collect(store: FleetStore, executions: Executions | None, now: float, renew_seconds: float,
             names: Iterable[str] | None = None,
             failure: type[BaseException] | tuple[type[BaseException], ...] = OSError,
             describe: Callable[[BaseException], str] = str) -> GcPass:
@@ -146,20 +146,20 @@ def collect(store: FleetStore, consumers: Consumers | None, now: float, renew_se
     done = GcPass()
     for name in store.names() if names is None else names:
         try:
-            if _collect_one(store, consumers, name, now, renew_seconds):
+            if _collect_one(store, executions, name, now, renew_seconds):
                 done.stopped.append(name)
         except failure as err:
             done.failures.append(f"{name}: {describe(err)}")
     return done
 
 
-def _collect_one(store: FleetStore, consumers: Consumers | None, name: str, now: float,
+def _collect_one(store: FleetStore, executions: Executions | None, name: str, now: float,
                  renew_seconds: float) -> bool:
     record = store.read(name)
     if record is None:
         return False
     # Each holder's execution, asked once a pass; a tombstone serves nobody.
-    seen = {} if record.tombstone else states(consumers, record.leases or [], record.execution)
+    seen = {} if record.tombstone else states(executions, record.leases or [], record.execution)
     ended = [holder for holder, state in seen.items() if state is Execution.ENDED]
     if ended:
         log.info("fleet %s: %s ended; released", name, ", ".join(ended))

@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flyte_agent import leases, lifecycle, metrics, progress
-from flyte_agent.consumers import Consumers
-from flyte_agent.consumers import workflow_execution as workflow_execution_of
+from flyte_agent.executions import Executions
+from flyte_agent.executions import workflow_execution as workflow_execution_of
 from flyte_agent.files import locked, write_json
 from flyte_agent.local_servers import MAX_RESTARTS, ServerProcesses
 from flyte_agent.provisioner import (
@@ -79,9 +79,9 @@ _GIVEN_UP = "failed.json"  # a FAILED fleet whose servers were stopped: its mess
 
 
 class LocalProvisioner:
-    def __init__(self, settings: Settings, consumers: Consumers | None = None) -> None:
+    def __init__(self, settings: Settings, executions: Executions | None = None) -> None:
         self.state_dir = Path(settings.state_dir)
-        self.consumers = consumers
+        self.executions = executions
         self.renew_seconds = settings.renew_seconds
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.probe_timeout = min(1.0, settings.ready_timeout_seconds)
@@ -158,7 +158,7 @@ class LocalProvisioner:
         return released
 
     def gc(self, now: float) -> list[str]:
-        done = lifecycle.collect(self._files, self.consumers, now, self.renew_seconds)
+        done = lifecycle.collect(self._files, self.executions, now, self.renew_seconds)
         metrics.observe_gc("local", len(done.stopped), len(done.failures))
         if done.failures:
             raise GcError(done.stopped, done.failures)

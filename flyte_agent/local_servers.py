@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import graph_engine
-from flyte_agent.consumers import proc_stat
+from flyte_agent.executions import proc_stat
 from flyte_agent.files import write_json
 from flyte_agent.provisioner import ServerPhase, ServerState, check_fleet_name
 from infra.spec import DataServiceSpec

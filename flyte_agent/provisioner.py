@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from flyte_agent.consumers import Consumers
+from flyte_agent.executions import Executions
 from infra.spec import DataServiceSpec
 
 
@@ -152,7 +152,7 @@ class GcError(RuntimeError):
 
 class Provisioner(Protocol):
     # How gc tells whether a holder's execution runs or has ended (None: it cannot).
-    consumers: Consumers | None
+    executions: Executions | None
 
     def create(self, provision: Provision) -> None:
         """Start provisioning and return at once (well under a second). Idempotent: a retried
@@ -189,7 +189,7 @@ class Provisioner(Protocol):
         while teardowns go on, anything else, naming each fleet that failed, once they have ended."""
 
     def gc(self, now: float) -> list[str]:
-        """Follow every fleet's holders (flyte_agent/consumers.py): drop the lease of one whose
+        """Follow every fleet's holders (flyte_agent/executions.py): drop the lease of one whose
         execution has ended (a fleet of its own: tear it down); at a fleet's expiry renew the holders
         still running, else tear it down. Returns the names torn down."""
 

@@ -40,8 +40,8 @@ from pulumi.automation.errors import (
 )
 
 from flyte_agent import leases, lifecycle, metrics, pod_failures, stack_record
-from flyte_agent.consumers import Consumers
-from flyte_agent.consumers import workflow_execution as workflow_execution_of
+from flyte_agent.executions import Executions
+from flyte_agent.executions import workflow_execution as workflow_execution_of
 from flyte_agent.fleet_program import fleet_args, warm_import_kubernetes
 from flyte_agent.fleet_stacks import FleetStacks, UnselectedWorkspace
 from flyte_agent.pods import KubernetesPods, cluster_servers, with_servers
@@ -83,7 +83,7 @@ class PulumiProvisioner:
 
     def __init__(self, settings: Settings,
                  health: Callable[[list[str]], list[str]] | None = None,
-                 clock: Callable[[], float] = time.time, consumers: Consumers | None = None,
+                 clock: Callable[[], float] = time.time, executions: Executions | None = None,
                  pods: PodReader | None = None) -> None:
         if not settings.backend_url.startswith(("s3://", "file://")):
             raise ValueError(f"backend_url: {settings.backend_url!r} is not a self-managed backend; "
@@ -98,7 +98,7 @@ class PulumiProvisioner:
         self._health = health or _default_health
         self._pods: PodReader | bool | None = pods  # None: made on first use; False: no cluster config
         self._clock = clock
-        self.consumers = consumers
+        self.executions = executions
         self._command = TimedPulumiCommand(settings.pulumi_command, settings.operation_timeout_seconds,
                                            settings.command_timeout_seconds)
         self._ops = StackOperations(settings.max_concurrent_operations, self._command.interrupt)
@@ -321,7 +321,7 @@ class PulumiProvisioner:
 
     def gc(self, now: float) -> list[str]:
         with self.stacks.store(auto.LocalWorkspace, self.delete) as store:
-            done = lifecycle.collect(store, self.consumers, now, self.settings.renew_seconds,
+            done = lifecycle.collect(store, self.executions, now, self.settings.renew_seconds,
                                      failure=(CommandError, DestroyInProgress), describe=_described)
         metrics.observe_gc("pulumi", len(done.stopped), len(done.failures))
         if done.failures:

@@ -76,7 +76,7 @@ def holder_dead(lock: LockFile, beats: Mapping[str, Heartbeat], me: Heartbeat, n
     return now - beat.beat > stale_after or lock.taken_at < beat.started
 
 
-class Backend:
+class StateFiles:
     """The few files graphfleet reads and writes beside Pulumi's in a self-managed backend."""
 
     def __init__(self, backend_url: str) -> None:
@@ -166,15 +166,15 @@ class Backend:
 class Liveness:
     """This replica's heartbeat (a daemon thread) and the lock-breaking rule applied to a stack."""
 
-    def __init__(self, backend: Backend, interval: float, clock: Callable[[], float]) -> None:
-        self.backend = backend
+    def __init__(self, state_files: StateFiles, interval: float, clock: Callable[[], float]) -> None:
+        self.state_files = state_files
         self.interval = interval
         self.stale_after = 4 * interval  # three missed beats, and a margin for clock skew
         self._clock = clock
         now = clock()
         self.me = Heartbeat(hostname=socket.gethostname(), pid=os.getpid(), started=now, beat=now)
         self._stop = threading.Event()
-        self.backend.write_heartbeat(self.me)  # before any CLI this process starts takes a lock
+        self.state_files.write_heartbeat(self.me)  # before any CLI this process starts takes a lock
         self._thread = threading.Thread(target=self._beat, name="graphfleet-heartbeat", daemon=True)
         self._thread.start()
 
@@ -183,16 +183,16 @@ class Liveness:
         by its own file, never `cancel`) and return a lock whose holder is alive, if any (None: the stack
         is free). The one step every path that meets a lock takes: a status read, a retried `up`, a
         destroy. `unknown_after`: the age at which a lock from a host with no heartbeat counts as dead."""
-        held = self.backend.lock_files(project, stack)
+        held = self.state_files.lock_files(project, stack)
         if not held:
             return None
-        beats, now = self.backend.heartbeats(), self._clock()
+        beats, now = self.state_files.heartbeats(), self._clock()
         live = None
         for lock in held:
             if holder_dead(lock, beats, self.me, now, self.stale_after, unknown_after, cli_alive):
                 log.warning("stack %s: removing the lock of a dead holder (pid %s on %s)", stack, lock.pid,
                             lock.hostname)
-                self.backend.remove_lock(lock)
+                self.state_files.remove_lock(lock)
             elif live is None:
                 live = lock
         return live
@@ -203,7 +203,7 @@ class Liveness:
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.backend.write_heartbeat(Heartbeat(self.me.hostname, self.me.pid, self.me.started,
+                self.state_files.write_heartbeat(Heartbeat(self.me.hostname, self.me.pid, self.me.started,
                                                        self._clock()))
             except Exception:  # noqa: BLE001 - a missed beat is retried; the thread must live on
                 log.exception("heartbeat write failed")

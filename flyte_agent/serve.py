@@ -11,10 +11,10 @@ there with the `SettingsError` that names the variable. A SIGTERM drains the pro
 """
 
 from flyte_agent import grpc_server
-from flyte_agent.connector import backend
+from flyte_agent.connector import provisioning
 from flyte_agent.drain import drain_on_sigterm
 
-settings, provisioner = backend.get()
+settings, provisioner = provisioning.get()
 # Before flytekit builds its server: connection age (round robin reaches new replicas) and TLS.
 grpc_server.install(settings.grpc_max_connection_age_seconds, settings.tls_dir)
 _drain = getattr(provisioner, "drain", None)

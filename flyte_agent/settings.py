@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from flyte_agent import pod_failures
-from flyte_agent.consumers import Consumers, make_consumers
+from flyte_agent.executions import Executions, make_executions
 from flyte_agent.graph_access import check_rules
 from flyte_agent.log_links import LogTemplate
 from flyte_agent.provisioner import Provisioner
@@ -105,10 +105,10 @@ class Settings(BaseModel):
         description="how often a replica writes its heartbeat to the backend; another replica breaks "
                     "its stack locks once 4 beats are missed (flyte_agent.replicas)")
     renew_seconds: float = Field(
-        900.0, gt=0, description="while a fleet's consumer still runs, gc renews its expiry (or lease) this "
+        900.0, gt=0, description="while a fleet's holder still runs, gc renews its expiry (or lease) this "
                                  "far ahead; longer than gc_interval_seconds")
     watch_executions: bool = Field(
-        True, description="gc follows each holder's Flyte execution (flyte_agent/consumers.py): renews its "
+        True, description="gc follows each holder's Flyte execution (flyte_agent/executions.py): renews its "
                           "fleet while it runs, releases it once aborted or failed; needs the connector in "
                           "the executions' cluster. false: fleets lapse at their expiry")
     consumer_namespace: NamespaceTemplate = Field(
@@ -218,13 +218,13 @@ def make_provisioner(settings: Settings) -> Provisioner:
         # Imported only when chosen: it loads all of pulumi_kubernetes (~1.5 s, ~90 MB).
         from flyte_agent.pulumi_provisioner import PulumiProvisioner
 
-        return PulumiProvisioner(settings, consumers=consumers(settings))
+        return PulumiProvisioner(settings, executions=executions(settings))
     from flyte_agent.local_provisioner import LocalProvisioner
 
-    return LocalProvisioner(settings, consumers=consumers(settings))
+    return LocalProvisioner(settings, executions=executions(settings))
 
 
-def consumers(settings: Settings) -> Consumers | None:
+def executions(settings: Settings) -> Executions | None:
     if not settings.watch_executions:
         return None
-    return make_consumers(settings.backend, settings.kubeconfig, settings.consumer_namespace)
+    return make_executions(settings.backend, settings.kubeconfig, settings.consumer_namespace)

@@ -38,7 +38,7 @@ TAG_DELETED = "graphfleet:deleted"
 # A shared fleet (flyte_agent/leases.py): its share name, the spec its holders agree on (JSON in
 # 256-character chunks `graphfleet:spec.0`, `.1`, ...) and one tag per lease, named by a hash of the
 # holding workflow execution: "<expiry, epoch seconds> <execution>". The lease tags mirror the lease
-# objects (replicas.Backend.leases), which decide: the CLI rewrites the whole tags file, so a concurrent
+# objects (replicas.StateFiles.leases), which decide: the CLI rewrites the whole tags file, so a concurrent
 # writer can drop a lease tag or bring a released one back. TAG_EXPIRES is the latest lease's expiry.
 TAG_SHARE = "graphfleet:share"
 SPEC_PREFIX = "graphfleet:spec."

@@ -16,7 +16,7 @@ from typing import Any
 from flytekit.models.task import TaskExecutionMetadata
 from pydantic import ValidationError
 
-from flyte_agent import consumers
+from flyte_agent import executions
 from flyte_agent.graph_access import check_graph_access
 from flyte_agent.settings import Settings
 from graph_engine import sizing, store
@@ -38,10 +38,10 @@ def local_run() -> str:
     execution is this process: every fleet it provisions is recorded under local/local/<local_run()>,
     which a RELEASE_EXECUTION teardown of the same process releases. One process, one identity: pid
     and start time (a later process reusing the pid differs), which is how gc tells that a local run
-    still consumes its fleets (flyte_agent/consumers.py). Made on first use, not at import: flytekit
+    still holds its fleets (flyte_agent/executions.py). Made on first use, not at import: flytekit
     imports this module in every process that imports it.
     """
-    return consumers.local_run(os.getpid())
+    return executions.local_run(os.getpid())
 
 
 # A child forked after this module was imported keeps its parent's identity, as when it was made at

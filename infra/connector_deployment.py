@@ -153,7 +153,7 @@ def role_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
             "metadata": _meta(args.data_namespace), "rules": RBAC_RULES}
 
 
-# gc follows each holder's Flyte execution, its FlyteWorkflow (flyte_agent/consumers.py): renews the
+# gc follows each holder's Flyte execution, its FlyteWorkflow (flyte_agent/executions.py): renews the
 # fleet while it runs, releases it once aborted. Only `get flyteworkflows`, only where graph clients run.
 CONSUMER_RULES: list[dict[str, Any]] = [{"apiGroups": ["flyte.lyft.com"], "resources": ["flyteworkflows"],
                                          "verbs": ["get"]}]

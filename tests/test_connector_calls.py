@@ -29,7 +29,7 @@ HANG_GUARD = 60  # seconds before a call that never gets a thread fails the test
 class BlockingDeletes:
     """A provisioner whose deletes wait (like a running destroy) until the test releases them."""
 
-    consumers = None  # executions are not followed
+    executions = None  # executions are not followed
 
     def __init__(self) -> None:
         self.unblock = threading.Event()
@@ -46,7 +46,7 @@ class BlockingDeletes:
 
 def test_waiting_deletes_do_not_hold_the_threads_gets_need(monkeypatch: pytest.MonkeyPatch) -> None:
     provisioner = BlockingDeletes()
-    monkeypatch.setattr(connector.backend, "_made", (Settings(), provisioner))
+    monkeypatch.setattr(connector.provisioning, "_made", (Settings(), provisioner))
     meta = FleetMeta(name="gf-x", spec=DataServiceSpec(graph_uri="s3://graphs/g", partitions=1).to_custom(),
                      owner="p/d", execution="p/d/x/n0", created_at=0.0)
     served = DataServiceConnector()
@@ -127,7 +127,7 @@ def test_get_answers_within_its_deadline_and_a_failed_create_is_retried_by_get(
     deadline (flyteplugins fails a task after 5 GetTasks past theirs); a create error escaped CreateTask
     as a retryable failure, with 0 retries by default."""
     provisioner = SlowProvisioner()
-    monkeypatch.setattr(connector.backend, "_made", (Settings(get_wait_seconds=0.3), provisioner))
+    monkeypatch.setattr(connector.provisioning, "_made", (Settings(get_wait_seconds=0.3), provisioner))
     monkeypatch.setattr(connector, "resolve_spec",
                         lambda *args: DataServiceSpec(graph_uri="s3://graphs/g", partitions=1))
     served, teardown = DataServiceConnector(), connector.DataServiceTeardownConnector()

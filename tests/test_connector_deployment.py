@@ -156,7 +156,7 @@ def test_rbac_is_exactly_what_provisioning_needs(render_valid: Callable[..., Ren
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "graphfleet-connector",
                                     "namespace": "graphfleet-system"}]
     # Elsewhere only `get flyteworkflows`, where graph clients (Flyte executions) run: gc follows each
-    # holder's execution (flyte_agent/consumers.py).
+    # holder's execution (flyte_agent/executions.py).
     others = [r for r in rendered.of_kind("Role") if r is not role]
     config = load_stack_config(stack_path("ltx1"))
     expected = sorted(set(config.client_namespaces()) - {"graphfleet-system", "graphfleet-data"})

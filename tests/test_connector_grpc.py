@@ -495,7 +495,7 @@ def test_importing_flytekit_leaves_the_connector_unbuilt() -> None:
     # What a training pod or `pyflyte run` does (the flytekit.plugins entry point loads the
     # connector module): no connector settings there, so nothing may be read or built.
     check = ("import flytekit\nfrom flyte_agent import connector\n"
-             "assert connector.backend._made is None, 'connector backend built on import'")
+             "assert connector.provisioning._made is None, 'connector provisioning built on import'")
     env = {**os.environ, "GRAPHFLEET_MAX_CONCURRENT_OPERATIONS": "0"}
     run = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr

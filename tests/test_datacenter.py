@@ -25,7 +25,7 @@ def test_composes_everything_with_restricted_namespaces(render_valid: Callable[.
     assert roles["graphfleet-data"]["metadata"]["name"] == "graphfleet-connector"
     assert "graphfleet-shared" not in roles
     # Elsewhere (the graph clients' namespaces) the connector may only read executions' FlyteWorkflows
-    # (flyte_agent/consumers.py).
+    # (flyte_agent/executions.py).
     assert all(r["rules"] == [{"apiGroups": ["flyte.lyft.com"], "resources": ["flyteworkflows"],
                                "verbs": ["get"]}] for ns, r in roles.items() if ns != "graphfleet-data")
     assert sts["spec"]["replicas"] == 8

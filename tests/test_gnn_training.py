@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from deepgnn.graph_engine.snark.client import MemoryGraph
 
-from flyte_agent.connector import backend
+from flyte_agent.connector import provisioning
 from graph_engine import datasets, health
 from graph_engine.convert import convert
 from graph_engine.datasets import synthetic
@@ -48,7 +48,7 @@ def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 def fleets() -> list[Path]:
-    settings, _ = backend.get()
+    settings, _ = provisioning.get()
     return sorted(settings.state_dir.glob("*/fleet.json"))
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from flyte_agent import connector, leases, stack_record
-from flyte_agent.consumers import Execution, LocalExecutions, local_run
+from flyte_agent import connector, leases, stack_record, task_request
+from flyte_agent.executions import Execution, LocalExecutions, local_run
 from flyte_agent.local_provisioner import LocalProvisioner
 from flyte_agent.provisioner import NotOwner, Phase, Provision
 from flyte_agent.pulumi_provisioner import PulumiProvisioner
@@ -85,9 +85,9 @@ def lease_spec(uri: str, **fields: object) -> DataServiceSpec:
 def test_local_leases_live_in_the_fleet_record_under_one_expiry(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     uri = convert(ring_graph(), str(tmp_path / "ring"), partitions=2)
-    consumers = Executions()
+    executions = Executions()
     provisioner = LocalProvisioner(Settings(state_dir=tmp_path / "state", renew_seconds=600),
-                                   consumers=consumers)
+                                   executions=executions)
     try:
         now = time.time()
         a = leases.shared_provision("p/d", "sweep", lease_spec(uri), "p/d/run-a", now)
@@ -117,14 +117,14 @@ def test_local_leases_live_in_the_fleet_record_under_one_expiry(tmp_path: Path,
         assert listed.leases == ["p/d/run-a", "p/d/run-b"] and listed.expires_at == now + 400
         monkeypatch.undo()
 
-        # run-a releases; run-b's lease lapses at now+400, but its consumer still runs: gc renews it.
+        # run-a releases; run-b's lease lapses at now+400, but its holder still runs: gc renews it.
         assert provisioner.release(a.name, "p/d", "p/d/run-a") == 1
-        consumers.states["p/d/run-b"] = Execution.RUNNING
-        assert provisioner.gc(now + 401) == [] and consumers.asked == {"p/d/run-b"}  # not run-a: released
+        executions.states["p/d/run-b"] = Execution.RUNNING
+        assert provisioner.gc(now + 401) == [] and executions.asked == {"p/d/run-b"}  # not run-a: released
         renewed = json.loads(record.read_text())
         assert renewed["leases"]["p/d/run-b"] >= now + 400 and renewed["expires_at"] > time.time() + 500
         # Once it stops, the lease lapses at the renewed expiry and the same gc stops the fleet.
-        consumers.states.clear()
+        executions.states.clear()
         pids = provisioner.pids(a.name)
         assert provisioner.gc(renewed["expires_at"] + 1) == [a.name]
         assert provisioner.status(a).phase is Phase.ABSENT and all(pid > 0 for pid in pids)
@@ -140,20 +140,20 @@ def test_local_leases_live_in_the_fleet_record_under_one_expiry(tmp_path: Path,
 
 def test_a_fleet_of_its_own_is_renewed_while_its_execution_runs(tmp_path: Path) -> None:
     uri = convert(ring_graph(), str(tmp_path / "ring"), partitions=1)
-    consumers = Executions()
+    executions = Executions()
     provisioner = LocalProvisioner(Settings(state_dir=tmp_path / "state", renew_seconds=600),
-                                   consumers=consumers)
+                                   executions=executions)
     try:
         spec = DataServiceSpec(graph_uri=uri, partitions=1, ttl_seconds=300)
         fleet = Provision(name="gf-own-1", spec=spec, owner="p/d", execution="p/d/run-x/n0",
                           created_at=time.time())
         provisioner.create(fleet)
-        consumers.states["p/d/run-x"] = Execution.RUNNING  # e.g. its training still runs
+        executions.states["p/d/run-x"] = Execution.RUNNING  # e.g. its training still runs
         assert provisioner.gc(fleet.expires_at + 1) == []
-        assert consumers.asked == {"p/d/run-x"}
+        assert executions.asked == {"p/d/run-x"}
         [listed] = provisioner.fleets()
         assert listed.expires_at > time.time() + 500 and listed.leases == []
-        consumers.states.clear()
+        executions.states.clear()
         assert provisioner.gc(listed.expires_at + 1) == ["gf-own-1"]
     finally:
         provisioner.close()
@@ -166,8 +166,8 @@ def test_an_aborted_local_run_frees_its_fleets_at_the_next_gc(tmp_path: Path) ->
     uri = convert(ring_graph(), str(tmp_path / "ring"), partitions=1)
     run = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     holder = f"local/local/{local_run(run.pid)}"
-    me = f"local/local/{connector.LOCAL_RUN}"
-    provisioner = LocalProvisioner(Settings(state_dir=tmp_path / "state"), consumers=LocalExecutions())
+    me = f"local/local/{task_request.local_run()}"
+    provisioner = LocalProvisioner(Settings(state_dir=tmp_path / "state"), executions=LocalExecutions())
     try:
         spec = DataServiceSpec(graph_uri=uri, partitions=1, ttl_seconds=3600)
         own = Provision(name="gf-abort-own", spec=spec, owner="local/local", execution=f"{holder}/n0",
@@ -193,8 +193,8 @@ def test_an_aborted_local_run_frees_its_fleets_at_the_next_gc(tmp_path: Path) ->
 def test_pulumi_gc_releases_the_holders_whose_execution_ended_and_nothing_else(
         backend: tuple[str, Path], pulumi: Callable[..., PulumiProvisioner]) -> None:  # noqa: F811
     url, _ = backend
-    consumers = Executions()
-    provisioner = pulumi(consumers)
+    executions = Executions()
+    provisioner = pulumi(executions)
     now = time.time()
     spec = lease_spec("s3://graphs/cora", replicas=1)
     a = leases.shared_provision("proj/dev", "sweep", spec, "proj/dev/run-a", now)
@@ -205,23 +205,23 @@ def test_pulumi_gc_releases_the_holders_whose_execution_ended_and_nothing_else(
         provisioner.create(p)
         assert wait(provisioner, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY
     shared = stack_record.stack_name(a.name)
-    consumers.states.update({"proj/dev/run-a": Execution.RUNNING, "proj/dev/run-b": Execution.RUNNING,
+    executions.states.update({"proj/dev/run-a": Execution.RUNNING, "proj/dev/run-b": Execution.RUNNING,
                              "proj/dev/run-c": Execution.RUNNING})
     start = len(fake_pulumi.calls(url))
     assert provisioner.gc(now) == [] and tag_writes(url, shared, start) == []
 
     # run-a aborted: its lease goes now, hours before it lapses; run-b keeps the fleet.
-    consumers.states["proj/dev/run-a"] = Execution.ENDED
+    executions.states["proj/dev/run-a"] = Execution.ENDED
     assert provisioner.gc(now) == []
     assert list(stack_record.leases_of(fake_pulumi.stacks(url)[shared]["tags"])) == ["proj/dev/run-b"]
     # run-c succeeded without a release: nothing now (a child launch plan may have handed it on);
     # unknown changes nothing either.
-    consumers.states["proj/dev/run-c"] = Execution.SUCCEEDED
-    consumers.states["proj/dev/run-b"] = Execution.UNKNOWN
+    executions.states["proj/dev/run-c"] = Execution.SUCCEEDED
+    executions.states["proj/dev/run-b"] = Execution.UNKNOWN
     assert provisioner.gc(now) == [] and provisioner.status(own).phase is Phase.READY
     # run-c failed (or was aborted) after all, and run-b ended: both fleets go at this gc.
-    consumers.states["proj/dev/run-c"] = Execution.ENDED
-    consumers.states["proj/dev/run-b"] = Execution.ENDED
+    executions.states["proj/dev/run-c"] = Execution.ENDED
+    executions.states["proj/dev/run-b"] = Execution.ENDED
     assert sorted(provisioner.gc(now)) == sorted([shared, "gf-own-c"])
     assert fake_pulumi.stacks(url) == {}  # destroyed and removed, as at an expiry
 
@@ -230,8 +230,8 @@ def test_pulumi_gc_releases_the_holders_whose_execution_ended_and_nothing_else(
 def pulumi(backend: tuple[str, Path]) -> Iterator[Callable[..., PulumiProvisioner]]:  # noqa: F811
     made: list[PulumiProvisioner] = []
 
-    def build(consumers: Executions | None = None) -> PulumiProvisioner:
-        made.append(PulumiProvisioner(settings(backend, renew_seconds=600), consumers=consumers))
+    def build(executions: Executions | None = None) -> PulumiProvisioner:
+        made.append(PulumiProvisioner(settings(backend, renew_seconds=600), executions=executions))
         return made[-1]
 
     yield build
@@ -247,8 +247,8 @@ def tag_writes(url: str, stack: str, start: int) -> list[list[str]]:
 def test_pulumi_leases_live_in_the_stack_and_the_last_release_removes_it(
         backend: tuple[str, Path], pulumi: Callable[..., PulumiProvisioner]) -> None:  # noqa: F811
     url, _ = backend
-    consumers = Executions()
-    provisioner = pulumi(consumers)
+    executions = Executions()
+    provisioner = pulumi(executions)
     now = time.time()
     spec = lease_spec("s3://graphs/cora")
     a = leases.shared_provision("proj/dev", "sweep", spec, "proj/dev/run-a", now)
@@ -282,11 +282,11 @@ def test_pulumi_leases_live_in_the_stack_and_the_last_release_removes_it(
     # run-a's release drops its tag only; run-b's lapsed lease is renewed by gc while it runs.
     assert other.release(a.name, "proj/dev", "proj/dev/run-a") == 1
     assert stack_record.leases_of(fake_pulumi.stacks(url)[name]["tags"]) == {"proj/dev/run-b": int(now + 400)}
-    consumers.states["proj/dev/run-b"] = Execution.RUNNING
-    assert provisioner.gc(now + 401) == [] and consumers.asked == {"proj/dev/run-b"}
+    executions.states["proj/dev/run-b"] = Execution.RUNNING
+    assert provisioner.gc(now + 401) == [] and executions.asked == {"proj/dev/run-b"}
     renewed = stack_record.expires_at(fake_pulumi.stacks(url)[name]["tags"])
     assert renewed is not None and renewed > time.time() + 500
-    consumers.states.clear()
+    executions.states.clear()
     assert provisioner.gc(now + 401) == []  # not lapsed any more
     assert provisioner.gc(renewed + 1) == [name] and name not in fake_pulumi.stacks(url)
 
@@ -304,14 +304,14 @@ def test_pulumi_renews_a_fleet_of_its_own_while_its_execution_runs(
     from tests.test_pulumi_provisioner import ready_fleet
 
     url, _ = backend
-    consumers = Executions()
-    provisioner = pulumi(consumers)
+    executions = Executions()
+    provisioner = pulumi(executions)
     fleet = ready_fleet(provisioner, "gf-own-2")  # execution exec-gf-own-2: not a workflow execution
     own = Provision(name="gf-own-3", spec=fleet.spec, owner="proj/dev", execution="proj/dev/run-y/n1",
                     created_at=time.time())
     provisioner.create(own)
     assert wait(provisioner, own, {Phase.READY}).phase is Phase.READY
-    consumers.states["proj/dev/run-y"] = Execution.RUNNING
+    executions.states["proj/dev/run-y"] = Execution.RUNNING
     assert provisioner.gc(own.expires_at + 1) == ["gf-own-2"]  # its execution is no running one
     assert "gf-own-3" in fake_pulumi.stacks(url)
     expiry = stack_record.expires_at(fake_pulumi.stacks(url)["gf-own-3"]["tags"])
@@ -352,12 +352,12 @@ def test_the_connector_shares_a_pulumi_fleet_and_each_execution_releases_its_lea
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from flyteidl.core.execution_pb2 import TaskExecution
 
-    from flyte_agent import DataServiceConfig, DataServiceTask, connector
+    from flyte_agent import DataServiceConfig, DataServiceTask
     from tests.test_task_dsl import execution_metadata, template_of
 
     url, _ = backend
     provisioner = pulumi()
-    monkeypatch.setattr(connector.backend, "_made", (settings(backend), provisioner))
+    monkeypatch.setattr(connector.provisioning, "_made", (settings(backend), provisioner))
     def resolve(custom: dict[str, object], *_: object) -> DataServiceSpec:  # partitions, without reading S3
         return DataServiceSpec.from_custom({**custom, "partitions": 2})
 

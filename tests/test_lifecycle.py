@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from flyte_agent import leases, lifecycle
-from flyte_agent.consumers import Execution
+from flyte_agent.executions import Execution
 from flyte_agent.provisioner import NotOwner
 
 NOW = 1_000_000.0

@@ -286,7 +286,7 @@ def test_a_delete_refuses_paths_and_other_owners_fleets_touches_nothing_and_leav
         with pytest.raises(NotOwner, match="nothing was touched"):
             provisioner.delete(fleet.name, other)
     assert provisioner.status(fleet).phase is Phase.READY and provisioner.pids(fleet.name) == pids
-    # A running consumer renews the fleet past its time to live; gc honours it; only the owner may.
+    # A running holder renews the fleet past its time to live; gc honours it; only the owner may.
     renewed = fleet.expires_at + 3600
     assert provisioner.renew(fleet.name, "p/d", renewed) == renewed
     assert provisioner.renew(fleet.name, "p/d", fleet.expires_at) == renewed  # never shortened

@@ -27,7 +27,7 @@ import pulumi
 import pytest
 from pulumi import automation as auto
 
-from flyte_agent.replicas import Backend
+from flyte_agent.replicas import StateFiles
 from tests import fake_pulumi
 from tests.control_plane import REPO, needs_tools, require_tools
 
@@ -136,7 +136,7 @@ def test_a_killed_up_leaves_its_lock_until_cancel(cli: Cli, tmp_path: Path) -> N
         # The lock is one file per CLI process, `.pulumi/locks/organization/<project>/<stack>/<uuid>.json`
         # with the holder's pid, user, host and time (pulumi pkg/backend/diy/lock.go, v3.274.0), and
         # flyte_agent.replicas reads it as the CLI wrote it.
-        backend = Backend(cli.env["PULUMI_BACKEND_URL"])
+        backend = StateFiles(cli.env["PULUMI_BACKEND_URL"])
         [held] = backend.lock_files(PROJECT, "locked")
         raw = json.loads(Path(held.path).read_text())
         assert set(raw) == {"pid", "username", "hostname", "timestamp"}

@@ -467,7 +467,7 @@ def test_a_status_read_killed_mid_way_answers_get_task_in_progress(backend: tupl
     url, _ = backend
     provisioner = make()
     p = ready_fleet(provisioner, "fleet-kr")
-    monkeypatch.setattr(connector.backend, "_made", (provisioner.settings, provisioner))
+    monkeypatch.setattr(connector.provisioning, "_made", (provisioner.settings, provisioner))
     meta = FleetMeta(name=p.name, spec=p.spec.to_custom(), owner=p.owner, execution=p.execution,
                      created_at=p.created_at)
     fake_pulumi.script_faults(url, "fleet-kr", history=["die"])
@@ -1008,7 +1008,7 @@ def test_nothing_brings_up_a_fleet_past_its_expiry(backend: tuple[str, Path], ma
 def test_a_fleet_that_gives_up_is_destroyed_and_a_renewed_one_outlives_its_ttl(
         backend: tuple[str, Path], make) -> None:
     """Issue 8 item 9: a FAILED fleet was left running (propeller calls DeleteTask only on abort), and a
-    consumer running longer than the TTL lost its fleet."""
+    holder running longer than the TTL lost its fleet."""
     url, _ = backend
     provisioner = make()
     bad = provision("fleet-bad", replicas=1)

@@ -6,7 +6,7 @@ creates carried over, adopted by the recovering `up`, AlreadyExists without upse
 kwok runs the fleets' pods (Ready, no containers), so no graph server answers their endpoints: the
 endpoint health check is off here (`check_endpoints=False`); it is exercised against real servers by
 tests/test_connector_grpc.py. The executions are not watched (`watch_executions=False`): no propeller
-made FlyteWorkflows here; that path runs on a real apiserver in tests/test_consumers.py.
+made FlyteWorkflows here; that path runs on a real apiserver in tests/test_executions.py.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from flyte_agent import fleet_program, stack_record
 from flyte_agent.provisioner import Phase, Provision, Status
 from flyte_agent.pulumi_cli import session_members
 from flyte_agent.pulumi_provisioner import PulumiProvisioner
-from flyte_agent.replicas import Backend, pid_alive
+from flyte_agent.replicas import StateFiles, pid_alive
 from flyte_agent.settings import Settings
 from infra.spec import DataServiceSpec
 from tests import fake_pulumi
@@ -250,7 +250,7 @@ def kill_mid_create(engine: Engine, name: str) -> int:
     child = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stack = stack_record.stack_name(name)
-    backend = Backend(engine.url)
+    backend = StateFiles(engine.url)
     deadline = time.monotonic() + WAIT_S
     try:
         while True:
@@ -317,7 +317,7 @@ def test_a_cli_killed_from_outside_leaves_no_plugin_running(engine: Engine, make
     p = provision("real-o")
     provisioner.create(p)  # placed on no node: its `up` waits for pods that cannot schedule
     stack = stack_record.stack_name(p.name)
-    backend = Backend(engine.url)
+    backend = StateFiles(engine.url)
     deadline = time.monotonic() + WAIT_S
     while not (backend.lock_files(stack_record.PROJECT, stack) and engine.objects()):
         assert time.monotonic() < deadline, "the up never started"

@@ -255,7 +255,7 @@ def test_connector_cannot_read_secrets(deployed: Deployed, control_plane: Contro
 
 def test_connector_reads_executions_flyteworkflows_and_nothing_else_where_clients_run(
         deployed: Deployed, control_plane: ControlPlane) -> None:
-    """gc follows each holder's FlyteWorkflow (flyte_agent/consumers.py) in the teams' namespaces."""
+    """gc follows each holder's FlyteWorkflow (flyte_agent/executions.py) in the teams' namespaces."""
     cp = control_plane
     user, fleets_namespace = _connector_identity(deployed.manifests)
     consumers = sorted({m["metadata"]["namespace"] for m in deployed.manifests

@@ -19,7 +19,7 @@ from flytekit.tools.translator import get_serializable
 
 from flyte_agent import DataServiceConfig, DataServiceReleaseAllTask, DataServiceTask, DataServiceTeardownTask
 from flyte_agent.connector import DataServiceTeardownConnector, FleetMeta, TeardownMeta
-from flyte_agent.consumers import workflow_execution
+from flyte_agent.executions import workflow_execution
 from flyte_agent.graph_access import GraphAccessDenied, check_graph_access
 from flyte_agent.settings import Settings, SettingsError
 from flyte_agent.task_request import execution_identity, local_run, merge_inputs, provision_name, resolve_spec

@@ -1,4 +1,4 @@
-"""Does a fleet's consumer still run, or has it ended? What gc asks of every holding execution.
+"""Does a fleet's holder still run, or has it ended? What gc asks of every holding execution.
 
 A fleet (or a lease on a shared one) has a time to live, but a training run may outlast it, and its
 code must not change to renew anything; an aborted run, on the other hand, runs no teardown
@@ -62,7 +62,7 @@ class Execution(enum.Enum):
     UNKNOWN = "unknown"
 
 
-class Consumers(Protocol):
+class Executions(Protocol):
     def state(self, workflow_execution: str) -> Execution:
         """Where `project/domain/name` stands; UNKNOWN when it cannot be told."""
 
@@ -164,31 +164,31 @@ def holders(leases: Iterable[str], execution: str) -> list[str]:
     return [own] if own else []
 
 
-def states(consumers: Consumers | None, leases: Iterable[str], execution: str) -> dict[str, Execution]:
+def states(executions: Executions | None, leases: Iterable[str], execution: str) -> dict[str, Execution]:
     """Where each of the fleet's holders (see `holders`) stands, asked once (a FlyteWorkflow read each
     on a cluster); {} without a probe."""
-    if consumers is None:
+    if executions is None:
         return {}
-    return {h: consumers.state(h) for h in holders(leases, execution)}
+    return {h: executions.state(h) for h in holders(leases, execution)}
 
 
-def check_watchable(consumers: Consumers | None, workflow_execution: str) -> None:
+def check_watchable(executions: Executions | None, workflow_execution: str) -> None:
     """At CreateTask: a cluster probe must see the execution running, else gc would take its fleet
     for gone. ValueError naming the settings to fix; an unreadable execution passes (gc then changes
     nothing for it)."""
-    if not isinstance(consumers, FlyteExecutions):
+    if not isinstance(executions, FlyteExecutions):
         return
-    if consumers.state(workflow_execution) is Execution.ENDED:
+    if executions.state(workflow_execution) is Execution.ENDED:
         project, domain, name = workflow_execution.split("/")
         raise ValueError(
             f"execution {workflow_execution} has no running FlyteWorkflow {name!r} in namespace "
-            f"{consumers.namespace(project, domain)!r}, so this connector would release its fleet as "
+            f"{executions.namespace(project, domain)!r}, so this connector would release its fleet as "
             "aborted: run the connector in the cluster whose propeller runs the executions, set "
             "GRAPHFLEET_CONSUMER_NAMESPACE to propeller's namespace mapping, or set "
             "GRAPHFLEET_WATCH_EXECUTIONS=false (fleets then lapse at their ttl_seconds)")
 
 
-def make_consumers(backend: str, kubeconfig: str | None, namespace_template: str) -> Consumers | None:
+def make_executions(backend: str, kubeconfig: str | None, namespace_template: str) -> Executions | None:
     """The backend's execution probe; None where none can be made (fleets then lapse at their expiry)."""
     if backend == "local":
         return LocalExecutions()

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from flyte_agent import connector
-from flyte_agent.consumers import (
+from flyte_agent import connector, task_request
+from flyte_agent.executions import (
     FLYTEWORKFLOW_GROUP,
     FLYTEWORKFLOW_VERSION,
     FLYTEWORKFLOWS,
@@ -38,17 +38,17 @@ RUNNING, ENDED, SUCCEEDED, UNKNOWN = (Execution.RUNNING, Execution.ENDED, Execut
 
 def test_a_local_run_is_its_process_identified_by_pid_and_start_time() -> None:
     probe = LocalExecutions()
-    assert probe.state(f"local/local/{connector.LOCAL_RUN}") is RUNNING  # this process: alive
+    assert probe.state(f"local/local/{task_request.local_run()}") is RUNNING  # this process: alive
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     name = local_run(child.pid)
     child.wait(timeout=60)
     assert probe.state(f"local/local/{name}") is ENDED  # exited (and reaped): a killed run is one too
     # The same pid with another start time is another process (pid reuse): this run has ended.
-    pid, start, tail = connector.LOCAL_RUN.split("-")
+    pid, start, tail = task_request.local_run().split("-")
     assert probe.state(f"local/local/{pid}-t{int(start[1:]) + 1}-{tail}") is ENDED
     # An execution of a served connector has no process to look at: it cannot be told.
     assert probe.state("proj/dev/f3a9c1") is UNKNOWN and probe.state("local/local/other") is UNKNOWN
-    assert connector.LOCAL_RUN.startswith(f"pid{os.getpid()}-t")
+    assert task_request.local_run().startswith(f"pid{os.getpid()}-t")
 
 
 def test_a_flyteworkflow_says_running_until_it_ends_and_gone_or_deleting_is_ended() -> None:
@@ -148,8 +148,8 @@ def test_the_cluster_probe_reads_flyteworkflows_from_a_real_apiserver(flyte_clus
     assert unserved.state("proj/dev/run-running") is UNKNOWN
     assert probe.state("proj/dev/share:sweep") is UNKNOWN  # no execution's name: nothing asked
     # A local run against a cluster (no Flyte metadata) is its process, as on the local backend.
-    assert probe.state(f"local/local/{connector.LOCAL_RUN}") is RUNNING
-    check_watchable(probe, f"local/local/{connector.LOCAL_RUN}")
+    assert probe.state(f"local/local/{task_request.local_run()}") is RUNNING
+    check_watchable(probe, f"local/local/{task_request.local_run()}")
 
 
 @needs_tools(*CONTROL_PLANE_TOOLS)
@@ -178,14 +178,14 @@ def test_createtask_fails_an_execution_the_connector_cannot_see_and_creates_noth
 
     class Recording:  # the connector's provisioner seam: records what it is asked to create
         def __init__(self) -> None:
-            self.consumers = FlyteExecutions(str(flyte_cluster.kubeconfig), "{project}-{domain}")
+            self.executions = FlyteExecutions(str(flyte_cluster.kubeconfig), "{project}-{domain}")
             self.created: list[str] = []
 
         def create(self, provision: Any) -> None:
             self.created.append(provision.name)
 
     provisioner = Recording()
-    monkeypatch.setattr(connector.backend, "_made", (Settings(backend="pulumi"), provisioner))
+    monkeypatch.setattr(connector.provisioning, "_made", (Settings(backend="pulumi"), provisioner))
     monkeypatch.setattr(connector, "resolve_spec", lambda custom, *_: DataServiceSpec.from_custom(
         {**custom, "partitions": 2}))
     _workflow(flyte_cluster, "run-here", 1)
@@ -213,7 +213,7 @@ def test_an_abort_during_training_frees_the_fleet_at_the_next_gc_not_at_its_ttl(
 
     workflow = _workflow(flyte_cluster, "run-train", 1, finalizer=True)
     probe = FlyteExecutions(str(flyte_cluster.kubeconfig), "{project}-{domain}")
-    provisioner = PulumiProvisioner(settings(backend), consumers=probe)
+    provisioner = PulumiProvisioner(settings(backend), executions=probe)
     try:
         fleet = dataclasses.replace(provision("gf-train", replicas=1), execution="proj/dev/run-train/n0")
         provisioner.create(fleet)

@@ -161,7 +161,8 @@ def samples_per_second(uri: str, partitions: int, endpoints: list[str],
     interleaved (in-process, service, in-process, service) after a warm-up of each."""
     from deepgnn.graph_engine.snark.client import MemoryGraph
 
-    from workflows.train import GraphInfo, TrainConfig, fit, open_service
+    from workflows.graph_client import open_service
+    from workflows.train import GraphInfo, TrainConfig, fit
 
     info = GraphInfo.read(uri)
     info.__dict__["train_ids"] = info.train_ids[:train]  # the same nodes for both handles

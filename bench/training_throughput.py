@@ -42,13 +42,13 @@ from graph_engine import datasets, health
 from graph_engine.convert import convert
 from tests.shared_data import PLANETOID_DIR as PLANETOID
 from workflows import inference
+from workflows.graph_client import open_service
 from workflows.train import (
     GraphInfo,
     TrainConfig,
     evaluate,
     fit,
     fit_ranks,
-    open_service,
     resolve_device,
     save,
     usable_cores,

@@ -20,9 +20,10 @@ from scipy.stats import chi2_contingency, chisquare
 from graph_engine import datasets
 from graph_engine.convert import convert
 from tests.test_graph_server import free_port, start
+from workflows.graph_client import open_service
 from workflows.report import TrainingReport
 from workflows.sampler import GraphHandle, sample_batch
-from workflows.train import GraphInfo, TrainConfig, Trained, evaluate, fit, open_service
+from workflows.train import GraphInfo, TrainConfig, Trained, evaluate, fit
 
 # Wall-clock fields: the only ones a seed does not determine.
 TIMINGS = ("train_seconds", "samples_per_second")

@@ -19,7 +19,7 @@ from graph_engine.server import parse_args
 from infra.graph_service import server_command
 from tests.test_graph_server import ring_graph
 from tests.test_local_provisioner import servers_on, wait_for
-from workflows.train import open_service
+from workflows.graph_client import open_service
 
 
 @pytest.mark.parametrize("args, message", [

@@ -20,14 +20,13 @@ from graph_engine.convert import convert
 from graph_engine.health import EndpointsNotReady
 from infra.contract import ENDPOINTS_ENV
 from tests.test_graph_server import free_port, start
+from workflows.graph_client import endpoints_from_env, open_service
 from workflows.sampler import Prefetcher, sample_batch
 from workflows.train import (
     GraphInfo,
     TrainConfig,
-    endpoints_from_env,
     evaluate,
     fit,
-    open_service,
     resolve_device,
     torch_threads,
     usable_cores,

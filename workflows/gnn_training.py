@@ -46,6 +46,7 @@ from flytekit.types.file import FlyteFile
 from flyte_agent import DataServiceReleaseAllTask, DataServiceTask, DataServiceTeardownTask, deck
 from graph_engine import health
 from infra.contract import CLIENT_LABEL, ENDPOINTS_ENV
+from workflows import graph_client
 from workflows import train as trainer
 from workflows.ranks import SINGLE
 from workflows.report import TrainingReport
@@ -200,7 +201,7 @@ def train(graph_uri: str, endpoints: str, epochs: int, seed: int, trainers: int)
         nonlocal rank
         os.environ[ENDPOINTS_ENV] = endpoints  # the trainer reads its endpoints from here only
         config = trainer.TrainConfig(epochs=epochs, seed=seed)
-        used = trainer.endpoints_from_env()
+        used = graph_client.endpoints_from_env()
         print(f"graph data service: {', '.join(used)}; {trainers} trainer(s)")
         rank, fitted = trainer.fit_ranks(graph_uri, config, used, trainers)
         if not rank.main:
@@ -239,11 +240,11 @@ def evaluate(graph_uri: str, endpoints: str, trained: TrainOutcome) -> TrainOutc
     def body() -> TrainOutcome:
         assert trained.checkpoint is not None
         os.environ[ENDPOINTS_ENV] = endpoints
-        used = trainer.endpoints_from_env()
+        used = graph_client.endpoints_from_env()
         fitted = trainer.load(Path(trained.checkpoint.download()))  # holds the graph's manifest
         ready = health.not_ready(used, timeout=2.0)
         Deck("data service", deck.fleet_html(used, fitted.info.partitions, ready))
-        report = trainer.evaluate(fitted, trainer.open_service(used), used)
+        report = trainer.evaluate(fitted, graph_client.open_service(used), used)
         return TrainOutcome(report=report, checkpoint=trained.checkpoint, curves=trained.curves)
 
     return guarded("evaluate", body)
@@ -261,7 +262,7 @@ def predict_every_node(checkpoint: FlyteFile, graph_uri: str, endpoints: str, tr
 
     os.environ[ENDPOINTS_ENV] = endpoints
     done = inference.infer(Path(checkpoint.download()), graph_uri, predictions_uri(),
-                           trainer.endpoints_from_env(), trainers)
+                           graph_client.endpoints_from_env(), trainers)
     print(f"predictions: {done.nodes} nodes at {done.nodes_per_second:.0f} nodes/s -> {done.uri}")
     return done
 

@@ -29,6 +29,7 @@ import torch
 from graph_engine import store
 from graph_engine.binary import NODE_MAP
 from workflows import ranks
+from workflows.graph_client import open_graph
 from workflows.ranks import Rank
 from workflows.sampler import batches_of
 from workflows.train import (
@@ -38,7 +39,6 @@ from workflows.train import (
     Sampling,
     Trained,
     load,
-    open_graph,
     resolve_device,
     seeded,
 )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import logging
 import os
 import sys
@@ -29,8 +28,8 @@ from torch import nn
 from tqdm import tqdm
 
 from graph_engine import store
-from infra.contract import ENDPOINTS_ENV
 from workflows import ranks
+from workflows.graph_client import endpoints_from_env, open_graph, open_service
 from workflows.model import GraphSage
 from workflows.ranks import SINGLE, Rank, shard
 from workflows.report import TrainingReport, plot_curves
@@ -341,18 +340,6 @@ def fit(graph: GraphHandle, info: GraphInfo, config: TrainConfig, endpoints: Seq
         return Trained(model=model, config=config, report=report, info=info)
 
 
-def open_graph(uri: str, endpoints: Sequence[str], partitions: int) -> GraphHandle:
-    """The graph through the data service at `endpoints`; with none, loaded in this process (the
-    benchmark's baseline and tests)."""
-    if endpoints:
-        return open_service(endpoints)
-    from deepgnn.graph_engine.snark.client import MemoryGraph
-
-    from graph_engine.server import loadable_path
-
-    return MemoryGraph(loadable_path(uri), list(range(partitions)))
-
-
 def _fit_rank(uri: str, config: TrainConfig, endpoints: Sequence[str], progress: bool, rank: Rank,
               store: Any) -> Trained:
     """One rank: its own graph client (clients cannot be shared between processes), then `fit`."""
@@ -404,45 +391,6 @@ def load(path: Path) -> Trained:
     model.load_state_dict(saved["state"])
     model.to(resolve_device(config.device))
     return Trained(model=model, config=config, report=TrainingReport(**saved["report"]), info=info)
-
-
-def endpoints_from_env(environ: dict[str, str] | None = None) -> list[str]:
-    """`GRAPHFLEET_ENDPOINTS` as a list of host:port; a clear error when unset or malformed."""
-    value = (os.environ if environ is None else environ).get(ENDPOINTS_ENV, "")
-    endpoints = [e.strip() for e in value.split(",") if e.strip()]
-    if not endpoints:
-        raise ValueError(f"{ENDPOINTS_ENV} is not set: set it to the graph-engine servers as "
-                         "host:port,host:port (in ordinal order), as the data-service task hands them out")
-    for endpoint in endpoints:
-        host, sep, port = endpoint.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"{ENDPOINTS_ENV}: {endpoint!r} is not host:port (e.g. 127.0.0.1:50051)")
-    return endpoints
-
-
-def open_service(endpoints: Sequence[str], ready_seconds: float = 60.0) -> GraphHandle:
-    """A `DistributedGraph` client, opened only once every endpoint answers gRPC health SERVING.
-
-    The client aborts the whole process if its first server is down when it is created, so the
-    check comes first and fails with the names of the endpoints that are not serving.
-    """
-    from deepgnn.graph_engine.snark.client import DistributedGraph
-
-    from graph_engine.health import wait_ready
-
-    wait_ready(endpoints, ready_seconds)
-    return DistributedGraph(list(endpoints), grpc_options=GRPC_OPTIONS)
-
-
-# waitForReady makes a call issued during a short outage wait for the channel instead of failing
-# at once; the retry policy is also what DeepGNN's Python-side retryer reads (it parses whole seconds).
-GRPC_OPTIONS = [("grpc.service_config", json.dumps({"methodConfig": [{
-    "name": [{}],
-    "waitForReady": True,
-    "timeout": "30s",
-    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "1s", "maxBackoff": "4s", "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"]},
-}]}))]
 
 
 def run(info: GraphInfo, config: TrainConfig, endpoints: Sequence[str], out: Path | None,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from flyte_agent import progress
 from flyte_agent.provisioner import Phase, ServerPhase, ServerState, Status
@@ -129,6 +129,16 @@ def with_servers(status: Status, fleet: str, namespace: str, replicas: int, foun
 # The StatefulSet controller's Warning when the API refuses a pod it creates (k8s v1.33.13
 # pkg/controller/statefulset/stateful_pod_control.go `recordPodEvent`: "Failed" + "Create").
 FAILED_CREATE = "FailedCreate"
+
+
+class PodReader(Protocol):
+    """What the Pulumi provisioner reads of a fleet's pods: `KubernetesPods` below, or a test's own."""
+
+    def pods(self, namespace: str, fleet: str) -> dict[str, Any] | None: ...
+
+    def create_failures(self, namespace: str, fleet: str) -> list[Any] | None: ...
+
+    def log_tail(self, server: ServerState) -> str: ...
 
 
 class KubernetesPods:

@@ -1,6 +1,6 @@
 """One ephemeral Pulumi stack per task execution, driven through the Automation API.
 
-The stack in the self-managed backend is the only record: its name comes from `Provision.name`,
+The stack in the state backend is the only record: its name comes from `Provision.name`,
 its tags carry owner, execution, expiry and the number of `up` attempts, its history says whether
 the last `up` succeeded, and its outputs carry the endpoints. So `status()` on any replica, after any
 restart, reads the stack and moves it toward "up succeeded": it starts an `up` when none ran, retries
@@ -28,9 +28,8 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any, Protocol
 
 from pulumi import automation as auto
 from pulumi.automation.errors import (
@@ -39,19 +38,17 @@ from pulumi.automation.errors import (
     StackNotFoundError,
 )
 
-from flyte_agent import leases, lifecycle, metrics, pod_failures, stack_record
+from flyte_agent import lifecycle, metrics, pod_failures, stack_listing, stack_record
 from flyte_agent.executions import Executions
-from flyte_agent.executions import workflow_execution as workflow_execution_of
 from flyte_agent.fleet_program import fleet_args, warm_import_kubernetes
 from flyte_agent.fleet_stacks import FleetStacks, UnselectedWorkspace
-from flyte_agent.pods import KubernetesPods, cluster_servers, with_servers
+from flyte_agent.pods import KubernetesPods, PodReader, with_servers
 from flyte_agent.provisioner import (
     DestroyInProgress,
     FleetInfo,
     GcError,
     Phase,
     Provision,
-    ServerState,
     Status,
     check_fleet_name,
     check_workflow_execution,
@@ -86,7 +83,7 @@ class PulumiProvisioner:
                  clock: Callable[[], float] = time.time, executions: Executions | None = None,
                  pods: PodReader | None = None) -> None:
         if not settings.backend_url.startswith(("s3://", "file://")):
-            raise ValueError(f"backend_url: {settings.backend_url!r} is not a self-managed backend; "
+            raise ValueError(f"backend_url: {settings.backend_url!r} is not a self-managed state backend; "
                              "set GRAPHFLEET_PULUMI_BACKEND_URL to s3://bucket?endpoint=... or file:///path")
         passphrase = any(os.environ.get(var) for var in _PASSPHRASE_ENV)
         if settings.secrets_provider is None and not passphrase:
@@ -190,7 +187,7 @@ class PulumiProvisioner:
         with self.stacks.workspace(provision, workspace=UnselectedWorkspace) as ws:
             stack = auto.Stack.select(name, ws)
             try:
-                # Self-managed backends record an operation only when it ends: an `up` that is running,
+                # Self-managed state backends record an operation only when it ends: an `up` that is running,
                 # or died with its process, is an attempt counted in the tags with no history entry.
                 history = stack.history(show_secrets=False)
             except StackNotFoundError:
@@ -273,7 +270,7 @@ class PulumiProvisioner:
             listing = self._listings.get(workflow_execution)
             if listing is None:
                 listing = self._listings[workflow_execution] = self._lister.submit(
-                    self._stacks_of, workflow_execution)
+                    stack_listing.stacks_of, self.stacks, workflow_execution)
         wait([listing], timeout=self.settings.delete_wait_seconds)
         if not listing.done():
             raise DestroyInProgress(f"listing the stacks of {workflow_execution} is still running after "
@@ -330,44 +327,7 @@ class PulumiProvisioner:
 
     def fleets(self) -> list[FleetInfo]:
         """Every graphfleet stack, from its tags, history and outputs: no `up`, no health probe."""
-        infos = []
-        with self.stacks.workspace(None, workspace=UnselectedWorkspace) as ws:
-            for summary in ws.list_stacks():
-                name = stack_record.short_stack_name(summary.name)
-                stack = auto.Stack.select(name, ws)
-                try:
-                    tags = stack.list_tags()
-                    history = stack.history(show_secrets=False)
-                except StackNotFoundError:
-                    continue  # removed since the listing
-                if (tags.get(stack_record.TAG_MANAGED) != "true"
-                        or stack_record.is_tombstone([entry.kind for entry in history])):
-                    continue
-                infos.append(self._fleet_info(stack, tags, history))
-        return infos
-
-    def _fleet_info(self, stack: auto.Stack, tags: Mapping[str, str],
-                    history: Sequence[auto.UpdateSummary]) -> FleetInfo:
-        last = history[0] if history else None
-        endpoints: list[str] = []
-        if last is not None and last.kind == "update" and last.result == "succeeded":
-            phase = Phase.READY
-            endpoints = self.stacks.seen_up(stack, last).endpoints
-        elif tags.get(stack_record.TAG_GAVE_UP) == "true":
-            phase = Phase.FAILED
-        else:
-            busy = self._ops.busy(stack.name)
-            phase = Phase.UPDATING if busy is None else busy.phase
-        # The stack name is the fleet name (DNS-1123 names need no shortening to be stack names); the
-        # first update's start is when the fleet was made; the replicas are known once it is up.
-        return FleetInfo(
-            name=stack.name, owner=tags.get(stack_record.TAG_OWNER, ""),
-            execution=tags.get(stack_record.TAG_EXECUTION, ""),
-            phase=phase, created_at=history[-1].start_time.timestamp() if history else 0.0,
-            expires_at=stack_record.expires_at(tags) or 0.0, replicas=len(endpoints), endpoints=endpoints,
-            servers=cluster_servers(stack.name, self.settings.namespace, len(endpoints), endpoints),
-            leases=sorted(leases.live(self.stacks.leases(stack.name, tags), self._clock())),
-            message=tags.get(stack_record.TAG_LAST_ERROR, ""))
+        return stack_listing.fleet_infos(self.stacks, self._clock())
 
     def observed_fleets(self) -> tuple[float, list[FleetInfo]] | None:
         """The fleets as the sweep last listed them (as it starts, then after each gc pass), and when:
@@ -425,27 +385,6 @@ class PulumiProvisioner:
             return err
         outcome.__cause__ = err
         return outcome
-
-    def _stacks_of(self, workflow_execution: str) -> tuple[list[str], list[tuple[str, str]]]:
-        """The stacks graphfleet made for the workflow execution, by their execution tag; and the
-        shared stacks it holds a lease on, with their owners."""
-        found, held = [], []
-        with self.stacks.workspace(None, workspace=UnselectedWorkspace) as ws:
-            for summary in ws.list_stacks():
-                name = stack_record.short_stack_name(summary.name)
-                try:
-                    tags = auto.Stack.select(name, ws).list_tags()
-                except StackNotFoundError:
-                    continue  # removed since the listing
-                execution = workflow_execution_of(tags.get(stack_record.TAG_EXECUTION, ""))
-                if (tags.get(stack_record.TAG_MANAGED) != "true"
-                        or tags.get(stack_record.TAG_DELETED) == "true"):
-                    continue
-                if execution == workflow_execution:
-                    found.append(name)
-                elif workflow_execution in self.stacks.leases(name, tags):
-                    held.append((name, tags.get(stack_record.TAG_OWNER, "")))
-        return found, held
 
     def _enqueue(self, provision: Provision) -> None:
         """An `up` attempt on a worker, unless one (or a destroy) is queued or running here."""
@@ -532,16 +471,6 @@ class PulumiProvisioner:
                 if removed:
                     log.info("garbage-collected expired fleets: %s", ", ".join(removed))
             self._observe()
-
-
-class PodReader(Protocol):
-    """What the provisioner reads of a fleet's pods (flyte_agent/pods.py `KubernetesPods`)."""
-
-    def pods(self, namespace: str, fleet: str) -> dict[str, Any] | None: ...
-
-    def create_failures(self, namespace: str, fleet: str) -> list[Any] | None: ...
-
-    def log_tail(self, server: ServerState) -> str: ...
 
 
 def _default_health(endpoints: list[str]) -> list[str]:

@@ -1,7 +1,7 @@
 """Chaos: fleets through 2 connector replicas while replicas and pulumi CLIs are killed.
 
 Two `pyflyte serve connector` replicas (real gRPC, each on its own hostname through a UTS namespace, as
-two pods) share one self-managed Pulumi backend (`file://`) driven through the fake CLI
+two pods) share one self-managed Pulumi state backend (`file://`) driven through the fake CLI
 (tests/fake_pulumi.py: real lock files, its `up` runs the real inline program). Each execution is a
 propeller stand-in that sends every call to a random live replica (a Service in front of the pods):
 `keep` (create, GetTask until SUCCEEDED, keep it to the end), `release` (then DeleteTask), `abort`
@@ -298,7 +298,7 @@ def all_locks(backend_url: str) -> list[dict[str, Any]]:
 
 
 def running_clis(backend_url: str) -> list[int]:
-    """Fake CLI processes working on this backend (found by the backend in their environment)."""
+    """Fake CLI processes working on this state backend (found by its URL in their environment)."""
     wanted = f"PULUMI_BACKEND_URL={backend_url}".encode()
     pids = []
     for proc in Path("/proc").iterdir():
@@ -314,8 +314,8 @@ def running_clis(backend_url: str) -> list[int]:
 
 
 @contextmanager
-def fleet_backend(scratch: Path) -> Iterator[tuple[str, dict[str, str], str]]:
-    """moto's S3 with a small graph, the fake CLI over a file:// backend, and the replicas' env."""
+def fleet_state_backend(scratch: Path) -> Iterator[tuple[str, dict[str, str], str]]:
+    """moto's S3 with a small graph, the fake CLI over a file:// state backend, and the replicas' env."""
     with moto_s3(buckets=["graphs"], set_env=True) as endpoint:
         uri = convert(ring_graph(), "s3://graphs/ring", partitions=2)
         cli = fake_pulumi.install(scratch)
@@ -329,7 +329,7 @@ def fleet_backend(scratch: Path) -> Iterator[tuple[str, dict[str, str], str]]:
 
 def run(fleets: int, seed: int, every: tuple[float, float], scratch: Path,
         ready_limit: float = 600) -> dict[str, Any]:
-    with fleet_backend(scratch) as (url, env, uri):
+    with fleet_state_backend(scratch) as (url, env, uri):
         replicas = [Replica(f"replica-{i}", env, scratch / f"replica-{i}.log") for i in range(2)]
         with ThreadPoolExecutor(len(replicas)) as pool:
             list(pool.map(Replica.start, replicas))  # raises with the replica's log if one did not start

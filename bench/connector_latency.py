@@ -9,7 +9,7 @@
 
 `--backend pulumi` instead runs the Pulumi provisioner through the Automation API seam: every
 execution is a fresh fleet (one ephemeral stack each), the CLI is the fake from tests/fake_pulumi.py
-over a file:// backend (its `up` runs the real inline program), the graph sits in moto's S3. It
+over a file:// state backend (its `up` runs the real inline program), the graph sits in moto's S3. It
 times CreateTask, the first GetTask, DeleteTask and CreateTask -> SUCCEEDED (polling every second)
 at each concurrency: the connector's own cost per Pulumi call, not Kubernetes' (endpoints are not
 health-checked: nothing serves them). It also reports the CPU seconds spent in the connector process

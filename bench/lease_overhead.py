@@ -9,7 +9,7 @@ and an ordinary one. Then, interleaved, `--calls` times each:
 - GetTask of a ready fleet: shared vs ordinary (both read only: no lease is written on GetTask).
 
 Pulumi (`--pulumi-calls`): the provisioner calls the connector makes (create, status of a ready fleet),
-shared vs ordinary, with the CLI processes each one ran: the CLI call count is what a real backend's
+shared vs ordinary, with the CLI processes each one ran: the CLI call count is what a real state backend's
 latency multiplies.
 
     .venv/bin/python -m bench.lease_overhead [--calls 50] [--pulumi-calls 10]

@@ -29,7 +29,7 @@ COPY infra/ infra/
 COPY flyte_agent/ flyte_agent/
 COPY graph_engine/ graph_engine/
 COPY workflows/ workflows/
-# The Pulumi CLI looks the current user up (self-managed backend locks): the uid needs a passwd entry.
+# The Pulumi CLI looks the current user up (self-managed state backend locks): the uid needs a passwd entry.
 RUN pip install --no-deps --no-build-isolation . \
     && groupadd --gid "${UID}" "${ACCOUNT}" \
     && useradd --uid "${UID}" --gid "${UID}" --no-create-home --shell /usr/sbin/nologin "${ACCOUNT}"

@@ -1,4 +1,4 @@
-"""The fleet stacks in the self-managed backend: each step flyte_agent/pulumi_provisioner.py takes on one.
+"""The fleet stacks in the state backend: each step flyte_agent/pulumi_provisioner.py takes on one.
 
 Select or create a stack with its first tags, repair its record, run one `up` attempt and record its
 outcome, read a succeeded update's outputs, tear a fleet down (a tombstone, or a removal for a shared
@@ -53,7 +53,7 @@ _SEEN_UPS_MAX = 4096
 
 
 class FleetStacks:
-    """The stacks of one backend, as this process reaches them (through `command`)."""
+    """The stacks of one state backend, as this process reaches them (through `command`)."""
 
     def __init__(self, settings: Settings, command: TimedPulumiCommand, ops: StackOperations,
                  clock: Callable[[], float]) -> None:

@@ -1,13 +1,13 @@
 """Which connector replicas are alive, and which stack locks only a dead one holds.
 
-The self-managed backend locks a stack by writing `.pulumi/locks/organization/<project>/<stack>/<uuid>.json`
+The state backend locks a stack by writing `.pulumi/locks/organization/<project>/<stack>/<uuid>.json`
 = `{pid, username, hostname, timestamp}` (one uuid per CLI process); `Lock()` fails while any other file
 is in that folder and `Unlock()` deletes its own (pulumi pkg/backend/diy/lock.go, v3.274.0). A lock says
 nothing about whether its holder still runs: a CLI killed with its pod leaves its file for ever. And
 `pulumi cancel` deletes every file in the folder (diy/backend.go CancelCurrentUpdate), so a replica that
 "cancels a stale lock" also deletes a lock another replica took a moment ago.
 
-So each replica keeps a heartbeat in the same backend, `.graphfleet/replicas/<hostname>.json` =
+So each replica keeps a heartbeat in the same state backend, `.graphfleet/replicas/<hostname>.json` =
 `{hostname, pid, started, beat}`, rewritten every `interval` seconds, and a lock is broken only when its
 holder is dead (`holder_dead`), by deleting that one lock file, never by `cancel`. A pod's hostname is
 its name, so it names a replica; a restarted container keeps the name but gets a new `started`.
@@ -77,7 +77,7 @@ def holder_dead(lock: LockFile, beats: Mapping[str, Heartbeat], me: Heartbeat, n
 
 
 class StateFiles:
-    """The few files graphfleet reads and writes beside Pulumi's in a self-managed backend."""
+    """The few files graphfleet reads and writes beside Pulumi's in the state backend."""
 
     def __init__(self, backend_url: str) -> None:
         self.fs, self.root = _filesystem(backend_url)
@@ -105,7 +105,7 @@ class StateFiles:
             pass
 
     def remove_lock(self, lock: LockFile) -> None:
-        """Delete a lock file as the CLI's own unlock does: on a `file://` backend with the attributes
+        """Delete a lock file as the CLI's own unlock does: on a `file://` state backend with the attributes
         sidecar gocloud's fileblob writes beside it (`<uuid>.json.attrs`), which would otherwise stay."""
         self.remove(lock.path)
         if "file" in self.fs.protocol:
@@ -235,7 +235,7 @@ def cli_alive(pid: int) -> bool:
 
 
 def _filesystem(backend_url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """fsspec over the backend the CLI uses: `file:///path` or
+    """fsspec over the state backend the CLI uses: `file:///path` or
     `s3://bucket?endpoint=host:port&disableSSL=true&s3ForcePathStyle=true&region=r` (gocloud's s3 URL
     options, which the CLI's diy backend opens), with the same AWS credentials from the environment."""
     parts = urlsplit(backend_url)
@@ -253,4 +253,4 @@ def _filesystem(backend_url: str) -> tuple[fsspec.AbstractFileSystem, str]:
             client["region_name"] = query["region"]
         fs = fsspec.filesystem("s3", client_kwargs=client, skip_instance_cache=True)
         return fs, f"{parts.netloc}{parts.path}".rstrip("/")
-    raise ValueError(f"backend_url: {backend_url!r} is not a self-managed backend (file:// or s3://)")
+    raise ValueError(f"backend_url: {backend_url!r} is not a self-managed state backend (file:// or s3://)")

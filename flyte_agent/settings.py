@@ -80,7 +80,7 @@ class Settings(BaseModel):
     ready_timeout_seconds: float = Field(
         5.0, gt=0, le=60, description="local backend: bound on one health probe round")
     # Pulumi backend (flyte_agent.pulumi_provisioner).
-    backend_url: str = Field("file://~/.pulumi-graphfleet", description="self-managed Pulumi backend")
+    backend_url: str = Field("file://~/.pulumi-graphfleet", description="self-managed Pulumi state backend")
     kubeconfig: str | None = Field(None, description="kubeconfig path or contents; unset = in-cluster")
     pulumi_command: str = Field("pulumi", description="the pulumi CLI executable")
     secrets_provider: str | None = Field(
@@ -102,7 +102,7 @@ class Settings(BaseModel):
     gc_interval_seconds: float = Field(300.0, ge=0, description="expiry sweep period; 0 disables it")
     heartbeat_seconds: float = Field(
         10.0, gt=0, le=300,
-        description="how often a replica writes its heartbeat to the backend; another replica breaks "
+        description="how often a replica writes its heartbeat to the state backend; another replica breaks "
                     "its stack locks once 4 beats are missed (flyte_agent.replicas)")
     renew_seconds: float = Field(
         900.0, gt=0, description="while a fleet's holder still runs, gc renews its expiry (or lease) this "

@@ -1,7 +1,7 @@
-"""The stack record: what the self-managed backend durably says about a fleet stack (names, tags, expiry,
+"""The stack record: what the state backend durably says about a fleet stack (names, tags, expiry,
 retry counts, stale locks).
 
-Everything the Pulumi provisioner decides from what it reads in the backend lives here as plain
+Everything the Pulumi provisioner decides from what it reads in the state backend lives here as plain
 functions, so it is tested without a CLI. The stack is the record: its tags carry who owns it, which
 execution it serves, when it expires and how many `up` attempts were made, so any connector replica
 after any restart reaches the same decision.
@@ -138,7 +138,7 @@ def check_tags(tags: Mapping[str, str]) -> None:
 
 def is_tombstone(history_kinds: list[str]) -> bool:
     """A stack whose history holds a destroy was deleted on purpose: no `up` may bring it back. The
-    self-managed backend appends the entry while the operation still holds the stack's lock (pulumi
+    self-managed state backend appends the entry while the operation still holds the stack's lock (pulumi
     pkg/backend/diy/backend.go: apply() calls addToHistory before Destroy's deferred Unlock), so an
     `up` that takes the lock afterwards sees it."""
     return "destroy" in history_kinds
@@ -187,7 +187,7 @@ def retry_wait(tags: Mapping[str, str], backoff: float, now: float) -> float:
 
 
 def last_attempt_ended(tags: Mapping[str, str], history: list[tuple[str, str]]) -> bool:
-    """Whether the last counted `up` attempt has ended (whatever its result): the self-managed backend
+    """Whether the last counted `up` attempt has ended (whatever its result): the state backend
     writes an operation's history entry when it ends (pulumi pkg/backend/diy/state.go addToHistory), so
     an attempt running, or dead with its process, has none. `history`: (kind, message) per entry.
 
@@ -216,7 +216,7 @@ def is_expired(tags: Mapping[str, str], now: float) -> bool:
 
 @dataclass(frozen=True)
 class Lock:
-    """A backend lock as the CLI reports it in a conflict error."""
+    """A stack lock as the CLI reports it in a conflict error."""
 
     host: str
     pid: int

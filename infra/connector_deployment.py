@@ -1,7 +1,7 @@
 """`FlyteConnector`: the graphfleet Flyte connector as a highly available Deployment.
 
 `pyflyte serve connector` answers FlytePropeller's CreateTask/GetTask/DeleteTask over gRPC. Every
-replica is interchangeable (state lives in the Pulumi backend, not in memory), so the Service is
+replica is interchangeable (state lives in the Pulumi state backend, not in memory), so the Service is
 headless and propeller's `dns:///` endpoint with round-robin spreads calls over all replicas. The
 connector may manage fleets only in the data-service namespace, through a Role granting exactly
 the kinds `GraphDataService` declares; it reads no Secret through the API (the kubelet injects
@@ -155,27 +155,28 @@ def role_manifest(args: FlyteConnectorArgs) -> dict[str, Any]:
 
 # gc follows each holder's Flyte execution, its FlyteWorkflow (flyte_agent/executions.py): renews the
 # fleet while it runs, releases it once aborted. Only `get flyteworkflows`, only where graph clients run.
-CONSUMER_RULES: list[dict[str, Any]] = [{"apiGroups": ["flyte.lyft.com"], "resources": ["flyteworkflows"],
-                                         "verbs": ["get"]}]
-CONSUMERS_NAME = f"{NAME}-consumers"
+EXECUTION_RULES: list[dict[str, Any]] = [{"apiGroups": ["flyte.lyft.com"], "resources": ["flyteworkflows"],
+                                          "verbs": ["get"]}]
+# The Roles' deployed name ("consumers" was this concept's old name): renaming it would replace them.
+EXECUTIONS_ROLE = f"{NAME}-consumers"
 
 
-def consumer_namespaces(args: FlyteConnectorArgs) -> list[str]:
+def execution_namespaces(args: FlyteConnectorArgs) -> list[str]:
     """The graph clients' namespaces (the teams' Flyte project-domain ones, training) where the
     connector reads executions' FlyteWorkflows; not its own, nor the fleets'."""
     return sorted(set(args.client_namespaces) - {args.namespace, args.data_namespace})
 
 
-def consumer_rbac_manifests(args: FlyteConnectorArgs) -> list[dict[str, Any]]:
-    """A Role and RoleBinding per consumer namespace: get flyteworkflows, nothing else."""
+def execution_rbac_manifests(args: FlyteConnectorArgs) -> list[dict[str, Any]]:
+    """A Role and RoleBinding in each of `execution_namespaces`: get flyteworkflows, nothing else."""
     out = []
-    for namespace in consumer_namespaces(args):
-        meta = _meta(namespace, CONSUMERS_NAME)
+    for namespace in execution_namespaces(args):
+        meta = _meta(namespace, EXECUTIONS_ROLE)
         out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
-                    "rules": CONSUMER_RULES})
+                    "rules": EXECUTION_RULES})
         out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                "name": CONSUMERS_NAME},
+                                "name": EXECUTIONS_ROLE},
                     "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": args.namespace}]})
     return out
 
@@ -225,10 +226,10 @@ def settings_env(args: FlyteConnectorArgs) -> list[dict[str, Any]]:
 
 
 def secret_env(args: FlyteConnectorArgs) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(`env`, `envFrom`) that bring the Pulumi backend and cloud credentials in from Secrets.
+    """(`env`, `envFrom`) that bring the Pulumi state backend and cloud credentials in from Secrets.
 
     The passphrase is a file (PULUMI_CONFIG_PASSPHRASE_FILE, which the CLI reads): a file does not
-    show in the process environment, `/proc/<pid>/environ` or a crash dump. The backend URL stays an
+    show in the process environment, `/proc/<pid>/environ` or a crash dump. The state backend's URL stays an
     environment variable: the CLI reads it from PULUMI_BACKEND_URL only.
     """
     secrets = args.config.secrets
@@ -465,9 +466,10 @@ class FlyteConnector(pulumi.ComponentResource):
         binding = role_binding_manifest(args)
         k8s.rbac.v1.RoleBinding(f"{name}-rolebinding", metadata=binding["metadata"],
                                 role_ref=binding["roleRef"], subjects=binding["subjects"], opts=child)
-        for manifest in consumer_rbac_manifests(args):
+        for manifest in execution_rbac_manifests(args):
             namespace = manifest["metadata"]["namespace"]
             meta = manifest["metadata"]
+            # Resource names as deployed: a rename would replace the objects.
             if manifest["kind"] == "Role":
                 k8s.rbac.v1.Role(f"{name}-consumers-{namespace}", metadata=meta, rules=manifest["rules"],
                                  opts=child)

@@ -74,7 +74,7 @@ RELEASE_EXECUTION: dict[str, Any] = {"release": "execution"}
 SERVE_MODULES = ("--modules", "flyte_agent.serve")
 # The connector Deployment's container: its log links name it (flyte_agent/connector.py).
 CONNECTOR_CONTAINER = "connector"
-# The Pulumi CLI's own backend variable: the Deployment sets it, the settings fall back to it.
+# The Pulumi CLI's own state backend variable: the Deployment sets it, the settings fall back to it.
 PULUMI_BACKEND_URL_ENV = "PULUMI_BACKEND_URL"
 
 # The connector's settings (flyte_agent/settings.py), one variable per field: `GRAPHFLEET_<FIELD>` in

@@ -13,7 +13,7 @@ from __future__ import annotations
 GRAPH_ENGINE_UID = 10000
 CONNECTOR_UID = 10001
 # The connector image's user: the Pulumi CLI resolves the current user for every lock of the
-# self-managed backend (pulumi/pulumi sdk/go/common/workspace/paths.go, user.Current()) and fails
+# self-managed state backend (pulumi/pulumi sdk/go/common/workspace/paths.go, user.Current()) and fails
 # for a uid without a passwd entry, so the pod's uid must be the one the image created.
 CONNECTOR_USER = "connector"
 # Where the connector image installs the pulumi-kubernetes plugin at build time (a datacenter cannot

@@ -22,7 +22,7 @@ CREDENTIALS_VOLUME = "object-store-credentials"
 CREDENTIALS_DIR = "/var/run/secrets/graphfleet/object-store"
 CREDENTIALS_FILE = "credentials"
 # The profile s3fs reads from the mounted file (`FSSPEC_S3_PROFILE`); the AWS SDK's default chain
-# (the Pulumi CLI's) reads `default`, so the graph credentials never become the backend's.
+# (the Pulumi CLI's) reads `default`, so the graph credentials never become the state backend's.
 PROFILE = "graphfleet-graphs"
 
 

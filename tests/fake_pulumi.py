@@ -2,11 +2,11 @@
 
 It is run as a real executable (through a two-line shell wrapper, see `install()`), so the
 provisioner's `TimedPulumiCommand` starts, times out and kills it like the real binary, and two
-processes (two connector replicas, or a connector and its successor) share one backend.
+processes (two connector replicas, or a connector and its successor) share one state backend.
 
 State lives under the `file://` directory of `PULUMI_BACKEND_URL`, in `fake/state.json`, guarded by
 an flock: per stack its tags, history (newest last), resources, pending operations and outputs.
-Stack locks are the real backend's files (pulumi pkg/backend/diy/lock.go, v3.274.0): `up`, `destroy`,
+Stack locks are the real state backend's files (pulumi pkg/backend/diy/lock.go, v3.274.0): `up`, `destroy`,
 `refresh` and `stack rm` write `.pulumi/locks/organization/<project>/<stack>/<uuid>.json` =
 `{pid, username, hostname, timestamp}` (hostname is the process's, os.Hostname()) and delete it when they
 end; any other file in that folder refuses the lock, with the real CLI's wording (so the Automation API
@@ -18,7 +18,7 @@ monitor and an engine over gRPC and calls the Automation API's language host at 
 echoes every resource's inputs as its outputs (what Kubernetes returns for declarative objects), so
 the stack outputs are what GraphDataService computes, not synthesized.
 
-The backend also keeps the cluster: the Kubernetes objects (`kind:namespace/name`) that programs
+The state backend also keeps the cluster: the Kubernetes objects (`kind:namespace/name`) that programs
 created, which outlive a stack's state when `refresh --clear-pending-creates` drops pending creates.
 Pending operations are kept as the real deployment's `pending_operations` (`{"resource", "type":
 "creating"}`, the resource without an id: its create never returned). Like the real CLI, `up` and
@@ -134,7 +134,7 @@ def state_dir(backend_url: str) -> Path:
 
 # -- state --------------------------------------------------------------------------------------
 
-class Backend:
+class StateBackend:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
@@ -227,7 +227,7 @@ def script_faults(backend_url: str, stack: str, **ops: list[str]) -> None:
 def cluster(backend_url: str) -> dict[str, dict[str, Any]]:
     """The Kubernetes objects that exist, `type:namespace/name` -> `{manager, operation, manifest, stack}`
     (`stack`: the stack whose `up` made it, for a test's accounting; the real cluster has no such field)."""
-    return dict(Backend(state_dir(backend_url)).read().get("cluster", {}))
+    return dict(StateBackend(state_dir(backend_url)).read().get("cluster", {}))
 
 
 def stacks(backend_url: str) -> dict[str, Any]:
@@ -268,12 +268,12 @@ PROJECT = "graphfleet-fleets"  # the Automation API's project (flyte_agent.stack
 
 
 def lock_dir(backend_url: str, stack: str) -> Path:
-    """Where the self-managed backend keeps a stack's lock files (pulumi pkg/backend/diy/lock.go
+    """Where the self-managed state backend keeps a stack's lock files (pulumi pkg/backend/diy/lock.go
     stackLockDir: `.pulumi/locks/` + the stack's fully qualified name, v3.274.0)."""
     return Path(backend_url.removeprefix("file://")) / ".pulumi" / "locks" / "organization" / PROJECT / stack
 
 
-# The file:// backend writes through gocloud's fileblob, which keeps each blob's attributes in a sidecar
+# The file:// state backend writes through gocloud's fileblob, which keeps each blob's attributes in a sidecar
 # file `<blob>.attrs`, deletes it with the blob, and leaves it out of listings (gocloud.dev
 # blob/fileblob/fileblob.go, attrs.go `attrsExt`; gocloud.dev v0.46.1-0.20260810195832-b5401c07b5f1, as the
 # pulumi CLI v3.274.0 builds with).
@@ -301,8 +301,8 @@ def _conflict(backend_url: str, name: str, held: list[dict[str, Any]]) -> CliErr
 
 
 class Cli:
-    def __init__(self, backend: Backend, backend_url: str) -> None:
-        self.backend = backend
+    def __init__(self, state_backend: StateBackend, backend_url: str) -> None:
+        self.state_backend = state_backend
         self.url = backend_url
         self.lock_id = str(uuid.uuid4())  # one per CLI process, like the diy backend's lockID
 
@@ -312,7 +312,7 @@ class Cli:
         if head == ["version"]:
             return f"v{VERSION}"
         if head[:2] == ["stack", "select"]:
-            with self.backend.state() as data:
+            with self.state_backend.state() as data:
                 _get(data, _stack_of(args))
             return ""
         if head[:2] == ["stack", "init"]:
@@ -324,12 +324,12 @@ class Cli:
         if head[:2] == ["stack", "tag"]:
             return self.tag(words[2], words[3:], _stack_of(args))
         if head[:2] == ["stack", "output"]:
-            with self.backend.state() as data:
+            with self.state_backend.state() as data:
                 return json.dumps(_get(data, _stack_of(args))["outputs"])
         if head[:2] == ["stack", "history"]:
             return self.history(_stack_of(args), _flag(args, "--page-size"))
         if head[:2] == ["stack", "export"]:
-            with self.backend.state() as data:
+            with self.state_backend.state() as data:
                 stack = _get(data, _stack_of(args))
                 return json.dumps({"version": 3, "deployment": {
                     "resources": stack["resources"], "pending_operations": stack["pending"]}})
@@ -344,7 +344,7 @@ class Cli:
             clear = "--clear-pending-creates" in args
             return self.locked_op(_stack_of(args), "refresh", lambda s, _: self._refreshed(s, clear))
         if head == ["cancel"]:
-            with self.backend.state() as data:
+            with self.state_backend.state() as data:
                 _get(data, _stack_of(args))
                 for lock in locks(self.url, _stack_of(args)):  # every lock file, whoever holds it
                     _delete_blob(Path(lock["path"]))
@@ -358,13 +358,13 @@ class Cli:
             raise CliError("passphrase must be set with PULUMI_CONFIG_PASSPHRASE or "
                            "PULUMI_CONFIG_PASSPHRASE_FILE environment variables")
         provider = _flag(args, "--secrets-provider") or "passphrase"
-        with self.backend.state() as data:
+        with self.state_backend.state() as data:
             if name in data["stacks"]:
                 raise CliError(f"stack '{name}' already exists")
             data["stacks"][name] = {"tags": {}, "history": [], "resources": [], "pending": [],
                                     "outputs": {}, "secretsProvider": provider}
         # Like the CLI, the stack's settings go to Pulumi.<stack>.yaml beside the project's Pulumi.yaml
-        # (the Automation API's work dir), not to the backend.
+        # (the Automation API's work dir), not to the state backend.
         project = Path("Pulumi.yaml")
         if project.exists() and "graphfleet-fleets" in project.read_text():
             Path(f"Pulumi.{name}.yaml").write_text(f"secretsprovider: {provider}\n")
@@ -376,7 +376,7 @@ class Cli:
         with PULUMI_FALLBACK_TO_STATE_SECRETS_MANAGER, else to a passphrase manager, which cannot open a
         KMS-encrypted state (pulumi pkg/cmd/pulumi/stack/secrets.go GetSecretsManager,
         sdk/go/common/env/env.go FallbackToStateSecretsManager; v3.259.0+14, commit 1b5949891b)."""
-        with self.backend.state() as data:
+        with self.state_backend.state() as data:
             provider = _get(data, name).get("secretsProvider", "passphrase")
         local = Path(f"Pulumi.{name}.yaml")
         if provider == "passphrase" or (local.exists() and provider in local.read_text()):
@@ -388,7 +388,7 @@ class Cli:
                        "or PULUMI_CONFIG_PASSPHRASE_FILE environment variables")
 
     def ls(self) -> str:
-        with self.backend.state() as data:
+        with self.state_backend.state() as data:
             rows = []
             for name, stack in sorted(data["stacks"].items()):
                 row = {"name": f"organization/graphfleet-fleets/{name}", "current": False,
@@ -400,7 +400,7 @@ class Cli:
         return json.dumps(rows)
 
     def rm(self, name: str, force: bool) -> str:
-        with self.backend.state() as data:
+        with self.state_backend.state() as data:
             stack = _get(data, name)
             if stack["resources"] and not force:
                 raise CliError(f"'{name}' still has resources; removal rejected. Possible actions:\n"
@@ -418,7 +418,7 @@ class Cli:
         # every tag; v3.259.0+14, commit 1b5949891b). So two writers at once lose one's key: here the
         # read and the write are two steps too, and a scripted `tag <verb> <key>` fault (a delay or a
         # failure) falls between them.
-        with self.backend.state() as data:
+        with self.state_backend.state() as data:
             tags = dict(_get(data, name)["tags"])
         if verb in ("get", "ls"):
             if verb == "ls":
@@ -438,20 +438,20 @@ class Cli:
                                "hyphens, underscores, periods, or colons")
             if len(rest[1]) > 256:
                 raise CliError(f"stack tag {rest[0]!r} value is too long (max length 256 characters)")
-        fault = self.backend.next_fault(name, f"tag {verb} {rest[0]}")
+        fault = self.state_backend.next_fault(name, f"tag {verb} {rest[0]}")
         if fault.startswith("fail:"):
             raise CliError(fault.removeprefix("fail:"))
         if verb == "set":
             tags[rest[0]] = rest[1]
         else:
             del tags[rest[0]]
-        with self.backend.state() as data:
+        with self.state_backend.state() as data:
             _get(data, name)["tags"] = tags  # the whole file, as read above plus one change
         return ""
 
     def import_(self, name: str, file: Path) -> str:
         deployment = json.loads(file.read_text())["deployment"]
-        with self.backend.state() as data:
+        with self.state_backend.state() as data:
             stack = _get(data, name)
             held = locks(self.url, name)
             if held:
@@ -464,16 +464,16 @@ class Cli:
         """`stack history --json`, newest first, each entry with the real `updateInfoJSON`'s fields
         (no outputs, no tags; times to the second: pulumi pkg/cmd/pulumi/stack/stack_history.go
         `buildUpdatesJSON`, v3.274.0)."""
-        if self.backend.next_fault(name, "history") == "die":
+        if self.state_backend.next_fault(name, "history") == "die":
             os.kill(os.getpid(), signal.SIGKILL)  # a read killed from outside (its pod's OOM killer)
-        with self.backend.state() as data:
+        with self.state_backend.state() as data:
             entries = list(reversed(_get(data, name)["history"]))
         return json.dumps(entries[: int(page_size)] if page_size else entries)
 
     def _begin(self, name: str, kind: str, message: str = "") -> None:
         """Take the stack's lock, or fail on a held lock. diy/lock.go Lock() checks for other lock
         files, writes its own and checks again; the state's flock makes those three steps one here."""
-        with self.backend.state() as data:
+        with self.state_backend.state() as data:
             stack = _get(data, name)
             held = locks(self.url, name)
             if held:
@@ -488,25 +488,25 @@ class Cli:
             # UpdateMetadata.Message; stack_history.go `updateInfoJSON.Message`, v3.274.0).
             stack["running"] = {"kind": kind, "startTime": _now(), "message": message, "environment": {},
                                 "config": {}, "version": len(stack["history"]) + 1}
-            self.backend.log_event("lock", name)
+            self.state_backend.log_event("lock", name)
 
     def _end(self, name: str, ok: bool, change: Any = None, always: bool = False) -> None:
-        with self.backend.state() as data:
+        with self.state_backend.state() as data:
             stack = _get(data, name)
             if change is not None and (ok or always):
                 change(stack, data)
-            # Like the DIY backend, history records an operation only when it ends.
+            # Like the DIY state backend, history records an operation only when it ends.
             entry = stack.pop("running")
             stack["history"].append({**entry, "result": "succeeded" if ok else "failed", "endTime": _now()})
             _delete_blob(lock_dir(self.url, name) / f"{self.lock_id}.json")
-            self.backend.log_event("unlock", name)
+            self.state_backend.log_event("unlock", name)
 
     def locked_op(self, name: str, kind: str, change: Any) -> str:
         self.check_secrets_manager(name)
         self._begin(name, kind)
         _cancel_on_signal()
         try:
-            fault = self.backend.next_fault(name, kind)
+            fault = self.state_backend.next_fault(name, kind)
         except Cancelled:
             self._end(name, ok=False)
             raise
@@ -529,7 +529,7 @@ class Cli:
         manager. Returns the first failure's error, or None (then every object is made)."""
         upsert = _provider_sets(resources, "upsertExistingObjects")
         force = _provider_sets(resources, "enablePatchForce")
-        with self.backend.state() as data:
+        with self.state_backend.state() as data:
             cluster = data.setdefault("cluster", {})
             known = set(_objects(_get(data, name)["resources"]))
             made = {}
@@ -567,7 +567,7 @@ class Cli:
 
     def _warn_pending(self, name: str) -> list[dict[str, Any]]:
         """The stack's pending operations, after the engine's warning about them (it carries on)."""
-        with self.backend.state() as data:
+        with self.state_backend.state() as data:
             pending: list[dict[str, Any]] = _get(data, name)["pending"]
         if pending:
             print(f"warning: Attempting to deploy or update resources with {len(pending)} pending operations "
@@ -578,7 +578,7 @@ class Cli:
 
     def up(self, name: str, client: str | None, message: str = "") -> str:
         self.check_secrets_manager(name)
-        start = self.backend.next_fault(name, "up-start", when=lambda f: f != _KILL_WHEN_FREE
+        start = self.state_backend.next_fault(name, "up-start", when=lambda f: f != _KILL_WHEN_FREE
                                         or not locks(self.url, name))
         if start == "die":
             os.kill(os.getpid(), signal.SIGKILL)  # killed from outside before it took the lock (OOM, a pod)
@@ -590,7 +590,7 @@ class Cli:
         self._begin(name, "update", message)
         _cancel_on_signal()
         base_pending = self._warn_pending(name)
-        fault = self.backend.next_fault(name, "up")
+        fault = self.state_backend.next_fault(name, "up")
         try:
             resources, outputs = run_program(client, name) if client else ([], {})
         except CliError:
@@ -601,7 +601,7 @@ class Cli:
             self._end(name, ok=False)
             raise CliError(failed)
         if fault in ("hang", "wedge"):
-            with self.backend.state() as data:
+            with self.state_backend.state() as data:
                 _get(data, name)["pending"] = base_pending + [
                     {"resource": {**r, "id": ""}, "type": "creating"} for r in resources if r["custom"]]
             if fault == "wedge":  # a CLI stuck where no signal reaches it: only SIGKILL ends it
@@ -819,9 +819,9 @@ def main(argv: list[str]) -> int:
         if args[:1] == ["version"]:
             print(f"v{VERSION}")
             return 0
-        backend = Backend(state_dir(os.environ.get("PULUMI_BACKEND_URL", "")))
-        backend.log_call(args)
-        out = Cli(backend, os.environ.get("PULUMI_BACKEND_URL", "")).run(args)
+        state_backend = StateBackend(state_dir(os.environ.get("PULUMI_BACKEND_URL", "")))
+        state_backend.log_call(args)
+        out = Cli(state_backend, os.environ.get("PULUMI_BACKEND_URL", "")).run(args)
     except CliError as err:
         print(f"error: {err}", file=sys.stderr)
         return _EXIT_ERROR

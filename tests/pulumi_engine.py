@@ -3,7 +3,7 @@ provider, all from `make tools` (.tools/bin, the provider installed as a plugin 
 
 `engine_env()` is the environment a user's shell would have: the tools first on PATH (the CLI finds
 its language host beside itself), a PULUMI_HOME of the test's own whose plugins are the built ones,
-plugin downloads off (nothing is fetched; a missing plugin fails instead), and a `file://` backend.
+plugin downloads off (nothing is fetched; a missing plugin fails instead), and a `file://` state backend.
 Without the tools a test marked `needs_engine` skips with "run `make tools`"; under `make test` it
 fails (tests/control_plane.py `needs_tools`).
 """
@@ -57,18 +57,18 @@ def require_engine() -> None:
         pytest.fail(missing)
 
 
-def engine_env(home: Path, backend: Path, kubeconfig: Path) -> dict[str, str]:
+def engine_env(home: Path, state_backend: Path, kubeconfig: Path) -> dict[str, str]:
     """The environment of a user running the CLI: tools on PATH, their own PULUMI_HOME (plugins linked
-    from the build), a `file://` backend and `kubeconfig`."""
+    from the build), a `file://` state backend and `kubeconfig`."""
     require_engine()
     (home / "plugins").parent.mkdir(parents=True, exist_ok=True)
     if not (home / "plugins").exists():
         (home / "plugins").symlink_to(PULUMI_HOME / "plugins")
-    backend.mkdir(parents=True, exist_ok=True)
+    state_backend.mkdir(parents=True, exist_ok=True)
     venv_bin = REPO / ".venv" / "bin"
     return {**os.environ,
             "PATH": f"{TOOLS_BIN}:{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "PULUMI_HOME": str(home), "PULUMI_BACKEND_URL": f"file://{backend}",
+            "PULUMI_HOME": str(home), "PULUMI_BACKEND_URL": f"file://{state_backend}",
             "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE, "PULUMI_SKIP_UPDATE_CHECK": "true",
             # Never fetch a plugin: the built ones are the only ones (a missing one fails the test).
             "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",

@@ -1,5 +1,5 @@
 """Issue 8's chaos run, short: a few fleets through 2 connector replicas (distinct hostnames, real
-gRPC, one self-managed backend through the fake CLI) while replicas and CLIs are SIGKILLed and
+gRPC, one self-managed state backend through the fake CLI) while replicas and CLIs are SIGKILLed and
 SIGTERMed. The full run (32 fleets) is `bench/chaos.py`; its figures are in docs/benchmarks.md."""
 
 from __future__ import annotations

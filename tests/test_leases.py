@@ -320,7 +320,7 @@ def test_pulumi_renews_a_fleet_of_its_own_while_its_execution_runs(
 
 def test_a_lease_tag_lost_or_brought_back_by_a_concurrent_tag_write_changes_no_lease(
         backend: tuple[str, Path], pulumi: Callable[..., PulumiProvisioner]) -> None:  # noqa: F811
-    """The DIY backend's `stack tag set` rewrites the whole tags file (test_pulumi_provisioner's
+    """The DIY state backend's `stack tag set` rewrites the whole tags file (test_pulumi_provisioner's
     tags-file test): a writer that read before run-b took its lease drops run-b's tag, and one that read
     before run-a's release brings run-a's back. Leases are one object per holder beside the tags."""
     url, _ = backend
@@ -334,14 +334,14 @@ def test_a_lease_tag_lost_or_brought_back_by_a_concurrent_tag_write_changes_no_l
         assert wait(provisioner, p, {Phase.READY, Phase.FAILED}).phase is Phase.READY  # its last GetTask
     name = stack_record.stack_name(holders["run-a"].name)
     stale = dict(fake_pulumi.stacks(url)[name]["tags"])  # what a concurrent writer read
-    with fake_pulumi.Backend(fake_pulumi.state_dir(url)).state() as data:
+    with fake_pulumi.StateBackend(fake_pulumi.state_dir(url)).state() as data:
         del data["stacks"][name]["tags"][stack_record.lease_key("proj/dev/run-b")]  # lost
     # run-a and run-c end: run-b still trains on the fleet, whatever its tag says.
     assert provisioner.release(name, "proj/dev", "proj/dev/run-a") == 2
     assert provisioner.release(name, "proj/dev", "proj/dev/run-c") == 1
     assert name in fake_pulumi.stacks(url) and provisioner.fleets()[0].leases == ["proj/dev/run-b"]
     # A stale writer brings run-a's and run-c's tags back: run-b's release still stops the fleet.
-    with fake_pulumi.Backend(fake_pulumi.state_dir(url)).state() as data:
+    with fake_pulumi.StateBackend(fake_pulumi.state_dir(url)).state() as data:
         data["stacks"][name]["tags"] = stale
     assert provisioner.release(name, "proj/dev", "proj/dev/run-b") == 0
     assert name not in fake_pulumi.stacks(url)

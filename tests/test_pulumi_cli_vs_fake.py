@@ -1,8 +1,8 @@
 """The fake CLI (tests/fake_pulumi.py) against the real one: each behaviour the connector relies on,
 run through the Automation API once with each, so the fake stays a model of the real CLI.
 
-The real CLI is `make tools`' build (.tools/bin/pulumi) on a `file://` backend. The programs here
-declare no provider resources: locks, tags, history and cancel live in the backend, not in the
+The real CLI is `make tools`' build (.tools/bin/pulumi) on a `file://` state backend. The programs here
+declare no provider resources: locks, tags, history and cancel live in the state backend, not in the
 provider. What the fake models of the kubernetes provider (field managers, upserts) runs against the
 real one in tests/test_pulumi_field_managers.py, and recovery after a killed `up` in
 tests/test_pulumi_real.py.
@@ -104,12 +104,12 @@ def test_up_records_history_and_outputs(cli: Cli) -> None:
 _BLOCKER = """
 import sys, time, pulumi
 from pulumi import automation as auto
-root, backend, home, stack, marker = sys.argv[1:6]
+root, backend_url, home, stack, marker = sys.argv[1:6]
 def program():
     open(marker, "w").close()
     time.sleep(300)   # an `up` waiting for a StatefulSet: only a kill ends it
 opts = auto.LocalWorkspaceOptions(
-    env_vars={"PULUMI_BACKEND_URL": backend, "PULUMI_CONFIG_PASSPHRASE": "test", "PULUMI_HOME": home,
+    env_vars={"PULUMI_BACKEND_URL": backend_url, "PULUMI_CONFIG_PASSPHRASE": "test", "PULUMI_HOME": home,
               "PULUMI_SKIP_UPDATE_CHECK": "true"},
     pulumi_command=auto.PulumiCommand(root=root),
     project_settings=auto.ProjectSettings(name="graphfleet-fleets", runtime="python"))
@@ -136,8 +136,8 @@ def test_a_killed_up_leaves_its_lock_until_cancel(cli: Cli, tmp_path: Path) -> N
         # The lock is one file per CLI process, `.pulumi/locks/organization/<project>/<stack>/<uuid>.json`
         # with the holder's pid, user, host and time (pulumi pkg/backend/diy/lock.go, v3.274.0), and
         # flyte_agent.replicas reads it as the CLI wrote it.
-        backend = StateFiles(cli.env["PULUMI_BACKEND_URL"])
-        [held] = backend.lock_files(PROJECT, "locked")
+        state_files = StateFiles(cli.env["PULUMI_BACKEND_URL"])
+        [held] = state_files.lock_files(PROJECT, "locked")
         raw = json.loads(Path(held.path).read_text())
         assert set(raw) == {"pid", "username", "hostname", "timestamp"}
         assert held.hostname == socket.gethostname() and abs(held.taken_at - time.time()) < 300
@@ -150,7 +150,7 @@ def test_a_killed_up_leaves_its_lock_until_cancel(cli: Cli, tmp_path: Path) -> N
         stack.up()
     (Path(held.path).parent / "another-holder.json").write_text(Path(held.path).read_text())
     stack.cancel()
-    assert backend.lock_files(PROJECT, "locked") == []
+    assert state_files.lock_files(PROJECT, "locked") == []
     stack.up()
     assert [(h.kind, h.result) for h in stack.history()][0] == ("update", "succeeded")
 
@@ -178,7 +178,7 @@ def _stack_init_as_unknown_uid(pulumi: Path, user: str | None) -> subprocess.Com
 @needs_tools("pulumi")
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
                     reason="switching to a uid with no passwd entry needs root and setpriv")
-def test_the_real_backend_lock_needs_a_user_name() -> None:
+def test_the_real_state_backend_lock_needs_a_user_name() -> None:
     # Release builds (no cgo) resolve the user in pure Go: /etc/passwd, else $USER, else an error,
     # on every `stack init`/`up`/`destroy`. Real CLI only: the fake cannot run as another uid here
     # (the venv's python is not readable by it), and it does not model the lookup (FINDINGS, issue 8);

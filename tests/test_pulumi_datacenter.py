@@ -132,7 +132,7 @@ def _bootstrap(cp: ControlPlane, project_config: StackConfig, manifests: list[di
 
 
 def scratch_project(cp: ControlPlane, stack: str, tmp: Path) -> Project:
-    """The repository's project copied into `tmp` with its own backend, PULUMI_HOME and a kubeconfig
+    """The repository's project copied into `tmp` with its own state backend, PULUMI_HOME and a kubeconfig
     naming the stack's context, after the documented bootstrap of the cluster (idempotent); no stack yet."""
     from infra.cli import render_stack
 

@@ -146,12 +146,12 @@ def test_stack_init_appends_only_the_salt_and_with_it_committed_the_cli_leaves_t
     minted = p.stack_file.read_bytes()
     assert minted.startswith(committed[p.stack]) and _SALT_LINE.fullmatch(minted[len(committed[p.stack]):])
     assert minted != salted
-    # The procedure: the line committed. Another backend's `stack init` (with the same passphrase; another
-    # one is refused), `preview` and `up` then leave the file byte for byte.
+    # The procedure: the line committed. Another state backend's `stack init` (with the same passphrase;
+    # another one is refused), `preview` and `up` then leave the file byte for byte.
     p.stack_file.write_bytes(salted)
-    backend = tmp_path / "another-backend"
-    backend.mkdir()
-    elsewhere = {**p.env, "PULUMI_BACKEND_URL": f"file://{backend}"}
+    state_backend = tmp_path / "another-backend"
+    state_backend.mkdir()
+    elsewhere = {**p.env, "PULUMI_BACKEND_URL": f"file://{state_backend}"}
     refused = pulumi(p, "stack", "init", env={**elsewhere, "PULUMI_CONFIG_PASSPHRASE": "another"})
     assert refused.returncode != 0 and "incorrect passphrase" in refused.stderr, refused.stderr
     ok(pulumi(p, "stack", "init", env=elsewhere))

@@ -4,7 +4,7 @@ engine (the CLI and pulumi-kubernetes from `make tools`, on the control-plane fi
 Two stacks, each with its own kubernetes provider that upserts, declare the same objects: the second
 `up` applies them under field managers of its own (pulumi-kubernetes provider.go fieldManagerName,
 v4.32.0). Each case runs the same Automation API inline program with each CLI; the fake ignores the
-cluster (its backend keeps the objects), the real one creates them in a namespace of the control plane.
+cluster (its state backend keeps the objects), the real one creates them in a namespace of the control plane.
 A Deployment of 0 replicas is done at once (its await needs no pod), a headless Service needs no
 endpoints, a PriorityClass has no await.
 """

@@ -1,6 +1,6 @@
 """PulumiProvisioner against the fake CLI (tests/fake_pulumi.py) through the Automation API seam.
 
-The fake is a real executable sharing a file-backed backend, and its `up` runs the inline program
+The fake is a real executable sharing a file-backed state backend, and its `up` runs the inline program
 (GraphDataService) over gRPC, so what is exercised here is the provisioner's real call sequence,
 locking, retry and recovery logic.
 """
@@ -205,7 +205,7 @@ def test_create_get_delete_call_sequence_and_endpoints(backend: tuple[str, Path]
     ]
     # ...and the record is checked again, and repaired, at most _RECORD_CHECK_SECONDS later.
     start = len(fake_pulumi.calls(url))
-    with fake_pulumi.Backend(fake_pulumi.state_dir(url)).state() as data:
+    with fake_pulumi.StateBackend(fake_pulumi.state_dir(url)).state() as data:
         del data["stacks"]["fleet-a"]["tags"][names.TAG_EXECUTION]  # lost to a concurrent tag write
     monkeypatch.setattr(pulumi_provisioner, "_RECORD_CHECK_SECONDS", 0.0)
     assert other.status(p).phase is Phase.READY
@@ -929,7 +929,7 @@ def test_a_teardown_destroys_its_own_fleet_by_name_and_never_another_owners(
 
 # -- the stack record under races (issue 8 items 2 and 3) ---------------------------------------------
 
-def test_concurrent_tag_writes_lose_one_like_the_self_managed_backend(backend: tuple[str, Path]) -> None:
+def test_concurrent_tag_writes_lose_one_like_the_state_backend(backend: tuple[str, Path]) -> None:
     """The fake is as harsh as pulumi's DIY `stack tag set`: each writer rewrites the whole tags file."""
     url, cli = backend
     command = TimedPulumiCommand(str(cli), long_timeout=WAIT_LIMIT, short_timeout=30)

@@ -1,5 +1,5 @@
 """The connector's Pulumi backend with the real engine: the CLI and pulumi-kubernetes from `make tools`
-(tests/pulumi_engine.py) on a `file://` backend, against the control-plane fixture (issue 17). The
+(tests/pulumi_engine.py) on a `file://` state backend, against the control-plane fixture (issue 17). The
 recovery after a killed `up` runs on the fake CLI too (`either`), which must behave the same: pending
 creates carried over, adopted by the recovering `up`, AlreadyExists without upsert, adopted by a destroy.
 
@@ -44,7 +44,7 @@ POOL_LABEL = "graphfleet.test/pool"
 
 @dataclass
 class Engine:
-    cp: ControlPlane | None  # None: the fake CLI, whose backend keeps the cluster
+    cp: ControlPlane | None  # None: the fake CLI, whose state backend keeps the cluster
     url: str
     namespace: str
     tmp: Path
@@ -217,7 +217,7 @@ def test_gc_destroys_an_expired_fleet_with_the_real_engine(engine: Engine, make)
     assert engine.objects() == []
 
 
-def test_two_replicas_share_one_backend(engine: Engine, make) -> None:
+def test_two_replicas_share_one_state_backend(engine: Engine, make) -> None:
     """A fleet made through one replica is read and deleted through another (round-robin GetTasks)."""
     place_fleets(engine)
     a, b = make(), make()
@@ -250,11 +250,11 @@ def kill_mid_create(engine: Engine, name: str) -> int:
     child = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stack = stack_record.stack_name(name)
-    backend = StateFiles(engine.url)
+    state_files = StateFiles(engine.url)
     deadline = time.monotonic() + WAIT_S
     try:
         while True:
-            locks = backend.lock_files(stack_record.PROJECT, stack)
+            locks = state_files.lock_files(stack_record.PROJECT, stack)
             made = any(o.startswith("StatefulSet/") for o in engine.objects())
             if locks and made:
                 cli = locks[0].pid
@@ -317,12 +317,12 @@ def test_a_cli_killed_from_outside_leaves_no_plugin_running(engine: Engine, make
     p = provision("real-o")
     provisioner.create(p)  # placed on no node: its `up` waits for pods that cannot schedule
     stack = stack_record.stack_name(p.name)
-    backend = StateFiles(engine.url)
+    state_files = StateFiles(engine.url)
     deadline = time.monotonic() + WAIT_S
-    while not (backend.lock_files(stack_record.PROJECT, stack) and engine.objects()):
+    while not (state_files.lock_files(stack_record.PROJECT, stack) and engine.objects()):
         assert time.monotonic() < deadline, "the up never started"
         time.sleep(0.5)
-    cli = backend.lock_files(stack_record.PROJECT, stack)[0].pid
+    cli = state_files.lock_files(stack_record.PROJECT, stack)[0].pid
     plugins = [pid for pid in session_members(cli) if pid != cli]
     assert plugins, "the CLI runs the provider in its session"
     os.kill(cli, signal.SIGKILL)

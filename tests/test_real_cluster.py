@@ -258,10 +258,10 @@ def test_connector_reads_executions_flyteworkflows_and_nothing_else_where_client
     """gc follows each holder's FlyteWorkflow (flyte_agent/executions.py) in the teams' namespaces."""
     cp = control_plane
     user, fleets_namespace = _connector_identity(deployed.manifests)
-    consumers = sorted({m["metadata"]["namespace"] for m in deployed.manifests
-                        if m["kind"] == "Role" and m["metadata"]["namespace"] != fleets_namespace})
-    assert consumers
-    for namespace in consumers:
+    namespaces = sorted({m["metadata"]["namespace"] for m in deployed.manifests
+                         if m["kind"] == "Role" and m["metadata"]["namespace"] != fleets_namespace})
+    assert namespaces
+    for namespace in namespaces:
         assert _allowed(cp, user, namespace, "get", "flyteworkflows", "flyte.lyft.com"), namespace
         assert not any(_allowed(cp, user, namespace, verb, "flyteworkflows", "flyte.lyft.com")
                        for verb in ("list", "update", "patch", "delete")), namespace

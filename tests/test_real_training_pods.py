@@ -66,10 +66,10 @@ def test_the_prerequisite_check_reads_a_real_cluster(control_plane: ControlPlane
     lines = problems()
     namespaces = [line.split()[1] for line in lines if line.lstrip().startswith("namespace ")]
     assert namespaces == required_namespaces(config)  # no CRD missing
-    # lva1's connector reads the Pulumi backend's Secret (url by secretKeyRef, passphrase mounted).
-    backend = config.connector.secrets.backend_url.name
+    # lva1's connector reads the state backend's Secret (url by secretKeyRef, passphrase mounted).
+    url_secret = config.connector.secrets.backend_url.name
     assert lines[len(namespaces):] == [
-        f"  Secret {backend} does not exist in namespace pre-system (named by "
+        f"  Secret {url_secret} does not exist in namespace pre-system (named by "
         "graphfleet:connector.secrets.backendUrl, graphfleet:connector.secrets.passphrase): create it with "
         "keys url, passphrase before the first `up` (docs/design.md, 'What the datacenter stack owns')"]
     for name in required_namespaces(config):
@@ -78,7 +78,7 @@ def test_the_prerequisite_check_reads_a_real_cluster(control_plane: ControlPlane
 
     def secret(data: dict[str, str]) -> None:
         manifest = {"apiVersion": "v1", "kind": "Secret",
-                    "metadata": {"name": backend, "namespace": "pre-system"},
+                    "metadata": {"name": url_secret, "namespace": "pre-system"},
                     "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
         assert cp.apply(manifest).status_code in (200, 201)
 
@@ -86,7 +86,7 @@ def test_the_prerequisite_check_reads_a_real_cluster(control_plane: ControlPlane
     lines = problems()
     assert not any("state-bucket-value" in line for line in lines)
     assert [line.strip() for line in lines] == [
-        f"Secret {backend} in namespace pre-system has no key passphrase (named by "
+        f"Secret {url_secret} in namespace pre-system has no key passphrase (named by "
         "graphfleet:connector.secrets.passphrase): add it before the first `up` (docs/design.md, 'What the "
         "datacenter stack owns')"]
     secret({"url": "s3://state-bucket-value", "passphrase": "p"})

@@ -1,5 +1,5 @@
 """Issue 8 item 8: a lock held by a live connector replica is never broken; a dead one's is, quickly,
-and only its own lock file (the self-managed backend's `cancel` removes every lock of a stack)."""
+and only its own lock file (the self-managed state backend's `cancel` removes every lock of a stack)."""
 
 from __future__ import annotations
 

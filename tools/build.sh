@@ -46,7 +46,7 @@ etcd)
     ;;
 pulumi)
     # CGO off, as in pulumi's release builds: the CLI then resolves the current user in pure Go (no
-    # libc NSS), which the self-managed backend's lock depends on.
+    # libc NSS), which the self-managed state backend's lock depends on.
     export CGO_ENABLED=0
     v=$(version pulumi github.com/pulumi/pulumi/pkg/v3)
     build pulumi github.com/pulumi/pulumi/pkg/v3/cmd/pulumi pulumi \

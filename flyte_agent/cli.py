@@ -1,24 +1,12 @@
-"""`graphfleet`: review a datacenter stack offline before `pulumi up`, and operate the connector's fleets.
+"""`graphfleet`'s connector commands, added to the stack commands of infra/cli.py (`plan`, `diff`).
 
-    graphfleet plan ltx1            table of every object, then schema and policy checks
-    graphfleet plan ltx1 --json     the rendered manifests as JSON
-    graphfleet diff A.yaml B.yaml   what `pulumi up` would change going from stack file A to B:
-                                    create/update/replace/delete per object, field by field, with
-                                    warnings for destructive changes and the new side's checks
-    graphfleet diff A B --markdown  the same as a pull-request comment
     graphfleet gc                   tear down expired ephemeral fleets (the connector's GRAPHFLEET_* env)
     graphfleet fleets [--json]      every live fleet of the connector's backend
     graphfleet fleets release NAME --owner P/D   release one fleet as its teardown task would
 
-The stack's real program (`infra.datacenter.program`, what `pulumi up` runs) is rendered under
-Pulumi mocks: no CLI, cluster or credentials are needed. Exit status: 0 clean, 1 when any object
-(of the new side, for diff) fails the Kubernetes schema or a policy rule (each printed) or gc could
-not remove a fleet, 2 when a stack file or the settings are invalid (nothing is rendered), 3 when a
-diff has destructive changes (and no violations) unless --allow-destructive.
-
-The stack commands are infra/cli.py's; this module adds the connector's to its parser (infra, the
-bottom layer, imports nothing of flyte_agent). The flyte_agent imports stay inside the commands:
-`plan` and `diff` need no connector settings.
+Exit status as the stack commands', and 1 when gc could not remove a fleet, 2 when the settings are
+invalid. infra, the bottom layer, imports nothing of flyte_agent; the flyte_agent imports stay inside
+the commands: `plan` and `diff` need no connector settings.
 """
 
 from __future__ import annotations
@@ -122,7 +110,7 @@ def add_connector_commands(commands: stack_cli.Commands) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return stack_cli.build_parser(add_connector_commands, description=__doc__)
+    return stack_cli.build_parser(add_connector_commands, description=f"{stack_cli.__doc__}\n{__doc__}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

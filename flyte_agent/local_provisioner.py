@@ -64,6 +64,7 @@ from flyte_agent.provisioner import (
     check_fleet_name,
     check_owner,
     check_workflow_execution,
+    is_fleet_name,
 )
 from graph_engine import health
 from infra.spec import DataServiceSpec
@@ -425,7 +426,8 @@ class FleetFiles:
 
 
     def names(self) -> list[str]:
-        return [r["name"] for r in self.records()]
+        """The fleet dirs, unread: gc reads each record once, when it comes to it."""
+        return [d.name for d in sorted(self.state_dir.iterdir()) if d.is_dir() and is_fleet_name(d.name)]
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:

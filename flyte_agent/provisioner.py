@@ -116,9 +116,13 @@ class NotOwner(PermissionError):
     """The fleet is recorded under another owner (project/domain); nothing was touched."""
 
 
+def is_fleet_name(name: object) -> bool:
+    return isinstance(name, str) and len(name) <= FLEET_NAME_MAX and bool(_FLEET_NAME.match(name))
+
+
 def check_fleet_name(name: str) -> str:
     """`name` if it is a fleet name (a DNS-1123 label of at most 63 characters), else InvalidFleetName."""
-    if not isinstance(name, str) or len(name) > FLEET_NAME_MAX or not _FLEET_NAME.match(name):
+    if not is_fleet_name(name):
         raise InvalidFleetName(
             f"{name!r} is not a data service name: expected a DataServiceTask's `service` output (lower-case "
             f"letters, digits and '-', at most {FLEET_NAME_MAX} characters, e.g. gf-run-n0-1a2b3c4d); "

@@ -596,14 +596,17 @@ class Cli:
         except CliError:
             self._end(name, ok=False)
             raise
+        if fault in ("hang", "wedge"):
+            # The engine journals a create as pending before it asks the provider (pulumi
+            # pkg/backend/journal.go): an object never exists without its pending create.
+            with self.state_backend.state() as data:
+                _get(data, name)["pending"] = base_pending + [
+                    {"resource": {**r, "id": ""}, "type": "creating"} for r in resources if r["custom"]]
         failed = self._create_objects(name, resources)
         if failed:
             self._end(name, ok=False)
             raise CliError(failed)
         if fault in ("hang", "wedge"):
-            with self.state_backend.state() as data:
-                _get(data, name)["pending"] = base_pending + [
-                    {"resource": {**r, "id": ""}, "type": "creating"} for r in resources if r["custom"]]
             if fault == "wedge":  # a CLI stuck where no signal reaches it: only SIGKILL ends it
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
